@@ -1,0 +1,26 @@
+"""Optional dependencies: a clear message naming the extra to install, instead of an ImportError."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from histoxmodal.errors import HistoxmodalError
+
+#: extra name -> import names it provides
+EXTRAS = {
+    "wsi": ("openslide", "tifffile", "imagecodecs", "h5py", "cv2"),
+}
+
+
+class MissingDependencyError(HistoxmodalError, ImportError):
+    """A feature needs an optional dependency that is not installed."""
+
+
+def require_extra(extra: str, feature: str) -> None:
+    """Raise :class:`MissingDependencyError` unless every module of ``extra`` is importable."""
+    missing = [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingDependencyError(
+            f"{feature} needs {', '.join(missing)}: install them with "
+            f"pip install 'histoxmodal[{extra}]'"
+        )

@@ -1,0 +1,1 @@
+"""The ``histoxmodal`` command line: parse arguments, build typed configs, call the library."""
