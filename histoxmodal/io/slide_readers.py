@@ -300,7 +300,14 @@ class PillowReader(SlideReader):
             if level == 0 and self._format == "JPEG" and self._mode in ("RGB", "L"):
                 import imagecodecs
 
-                return _to_rgb(imagecodecs.jpeg8_decode(self.path.read_bytes()))
+                data = self.path.read_bytes()
+                # libjpeg pads a cut-off stream with grey instead of failing: check the end marker
+                if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+                    raise SlideReadError(
+                        f"{self.path}: the JPEG stream has no end-of-image marker; the file is "
+                        f"truncated (re-copy or re-download it)"
+                    )
+                return _to_rgb(imagecodecs.jpeg8_decode(data))
             with Image.open(self.path) as im:
                 if level > 0:
                     im.draft("RGB", self.level_dimensions[level])

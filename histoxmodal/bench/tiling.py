@@ -1,0 +1,214 @@
+"""``histoxmodal bench tiling``: tile extraction and tissue detection.
+
+1. Extraction: tiles/s of :func:`histoxmodal.iter_tiles` with 1 and 2 workers against a plain
+   OpenSlide loop (``read_region`` + ``convert("RGB")`` + resize when the target resolution is
+   not a pyramid level) over the same tiles. Each pass opens the slide with a fresh, private
+   OpenSlide tile cache so no method profits from tiles another one decoded.
+2. Detection: time of open + tissue detection + grid on generated slides of growing size, and
+   the peak memory it adds (measured in a fresh subprocess per size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+OPENSLIDE_CACHE_BYTES = 32 * 1024 * 1024
+
+
+def _fresh_cache(osr) -> None:
+    import openslide
+
+    osr.set_cache(openslide.OpenSlideCache(OPENSLIDE_CACHE_BYTES))
+
+
+def _plain_pass(path: Path, level: int, read_px: int, tile_px: int, coords: np.ndarray) -> float:
+    import openslide
+    from PIL import Image
+
+    osr = openslide.OpenSlide(str(path))
+    _fresh_cache(osr)
+    t0 = time.perf_counter()
+    for x, y in coords:
+        img = osr.read_region((int(x), int(y)), level, (read_px, read_px)).convert("RGB")
+        if read_px != tile_px:
+            img = img.resize((tile_px, tile_px), Image.Resampling.BOX)
+        np.asarray(img)
+    dt = time.perf_counter() - t0
+    osr.close()
+    return dt
+
+
+def _ours_pass(path: Path, geometry, coords: np.ndarray, workers: int) -> float:
+    from histoxmodal.io.slide import open_slide
+    from histoxmodal.tiling.extract import iter_tiles
+
+    slide = open_slide(path, mpp=geometry.mpp)
+    _fresh_cache(slide._osr)
+    t0 = time.perf_counter()
+    n = 0
+    for batch in iter_tiles(slide, geometry, coords, workers=workers):
+        n += len(batch)
+    dt = time.perf_counter() - t0
+    slide.close()
+    if n != len(coords):
+        raise RuntimeError(f"read {n} tiles, expected {len(coords)}")
+    return dt
+
+
+def bench_extraction(
+    path: Path, *, repeats: int = 5, min_seconds: float = 1.0, max_tiles: int = 2000
+) -> dict[str, object]:
+    """Tiles/s of the plain loop and of ``iter_tiles`` with 1 and 2 workers, with ratios."""
+    from histoxmodal.io.slide import open_slide
+    from histoxmodal.tiling.grid import tile_grid
+    from histoxmodal.tiling.spec import TileSpec
+    from histoxmodal.tiling.tissue import detect_tissue
+
+    with open_slide(path) as slide:
+        if slide.name != "openslide":
+            raise ValueError(f"{path}: the extraction benchmark compares against OpenSlide, "
+                             f"which cannot open this file")
+        geom = TileSpec().resolve(slide)
+        coords, _ = tile_grid(slide.dimensions, geom, detect_tissue(slide))
+    coords = coords[:max_tiles]
+    if len(coords) == 0:
+        raise ValueError(f"{path}: no tissue tiles to read")
+    methods = {
+        "plain_openslide": lambda: _plain_pass(path, geom.read_level, geom.read_px,
+                                               geom.spec.tile_px, coords),
+        "histoxmodal_1_worker": lambda: _ours_pass(path, geom, coords, 1),
+        "histoxmodal_2_workers": lambda: _ours_pass(path, geom, coords, 2),
+    }
+    names = list(methods)
+    rates: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(repeats):
+        order = names[r % 3 :] + names[: r % 3]  # rotate so no method always runs first
+        for name in order:
+            n, elapsed = 0, 0.0
+            while elapsed < min_seconds or n == 0:
+                elapsed += methods[name]()
+                n += len(coords)
+            rates[name].append(n / elapsed)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    base = med["plain_openslide"]
+    return {
+        "slide": str(path),
+        "tiles": len(coords),
+        "tile_px": geom.spec.tile_px,
+        "read_level": geom.read_level,
+        "read_px": geom.read_px,
+        "tiles_per_s": med,
+        "ratio_1_worker": med["histoxmodal_1_worker"] / base,
+        "ratio_2_workers": med["histoxmodal_2_workers"] / base,
+        "rounds": rates,
+    }
+
+
+_DETECT_CHILD = r"""
+import json, resource, sys, time
+from histoxmodal.io.slide import open_slide
+from histoxmodal.tiling.grid import tile_grid
+from histoxmodal.tiling.spec import TileSpec
+from histoxmodal.tiling.tissue import detect_tissue
+import cv2, numpy, openslide  # imported before the baseline is taken
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+slide = open_slide(sys.argv[1])
+mask = detect_tissue(slide)
+coords, _ = tile_grid(slide.dimensions, TileSpec().resolve(slide), mask)
+dt = time.perf_counter() - t0
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"seconds": dt, "peak_extra_mb": (after - before) / 1024,
+                  "n_tiles": len(coords), "mask_shape": list(mask.mask.shape)}))
+"""
+
+
+def bench_detection(path: Path, *, repeats: int = 3) -> dict[str, object]:
+    """Open + tissue detection + grid: median seconds, and peak extra memory (fresh process)."""
+    from histoxmodal.io.slide import open_slide
+    from histoxmodal.tiling.grid import tile_grid
+    from histoxmodal.tiling.spec import TileSpec
+    from histoxmodal.tiling.tissue import detect_tissue
+
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        with open_slide(path) as slide:
+            mask = detect_tissue(slide)
+            coords, _ = tile_grid(slide.dimensions, TileSpec().resolve(slide), mask)
+        times.append(time.perf_counter() - t0)
+        dims = slide.dimensions
+    child = subprocess.run([sys.executable, "-c", _DETECT_CHILD, str(path)],
+                           capture_output=True, text=True, check=True)
+    mem = json.loads(child.stdout.strip().splitlines()[-1])
+    return {
+        "slide": str(path),
+        "dimensions": list(dims),
+        "seconds_median": statistics.median(times),
+        "seconds_all": times,
+        "n_tiles": int(len(coords)),
+        "mask_shape": list(mask.mask.shape),
+        "peak_extra_mb": mem["peak_extra_mb"],
+    }
+
+
+def _generate(folder: Path, side: int) -> Path:
+    from histoxmodal.testing import make_synthetic_slide
+
+    path = folder / f"synthetic_{side}.tif"
+    t0 = time.perf_counter()
+    make_synthetic_slide(path, width=side, height=side, tile=512, quality=70,
+                         texture_variants=8, seed=1)
+    print(f"  generated {path.name} ({path.stat().st_size / 1e6:.0f} MB) in "
+          f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return path
+
+
+def run_tiling_bench(args: argparse.Namespace) -> int:
+    """Run the benchmark and print a report; returns the CLI exit code."""
+    report: dict[str, object] = {"machine": {"python": sys.version.split()[0]}}
+    with tempfile.TemporaryDirectory(prefix="histoxmodal-bench-") as td:
+        folder = Path(td)
+        print("tiling benchmark (medians over interleaved rounds)", file=sys.stderr)
+        sizes = [s for s in (args.large // 4, args.large // 2, args.large) if s > 0]
+        generated = {s: _generate(folder, s) for s in sizes}
+        slide = Path(args.slide) if args.slide else generated.get(args.large) or _generate(
+            folder, 16384)
+        ext = bench_extraction(slide, repeats=args.repeats, min_seconds=args.min_seconds,
+                               max_tiles=args.max_tiles)
+        report["extraction"] = ext
+        tps = ext["tiles_per_s"]
+        print(f"\nextraction: {ext['slide']}\n  {ext['tiles']} tiles of {ext['tile_px']} px "
+              f"(read {ext['read_px']} px at level {ext['read_level']})")
+        for k, v in tps.items():
+            print(f"  {k:<24} {v:8.0f} tiles/s")
+        print(f"  ratio 1 worker / plain   {ext['ratio_1_worker']:.2f}   (target >= 0.9)")
+        print(f"  ratio 2 workers / plain  {ext['ratio_2_workers']:.2f}   (target >= 1.6)")
+        det = [bench_detection(generated[s]) for s in sizes]
+        if args.slide:
+            det.insert(0, bench_detection(Path(args.slide)))
+        report["detection"] = det
+        if det:
+            print("\ntissue detection + grid (open, thumbnail from a low-resolution level, "
+                  "mask, polygons, grid)")
+            print(f"  {'slide':<28} {'size':>15} {'seconds':>8} {'peak MB':>8} {'mask':>11} "
+                  f"{'tiles':>7}")
+            for d in det:
+                w, h = d["dimensions"]
+                print(f"  {Path(d['slide']).name:<28} {f'{w}x{h}':>15} "
+                      f"{d['seconds_median']:8.2f} {d['peak_extra_mb']:8.0f} "
+                      f"{'x'.join(map(str, d['mask_shape'])):>11} {d['n_tiles']:>7}")
+    report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=float))
+    return 0
