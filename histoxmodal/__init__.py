@@ -29,7 +29,22 @@ _LAZY = {
     "load_tiles": "histoxmodal.tiling.job",
 }
 
-__all__ = ["__version__", *sorted(_LAZY)]
+__all__ = [  # noqa: RUF022 - grouped by flow: read, tile, run
+    "__version__",
+    "SlideReader",
+    "list_readers",
+    "open_slide",
+    "TileSpec",
+    "TileGeometry",
+    "TissueMask",
+    "TissueParams",
+    "detect_tissue",
+    "tile_grid",
+    "iter_tiles",
+    "tile_slide",
+    "tile_slides",
+    "load_tiles",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from histoxmodal.io.slide import SlideReader, list_readers, open_slide

@@ -22,8 +22,10 @@ def data_dir() -> Path:
     """The real sample data; skipped with a reason when absent, a failure in CI."""
     d = data_root()
     if not d.is_dir():
-        msg = (f"real sample data not found at {d}: set HISTOXMODAL_TEST_DATA to the folder "
-               f"described in shared/data/README.md")
+        msg = (
+            f"real sample data not found at {d}: set HISTOXMODAL_TEST_DATA to the folder "
+            f"described in shared/data/README.md"
+        )
         if IN_CI:
             pytest.fail(msg)
         pytest.skip(msg)
@@ -41,8 +43,17 @@ def small_slide(tmp_path_factory: pytest.TempPathFactory):
     from histoxmodal.testing import make_synthetic_slide
 
     path = tmp_path_factory.mktemp("slides") / "small.tif"
-    return make_synthetic_slide(path, width=3072, height=2048, mpp=0.25, tile=256,
-                                level_downsample=2, min_level_size=384, n_sections=2, seed=3)
+    return make_synthetic_slide(
+        path,
+        width=3072,
+        height=2048,
+        mpp=0.25,
+        tile=256,
+        level_downsample=2,
+        min_level_size=384,
+        n_sections=2,
+        seed=3,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -61,8 +72,11 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def guarded(self, address):  # type: ignore[no-untyped-def]
         host = address[0] if isinstance(address, tuple) else address
-        if isinstance(host, str) and host not in ("127.0.0.1", "localhost", "::1") \
-                and self.family in (socket.AF_INET, socket.AF_INET6):
+        if (
+            isinstance(host, str)
+            and host not in ("127.0.0.1", "localhost", "::1")
+            and self.family in (socket.AF_INET, socket.AF_INET6)
+        ):
             raise RuntimeError(f"network access in a test: {address}")
         return real_connect(self, address)
 

@@ -11,7 +11,7 @@ def test_register_get_list_describe():
         """A big one."""
 
     @reg.register()
-    def UNI_small():  # noqa: N802
+    def UNI_small():
         """A small one."""
 
     assert reg.get("UNI_BIG") is uni_big

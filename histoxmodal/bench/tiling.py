@@ -76,16 +76,19 @@ def bench_extraction(
 
     with open_slide(path) as slide:
         if slide.name != "openslide":
-            raise ValueError(f"{path}: the extraction benchmark compares against OpenSlide, "
-                             f"which cannot open this file")
+            raise ValueError(
+                f"{path}: the extraction benchmark compares against OpenSlide, "
+                f"which cannot open this file"
+            )
         geom = TileSpec().resolve(slide)
         coords, _ = tile_grid(slide.dimensions, geom, detect_tissue(slide))
     coords = coords[:max_tiles]
     if len(coords) == 0:
         raise ValueError(f"{path}: no tissue tiles to read")
     methods = {
-        "plain_openslide": lambda: _plain_pass(path, geom.read_level, geom.read_px,
-                                               geom.spec.tile_px, coords),
+        "plain_openslide": lambda: _plain_pass(
+            path, geom.read_level, geom.read_px, geom.spec.tile_px, coords
+        ),
         "histoxmodal_1_worker": lambda: _ours_pass(path, geom, coords, 1),
         "histoxmodal_2_workers": lambda: _ours_pass(path, geom, coords, 2),
     }
@@ -148,15 +151,16 @@ def bench_detection(path: Path, *, repeats: int = 3) -> dict[str, object]:
             coords, _ = tile_grid(slide.dimensions, TileSpec().resolve(slide), mask)
         times.append(time.perf_counter() - t0)
         dims = slide.dimensions
-    child = subprocess.run([sys.executable, "-c", _DETECT_CHILD, str(path)],
-                           capture_output=True, text=True, check=True)
+    child = subprocess.run(
+        [sys.executable, "-c", _DETECT_CHILD, str(path)], capture_output=True, text=True, check=True
+    )
     mem = json.loads(child.stdout.strip().splitlines()[-1])
     return {
         "slide": str(path),
         "dimensions": list(dims),
         "seconds_median": statistics.median(times),
         "seconds_all": times,
-        "n_tiles": int(len(coords)),
+        "n_tiles": len(coords),
         "mask_shape": list(mask.mask.shape),
         "peak_extra_mb": mem["peak_extra_mb"],
     }
@@ -167,10 +171,14 @@ def _generate(folder: Path, side: int) -> Path:
 
     path = folder / f"synthetic_{side}.tif"
     t0 = time.perf_counter()
-    make_synthetic_slide(path, width=side, height=side, tile=512, quality=70,
-                         texture_variants=8, seed=1)
-    print(f"  generated {path.name} ({path.stat().st_size / 1e6:.0f} MB) in "
-          f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    make_synthetic_slide(
+        path, width=side, height=side, tile=512, quality=70, texture_variants=8, seed=1
+    )
+    print(
+        f"  generated {path.name} ({path.stat().st_size / 1e6:.0f} MB) in "
+        f"{time.perf_counter() - t0:.0f} s",
+        file=sys.stderr,
+    )
     return path
 
 
@@ -182,14 +190,20 @@ def run_tiling_bench(args: argparse.Namespace) -> int:
         print("tiling benchmark (medians over interleaved rounds)", file=sys.stderr)
         sizes = [s for s in (args.large // 4, args.large // 2, args.large) if s > 0]
         generated = {s: _generate(folder, s) for s in sizes}
-        slide = Path(args.slide) if args.slide else generated.get(args.large) or _generate(
-            folder, 16384)
-        ext = bench_extraction(slide, repeats=args.repeats, min_seconds=args.min_seconds,
-                               max_tiles=args.max_tiles)
+        slide = (
+            Path(args.slide)
+            if args.slide
+            else generated.get(args.large) or _generate(folder, 16384)
+        )
+        ext = bench_extraction(
+            slide, repeats=args.repeats, min_seconds=args.min_seconds, max_tiles=args.max_tiles
+        )
         report["extraction"] = ext
         tps = ext["tiles_per_s"]
-        print(f"\nextraction: {ext['slide']}\n  {ext['tiles']} tiles of {ext['tile_px']} px "
-              f"(read {ext['read_px']} px at level {ext['read_level']})")
+        print(
+            f"\nextraction: {ext['slide']}\n  {ext['tiles']} tiles of {ext['tile_px']} px "
+            f"(read {ext['read_px']} px at level {ext['read_level']})"
+        )
         for k, v in tps.items():
             print(f"  {k:<24} {v:8.0f} tiles/s")
         print(f"  ratio 1 worker / plain   {ext['ratio_1_worker']:.2f}   (target >= 0.9)")
@@ -199,15 +213,21 @@ def run_tiling_bench(args: argparse.Namespace) -> int:
             det.insert(0, bench_detection(Path(args.slide)))
         report["detection"] = det
         if det:
-            print("\ntissue detection + grid (open, thumbnail from a low-resolution level, "
-                  "mask, polygons, grid)")
-            print(f"  {'slide':<28} {'size':>15} {'seconds':>8} {'peak MB':>8} {'mask':>11} "
-                  f"{'tiles':>7}")
+            print(
+                "\ntissue detection + grid (open, thumbnail from a low-resolution level, "
+                "mask, polygons, grid)"
+            )
+            print(
+                f"  {'slide':<28} {'size':>15} {'seconds':>8} {'peak MB':>8} {'mask':>11} "
+                f"{'tiles':>7}"
+            )
             for d in det:
                 w, h = d["dimensions"]
-                print(f"  {Path(d['slide']).name:<28} {f'{w}x{h}':>15} "
-                      f"{d['seconds_median']:8.2f} {d['peak_extra_mb']:8.0f} "
-                      f"{'x'.join(map(str, d['mask_shape'])):>11} {d['n_tiles']:>7}")
+                print(
+                    f"  {Path(d['slide']).name:<28} {f'{w}x{h}':>15} "
+                    f"{d['seconds_median']:8.2f} {d['peak_extra_mb']:8.0f} "
+                    f"{'x'.join(map(str, d['mask_shape'])):>11} {d['n_tiles']:>7}"
+                )
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=float))

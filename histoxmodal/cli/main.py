@@ -19,24 +19,57 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 def _add_tile_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tile geometry")
-    g.add_argument("--mpp-target", type=float, default=0.5, metavar="UM",
-                   help="µm per pixel of the tiles (default 0.5, about 20x)")
-    g.add_argument("--tile-px", type=int, default=224, metavar="PX",
-                   help="tile side in pixels (default 224)")
-    g.add_argument("--tile-um", type=float, default=None, metavar="UM",
-                   help="tile side in µm instead of --mpp-target (target = tile-um / tile-px)")
-    g.add_argument("--overlap", type=int, default=0, metavar="PX",
-                   help="overlap between neighbouring tiles in tile pixels (default 0)")
-    g.add_argument("--min-tissue", type=float, default=0.5, metavar="FRAC",
-                   help="minimum tissue fraction of a kept tile (default 0.5; 0 keeps all)")
+    g.add_argument(
+        "--mpp-target",
+        type=float,
+        default=0.5,
+        metavar="UM",
+        help="µm per pixel of the tiles (default 0.5, about 20x)",
+    )
+    g.add_argument(
+        "--tile-px", type=int, default=224, metavar="PX", help="tile side in pixels (default 224)"
+    )
+    g.add_argument(
+        "--tile-um",
+        type=float,
+        default=None,
+        metavar="UM",
+        help="tile side in µm instead of --mpp-target (target = tile-um / tile-px)",
+    )
+    g.add_argument(
+        "--overlap",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="overlap between neighbouring tiles in tile pixels (default 0)",
+    )
+    g.add_argument(
+        "--min-tissue",
+        type=float,
+        default=0.5,
+        metavar="FRAC",
+        help="minimum tissue fraction of a kept tile (default 0.5; 0 keeps all)",
+    )
     s = p.add_argument_group("slide")
-    s.add_argument("--mpp", type=float, default=None, metavar="UM",
-                   help="level-0 µm per pixel of the slides, overriding their metadata "
-                        "(needed for JPEG/PNG and files without a pixel size)")
-    s.add_argument("--allow-implausible-mpp", action="store_true",
-                   help="accept a pixel size outside 0.1-10 µm/px")
-    s.add_argument("--reader", default=None, choices=["openslide", "tifffile", "pillow"],
-                   help="force a slide-reader backend (default: chosen per file)")
+    s.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        metavar="UM",
+        help="level-0 µm per pixel of the slides, overriding their metadata "
+        "(needed for JPEG/PNG and files without a pixel size)",
+    )
+    s.add_argument(
+        "--allow-implausible-mpp",
+        action="store_true",
+        help="accept a pixel size outside 0.1-10 µm/px",
+    )
+    s.add_argument(
+        "--reader",
+        default=None,
+        choices=["openslide", "tifffile", "pillow"],
+        help="force a slide-reader backend (default: chosen per file)",
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -45,60 +78,102 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Spatial transcriptomics and medical multimodal learning toolkit.",
     )
     parser.add_argument("--version", action="version", version=f"histoxmodal {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more logging (-vv for debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser(
-        "tile", help="detect tissue and tile slides at a physical resolution",
+        "tile",
+        help="detect tissue and tile slides at a physical resolution",
         description="Detect tissue and tile whole-slide images. Writes OUT/<slide name>/ with "
-                    "coords.h5, manifest.json, overlay.png, tissue.geojson (and tiles.h5 with "
-                    "--save-tiles). Finished slides are skipped when the run is restarted.",
+        "coords.h5, manifest.json, overlay.png, tissue.geojson (and tiles.h5 with "
+        "--save-tiles). Finished slides are skipped when the run is restarted.",
     )
-    t.add_argument("slides", nargs="+", metavar="SLIDE",
-                   help="slide files or folders of slides")
+    t.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files or folders of slides")
     t.add_argument("--out", required=True, metavar="DIR", help="output folder")
     _add_tile_options(t)
     r = t.add_argument_group("run")
-    r.add_argument("--save-tiles", action="store_true",
-                   help="also store tile pixels in tiles.h5 (readable by index)")
-    r.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="parallel workers: processes over slides, or threads within one slide")
-    r.add_argument("--shard", default=None, metavar="K/N",
-                   help="process shard K of N (0-based) of the sorted slide list, or 'auto' "
-                        "from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT")
-    r.add_argument("--overwrite", action="store_true",
-                   help="redo slides that already have finished output")
+    r.add_argument(
+        "--save-tiles",
+        action="store_true",
+        help="also store tile pixels in tiles.h5 (readable by index)",
+    )
+    r.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="parallel workers: processes over slides, or threads within one slide",
+    )
+    r.add_argument(
+        "--shard",
+        default=None,
+        metavar="K/N",
+        help="process shard K of N (0-based) of the sorted slide list, or 'auto' "
+        "from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT",
+    )
+    r.add_argument(
+        "--overwrite", action="store_true", help="redo slides that already have finished output"
+    )
 
     d = sub.add_parser(
-        "demo", help="tile a synthetic slide generated on the spot (no data needed)",
+        "demo",
+        help="tile a synthetic slide generated on the spot (no data needed)",
         description="Generate a realistic synthetic pyramidal TIFF and tile it: the whole "
-                    "slide-to-tiles path with no data at hand.",
+        "slide-to-tiles path with no data at hand.",
     )
-    d.add_argument("--out", default="histoxmodal_demo", metavar="DIR",
-                   help="output folder (default ./histoxmodal_demo)")
-    d.add_argument("--size", type=int, default=16384, metavar="PX",
-                   help="level-0 width of the synthetic slide (default 16384)")
+    d.add_argument(
+        "--out",
+        default="histoxmodal_demo",
+        metavar="DIR",
+        help="output folder (default ./histoxmodal_demo)",
+    )
+    d.add_argument(
+        "--size",
+        type=int,
+        default=16384,
+        metavar="PX",
+        help="level-0 width of the synthetic slide (default 16384)",
+    )
     d.add_argument("--workers", type=int, default=1, metavar="N")
 
     b = sub.add_parser("bench", help="performance benchmarks on this machine")
     bsub = b.add_subparsers(dest="bench", metavar="BENCH")
     bt = bsub.add_parser(
-        "tiling", help="tile extraction vs a plain OpenSlide loop; tissue detection speed",
+        "tiling",
+        help="tile extraction vs a plain OpenSlide loop; tissue detection speed",
         description="Tile extraction throughput against a plain OpenSlide read_region loop over "
-                    "the same tiles in the same process (1 and 2 workers), and tissue detection "
-                    "plus grid time and peak memory on generated slides of growing size.",
+        "the same tiles in the same process (1 and 2 workers), and tissue detection "
+        "plus grid time and peak memory on generated slides of growing size.",
     )
-    bt.add_argument("slide", nargs="?", default=None, metavar="SLIDE",
-                    help="slide to measure extraction on (default: a generated slide)")
+    bt.add_argument(
+        "slide",
+        nargs="?",
+        default=None,
+        metavar="SLIDE",
+        help="slide to measure extraction on (default: a generated slide)",
+    )
     bt.add_argument("--repeats", type=int, default=5, help="measurement rounds (default 5)")
-    bt.add_argument("--min-seconds", type=float, default=1.0,
-                    help="minimum duration of one measurement (default 1.0)")
-    bt.add_argument("--large", type=int, default=100_000, metavar="PX",
-                    help="side of the large generated slide for tissue detection "
-                         "(default 100000; 0 skips)")
-    bt.add_argument("--max-tiles", type=int, default=2000,
-                    help="tiles used for the extraction measurement (default 2000)")
+    bt.add_argument(
+        "--min-seconds",
+        type=float,
+        default=1.0,
+        help="minimum duration of one measurement (default 1.0)",
+    )
+    bt.add_argument(
+        "--large",
+        type=int,
+        default=100_000,
+        metavar="PX",
+        help="side of the large generated slide for tissue detection (default 100000; 0 skips)",
+    )
+    bt.add_argument(
+        "--max-tiles",
+        type=int,
+        default=2000,
+        help="tiles used for the extraction measurement (default 2000)",
+    )
     bt.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
     return parser
 
@@ -137,8 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"histoxmodal: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("histoxmodal: interrupted; finished slides are kept, rerun to resume",
-              file=sys.stderr)
+        print(
+            "histoxmodal: interrupted; finished slides are kept, rerun to resume", file=sys.stderr
+        )
         return 130
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USAGE

@@ -14,10 +14,15 @@ def spec_from_args(args: argparse.Namespace):
     from histoxmodal.tiling.spec import TileSpec
 
     if args.tile_um is not None:
-        return TileSpec.from_um(args.tile_um, tile_px=args.tile_px, overlap_px=args.overlap,
-                                min_tissue=args.min_tissue)
-    return TileSpec(tile_px=args.tile_px, target_mpp=args.mpp_target, overlap_px=args.overlap,
-                    min_tissue=args.min_tissue)
+        return TileSpec.from_um(
+            args.tile_um, tile_px=args.tile_px, overlap_px=args.overlap, min_tissue=args.min_tissue
+        )
+    return TileSpec(
+        tile_px=args.tile_px,
+        target_mpp=args.mpp_target,
+        overlap_px=args.overlap,
+        min_tissue=args.min_tissue,
+    )
 
 
 def format_summary(results) -> str:
@@ -38,7 +43,8 @@ def format_summary(results) -> str:
         counts[r.status] = counts.get(r.status, 0) + 1
     total = sum(r.n_tiles or 0 for r in results)
     lines.append(
-        f"{len(results)} slides: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        f"{len(results)} slides: "
+        + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
         + f"; {total} tiles"
     )
     for r in results:
@@ -56,10 +62,16 @@ def run_tile(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers {args.workers}: must be at least 1")
     spec = spec_from_args(args)
     results = tile_slides(
-        args.slides, args.out, spec,
-        workers=args.workers, shard=parse_shard(args.shard),
-        mpp=args.mpp, allow_implausible_mpp=args.allow_implausible_mpp,
-        save_tiles=args.save_tiles, overwrite=args.overwrite, reader=args.reader,
+        args.slides,
+        args.out,
+        spec,
+        workers=args.workers,
+        shard=parse_shard(args.shard),
+        mpp=args.mpp,
+        allow_implausible_mpp=args.allow_implausible_mpp,
+        save_tiles=args.save_tiles,
+        overwrite=args.overwrite,
+        reader=args.reader,
     )
     print(format_summary(results))
     print(f"outputs in {Path(args.out).resolve()}")
@@ -78,15 +90,20 @@ def run_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     slide_path = out / "synthetic_slide.tif"
     if not slide_path.exists():
-        print(f"generating a {args.size} px synthetic slide (0.25 µm/px) in {slide_path} ...",
-              file=sys.stderr)
+        print(
+            f"generating a {args.size} px synthetic slide (0.25 µm/px) in {slide_path} ...",
+            file=sys.stderr,
+        )
         tmp = slide_path.with_suffix(".tif.partial")
         make_synthetic_slide(tmp, width=args.size, height=args.size * 3 // 4, seed=0)
         tmp.replace(slide_path)
-    results = tile_slides([slide_path], out / "tiles", TileSpec(), workers=args.workers,
-                          save_tiles=True)
+    results = tile_slides(
+        [slide_path], out / "tiles", TileSpec(), workers=args.workers, save_tiles=True
+    )
     print(format_summary(results))
     r = results[0]
-    print(f"overlay: {Path(r.out_dir) / 'overlay.png'}\n"
-          f"tiles:   {Path(r.out_dir) / 'tiles.h5'} (load with histoxmodal.load_tiles)")
+    print(
+        f"overlay: {Path(r.out_dir) / 'overlay.png'}\n"
+        f"tiles:   {Path(r.out_dir) / 'tiles.h5'} (load with histoxmodal.load_tiles)"
+    )
     return EXIT_FAILED if r.failed else EXIT_OK

@@ -147,7 +147,8 @@ class SlideReader(ABC):
         """
         if not 0 <= level < self.level_count:
             raise ValueError(
-                f"level={level} is out of range: {self.path.name} has levels 0..{self.level_count - 1}"
+                f"level={level} is out of range: {self.path.name} has levels "
+                f"0..{self.level_count - 1}"
             )
         w, h = int(size[0]), int(size[1])
         if w <= 0 or h <= 0:
@@ -279,9 +280,7 @@ def _ensure_registered() -> None:
     import histoxmodal.io.slide_readers  # noqa: F401  (registers the backends)
 
 
-def _resolve_mpp(
-    slide: SlideReader, mpp: float | None, allow_implausible_mpp: bool
-) -> MppInfo:
+def _resolve_mpp(slide: SlideReader, mpp: float | None, allow_implausible_mpp: bool) -> MppInfo:
     meta_mpp, detail = slide._metadata_mpp()
     if mpp is not None:
         if not (isinstance(mpp, int | float) and math.isfinite(mpp) and mpp > 0):
@@ -289,7 +288,10 @@ def _resolve_mpp(
         if meta_mpp is not None and abs(meta_mpp - mpp) / mpp > 0.1:
             log.warning(
                 "%s: using mpp=%.4g given by the user; the file's metadata says %.4g (%s)",
-                slide.path.name, mpp, meta_mpp, detail,
+                slide.path.name,
+                mpp,
+                meta_mpp,
+                detail,
             )
         info = MppInfo(float(mpp), "user", "mpp argument", meta_mpp)
     elif meta_mpp is not None:

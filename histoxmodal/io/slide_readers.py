@@ -49,7 +49,7 @@ def _to_rgb(a: np.ndarray) -> np.ndarray:
 def _crop(level_image: np.ndarray, x: int, y: int, w: int, h: int) -> np.ndarray:
     """A ``(h, w, 3)`` window of an in-memory level; outside areas white."""
     H, W = level_image.shape[:2]
-    if 0 <= x and 0 <= y and x + w <= W and y + h <= H:
+    if x >= 0 and y >= 0 and x + w <= W and y + h <= H:
         return level_image[y : y + h, x : x + w].copy()
     out = np.full((h, w, 3), 255, np.uint8)
     _paste(out, level_image, -x, -y)
@@ -130,7 +130,10 @@ class TiffFileReader(SlideReader):
             series = self._tf.series[0]
             levels = list(series.levels)
         except Exception as exc:  # tifffile raises many types on damaged files
-            raise SlideOpenError(f"{path}: not a readable TIFF ({exc})") from exc
+            raise SlideOpenError(
+                f"{path}: not a readable TIFF ({exc}); the file may be truncated or corrupt "
+                f"({path.stat().st_size} bytes): re-copy it and compare checksums"
+            ) from exc
         self._pages = []
         for lv in levels:
             axes, shape = lv.axes, lv.shape
@@ -142,9 +145,7 @@ class TiffFileReader(SlideReader):
                     f"slides with interleaved samples"
                 )
             self._pages.append(lv.pages[0] if hasattr(lv.pages[0], "keyframe") else lv.keyframe)
-        self.level_dimensions = tuple(
-            (int(p.imagewidth), int(p.imagelength)) for p in self._pages
-        )
+        self.level_dimensions = tuple((int(p.imagewidth), int(p.imagelength)) for p in self._pages)
         w0, h0 = self.level_dimensions[0]
         self.level_downsamples = tuple((w0 / w + h0 / h) / 2 for w, h in self.level_dimensions)
         self.vendor = "ome-tiff" if self._tf.is_ome else "tiff"
@@ -158,9 +159,13 @@ class TiffFileReader(SlideReader):
                 root = ET.fromstring(self._tf.ome_metadata)
             except ET.ParseError:
                 root = None
-            pixels = None if root is None else next(
-                (el for el in root.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"),
-                None,
+            pixels = (
+                None
+                if root is None
+                else next(
+                    (el for el in root.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"),
+                    None,
+                )
             )
             if pixels is not None and pixels.get("PhysicalSizeX"):
                 sx = float(pixels.get("PhysicalSizeX"))
@@ -279,9 +284,7 @@ class PillowReader(SlideReader):
             Image.MAX_IMAGE_PIXELS = old
         scales = (1, 2, 4, 8) if self._format == "JPEG" else (1,)
         self.level_dimensions = tuple((math.ceil(w / s), math.ceil(h / s)) for s in scales)
-        self.level_downsamples = tuple(
-            (w / lw + h / lh) / 2 for lw, lh in self.level_dimensions
-        )
+        self.level_downsamples = tuple((w / lw + h / lh) / 2 for lw, lh in self.level_dimensions)
         self.vendor = (self._format or "image").lower()
         self._levels: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()

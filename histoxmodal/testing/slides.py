@@ -171,10 +171,7 @@ def make_synthetic_slide(
     path = Path(path)
     rng = np.random.default_rng(seed)
     gw, gh = math.ceil(width / _MASK_CELL), math.ceil(height / _MASK_CELL)
-    if tissue:
-        mask = _tissue_field(gw, gh, n_sections, rng)
-    else:
-        mask = np.zeros((gh, gw), bool)
+    mask = _tissue_field(gw, gh, n_sections, rng) if tissue else np.zeros((gh, gw), bool)
     dims = [(width, height)]
     while max(dims[-1]) // level_downsample >= min_level_size:
         w, h = dims[-1]

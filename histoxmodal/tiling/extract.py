@@ -15,9 +15,7 @@ if TYPE_CHECKING:
     from histoxmodal.io.slide import SlideReader
 
 
-def read_tile_batch(
-    slide: SlideReader, geometry: TileGeometry, coords: np.ndarray
-) -> np.ndarray:
+def read_tile_batch(slide: SlideReader, geometry: TileGeometry, coords: np.ndarray) -> np.ndarray:
     """Read the tiles at ``coords`` into one ``(n, tile_px, tile_px, 3)`` uint8 array."""
     import cv2
 

@@ -34,8 +34,22 @@ log = logging.getLogger(__name__)
 
 #: file suffixes picked up when a folder is given
 SLIDE_SUFFIXES = (
-    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".bif", ".czi",
-    ".svslide", ".dcm", ".jpg", ".jpeg", ".png", ".btf",
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".vms",
+    ".vmu",
+    ".scn",
+    ".mrxs",
+    ".bif",
+    ".czi",
+    ".svslide",
+    ".dcm",
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".btf",
 )
 
 #: longest side of ``overlay.png`` in pixels
@@ -91,15 +105,18 @@ def find_slides(inputs: Iterable[str | Path]) -> tuple[list[Path], list[SlideRes
     for item in inputs:
         p = Path(item).expanduser()
         if not p.exists():
-            missing.append(SlideResult(str(p), output_name(p), STATUS_FAILED,
-                                       reason=f"file not found: {p}"))
+            missing.append(
+                SlideResult(str(p), output_name(p), STATUS_FAILED, reason=f"file not found: {p}")
+            )
             continue
         if p.is_dir():
-            inside = sorted(q for q in p.iterdir()
-                            if q.is_file() and q.suffix.lower() in SLIDE_SUFFIXES)
+            inside = sorted(
+                q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SLIDE_SUFFIXES
+            )
             if not inside:
-                log.warning("%s: no slides in this folder (looked for %s)", p,
-                            " ".join(SLIDE_SUFFIXES))
+                log.warning(
+                    "%s: no slides in this folder (looked for %s)", p, " ".join(SLIDE_SUFFIXES)
+                )
             found.extend(inside)
         else:
             found.append(p)
@@ -139,10 +156,16 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return k, n
 
 
-def _params(spec: TileSpec, tissue: TissueParams, mpp: float | None, save_tiles: bool,
-            reader: str | None) -> dict[str, object]:
-    return {"spec": spec.as_dict(), "tissue": asdict(tissue), "mpp": mpp,
-            "save_tiles": save_tiles, "reader": reader}
+def _params(
+    spec: TileSpec, tissue: TissueParams, mpp: float | None, save_tiles: bool, reader: str | None
+) -> dict[str, object]:
+    return {
+        "spec": spec.as_dict(),
+        "tissue": asdict(tissue),
+        "mpp": mpp,
+        "save_tiles": save_tiles,
+        "reader": reader,
+    }
 
 
 def _read_manifest(folder: Path) -> dict | None:
@@ -217,18 +240,33 @@ def tile_slide(
     final = out_dir / name
     params = _params(spec, tissue, mpp, save_tiles, reader)
     previous = _read_manifest(final)
-    if previous is not None and not overwrite and previous.get("status") in (
-        STATUS_OK, STATUS_EMPTY
+    if (
+        previous is not None
+        and not overwrite
+        and previous.get("status") in (STATUS_OK, STATUS_EMPTY)
     ):
         if previous.get("params") == params:
-            return SlideResult(str(slide), name, STATUS_SKIPPED, previous.get("n_tiles"),
-                               previous.get("mpp"), previous.get("mpp_source"),
-                               "already tiled with these parameters", 0.0, str(final))
+            return SlideResult(
+                str(slide),
+                name,
+                STATUS_SKIPPED,
+                previous.get("n_tiles"),
+                previous.get("mpp"),
+                previous.get("mpp_source"),
+                "already tiled with these parameters",
+                0.0,
+                str(final),
+            )
         return SlideResult(
-            str(slide), name, STATUS_FAILED, reason=(
+            str(slide),
+            name,
+            STATUS_FAILED,
+            reason=(
                 f"{final} holds output made with other parameters; pass --overwrite "
-                f"(overwrite=True) to replace it, or choose another --out"),
-            out_dir=str(final))
+                f"(overwrite=True) to replace it, or choose another --out"
+            ),
+            out_dir=str(final),
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_stale(out_dir, name)
     tmp = staging_dir(final)
@@ -242,8 +280,9 @@ def tile_slide(
     }
     result = SlideResult(str(slide), name, STATUS_FAILED, out_dir=str(final))
     try:
-        with open_slide(slide, mpp=mpp, reader=reader,
-                        allow_implausible_mpp=allow_implausible_mpp) as s:
+        with open_slide(
+            slide, mpp=mpp, reader=reader, allow_implausible_mpp=allow_implausible_mpp
+        ) as s:
             manifest.update(s.describe())
             result.mpp, result.mpp_source = s.mpp, s.mpp_info.source
             geom = spec.resolve(s)
@@ -258,32 +297,39 @@ def tile_slide(
             if save_tiles:
                 batches = iter_tiles(s, geom, coords, workers=workers)
                 n_batches = -(-len(coords) // 32)
-                write_tiles(tmp / keys.TILE_STORE_FILE, coords, spec.tile_px,
-                            progress(batches, total=n_batches, desc=name, unit="batch"), attrs)
+                write_tiles(
+                    tmp / keys.TILE_STORE_FILE,
+                    coords,
+                    spec.tile_px,
+                    progress(batches, total=n_batches, desc=name, unit="batch"),
+                    attrs,
+                )
                 files.append(keys.TILE_STORE_FILE)
             status = STATUS_OK if len(coords) else STATUS_EMPTY
-            manifest.update({
-                "target_mpp": spec.target_mpp,
-                "effective_mpp": geom.effective_mpp,
-                "tile_px": spec.tile_px,
-                "tile_px_level0": geom.tile_px_level0,
-                "step_px_level0": geom.step_level0,
-                "overlap_px": spec.tile_px - spec.step_px,
-                "read_level": geom.read_level,
-                "read_px": geom.read_px,
-                "min_tissue": spec.min_tissue,
-                "n_tiles": int(len(coords)),
-                "tissue_threshold": mask.threshold,
-                "tissue_area_mm2": mask.area_um2(geom.mpp) / 1e6,
-                "tissue_regions": len(mask.polygons),
-                "files": files,
-                "status": status,
-            })
+            manifest.update(
+                {
+                    "target_mpp": spec.target_mpp,
+                    "effective_mpp": geom.effective_mpp,
+                    "tile_px": spec.tile_px,
+                    "tile_px_level0": geom.tile_px_level0,
+                    "step_px_level0": geom.step_level0,
+                    "overlap_px": spec.tile_px - spec.step_px,
+                    "read_level": geom.read_level,
+                    "read_px": geom.read_px,
+                    "min_tissue": spec.min_tissue,
+                    "n_tiles": len(coords),
+                    "tissue_threshold": mask.threshold,
+                    "tissue_area_mm2": mask.area_um2(geom.mpp) / 1e6,
+                    "tissue_regions": len(mask.polygons),
+                    "files": files,
+                    "status": status,
+                }
+            )
             if status == STATUS_EMPTY:
                 manifest["reason"] = (
                     "no tissue detected (or no tile reached min_tissue); see overlay.png"
                 )
-            result.status, result.n_tiles = status, int(len(coords))
+            result.status, result.n_tiles = status, len(coords)
             result.reason = str(manifest.get("reason", ""))
     except (KeyboardInterrupt, SystemExit):
         shutil.rmtree(tmp, ignore_errors=True)
@@ -388,15 +434,18 @@ def tile_slides(
                 pool.submit(_tile_one, (p, out_dir, spec, {**kwargs, "workers": threads})): p
                 for p in slides
             }
-            for fut in progress(as_completed(futs), total=len(futs), desc="slides",
-                                unit="slide"):
+            for fut in progress(as_completed(futs), total=len(futs), desc="slides", unit="slide"):
                 p = futs[fut]
                 try:
                     r = fut.result()
                 except BrokenProcessPool:
-                    r = SlideResult(str(p), output_name(p), STATUS_FAILED,
-                                    reason="the worker process died (out of memory or a crash "
-                                           "in a decoder); rerun to retry this slide")
+                    r = SlideResult(
+                        str(p),
+                        output_name(p),
+                        STATUS_FAILED,
+                        reason="the worker process died (out of memory or a crash "
+                        "in a decoder); rerun to retry this slide",
+                    )
                 results.append(r)
                 if on_result:
                     on_result(r)
@@ -479,8 +528,9 @@ def load_tiles(folder: str | Path) -> TileSet:
     with h5py.File(folder / keys.TILE_COORDS_FILE, "r") as f:
         coords = f["coords"][:]
         frac = f["tissue_fraction"][:]
-        attrs = {k: (v.tolist() if hasattr(v, "tolist") else v)
-                 for k, v in f["coords"].attrs.items()}
+        attrs = {
+            k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in f["coords"].attrs.items()
+        }
     ts = TileSet(coords, frac, attrs, manifest)
     store = folder / keys.TILE_STORE_FILE
     if store.exists():

@@ -49,7 +49,7 @@ def coords_attrs(slide: SlideReader, geometry: TileGeometry, name: str) -> dict[
 def write_coords(
     path: Path, coords: np.ndarray, fraction: np.ndarray, attrs: dict[str, object]
 ) -> None:
-    """Write ``coords.h5``: datasets ``coords`` and ``tissue_fraction``, attributes on ``coords``."""
+    """Write ``coords.h5``: datasets ``coords`` and ``tissue_fraction``; attributes on coords."""
     import h5py
 
     with h5py.File(path, "w") as f:
@@ -79,7 +79,9 @@ def write_tiles(
     with h5py.File(path, "w") as f:
         f.create_dataset("coords", data=np.asarray(coords, np.int64).reshape(-1, 2))
         d = f.create_dataset(
-            "tiles", shape=(n, tile_px, tile_px, 3), dtype=np.uint8,
+            "tiles",
+            shape=(n, tile_px, tile_px, 3),
+            dtype=np.uint8,
             chunks=(1, tile_px, tile_px, 3) if n else None,
         )
         for k, v in attrs.items():

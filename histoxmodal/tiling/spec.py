@@ -47,8 +47,11 @@ class TileSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.tile_px, int) or self.tile_px < 1:
             raise ConfigError(f"tile_px={self.tile_px!r} must be a positive integer, e.g. 224")
-        if not (isinstance(self.target_mpp, int | float) and math.isfinite(self.target_mpp)
-                and self.target_mpp > 0):
+        if not (
+            isinstance(self.target_mpp, int | float)
+            and math.isfinite(self.target_mpp)
+            and self.target_mpp > 0
+        ):
             raise ConfigError(
                 f"target_mpp={self.target_mpp!r} must be a positive µm/px, e.g. 0.5 (20x)"
             )

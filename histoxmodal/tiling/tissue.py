@@ -146,15 +146,17 @@ class TissueMask:
                 if pts and pts[0] != pts[-1]:
                     pts.append(pts[0])
                 coords.append(pts)
-            features.append({
-                "type": "Feature",
-                "id": f"tissue-{i}",
-                "geometry": {"type": "Polygon", "coordinates": coords},
-                "properties": {
-                    "objectType": "annotation",
-                    "classification": {"name": name, "color": [0, 160, 80]},
-                },
-            })
+            features.append(
+                {
+                    "type": "Feature",
+                    "id": f"tissue-{i}",
+                    "geometry": {"type": "Polygon", "coordinates": coords},
+                    "properties": {
+                        "objectType": "annotation",
+                        "classification": {"name": name, "color": [0, 160, 80]},
+                    },
+                }
+            )
         return {"type": "FeatureCollection", "features": features}
 
     def write_geojson(self, path: str | Path) -> None:
@@ -165,7 +167,7 @@ class TissueMask:
 def _disk(radius_px: float) -> np.ndarray | None:
     import cv2
 
-    r = int(round(radius_px))
+    r = round(radius_px)
     if r < 1:
         return None
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
@@ -200,13 +202,13 @@ def mask_from_image(
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, k)
     px_area = mask_mpp * mask_mpp
     # drop small objects
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     keep = stats[:, cv2.CC_STAT_AREA] * px_area >= params.min_area_um2
     keep[0] = False
     mask = keep[labels]
     # fill small holes: background components that do not touch the border
     inv = (~mask).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(inv, connectivity=4)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(inv, connectivity=4)
     h, w = mask.shape
     x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
     bw, bh = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
@@ -270,4 +272,3 @@ def detect_tissue(slide: SlideReader, params: TissueParams | None = None) -> Tis
     mask, thr = mask_from_image(thumb, mask_mpp, params)
     log.debug("%s: tissue threshold %.1f, %.1f%% tissue", slide.path.name, thr, 100 * mask.mean())
     return TissueMask(mask, downsample, mask_polygons(mask, downsample), thumb, thr)
-

@@ -38,8 +38,9 @@ def test_dicom_wsi_two_files_one_slide(data_dir):
     assert a.vendor == b.vendor == "dicom"
     assert a.dimensions == b.dimensions == (16, 16)
     assert a.mpp == pytest.approx(0.499)
-    np.testing.assert_array_equal(a.read_region((0, 0), 0, (16, 16)),
-                                  b.read_region((0, 0), 0, (16, 16)))
+    np.testing.assert_array_equal(
+        a.read_region((0, 0), 0, (16, 16)), b.read_region((0, 0), 0, (16, 16))
+    )
     folder = open_slide(fx)  # a folder of .dcm files opens as the DICOM WSI
     assert folder.vendor == "dicom"
 
@@ -104,16 +105,25 @@ def test_ome_tiff_pyramid_in_subifds(tmp_path):
     half = base[::2, ::2].copy()
     path = tmp_path / "img.ome.tif"
     with tifffile.TiffWriter(path) as tw:
-        tw.write(base, subifds=1, tile=(128, 128), photometric="rgb",
-                 metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5,
-                           "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})
+        tw.write(
+            base,
+            subifds=1,
+            tile=(128, 128),
+            photometric="rgb",
+            metadata={
+                "axes": "YXS",
+                "PhysicalSizeX": 0.5,
+                "PhysicalSizeY": 0.5,
+                "PhysicalSizeXUnit": "µm",
+                "PhysicalSizeYUnit": "µm",
+            },
+        )
         tw.write(half, subfiletype=1, tile=(128, 128), photometric="rgb")
     s = open_slide(path)
     assert s.name == "tifffile" and s.vendor == "ome-tiff"
     assert s.mpp == pytest.approx(0.5) and "OME" in s.mpp_info.detail
     assert s.level_dimensions == ((800, 600), (400, 300))
-    np.testing.assert_array_equal(s.read_region((130, 250), 0, (300, 200)),
-                                  base[250:450, 130:430])
+    np.testing.assert_array_equal(s.read_region((130, 250), 0, (300, 200)), base[250:450, 130:430])
     np.testing.assert_array_equal(s.read_region((200, 100), 1, (50, 40)), half[50:90, 100:150])
 
 
@@ -122,13 +132,20 @@ def test_striped_tiff_falls_back_to_tifffile(tmp_path):
 
     img = np.random.default_rng(1).integers(0, 255, (300, 410, 3), dtype=np.uint8)
     path = tmp_path / "striped.tif"
-    tifffile.imwrite(path, img, photometric="rgb", rowsperstrip=16,
-                     resolution=(1e4 / 0.4, 1e4 / 0.4), resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        path,
+        img,
+        photometric="rgb",
+        rowsperstrip=16,
+        resolution=(1e4 / 0.4, 1e4 / 0.4),
+        resolutionunit="CENTIMETER",
+    )
     s = open_slide(path)
     assert s.name == "tifffile"
     assert s.mpp == pytest.approx(0.4) and "XResolution" in s.mpp_info.detail
-    np.testing.assert_array_equal(s.read_region((-10, 290), 0, (50, 20))[:10, 10:],
-                                  img[290:300, 0:40])
+    np.testing.assert_array_equal(
+        s.read_region((-10, 290), 0, (50, 20))[:10, 10:], img[290:300, 0:40]
+    )
     assert (s.read_region((-10, 290), 0, (50, 20))[10:] == 255).all()
 
 
@@ -138,12 +155,14 @@ def test_read_region_at_mpp_resamples_from_best_level(small_slide):
     s = open_slide(small_slide.path)
     # 0.5 µm/px from a 0.25 µm/px slide: level 1 (downsample 2) is read as is
     assert s.best_level_for_downsample(2.0) == 1
-    np.testing.assert_array_equal(s.read_region_at_mpp((800, 600), 100, 0.5),
-                                  s.read_region((800, 600), 1, (100, 100)))
+    np.testing.assert_array_equal(
+        s.read_region_at_mpp((800, 600), 100, 0.5), s.read_region((800, 600), 1, (100, 100))
+    )
     # 0.75 µm/px: level 1 read at 150 px and shrunk to 100
     out = s.read_region_at_mpp((800, 600), 100, 0.75)
-    ref = cv2.resize(s.read_region((800, 600), 1, (150, 150)), (100, 100),
-                     interpolation=cv2.INTER_AREA)
+    ref = cv2.resize(
+        s.read_region((800, 600), 1, (150, 150)), (100, 100), interpolation=cv2.INTER_AREA
+    )
     np.testing.assert_array_equal(out, ref)
 
 
@@ -151,8 +170,11 @@ def test_thumbnail_reads_a_low_level(small_slide, monkeypatch):
     s = open_slide(small_slide.path)
     levels = []
     real = s._read_level_region
-    monkeypatch.setattr(s, "_read_level_region",
-                        lambda x, y, level, w, h: levels.append(level) or real(x, y, level, w, h))
+    monkeypatch.setattr(
+        s,
+        "_read_level_region",
+        lambda x, y, level, w, h: levels.append(level) or real(x, y, level, w, h),
+    )
     t = s.get_thumbnail(max_size=300)
     assert t.shape == (200, 300, 3)
     assert set(levels) == {3}  # 3072 / 8 = 384 px: the coarsest level not below 300 px
@@ -172,10 +194,11 @@ def test_bad_inputs(tmp_path, cmu_svs):
     with pytest.raises(SlideOpenError, match="folder"):
         open_slide(tmp_path)
     truncated = tmp_path / "truncated.svs"
-    truncated.write_bytes(cmu_svs.read_bytes()[: 400_000])
+    truncated.write_bytes(cmu_svs.read_bytes()[:400_000])
     with pytest.raises((SlideOpenError, SlideReadError), match="truncated"):
         s = open_slide(truncated)
         s.read_region((0, 0), 0, (2220, 2967))
+
 
 def test_truncated_jpeg(tmp_path, data_dir):
     jpg = tmp_path / "cut.jpg"

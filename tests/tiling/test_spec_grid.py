@@ -28,10 +28,19 @@ def test_geometry_picks_level_and_sizes():
     assert spec.target_mpp == 0.5 and spec.tile_um == 112
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"tile_px": 0}, {"target_mpp": 0}, {"target_mpp": float("nan")}, {"overlap_px": 224},
-    {"overlap_px": -1}, {"min_tissue": 1.5}, {"stride_px": 0}, {"overlap_px": 8, "stride_px": 100},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"tile_px": 0},
+        {"target_mpp": 0},
+        {"target_mpp": float("nan")},
+        {"overlap_px": 224},
+        {"overlap_px": -1},
+        {"min_tissue": 1.5},
+        {"stride_px": 0},
+        {"overlap_px": 8, "stride_px": 100},
+    ],
+)
 def test_spec_rejects_bad_values(kwargs):
     with pytest.raises(ConfigError):
         TileSpec(**kwargs)
@@ -52,7 +61,7 @@ def _fraction_loop(mask, dx, dy, x, y, s):
     r0 = math.floor(y / dy + 0.5)
     c1 = max(c0 + 1, math.floor((x + s) / dx + 0.5))
     r1 = max(r0 + 1, math.floor((y + s) / dy + 0.5))
-    window = mask[max(0, r0):min(h, r1), max(0, c0):min(w, c1)]
+    window = mask[max(0, r0) : min(h, r1), max(0, c0) : min(w, c1)]
     return window.sum() / ((c1 - c0) * (r1 - r0))
 
 
@@ -70,8 +79,7 @@ def test_tissue_fraction_matches_a_loop():
 def test_tile_grid_filters_by_min_tissue():
     mask = np.zeros((10, 10), bool)
     mask[2:6, 3:8] = True  # level-0 x in [300, 800), y in [200, 600) at downsample 100
-    g = TileGeometry.from_spec(TileSpec(tile_px=100, target_mpp=1.0, min_tissue=0.5), 1.0,
-                               (1.0,))
+    g = TileGeometry.from_spec(TileSpec(tile_px=100, target_mpp=1.0, min_tissue=0.5), 1.0, (1.0,))
     coords, frac = tile_grid((1000, 1000), g, TissueMask(mask, (100.0, 100.0)))
     want = [(x, y) for y in range(200, 600, 100) for x in range(300, 800, 100)]
     assert [tuple(c) for c in coords.tolist()] == want
@@ -80,8 +88,12 @@ def test_tile_grid_filters_by_min_tissue():
     g2 = TileGeometry.from_spec(TileSpec(tile_px=200, target_mpp=1.0, stride_px=100), 1.0, (1.0,))
     c5, f5 = tile_grid((1000, 1000), g2, TissueMask(mask, (100.0, 100.0)), min_tissue=0.5)
     c6, _ = tile_grid((1000, 1000), g2, TissueMask(mask, (100.0, 100.0)), min_tissue=0.6)
-    brute = [(x, y) for y in range(0, 801, 100) for x in range(0, 801, 100)
-             if mask[y // 100:y // 100 + 2, x // 100:x // 100 + 2].mean() >= 0.5]
+    brute = [
+        (x, y)
+        for y in range(0, 801, 100)
+        for x in range(0, 801, 100)
+        if mask[y // 100 : y // 100 + 2, x // 100 : x // 100 + 2].mean() >= 0.5
+    ]
     assert [tuple(c) for c in c5.tolist()] == brute
     assert len(c6) < len(c5) and f5.min() == 0.5
     all_coords, _ = tile_grid((1000, 1000), g2, None)

@@ -14,8 +14,9 @@ from histoxmodal.tiling.tissue import TissueParams, detect_tissue, mask_from_ima
 def _scores(tm, truth_mask):
     import cv2
 
-    truth = cv2.resize(truth_mask.astype(np.uint8), tm.mask.shape[::-1],
-                       interpolation=cv2.INTER_NEAREST).astype(bool)
+    truth = cv2.resize(
+        truth_mask.astype(np.uint8), tm.mask.shape[::-1], interpolation=cv2.INTER_NEAREST
+    ).astype(bool)
     inter = (tm.mask & truth).sum()
     return inter / (tm.mask | truth).sum(), inter / tm.mask.sum()
 
@@ -64,7 +65,7 @@ def test_small_holes_filled_large_holes_kept_specks_removed():
     img[180:280, 180:280] = 245  # a 100 x 100 px lumen
     img[10:13, 380:383] = (90, 50, 140)  # a speck of dust
     params = TissueParams(close_um=0, open_um=0, min_area_um2=100, max_hole_um2=1000)
-    mask, thr = mask_from_image(img, 1.0, params)
+    mask, _ = mask_from_image(img, 1.0, params)
     assert mask[101, 101] and not mask[230, 230] and not mask[11, 381]
     assert mask.sum() == 300 * 300 - 100 * 100
     polys = mask_polygons(mask, (2.0, 2.0))
