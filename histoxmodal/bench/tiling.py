@@ -118,20 +118,27 @@ def bench_extraction(
 
 
 _DETECT_CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
+from pathlib import Path
 from histoxmodal.io.slide import open_slide
 from histoxmodal.tiling.grid import tile_grid
 from histoxmodal.tiling.spec import TileSpec
 from histoxmodal.tiling.tissue import detect_tissue
 import cv2, numpy, openslide  # imported before the baseline is taken
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def status(key):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+
+Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter (VmHWM)
+before = status("VmRSS")
 t0 = time.perf_counter()
 slide = open_slide(sys.argv[1])
 mask = detect_tissue(slide)
 coords, _ = tile_grid(slide.dimensions, TileSpec().resolve(slide), mask)
 dt = time.perf_counter() - t0
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"seconds": dt, "peak_extra_mb": (after - before) / 1024,
+print(json.dumps({"seconds": dt, "peak_extra_mb": status("VmHWM") - before,
                   "n_tiles": len(coords), "mask_shape": list(mask.mask.shape)}))
 """
 

@@ -214,9 +214,9 @@ class SlideReader(ABC):
         lds = self.level_downsamples[level]
         if (lw, lh) == (out_w, out_h):
             return self.read_region((0, 0), level, (lw, lh))
-        # stripes of the level that map to whole output rows, about 8 Mpx each
+        # stripes of the level that map to whole output rows, about 2 Mpx each
         rows_per_out = lh / out_h
-        stripe_out_rows = max(1, int(8_000_000 / max(1, lw) / max(rows_per_out, 1e-9)))
+        stripe_out_rows = max(1, int(2_000_000 / max(1, lw) / max(rows_per_out, 1e-9)))
         out = np.empty((out_h, out_w, 3), np.uint8)
         interp = cv2.INTER_AREA if lw >= out_w else cv2.INTER_LINEAR
 

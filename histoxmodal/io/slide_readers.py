@@ -46,6 +46,17 @@ def _to_rgb(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a[:, :, :3])
 
 
+def _premultiplied_bgra_to_rgb(bgra: np.ndarray) -> np.ndarray:
+    """OpenSlide's premultiplied ARGB (BGRA bytes in memory) to RGB over a white background."""
+    import cv2
+
+    rgb = cv2.cvtColor(bgra, cv2.COLOR_BGRA2RGB)
+    alpha = bgra[:, :, 3]
+    if alpha.min() < 255:  # premultiplied: compositing on white adds the missing coverage
+        rgb = cv2.add(rgb, cv2.cvtColor(255 - alpha, cv2.COLOR_GRAY2RGB))
+    return rgb
+
+
 def _crop(level_image: np.ndarray, x: int, y: int, w: int, h: int) -> np.ndarray:
     """A ``(h, w, 3)`` window of an in-memory level; outside areas white."""
     H, W = level_image.shape[:2]
@@ -81,6 +92,13 @@ class OpenSlideReader(SlideReader):
         self.level_dimensions = tuple(tuple(map(int, d)) for d in self._osr.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
         self.vendor = self._osr.properties.get("openslide.vendor", "") or ""
+        import ctypes
+        import sys
+
+        # openslide-python's raw binding (stable since 1.2); without it, the public PIL path
+        raw = getattr(openslide.lowlevel, "_read_region", None)
+        self._raw_read = raw if sys.byteorder == "little" else None
+        self._uint32_p = ctypes.POINTER(ctypes.c_uint32)
 
     def _metadata_mpp(self) -> tuple[float | None, str]:
         props = self._osr.properties
@@ -98,13 +116,18 @@ class OpenSlideReader(SlideReader):
 
     def _read_level_region(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
         try:
-            img = self._osr.read_region((x, y), level, (w, h))
+            if self._raw_read is None:
+                return _to_rgb(np.asarray(self._osr.read_region((x, y), level, (w, h))))
+            # Decode straight into a NumPy buffer: skips PIL's un-premultiply pass and copies,
+            # and the ctypes call releases the GIL for the whole decode.
+            argb = np.empty((h, w), np.uint32)
+            self._raw_read(self._osr._osr, argb.ctypes.data_as(self._uint32_p), x, y, level, w, h)
         except self._openslide.OpenSlideError as exc:
             raise SlideReadError(
                 f"{self.path}: reading {w}x{h} px at level {level}, ({x}, {y}) failed: {exc}. "
                 f"The file is probably truncated or corrupt."
             ) from exc
-        return _to_rgb(np.asarray(img))
+        return _premultiplied_bgra_to_rgb(argb.view(np.uint8).reshape(h, w, 4))
 
     def close(self) -> None:
         self._osr.close()

@@ -52,6 +52,8 @@ def iter_tiles(
         ``(b, tile_px, tile_px, 3)`` uint8, ``b <= batch_size``; together they follow ``coords``.
     """
     coords = np.asarray(coords).reshape(-1, 2)
+    if workers > 1:  # at least four batches per worker, so no thread idles at the end
+        batch_size = max(1, min(batch_size, -(-len(coords) // (4 * workers))))
     chunks = [coords[i : i + batch_size] for i in range(0, len(coords), batch_size)]
     if workers <= 1:
         for chunk in chunks:

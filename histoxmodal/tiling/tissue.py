@@ -119,8 +119,9 @@ class TissueMask:
         """
         coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
         if self._integral is None:
-            ii = np.zeros((self.mask.shape[0] + 1, self.mask.shape[1] + 1), np.int64)
-            np.cumsum(np.cumsum(self.mask, axis=0, dtype=np.int64), axis=1, out=ii[1:, 1:])
+            # int32 holds counts up to 2^31: far above a mask capped at max_side² pixels
+            ii = np.zeros((self.mask.shape[0] + 1, self.mask.shape[1] + 1), np.int32)
+            np.cumsum(np.cumsum(self.mask, axis=0, dtype=np.int32), axis=1, out=ii[1:, 1:])
             self._integral = ii
         h, w = self.mask.shape
         dx, dy = self.downsample
@@ -132,7 +133,7 @@ class TissueMask:
         c0, c1 = np.clip(c0, 0, w), np.clip(c1, 0, w)
         r0, r1 = np.clip(r0, 0, h), np.clip(r1, 0, h)
         ii = self._integral
-        s = ii[r1, c1] - ii[r0, c1] - ii[r1, c0] + ii[r0, c0]
+        s = ii[r1, c1].astype(np.int64) - ii[r0, c1] - ii[r1, c0] + ii[r0, c0]
         return s / area
 
     def to_geojson(self, *, name: str = "Tissue") -> dict[str, object]:
