@@ -14,10 +14,24 @@ from histoxmodal.testing import make_synthetic_slide
 def test_sigkill_mid_run_then_resume(tmp_path):
     slide = make_synthetic_slide(tmp_path / "s.tif", width=4096, height=3072, seed=5)
     out = tmp_path / "out"
-    args = ["tile", str(slide.path), "--out", str(out), "--tile-px", "32", "--mpp-target",
-            "0.25", "--min-tissue", "0", "--save-tiles"]
-    proc = subprocess.Popen([sys.executable, "-m", "histoxmodal.cli.main", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        "tile",
+        str(slide.path),
+        "--out",
+        str(out),
+        "--tile-px",
+        "32",
+        "--mpp-target",
+        "0.25",
+        "--min-tissue",
+        "0",
+        "--save-tiles",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "histoxmodal.cli.main", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while not list(out.glob(".s.partial-*")) and time.monotonic() < deadline:
         if proc.poll() is not None:
