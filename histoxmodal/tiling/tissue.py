@@ -53,7 +53,7 @@ class TissueParams:
     min_saturation: int = 20
     close_um: float = 32.0
     open_um: float = 16.0
-    min_area_um2: float = 50_000.0
+    min_area_um2: float = 10_000.0
     max_hole_um2: float = 100_000.0
 
     def __post_init__(self) -> None:
