@@ -366,3 +366,35 @@ class PillowReader(SlideReader):
 
     def close(self) -> None:
         self._levels.clear()
+
+
+# --------------------------------------------------------------------------- in memory
+@READERS.register("array", formats="in-memory RGB array")
+class ArraySlide(SlideReader):
+    """An image already in memory (for example ``uns['spatial'][lib]['images']['hires']``).
+
+    Not opened from a file: build it with ``ArraySlide(image, mpp=..., name=...)``.
+    """
+
+    name = "array"
+
+    def __init__(self, image: np.ndarray, *, mpp: float | None = None, name: str = "array"):
+        from histoxmodal.io.slide import MppInfo
+
+        super().__init__(Path(name))
+        img = np.asarray(image)
+        if img.dtype != np.uint8:  # float images in [0, 1] (scanpy's convention)
+            img = np.clip(np.asarray(img, np.float32) * (255 if img.max() <= 1.0 else 1), 0, 255)
+            img = img.round().astype(np.uint8)
+        self._image = _to_rgb(img)
+        h, w = self._image.shape[:2]
+        self.level_dimensions = ((w, h),)
+        self.level_downsamples = (1.0,)
+        self.vendor = "array"
+        self.mpp_info = MppInfo(mpp, "user" if mpp else "unknown", "ArraySlide(mpp=...)", None)
+
+    def _metadata_mpp(self) -> tuple[float | None, str]:
+        return None, ""
+
+    def _read_level_region(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
+        return _crop(self._image, x, y, w, h)

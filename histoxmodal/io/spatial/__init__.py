@@ -1,0 +1,93 @@
+"""Spatial-omics readers into AnnData, the scanpy/squidpy way (contract in :mod:`histoxmodal.keys`).
+
+``read_spatial(path)`` detects the format from the folder's contents; each format also has its
+own reader: :func:`read_visium`, :func:`read_her2st` / :func:`read_st` (legacy ST),
+:func:`read_xenium`, :func:`read_h5ad`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from histoxmodal.io.spatial._common import SpatialFormatError, library_id
+from histoxmodal.io.spatial.h5ad import read_h5ad
+from histoxmodal.io.spatial.st import read_her2st, read_st, st_sections
+from histoxmodal.io.spatial.visium import read_visium
+from histoxmodal.io.spatial.xenium import read_xenium
+
+FORMATS = ("visium", "her2st", "xenium", "h5ad")
+
+__all__ = [
+    "FORMATS",
+    "SpatialFormatError",
+    "detect_format",
+    "library_id",
+    "read_h5ad",
+    "read_her2st",
+    "read_spatial",
+    "read_st",
+    "read_visium",
+    "read_xenium",
+    "st_sections",
+]
+
+
+def detect_format(path: str | Path) -> str:
+    """The spatial format of a file or folder, from its contents.
+
+    ``.h5ad`` file -> ``h5ad``; ``cell_feature_matrix.h5`` -> ``xenium``; ``spatial/`` with
+    tissue positions -> ``visium``; ``counts/`` with ``spots/`` -> ``her2st``.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"spatial data not found: {p}")
+    if p.is_file():
+        if p.suffix == ".h5ad":
+            return "h5ad"
+        raise SpatialFormatError(
+            f"{p}: a single file must be an .h5ad; give the output folder "
+            f"of Space Ranger / Xenium or a her2st-layout folder"
+        )
+    names = {q.name for q in p.iterdir()}
+    if "cell_feature_matrix.h5" in names or "cell_feature_matrix" in names:
+        return "xenium"
+    if "spatial" in names and (p / "spatial").is_dir():
+        return "visium"
+    if "counts" in names and "spots" in names:
+        return "her2st"
+    raise SpatialFormatError(
+        f"{p}: cannot tell the format (expected a Space Ranger folder with spatial/, a Xenium "
+        f"folder with cell_feature_matrix.h5, a her2st folder with counts/ and spots/, or an "
+        f".h5ad); pass format= one of {', '.join(FORMATS)}"
+    )
+
+
+def read_spatial(path: str | Path, format: str | None = None, **kwargs):  # noqa: A002
+    """Read one spatial sample into AnnData; the format is detected when not given.
+
+    Parameters
+    ----------
+    path
+        Space Ranger output folder, Xenium output folder, ``.h5ad`` file, or a her2st-layout
+        folder (then pass ``section=``, e.g. ``"B4"``).
+    format
+        One of :data:`FORMATS`.
+    **kwargs
+        Passed to the format's reader (``image=``, ``mpp=``, ``pseudo_spot_um=``, ...).
+    """
+    fmt = format or detect_format(path)
+    if fmt == "visium":
+        return read_visium(path, **kwargs)
+    if fmt == "xenium":
+        return read_xenium(path, **kwargs)
+    if fmt == "h5ad":
+        return read_h5ad(path, **kwargs)
+    if fmt == "her2st":
+        section = kwargs.pop("section", None)
+        if section is None:
+            raise SpatialFormatError(
+                f"{path} holds several ST sections; pass section= one of "
+                f"{', '.join(st_sections(path))}"
+            )
+        return read_her2st(path, section, **kwargs)
+    raise SpatialFormatError(f"format={fmt!r}: expected one of {', '.join(FORMATS)}")

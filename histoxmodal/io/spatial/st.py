@@ -1,0 +1,213 @@
+"""Legacy Spatial Transcriptomics (ST) arrays in the her2st layout.
+
+A her2st root holds ``counts/<S>.tsv.gz`` (spots × genes, spot id ``"{x}x{y}"``),
+``spots/<S>_selection.tsv`` (array and pixel coordinates), ``images/<S>.jpg`` for some sections,
+and optional ``clusters/<S>-cluster-annotation.tsv.gz`` and
+``pathology/<S>_labeled_coordinates.tsv``. The patient is the section id's letter (B4 -> B).
+
+The images carry no pixel size: it is derived from the array, whose spots sit 200 µm apart, by a
+least-squares fit of pixel coordinates against array coordinates.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+
+from histoxmodal import keys
+from histoxmodal.io.spatial._common import (
+    SpatialFormatError,
+    check_coords_in_image,
+    finalize,
+    images_from_full,
+    reconcile_mpp,
+    require_file,
+    unique_gene_names,
+)
+
+log = logging.getLogger(__name__)
+
+ST_SPOT_PITCH_UM = 200.0
+ST_SPOT_DIAMETER_UM = 100.0
+_SECTION = re.compile(r"^([A-Za-z]+)\d+$")
+
+
+def st_sections(root: str | Path) -> list[str]:
+    """Section ids with a counts file under ``root/counts``, sorted (A1, A2, ..., H3)."""
+    root = Path(root)
+    names = [p.name.split(".")[0] for p in (root / "counts").glob("*.tsv*")]
+    return sorted(names, key=lambda s: (re.sub(r"\d+$", "", s), int(re.sub(r"^\D+", "", s) or 0)))
+
+
+def pitch_px_per_unit(array_xy: np.ndarray, pixel_xy: np.ndarray) -> tuple[float, float]:
+    """Pixels per array unit along x and y from a least-squares line fit."""
+    fx = np.polyfit(array_xy[:, 0], pixel_xy[:, 0], 1)[0]
+    fy = np.polyfit(array_xy[:, 1], pixel_xy[:, 1], 1)[0]
+    return abs(float(fx)), abs(float(fy))
+
+
+def read_st(
+    counts: str | Path,
+    spots: str | Path,
+    image: str | Path | None = None,
+    *,
+    sample: str | None = None,
+    patient: str | None = None,
+    batch: str | None = None,
+    mpp: float | None = None,
+    spot_pitch_um: float = ST_SPOT_PITCH_UM,
+    spot_diameter_um: float = ST_SPOT_DIAMETER_UM,
+):
+    """Read one legacy ST section into AnnData (contract in :mod:`histoxmodal.keys`).
+
+    Parameters
+    ----------
+    counts
+        ``spots × genes`` TSV (optionally gzipped); first column the spot id ``"{x}x{y}"``.
+    spots
+        Spot selection table with columns ``x y new_x new_y pixel_x pixel_y`` (and ``selected``).
+    image
+        The full-resolution H&E image the pixel coordinates refer to, if any.
+    sample, patient, batch
+        Ids; default: the file stem, its letter prefix, and the sample.
+    mpp
+        µm per image pixel; by default derived from the spot pitch.
+
+    Returns
+    -------
+    anndata.AnnData
+        Spots under tissue (``selected == 1``) present in both tables, raw counts in ``X``.
+    """
+    import anndata as ad
+    import pandas as pd
+
+    counts = require_file(Path(counts), "ST counts table")
+    spots = require_file(Path(spots), "ST spot selection table")
+    sample = sample or counts.name.split(".")[0]
+    m = _SECTION.match(sample)
+    patient = patient or (m.group(1) if m else sample)
+    df = pd.read_csv(counts, sep="\t", index_col=0)
+    df.index = df.index.astype(str)
+    sel = pd.read_csv(spots, sep="\t")
+    missing = {"x", "y", "pixel_x", "pixel_y"} - set(sel.columns)
+    if missing:
+        raise SpatialFormatError(
+            f"{spots}: missing columns {sorted(missing)}; expected x y new_x new_y pixel_x "
+            f"pixel_y selected"
+        )
+    if "selected" in sel.columns:
+        sel = sel[sel["selected"] == 1]
+    sel.index = [f"{int(x)}x{int(y)}" for x, y in zip(sel["x"], sel["y"], strict=True)]
+    common = df.index.intersection(sel.index)
+    if len(common) == 0:
+        raise SpatialFormatError(
+            f"{counts} and {spots}: no spot ids in common (counts e.g. {list(df.index[:3])}, "
+            f"selection e.g. {list(sel.index[:3])}); are they the same section?"
+        )
+    dropped = len(df) - len(common)
+    if dropped:
+        log.info("%s: %d spots of the counts table are not selected under tissue", sample, dropped)
+    df, sel = df.loc[common], sel.loc[common]
+    genes = unique_gene_names(df.columns, str(counts))
+    adata = ad.AnnData(X=df.to_numpy(), obs=pd.DataFrame(index=list(common)))
+    adata.var_names = genes
+    adata.var[keys.VAR_GENE_IDS] = [str(c) for c in df.columns]
+    adata.var[keys.VAR_FEATURE_TYPES] = "Gene Expression"
+    ax = sel["new_x"] if "new_x" in sel.columns else sel["x"]
+    ay = sel["new_y"] if "new_y" in sel.columns else sel["y"]
+    adata.obs[keys.OBS_ARRAY_COL] = sel["x"].to_numpy()
+    adata.obs[keys.OBS_ARRAY_ROW] = sel["y"].to_numpy()
+    adata.obs[keys.OBS_IN_TISSUE] = True
+    xy = sel[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+    adata.obsm[keys.OBSM_SPATIAL] = xy
+    ppx, ppy = pitch_px_per_unit(np.c_[ax, ay], xy)
+    pitch_mpp = spot_pitch_um / ((ppx + ppy) / 2)
+    if abs(ppx - ppy) / max(ppx, ppy) > 0.1:
+        log.warning("%s: spot pitch differs between x (%.1f px) and y (%.1f px)", sample, ppx, ppy)
+    candidates = [(mpp, "user"), (pitch_mpp, f"spot pitch fit ({spot_pitch_um:g} µm)")]
+    images: dict[str, np.ndarray] = {}
+    scal: dict[str, float] = {}
+    meta: dict[str, object] = {
+        "format": "st",
+        "counts": str(counts),
+        "spots": str(spots),
+        "image_path": None,
+    }
+    if image is not None:
+        image = require_file(Path(image), "H&E image")
+        images, scal, size = images_from_full(image)
+        check_coords_in_image(xy, size, f"{sample} ({image.name})")
+        meta["image_path"] = str(image)
+        meta["image_size"] = list(size)
+    value, source = reconcile_mpp(candidates, sample)
+    meta.update({"mpp": value, "mpp_source": source, "pitch_px": [ppx, ppy]})
+    scal[keys.SPOT_DIAMETER] = spot_diameter_um / value
+    finalize(
+        adata,
+        sample=sample,
+        patient=patient,
+        batch=batch,
+        images=images,
+        scalefactors=scal,
+        metadata=meta,
+    )
+    return adata
+
+
+def _annotations(root: Path, section: str, adata) -> None:
+    """Add her2st's expression clusters and pathologist labels where they exist."""
+    import pandas as pd
+
+    ids = [n.split(":", 1)[1] for n in adata.obs_names]
+    cl = root / "clusters" / f"{section}-cluster-annotation.tsv.gz"
+    if cl.exists():
+        t = pd.read_csv(cl, sep="\t")
+        if {"x", "y", "label"} <= set(t.columns):
+            lab = dict(
+                zip(
+                    (f"{int(x)}x{int(y)}" for x, y in zip(t["x"], t["y"], strict=True)),
+                    t["label"].astype(str),
+                    strict=True,
+                )
+            )
+            adata.obs["cluster"] = pd.Categorical([lab.get(i) for i in ids])
+    pa = root / "pathology" / f"{section}_labeled_coordinates.tsv"
+    if pa.exists():
+        t = pd.read_csv(pa, sep="\t").dropna(subset=["x", "y"])
+        lab = dict(
+            zip(
+                (f"{round(x)}x{round(y)}" for x, y in zip(t["x"], t["y"], strict=True)),
+                t["label"].astype(str),
+                strict=True,
+            )
+        )
+        adata.obs["pathology"] = pd.Categorical([lab.get(i) for i in ids])
+
+
+def read_her2st(root: str | Path, section: str, *, mpp: float | None = None):
+    """Read one section of a her2st-layout folder (image attached when ``images/<S>.jpg`` exists).
+
+    Adds ``obs['cluster']`` (expression clusters) and ``obs['pathology']`` (pathologist regions)
+    where the folder has them.
+    """
+    root = Path(root)
+    if not (root / "counts").is_dir():
+        raise FileNotFoundError(f"{root}: not a her2st-layout folder (no counts/ inside)")
+    counts = next(iter(sorted((root / "counts").glob(f"{section}.tsv*"))), None)
+    if counts is None:
+        raise FileNotFoundError(
+            f"{root}: no counts for section {section!r}; sections: {', '.join(st_sections(root))}"
+        )
+    image = root / "images" / f"{section}.jpg"
+    adata = read_st(
+        counts,
+        root / "spots" / f"{section}_selection.tsv",
+        image if image.exists() else None,
+        sample=section,
+        mpp=mpp,
+    )
+    _annotations(root, section, adata)
+    return adata
