@@ -62,7 +62,7 @@ def detect_format(path: str | Path) -> str:
     )
 
 
-def read_spatial(path: str | Path, format: str | None = None, **kwargs):  # noqa: A002
+def read_spatial(path: str | Path, format: str | None = None, **kwargs):
     """Read one spatial sample into AnnData; the format is detected when not given.
 
     Parameters

@@ -62,9 +62,8 @@ def to_counts_csr(x: Any):
     import scipy.sparse as sp
 
     m = sp.csr_matrix(x)
-    if m.dtype.kind == "f" and m.nnz and np.all(np.mod(m.data, 1) == 0):
-        m = m.astype(np.int32)
-    elif m.dtype.kind in "iu":
+    whole = m.dtype.kind in "iu" or (m.dtype.kind == "f" and np.all(np.mod(m.data, 1) == 0))
+    if whole:
         m = m.astype(np.int32)
     return m
 
