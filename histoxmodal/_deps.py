@@ -9,6 +9,7 @@ from histoxmodal.errors import HistoxmodalError
 #: extra name -> import names it provides
 EXTRAS = {
     "wsi": ("openslide", "tifffile", "imagecodecs", "h5py", "cv2"),
+    "spatial": ("anndata", "scanpy", "pandas", "scipy", "pyarrow", "yaml"),
 }
 
 

@@ -138,6 +138,78 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--workers", type=int, default=1, metavar="N")
 
+    bd = sub.add_parser(
+        "build",
+        help="build a paired dataset (spot patches + expression) from a recipe",
+        description="Read spatial-omics samples with a recipe from data_recipes/, cut one "
+        "image patch per spot, harmonise gene panels, and write DIR/adata.h5ad, "
+        "DIR/patches.h5, DIR/manifest.json and DIR/splits/. Restarting resumes.",
+    )
+    bd.add_argument("--recipe", metavar="NAME", help="recipe name or path to a recipe .yaml")
+    bd.add_argument("--list", action="store_true", help="list the recipes and exit")
+    bd.add_argument(
+        "--src",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="sample folder/file, or a folder of samples (repeatable)",
+    )
+    bd.add_argument("--out", metavar="DIR", help="output folder")
+    bd.add_argument(
+        "--patch-um",
+        type=float,
+        default=None,
+        metavar="UM",
+        help="field of view of each patch (recipe default, usually 112)",
+    )
+    bd.add_argument(
+        "--patch-px",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="patch size in pixels (recipe default, usually 224)",
+    )
+    bd.add_argument(
+        "--genes",
+        choices=["intersection", "union"],
+        default=None,
+        help="gene panel across samples (recipe default)",
+    )
+    bd.add_argument(
+        "--min-counts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="drop spots with fewer total counts (recipe default)",
+    )
+    bd.add_argument(
+        "--all-spots", action="store_true", help="keep spots the source marks as outside tissue"
+    )
+    bd.add_argument(
+        "--image",
+        metavar="PATH",
+        help="full-resolution image of a single --src (Visium, Xenium, h5ad)",
+    )
+    bd.add_argument(
+        "--alignment",
+        metavar="CSV",
+        help="Xenium: 10x image-to-Xenium alignment matrix for --image",
+    )
+    bd.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        metavar="UM",
+        help="µm per full-resolution pixel, overriding what the data says",
+    )
+    bd.add_argument(
+        "--allow-lowres",
+        action="store_true",
+        help="cut patches even from coarse (hires/lowres) images",
+    )
+    bd.add_argument("--workers", type=int, default=1, metavar="N", help="reading threads")
+    bd.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
+
     b = sub.add_parser("bench", help="performance benchmarks on this machine")
     bsub = b.add_subparsers(dest="bench", metavar="BENCH")
     bt = bsub.add_parser(
@@ -198,6 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from histoxmodal.cli.tile import run_tile
 
             return run_tile(args)
+        if args.command == "build":
+            from histoxmodal.cli.build import run_build
+
+            return run_build(args)
         if args.command == "demo":
             from histoxmodal.cli.tile import run_demo
 

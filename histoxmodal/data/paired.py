@@ -1,0 +1,421 @@
+"""Build and load the paired dataset: one image patch per spot, with its expression.
+
+On disk (``DIR``):
+
+- ``adata.h5ad``: expression (raw counts) and all metadata; row i is spot i.
+- ``patches.h5``: dataset ``patches`` ``(n_spots, patch_px, patch_px, 3)`` uint8, stored
+  contiguously so :func:`load_paired` memory-maps it: row i is spot i's image, read by index
+  without loading the rest.
+- ``manifest.json``: sources with content hashes, parameters, per-sample counts, skipped samples
+  with reasons, QC, gene panel, output and split hashes. Written last: its ``status: complete``
+  marks a finished build.
+- ``splits/{patient,sample,random}.json``: see :mod:`histoxmodal.data.splits`.
+
+Building is resumable: each sample is first written to ``DIR/.parts/<sample>/`` (atomically); a
+restarted build reuses finished parts whose inputs and parameters are unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from histoxmodal import __version__, keys
+from histoxmodal._fileutil import publish_dir, staging_dir, write_json_atomic
+from histoxmodal._progress import progress
+from histoxmodal.data.recipes import SampleRef
+from histoxmodal.errors import ConfigError, HistoxmodalError
+
+log = logging.getLogger(__name__)
+
+GENE_MODES = ("intersection", "union")
+
+
+@dataclass(frozen=True)
+class PairedConfig:
+    """Parameters of a paired-dataset build.
+
+    Parameters
+    ----------
+    patch_um
+        Field of view of each patch in µm (112 µm = HEST's 224 px at 0.5 µm/px).
+    patch_px
+        Patch size in pixels.
+    genes
+        ``intersection`` (genes measured in every sample) or ``union`` (all genes; a sample's
+        missing genes are zeros and ``varm['sample_presence']`` says which were measured).
+    min_counts
+        Spots with fewer total counts are dropped.
+    in_tissue_only
+        Drop spots the source marks as outside tissue.
+    max_image_mpp_ratio
+        A sample whose best image is coarser than this many times the patch resolution
+        (``patch_um / patch_px``) is skipped (only a lowres PNG, say) unless ``allow_lowres``.
+    allow_lowres
+        Build patches even from such images (upsampled; recorded in the manifest).
+    seed
+        Seed of the random split.
+    """
+
+    patch_um: float = 112.0
+    patch_px: int = 224
+    genes: str = "intersection"
+    min_counts: int = 0
+    in_tissue_only: bool = True
+    max_image_mpp_ratio: float = 2.0
+    allow_lowres: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.genes not in GENE_MODES:
+            raise ConfigError(f"genes={self.genes!r}: expected one of {', '.join(GENE_MODES)}")
+        if not self.patch_um > 0 or self.patch_px < 8:
+            raise ConfigError(
+                f"patch_um={self.patch_um}, patch_px={self.patch_px}: need a "
+                f"positive field of view and at least 8 px"
+            )
+        if self.min_counts < 0:
+            raise ConfigError(f"min_counts={self.min_counts} must be >= 0")
+
+
+def file_sha256(path: Path, *, full_limit: int = 1 << 30) -> str:
+    """SHA-256 of a file; beyond ``full_limit`` bytes, of its size and first and last 64 MiB
+    (prefixed ``sampled:``), so multi-gigabyte slides hash in a second."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if size <= full_limit:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+            return h.hexdigest()
+        h.update(str(size).encode())
+        h.update(fh.read(64 << 20))
+        fh.seek(-(64 << 20), os.SEEK_END)
+        h.update(fh.read())
+    return "sampled:" + h.hexdigest()
+
+
+def _patch_source(adata, cfg: PairedConfig):
+    """The image to cut patches from and the factor mapping ``obsm['spatial']`` onto it."""
+    from histoxmodal.io.slide import open_slide
+    from histoxmodal.io.slide_readers import ArraySlide
+    from histoxmodal.io.spatial import library_id
+
+    lib = library_id(adata)
+    entry = adata.uns[keys.UNS_SPATIAL][lib]
+    meta, scal, images = entry["metadata"], entry["scalefactors"], entry["images"]
+    mpp = meta.get("mpp")
+    if mpp is None:
+        raise ConfigError(f"{lib}: unknown pixel size; pass --mpp (µm per full-resolution pixel)")
+    if meta.get("image_path"):
+        return open_slide(meta["image_path"], mpp=mpp), 1.0, "full-resolution", mpp
+    for key, sf in (("hires", keys.SCALEF_HIRES), ("lowres", keys.SCALEF_LOWRES)):
+        if key in images and scal.get(sf):
+            f = float(scal[sf])
+            return ArraySlide(images[key], mpp=mpp / f, name=f"{lib}:{key}"), f, key, mpp / f
+    raise ConfigError(
+        f"{lib}: no image to cut patches from (no full-resolution image, no "
+        f"hires/lowres image); pass --image"
+    )
+
+
+def _build_part(ref: SampleRef, cfg: PairedConfig, folder: Path, workers: int) -> dict:
+    """Read one sample, apply QC, cut its patches; write ``part.h5ad`` + ``patches.h5``."""
+    import h5py
+
+    from histoxmodal.tiling.spots import spot_patches
+
+    adata = ref.load()
+    n_read = adata.n_obs
+    keep = np.ones(n_read, bool)
+    if cfg.in_tissue_only and keys.OBS_IN_TISSUE in adata.obs:
+        keep &= adata.obs[keys.OBS_IN_TISSUE].to_numpy(bool)
+    n_tissue = int(keep.sum())
+    totals = np.asarray(adata.X.sum(axis=1)).ravel()
+    keep &= totals >= cfg.min_counts
+    adata = adata[keep].copy()
+    slide, factor, source, src_mpp = _patch_source(adata, cfg)
+    target = cfg.patch_um / cfg.patch_px
+    if src_mpp > cfg.max_image_mpp_ratio * target and not cfg.allow_lowres:
+        raise ConfigError(
+            f"only a {source} image at {src_mpp:.2f} µm/px for {target:.2f} µm/px patches "
+            f"(each patch would be upsampled {src_mpp / target:.0f}x); give the "
+            f"full-resolution image (--image) or pass --allow-lowres"
+        )
+    if src_mpp > target:
+        log.info(
+            "%s: patches upsampled %.2fx from the %s (%.2f µm/px)",
+            ref.sample,
+            src_mpp / target,
+            source,
+            src_mpp,
+        )
+    n = adata.n_obs
+    border = np.zeros(n, bool)
+    with h5py.File(folder / keys.PAIRED_PATCHES_FILE, "w") as f:
+        d = f.create_dataset("patches", shape=(n, cfg.patch_px, cfg.patch_px, 3), dtype=np.uint8)
+        i = 0
+        centres = np.asarray(adata.obsm[keys.OBSM_SPATIAL], np.float64) * factor
+        for batch, b in spot_patches(
+            slide, centres, patch_um=cfg.patch_um, patch_px=cfg.patch_px, workers=workers
+        ):
+            d[i : i + len(batch)] = batch
+            border[i : i + len(batch)] = b
+            i += len(batch)
+    slide.close()
+    adata.obs[keys.OBS_PATCH_BORDER] = border
+    adata.obs["patch_source_mpp"] = np.float32(src_mpp)
+    adata.write_h5ad(folder / "part.h5ad")
+    return {
+        "n_spots_read": n_read,
+        "n_in_tissue": n_tissue,
+        "n_spots": n,
+        "n_border": int(border.sum()),
+        "patch_source": source,
+        "patch_source_mpp": src_mpp,
+        "n_genes": int(adata.n_vars),
+        "patient": str(adata.obs[keys.OBS_PATIENT].iloc[0]) if n else None,
+    }
+
+
+def _assemble(parts: list[tuple[str, Path]], cfg: PairedConfig, out: Path) -> dict:
+    """Concatenate the parts with a harmonised gene panel into the final files."""
+    import anndata as ad
+    import h5py
+    import pandas as pd
+
+    adatas = [ad.read_h5ad(p / "part.h5ad") for _, p in parts]
+    gene_sets = [list(a.var_names) for a in adatas]
+    if cfg.genes == "intersection":
+        common = set(gene_sets[0]).intersection(*map(set, gene_sets[1:]))
+        genes = [g for g in gene_sets[0] if g in common]
+        if not genes:
+            raise ConfigError("the samples share no gene; use --genes union")
+    else:
+        seen: dict[str, None] = {}
+        for gs in gene_sets:
+            seen.update(dict.fromkeys(gs))
+        genes = list(seen)
+    presence = pd.DataFrame(
+        {s: np.isin(genes, gs) for (s, _), gs in zip(parts, gene_sets, strict=True)}, index=genes
+    )
+    spatial = {}
+    for a in adatas:
+        spatial.update(a.uns.get(keys.UNS_SPATIAL, {}))
+        a.uns = {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        joined = ad.concat(adatas, join="outer", merge="first")
+    joined = joined[:, genes].copy()
+    import scipy.sparse as sp
+
+    joined.X = (
+        sp.csr_matrix(joined.X).astype(np.int32)
+        if all(a.uns.get("counts_are_raw", True) for a in adatas)
+        else sp.csr_matrix(joined.X)
+    )
+    joined.varm["sample_presence"] = presence
+    for col in (keys.OBS_SAMPLE, keys.OBS_PATIENT, keys.OBS_BATCH):
+        joined.obs[col] = joined.obs[col].astype(str).astype("category")
+    joined.uns[keys.UNS_SPATIAL] = spatial
+    joined.uns["histoxmodal"] = {
+        "patch_um": cfg.patch_um,
+        "patch_px": cfg.patch_px,
+        "genes": cfg.genes,
+    }
+    tmp_h5ad = out / f".{keys.PAIRED_ADATA_FILE}.partial"
+    joined.write_h5ad(tmp_h5ad)
+    tmp_patches = out / f".{keys.PAIRED_PATCHES_FILE}.partial"
+    n = joined.n_obs
+    with h5py.File(tmp_patches, "w") as f:
+        # contiguous (no chunks, no compression) so the dataset can be memory-mapped
+        d = f.create_dataset("patches", shape=(n, cfg.patch_px, cfg.patch_px, 3), dtype=np.uint8)
+        d.attrs["patch_um"] = cfg.patch_um
+        d.attrs["patch_px"] = cfg.patch_px
+        d.attrs["mpp"] = cfg.patch_um / cfg.patch_px
+        f.create_dataset("obs_names", data=np.asarray(joined.obs_names, dtype="S"))
+        i = 0
+        for _, p in parts:
+            with h5py.File(p / keys.PAIRED_PATCHES_FILE, "r") as src:
+                s = src["patches"]
+                for j in range(0, len(s), 256):
+                    block = s[j : j + 256]
+                    d[i : i + len(block)] = block
+                    i += len(block)
+    os.replace(tmp_h5ad, out / keys.PAIRED_ADATA_FILE)
+    os.replace(tmp_patches, out / keys.PAIRED_PATCHES_FILE)
+    return {
+        "n_spots": int(n),
+        "n_genes": len(genes),
+        "genes_in_all_samples": int(presence.all(axis=1).sum()),
+    }, joined.obs
+
+
+def build_paired(
+    samples: list[SampleRef],
+    out_dir: str | Path,
+    config: PairedConfig | None = None,
+    *,
+    recipe: str = "",
+    workers: int = 1,
+    overwrite: bool = False,
+) -> dict:
+    """Build the paired dataset in ``out_dir`` from the samples a recipe found.
+
+    Samples that cannot be used (no image, unreadable) are recorded in the manifest with the
+    reason and the others go on; the build fails only when no sample is usable.
+
+    Returns
+    -------
+    dict
+        The manifest.
+    """
+    from histoxmodal.data.splits import SPLIT_KINDS, make_split, write_split
+
+    cfg = config or PairedConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / keys.PAIRED_MANIFEST_FILE
+    t0 = time.perf_counter()
+    inputs = {r.sample: {str(p): file_sha256(p) for p in r.inputs if p.exists()} for r in samples}
+    params = asdict(cfg)
+    previous = None
+    if manifest_path.exists():
+        previous = json.loads(manifest_path.read_text(encoding="utf-8"))
+    if previous and previous.get("status") == "complete" and not overwrite:
+        if previous.get("params") == params and previous.get("inputs") == inputs:
+            log.info("%s is up to date", out)
+            return {**previous, "up_to_date": True}
+        raise ConfigError(
+            f"{out} holds a dataset built from other inputs or parameters; pass "
+            f"--overwrite to rebuild it, or choose another --out"
+        )
+    parts_dir = out / ".parts"
+    parts_dir.mkdir(exist_ok=True)
+    per_sample: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
+    parts: list[tuple[str, Path]] = []
+    for ref in progress(samples, total=len(samples), desc="samples", unit="sample"):
+        if ref.skip_reason:
+            skipped[ref.sample] = ref.skip_reason
+            continue
+        final = parts_dir / ref.sample
+        stamp = {"params": params, "inputs": inputs[ref.sample]}
+        done = final / "part.json"
+        if done.exists() and not overwrite:
+            info = json.loads(done.read_text(encoding="utf-8"))
+            if info.get("stamp") == stamp:
+                per_sample[ref.sample] = info["counts"]
+                parts.append((ref.sample, final))
+                continue
+        tmp = staging_dir(final)
+        try:
+            counts = _build_part(ref, cfg, tmp, workers)
+        except (HistoxmodalError, FileNotFoundError, ValueError, OSError) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            skipped[ref.sample] = str(exc)
+            log.warning("%s: skipped: %s", ref.sample, exc)
+            continue
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if counts["n_spots"] == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            skipped[ref.sample] = "no spot passed QC"
+            continue
+        write_json_atomic(tmp / "part.json", {"stamp": stamp, "counts": counts})
+        publish_dir(tmp, final)
+        per_sample[ref.sample] = counts
+        parts.append((ref.sample, final))
+    if not parts:
+        raise ConfigError("no usable sample: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    totals, obs = _assemble(parts, cfg, out)
+    (out / keys.PAIRED_SPLITS_DIR).mkdir(exist_ok=True)
+    splits = {}
+    for kind in SPLIT_KINDS:
+        try:
+            split = make_split(obs, kind, seed=cfg.seed)
+        except ConfigError as exc:  # e.g. one patient only
+            splits[kind] = {"skipped": str(exc)}
+            continue
+        path = out / keys.PAIRED_SPLITS_DIR / f"{kind}.json"
+        splits[kind] = {"file": str(path.relative_to(out)), "sha256": write_split(split, path)}
+    manifest = {
+        "status": "complete",
+        "histoxmodal_version": __version__,
+        "recipe": recipe,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "params": params,
+        "qc": {"in_tissue_only": cfg.in_tissue_only, "min_counts": cfg.min_counts},
+        "inputs": inputs,
+        "samples": per_sample,
+        "skipped": skipped,
+        **totals,
+        "files": {
+            keys.PAIRED_ADATA_FILE: file_sha256(out / keys.PAIRED_ADATA_FILE),
+            keys.PAIRED_PATCHES_FILE: file_sha256(out / keys.PAIRED_PATCHES_FILE),
+        },
+        "splits": splits,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    write_json_atomic(manifest_path, manifest)
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    return manifest
+
+
+def open_patches(path: str | Path) -> np.ndarray:
+    """Memory-map the ``patches`` dataset of a ``patches.h5``: ``(n, px, px, 3)`` uint8, read-only.
+
+    Falls back to the h5py dataset when the file's layout cannot be mapped (chunked).
+    """
+    import h5py
+
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+        d = f["patches"]
+        offset = d.id.get_offset()
+        shape, dtype = d.shape, d.dtype
+    if offset is None:  # empty or chunked dataset
+        if 0 in shape:
+            return np.zeros(shape, dtype)
+        return h5py.File(path, "r")["patches"]  # type: ignore[return-value]
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+def load_paired(path: str | Path):
+    """Open a paired dataset built by ``histoxmodal build``.
+
+    Returns
+    -------
+    adata
+        ``anndata.AnnData``; row i is spot i.
+    patches
+        ``(n_spots, patch_px, patch_px, 3)`` uint8 array-like, memory-mapped; ``patches[i]`` is
+        spot i's image.
+    """
+    import anndata as ad
+
+    path = Path(path)
+    manifest = path / keys.PAIRED_MANIFEST_FILE
+    if not manifest.exists():
+        raise FileNotFoundError(
+            f"{path}: no {keys.PAIRED_MANIFEST_FILE}; build the dataset with "
+            f"`histoxmodal build` (an interrupted build has no manifest)"
+        )
+    m = json.loads(manifest.read_text(encoding="utf-8"))
+    if m.get("status") != "complete":
+        raise ConfigError(f"{path}: the build did not complete; run `histoxmodal build` again")
+    adata = ad.read_h5ad(path / keys.PAIRED_ADATA_FILE)
+    patches = open_patches(path / keys.PAIRED_PATCHES_FILE)
+    if len(patches) != adata.n_obs:
+        raise ConfigError(f"{path}: {len(patches)} patches for {adata.n_obs} spots; rebuild")
+    return adata, patches

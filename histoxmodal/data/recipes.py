@@ -1,0 +1,222 @@
+"""Data recipes (``data_recipes/*.yaml``) and the samples they find under a source path."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from histoxmodal.errors import ConfigError
+
+_REPO_RECIPES = Path(__file__).resolve().parents[2] / "data_recipes"
+
+
+def recipe_dirs() -> list[Path]:
+    """Folders searched for recipes: ``$HISTOXMODAL_RECIPES`` (``:``-separated), then the
+    project's ``data_recipes/``."""
+    extra = [Path(p) for p in os.environ.get("HISTOXMODAL_RECIPES", "").split(os.pathsep) if p]
+    return [*extra, _REPO_RECIPES]
+
+
+def list_recipes() -> dict[str, Path]:
+    """Recipe name -> file."""
+    found: dict[str, Path] = {}
+    for d in reversed(recipe_dirs()):
+        for p in sorted(d.glob("*.yaml")) if d.is_dir() else []:
+            found[p.stem] = p
+    return dict(sorted(found.items()))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A parsed recipe: reader ``format``, build ``defaults``, extra ``reader`` arguments."""
+
+    name: str
+    format: str
+    summary: str
+    source: dict[str, str]
+    defaults: dict[str, Any]
+    reader: dict[str, Any]
+    path: Path
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """Load a recipe by name (see :func:`list_recipes`) or from a YAML file path."""
+    import yaml
+
+    p = Path(name_or_path)
+    if not (p.suffix in (".yaml", ".yml") and p.exists()):
+        recipes = list_recipes()
+        if name_or_path not in recipes:
+            import difflib
+
+            close = difflib.get_close_matches(name_or_path, recipes, n=2)
+            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise ConfigError(
+                f"unknown recipe {name_or_path!r}.{hint} Available: "
+                f"{', '.join(recipes)} (or give a path to a .yaml recipe)"
+            )
+        p = recipes[name_or_path]
+    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    from histoxmodal.io.spatial import FORMATS
+
+    fmt = data.get("format")
+    if fmt not in FORMATS:
+        raise ConfigError(f"{p}: format: {fmt!r} must be one of {', '.join(FORMATS)}")
+    return Recipe(
+        name=data.get("name", p.stem),
+        format=fmt,
+        summary=data.get("summary", ""),
+        source=data.get("source", {}) or {},
+        defaults=data.get("defaults", {}) or {},
+        reader=data.get("reader", {}) or {},
+        path=p,
+    )
+
+
+@dataclass
+class SampleRef:
+    """One sample found under a source: how to read it, from which files, or why it is skipped.
+
+    Attributes
+    ----------
+    sample
+        Sample (library) id, unique within the dataset.
+    load
+        Reads the sample's AnnData (contract of :mod:`histoxmodal.keys`).
+    inputs
+        The files it is read from (hashed into the manifest).
+    skip_reason
+        Set when the sample cannot enter the paired dataset (e.g. no image).
+    """
+
+    sample: str
+    load: Callable[[], Any]
+    inputs: list[Path] = field(default_factory=list)
+    skip_reason: str | None = None
+
+
+def find_samples(
+    recipe: Recipe,
+    sources: list[str | Path],
+    *,
+    image: str | Path | None = None,
+    alignment: str | Path | None = None,
+    mpp: float | None = None,
+) -> list[SampleRef]:
+    """The samples under ``sources`` for ``recipe``'s format, in a stable order.
+
+    ``image`` and ``alignment`` apply to a single source only.
+    """
+    from histoxmodal.io.spatial import (
+        read_h5ad,
+        read_her2st,
+        read_visium,
+        read_xenium,
+        st_sections,
+    )
+
+    if (image or alignment) and len(sources) != 1:
+        raise ConfigError(
+            "--image/--alignment apply to one --src; build samples with different "
+            "images separately or use a recipe file per sample"
+        )
+    refs: list[SampleRef] = []
+    kw = dict(recipe.reader)
+    for src in map(Path, sources):
+        if not src.exists():
+            raise FileNotFoundError(f"--src {src}: not found")
+        if recipe.format == "her2st":
+            if not (src / "counts").is_dir():
+                raise ConfigError(f"--src {src}: not a her2st-layout folder (no counts/ inside)")
+            for s in st_sections(src):
+                img = src / "images" / f"{s}.jpg"
+                inputs = [
+                    *sorted((src / "counts").glob(f"{s}.tsv*")),
+                    src / "spots" / f"{s}_selection.tsv",
+                ]
+                skip = (
+                    None
+                    if img.exists()
+                    else ("no H&E image (counts only: read it with read_her2st for the gene side)")
+                )
+                refs.append(
+                    SampleRef(
+                        s,
+                        (lambda src=src, s=s: read_her2st(src, s, mpp=mpp)),
+                        [*inputs, img] if img.exists() else inputs,
+                        skip,
+                    )
+                )
+        elif recipe.format == "visium":
+            folders = (
+                [src]
+                if (src / "spatial").is_dir()
+                else sorted(p for p in src.iterdir() if (p / "spatial").is_dir())
+            )
+            if not folders:
+                raise ConfigError(f"--src {src}: no Space Ranger output (a folder with spatial/)")
+            for f in folders:
+                files = sorted(q for q in f.rglob("*") if q.is_file())
+                refs.append(
+                    SampleRef(
+                        f.name,
+                        (lambda f=f: read_visium(f, image=image, mpp=mpp, **kw)),
+                        [*files, *([Path(image)] if image else [])],
+                    )
+                )
+        elif recipe.format == "xenium":
+            folders = (
+                [src]
+                if (src / "cell_feature_matrix.h5").exists()
+                else sorted(p for p in src.iterdir() if (p / "cell_feature_matrix.h5").exists())
+            )
+            if not folders:
+                raise ConfigError(f"--src {src}: no Xenium output (cell_feature_matrix.h5)")
+            for f in folders:
+                files = [
+                    f / "cell_feature_matrix.h5",
+                    *[f / n for n in ("cells.parquet", "cells.csv.gz") if (f / n).exists()],
+                ]
+                skip = (
+                    None
+                    if image
+                    else (
+                        "no registered image: pass --image and --alignment "
+                        "(10x's *_imagealignment.csv)"
+                    )
+                )
+                refs.append(
+                    SampleRef(
+                        f.name,
+                        (lambda f=f: read_xenium(f, image=image, alignment=alignment, **kw)),
+                        [
+                            *files,
+                            *([Path(image)] if image else []),
+                            *([Path(alignment)] if alignment else []),
+                        ],
+                        skip,
+                    )
+                )
+        elif recipe.format == "h5ad":
+            files = [src] if src.is_file() else sorted(src.glob("*.h5ad"))
+            if not files:
+                raise ConfigError(f"--src {src}: no .h5ad files")
+            for f in files:
+                refs.append(
+                    SampleRef(
+                        f.stem,
+                        (lambda f=f: read_h5ad(f, image=image, mpp=mpp, **kw)),
+                        [f, *([Path(image)] if image else [])],
+                    )
+                )
+    names = [r.sample for r in refs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(
+            f"several sources give samples named {dup}; sample ids must be unique "
+            f"(rename the folders)"
+        )
+    return refs
