@@ -129,3 +129,28 @@ def test_lazy_public_api():
     assert histoxmodal.TileSpec().tile_px == 224
     with pytest.raises(AttributeError):
         histoxmodal.not_a_name  # noqa: B018
+
+
+def test_build_her2st_from_the_command_line(data_dir, tmp_path, capsys):
+    out = tmp_path / "ds"
+    args = [
+        "build",
+        "--recipe",
+        "her2st",
+        "--src",
+        str(data_dir / "her2st"),
+        "--out",
+        str(out),
+        "--patch-px",
+        "32",
+        "--min-counts",
+        "0",
+    ]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "skipped 30" in text and "built: 1015 spots" in text
+    assert main(args) == 0 and "up to date" in capsys.readouterr().out
+    assert main(["build", "--recipe", "visum", "--src", "x", "--out", "y"]) == 2
+    assert "Did you mean 'visium'" in capsys.readouterr().err
+    assert main(["build", "--list"]) == 0
+    assert "her2st" in capsys.readouterr().out

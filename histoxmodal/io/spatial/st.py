@@ -11,6 +11,7 @@ least-squares fit of pixel coordinates against array coordinates.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import re
 from pathlib import Path
@@ -42,11 +43,14 @@ def st_sections(root: str | Path) -> list[str]:
     return sorted(names, key=lambda s: (re.sub(r"\d+$", "", s), int(re.sub(r"^\D+", "", s) or 0)))
 
 
-def pitch_px_per_unit(array_xy: np.ndarray, pixel_xy: np.ndarray) -> tuple[float, float]:
-    """Pixels per array unit along x and y from a least-squares line fit."""
-    fx = np.polyfit(array_xy[:, 0], pixel_xy[:, 0], 1)[0]
-    fy = np.polyfit(array_xy[:, 1], pixel_xy[:, 1], 1)[0]
-    return abs(float(fx)), abs(float(fy))
+def pitch_px_per_unit(array_xy: np.ndarray, pixel_xy: np.ndarray) -> list[float]:
+    """Pixels per array unit along x and y (least-squares line fits; an axis along which all
+    spots share one coordinate gives no estimate)."""
+    out = []
+    for k in (0, 1):
+        if len(np.unique(np.round(array_xy[:, k], 3))) >= 2:
+            out.append(abs(float(np.polyfit(array_xy[:, k], pixel_xy[:, k], 1)[0])))
+    return out
 
 
 def read_st(
@@ -91,6 +95,11 @@ def read_st(
     patient = patient or (m.group(1) if m else sample)
     df = pd.read_csv(counts, sep="\t", index_col=0)
     df.index = df.index.astype(str)
+    # pandas renames repeated headers (GAPDH.1); keep the file's own names to report them
+    with gzip.open(counts, "rt") if counts.suffix == ".gz" else open(counts) as fh:
+        header = fh.readline().rstrip("\n").split("\t")[1:]
+    if len(header) == df.shape[1]:
+        df.columns = header
     sel = pd.read_csv(spots, sep="\t")
     missing = {"x", "y", "pixel_x", "pixel_y"} - set(sel.columns)
     if missing:
@@ -123,10 +132,10 @@ def read_st(
     adata.obs[keys.OBS_IN_TISSUE] = True
     xy = sel[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
     adata.obsm[keys.OBSM_SPATIAL] = xy
-    ppx, ppy = pitch_px_per_unit(np.c_[ax, ay], xy)
-    pitch_mpp = spot_pitch_um / ((ppx + ppy) / 2)
-    if abs(ppx - ppy) / max(ppx, ppy) > 0.1:
-        log.warning("%s: spot pitch differs between x (%.1f px) and y (%.1f px)", sample, ppx, ppy)
+    pitch = pitch_px_per_unit(np.c_[ax, ay], xy)
+    pitch_mpp = spot_pitch_um / float(np.mean(pitch)) if pitch else None
+    if len(pitch) == 2 and abs(pitch[0] - pitch[1]) / max(pitch) > 0.1:
+        log.warning("%s: spot pitch differs between x (%.1f px) and y (%.1f px)", sample, *pitch)
     candidates = [(mpp, "user"), (pitch_mpp, f"spot pitch fit ({spot_pitch_um:g} µm)")]
     images: dict[str, np.ndarray] = {}
     scal: dict[str, float] = {}
@@ -143,7 +152,7 @@ def read_st(
         meta["image_path"] = str(image)
         meta["image_size"] = list(size)
     value, source = reconcile_mpp(candidates, sample)
-    meta.update({"mpp": value, "mpp_source": source, "pitch_px": [ppx, ppy]})
+    meta.update({"mpp": value, "mpp_source": source, "pitch_px": pitch})
     scal[keys.SPOT_DIAMETER] = spot_diameter_um / value
     finalize(
         adata,

@@ -1,0 +1,138 @@
+"""The paired dataset: patch i shows spot i, counts, genes, splits, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from histoxmodal import keys
+from histoxmodal.data.paired import PairedConfig, build_paired, load_paired
+from histoxmodal.data.recipes import find_samples, load_recipe
+from histoxmodal.data.splits import load_split
+from histoxmodal.errors import ConfigError
+
+HER2ST_SPOTS = {"B4": 283, "C2": 187, "C3": 180, "C4": 184, "C5": 181}
+
+
+@pytest.fixture(scope="module")
+def her2st_paired(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("paired") / "her2st"
+    refs = find_samples(load_recipe("her2st"), [data_dir / "her2st"])
+    manifest = build_paired(refs, out, PairedConfig(min_counts=0), recipe="her2st", workers=2)
+    return out, manifest
+
+
+def test_counts_and_manifest(her2st_paired):
+    out, m = her2st_paired
+    assert {s: c["n_spots"] for s, c in m["samples"].items()} == HER2ST_SPOTS
+    assert m["n_spots"] == sum(HER2ST_SPOTS.values())
+    assert len(m["skipped"]) == 30 and "no H&E image" in m["skipped"]["A1"]
+    assert m["status"] == "complete" and m["params"]["patch_um"] == 112.0
+    for sample in HER2ST_SPOTS:
+        assert any(p.endswith(f"{sample}.jpg") for p in m["inputs"][sample])
+    adata, patches = load_paired(out)
+    assert isinstance(patches, np.memmap) and patches.shape == (1015, 224, 224, 3)
+    assert list(adata.obs[keys.OBS_SAMPLE].unique()) == list(HER2ST_SPOTS)
+    assert adata.X.dtype == np.int32
+    assert m["n_genes"] == adata.n_vars and adata.varm["sample_presence"].all().all()
+
+
+def test_patch_i_shows_spot_i(her2st_paired, data_dir):
+    import cv2
+    from PIL import Image
+
+    out, _ = her2st_paired
+    adata, patches = load_paired(out)
+    Image.MAX_IMAGE_PIXELS = None
+    rng = np.random.default_rng(0)
+    for sample in ("B4", "C5"):
+        rows = np.flatnonzero(adata.obs["sample"] == sample)
+        mpp = adata.uns["spatial"][sample]["metadata"]["mpp"]
+        side = round(112 / mpp)
+        with Image.open(data_dir / "her2st" / "images" / f"{sample}.jpg") as im:
+            for i in rng.choice(rows, 5, replace=False):
+                cx, cy = adata.obsm["spatial"][i]
+                x0, y0 = round(cx - side / 2), round(cy - side / 2)
+                crop = np.asarray(im.crop((x0, y0, x0 + side, y0 + side)).convert("RGB"))
+                ref = cv2.resize(crop, (224, 224), interpolation=cv2.INTER_LINEAR)
+                diff = np.abs(patches[i].astype(int) - ref).mean()
+                assert diff < 2.0, (sample, i, diff)
+                other = rows[(np.searchsorted(rows, i) + 40) % len(rows)]
+                assert np.abs(patches[other].astype(int) - ref).mean() > 10
+
+
+def test_splits_are_saved_with_hashes(her2st_paired):
+    out, m = her2st_paired
+    adata, _ = load_paired(out)
+    folds = load_split(out / m["splits"]["patient"]["file"])
+    assert [f.name for f in folds] == ["patient=B", "patient=C"]
+    b = folds[0]
+    np.testing.assert_array_equal(b.test, np.flatnonzero(adata.obs["patient"] == "B"))
+    assert len(b.train(adata.n_obs)) == adata.n_obs - HER2ST_SPOTS["B4"]
+    assert len(load_split(out / m["splits"]["sample"]["file"])) == 5
+    rnd = load_split(out / m["splits"]["random"]["file"])[0]
+    assert len(rnd.test) == round(0.2 * 1015) and not set(rnd.test) & set(rnd.val)
+    path = out / m["splits"]["sample"]["file"]
+    data = json.loads(path.read_text())
+    data["folds"][0]["test"] = data["folds"][0]["test"][1:]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="sha256"):
+        load_split(path)
+
+
+def test_resume_and_rebuild_rules(data_dir, tmp_path):
+    recipe = load_recipe("her2st")
+    src = [data_dir / "her2st"]
+    refs = [r for r in find_samples(recipe, src) if r.sample in ("B4", "C3")]
+    out = tmp_path / "ds"
+    # a first run that died after one sample: its finished part is reused, stale staging removed
+    build_paired(refs[:1], out, PairedConfig(min_counts=50))
+    (out / keys.PAIRED_MANIFEST_FILE).unlink()
+    stale = out / ".parts" / ".C3.partial-1-dead"
+    stale.mkdir(parents=True)
+    calls = []
+    for r in refs:
+        load = r.load
+        r.load = lambda load=load, name=r.sample: calls.append(name) or load()
+    m = build_paired(refs, out, PairedConfig(min_counts=50))
+    assert calls == ["B4", "C3"] or calls == ["C3"]
+    assert set(m["samples"]) == {"B4", "C3"} and not (out / ".parts").exists()
+    again = build_paired(refs, out, PairedConfig(min_counts=50))
+    assert again.get("up_to_date")
+    with pytest.raises(ConfigError, match="--overwrite"):
+        build_paired(refs, out, PairedConfig(min_counts=10))
+    m3 = build_paired(refs, out, PairedConfig(min_counts=10, genes="union"), overwrite=True)
+    assert m3["params"]["genes"] == "union" and m3["n_genes"] >= m["n_genes"]
+    adata, _ = load_paired(out)
+    pres = adata.varm["sample_presence"]
+    only_b4 = pres.index[pres["B4"] & ~pres["C3"]]
+    assert len(only_b4) > 0
+    c3 = (adata.obs["sample"] == "C3").to_numpy()
+    assert adata[c3, only_b4].X.sum() == 0
+
+
+def test_visium_lowres_only_is_refused_then_allowed(data_dir, tmp_path):
+    refs = find_samples(load_recipe("visium"), [data_dir / "visium" / "scanpy-heart" / "1.0.0"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ConfigError, match="--allow-lowres"):
+            build_paired(refs, tmp_path / "a", PairedConfig())
+        m = build_paired(refs, tmp_path / "b", PairedConfig(allow_lowres=True, patch_px=32))
+    s = m["samples"]["1.0.0"]
+    assert s["n_spots"] == 100 and s["patch_source"] == "lowres"
+    assert s["patch_source_mpp"] == pytest.approx((65 / 89.42751063343188) / 0.045004502)
+
+
+def test_h5ad_with_full_resolution_image(data_dir, tmp_path):
+    vis = data_dir / "visium" / "squidpy"
+    refs = find_samples(load_recipe("h5ad"), [vis / "test_data.h5ad"], image=vis / "test_img.jpg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = build_paired(refs, tmp_path / "h", PairedConfig(patch_px=64))
+    s = m["samples"]["test_data"]
+    assert s["n_spots"] == 49 and s["patch_source"] == "full-resolution"
+    _, patches = load_paired(tmp_path / "h")
+    assert patches.shape == (49, 64, 64, 3) and patches.std() > 10
