@@ -65,6 +65,18 @@ def blank_slide(tmp_path_factory: pytest.TempPathFactory):
     return make_synthetic_slide(path, width=2048, height=1536, tissue=False, seed=4)
 
 
+@pytest.fixture(scope="session")
+def her2st_paired(data_dir, tmp_path_factory):
+    """The her2st paired dataset (5 sections with images, no count filter): (folder, manifest)."""
+    from histoxmodal.data.paired import PairedConfig, build_paired
+    from histoxmodal.data.recipes import find_samples, load_recipe
+
+    out = tmp_path_factory.mktemp("paired") / "her2st"
+    refs = find_samples(load_recipe("her2st"), [data_dir / "her2st"])
+    manifest = build_paired(refs, out, PairedConfig(min_counts=0), recipe="her2st", workers=2)
+    return out, manifest
+
+
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     """A test that tries to reach another host fails (loopback stays allowed)."""

@@ -210,6 +210,17 @@ def _build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--workers", type=int, default=1, metavar="N", help="reading threads")
     bd.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
 
+    ex = sub.add_parser(
+        "export",
+        help="export a paired dataset (Parquet for Hugging Face datasets, HEST h5)",
+        description="Parquet: one row per spot with the patch as PNG, raw counts and metadata "
+        "(load with datasets.load_dataset('parquet', data_dir='OUT/data')). "
+        "hest: patches/<sample>.h5 (img, coords, barcode) and st/<sample>.h5ad.",
+    )
+    ex.add_argument("dataset", metavar="DIR", help="a folder written by histoxmodal build")
+    ex.add_argument("--to", choices=["parquet", "hest"], required=True)
+    ex.add_argument("--out", required=True, metavar="OUT")
+
     b = sub.add_parser("bench", help="performance benchmarks on this machine")
     bsub = b.add_subparsers(dest="bench", metavar="BENCH")
     bt = bsub.add_parser(
@@ -247,6 +258,17 @@ def _build_parser() -> argparse.ArgumentParser:
         help="tiles used for the extraction measurement (default 2000)",
     )
     bt.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    bds = bsub.add_parser(
+        "dataset",
+        help="training-loader throughput of a paired dataset",
+        description="Samples/s of the PairedDataset DataLoader (flips + rotations, with stain "
+        "jitter, with float normalisation) against raw reads of the same store.",
+    )
+    bds.add_argument("dataset", metavar="DIR", help="a folder written by histoxmodal build")
+    bds.add_argument("--workers", type=int, default=2)
+    bds.add_argument("--batch-size", type=int, default=64)
+    bds.add_argument("--min-seconds", type=float, default=5.0)
+    bds.add_argument("--json", default=None, metavar="FILE")
     return parser
 
 
@@ -274,11 +296,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             from histoxmodal.cli.build import run_build
 
             return run_build(args)
+        if args.command == "export":
+            from histoxmodal.data.export import export_hest, export_parquet
+
+            files = (export_parquet if args.to == "parquet" else export_hest)(
+                args.dataset, args.out
+            )
+            print(f"wrote {len(files)} files to {args.out}")
+            return EXIT_OK
         if args.command == "demo":
             from histoxmodal.cli.tile import run_demo
 
             return run_demo(args)
         if args.command == "bench":
+            if args.bench == "dataset":
+                from histoxmodal.bench.dataset import run_dataset_bench
+
+                return run_dataset_bench(args)
             if args.bench != "tiling":
                 parser.parse_args(["bench", "--help"])
             from histoxmodal.bench.tiling import run_tiling_bench

@@ -17,14 +17,6 @@ from histoxmodal.errors import ConfigError
 HER2ST_SPOTS = {"B4": 283, "C2": 187, "C3": 180, "C4": 184, "C5": 181}
 
 
-@pytest.fixture(scope="module")
-def her2st_paired(data_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("paired") / "her2st"
-    refs = find_samples(load_recipe("her2st"), [data_dir / "her2st"])
-    manifest = build_paired(refs, out, PairedConfig(min_counts=0), recipe="her2st", workers=2)
-    return out, manifest
-
-
 def test_counts_and_manifest(her2st_paired):
     out, m = her2st_paired
     assert {s: c["n_spots"] for s, c in m["samples"].items()} == HER2ST_SPOTS

@@ -1,0 +1,132 @@
+"""Histology augmentations on uint8 ``(H, W, 3)`` patches (NumPy, cheap enough for loaders).
+
+- :func:`random_dihedral`: flips and 90° rotations (tissue has no canonical orientation);
+- :func:`hed_jitter`: stain variation in haematoxylin-eosin-DAB space (Tellez et al. 2018,
+  colour deconvolution by Ruifrok & Johnston 2001);
+- brightness / contrast / saturation jitter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from histoxmodal.errors import ConfigError
+
+# Ruifrok & Johnston's stain vectors (rows: haematoxylin, eosin, DAB), as in skimage.color
+_RGB_FROM_HED = np.array(
+    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64
+)
+_RGB_FROM_HED /= np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)
+_HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED).astype(np.float32)
+_RGB_FROM_HED = _RGB_FROM_HED.astype(np.float32)
+# optical density of each 8-bit level, so the forward transform is a table look-up
+_OD_LUT = (-np.log((np.arange(256, dtype=np.float32) + 1.0) / 256.0)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Which augmentations a :class:`~histoxmodal.data.dataset.PairedDataset` applies.
+
+    Parameters
+    ----------
+    flips
+        Random horizontal and vertical flips.
+    rot90
+        Random rotation by a multiple of 90°.
+    hed_sigma
+        Stain jitter strength: each of the H, E, D channels is scaled by U(1-σ, 1+σ) and
+        shifted by U(-σ, σ) in optical density (0.05 is a common, mild choice).
+    brightness, contrast, saturation
+        Jitter amplitudes (factors drawn from U(1-a, 1+a)).
+    """
+
+    flips: bool = True
+    rot90: bool = True
+    hed_sigma: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+
+    def __post_init__(self) -> None:
+        for k in ("hed_sigma", "brightness", "contrast", "saturation"):
+            v = getattr(self, k)
+            if not 0.0 <= v < 1.0:
+                raise ConfigError(f"{k}={v} must be in [0, 1)")
+
+    @property
+    def colour(self) -> bool:
+        return bool(self.hed_sigma or self.brightness or self.contrast or self.saturation)
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Augment one ``(H, W, 3)`` uint8 patch; returns a new contiguous uint8 array."""
+        if self.flips or self.rot90:
+            img = random_dihedral(img, rng, flips=self.flips, rot90=self.rot90)
+        else:
+            img = np.ascontiguousarray(img)
+        if self.hed_sigma:
+            img = hed_jitter(img, rng, self.hed_sigma)
+        if self.brightness or self.contrast or self.saturation:
+            img = colour_jitter(img, rng, self.brightness, self.contrast, self.saturation)
+        return img
+
+
+_ROTATIONS = (None, 0, 1, 2)  # cv2.ROTATE_90_CLOCKWISE, ROTATE_180, ROTATE_90_COUNTERCLOCKWISE
+
+
+def random_dihedral(
+    img: np.ndarray, rng: np.random.Generator, *, flips: bool = True, rot90: bool = True
+) -> np.ndarray:
+    """One of the 8 flips/rotations of a square patch, as a new contiguous array.
+
+    OpenCV does the pixel shuffles: NumPy's strided copies of rotated views are ~10x slower.
+    """
+    import cv2
+
+    code = _ROTATIONS[int(rng.integers(4))] if rot90 else None
+    out = cv2.rotate(np.asarray(img), code) if code is not None else None
+    if flips and rng.random() < 0.5:
+        out = cv2.flip(np.asarray(img) if out is None else out, 1)
+    return np.ascontiguousarray(img) if out is None else out
+
+
+def rgb_to_hed(img: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB -> optical densities in HED space, float32."""
+    od = _OD_LUT[img]
+    return od.reshape(-1, 3) @ _HED_FROM_RGB
+
+
+def hed_to_rgb(hed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of :func:`rgb_to_hed`, back to uint8 RGB of ``shape``."""
+    od = hed @ _RGB_FROM_HED
+    rgb = 256.0 * np.exp(-od) - 1.0
+    return np.clip(rgb, 0, 255).round().astype(np.uint8).reshape(shape)
+
+
+def hed_jitter(img: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
+    """Scale and shift the H, E and D optical densities by random amounts (stain variation)."""
+    hed = rgb_to_hed(img)
+    alpha = rng.uniform(1 - sigma, 1 + sigma, 3).astype(np.float32)
+    beta = rng.uniform(-sigma, sigma, 3).astype(np.float32)
+    return hed_to_rgb(hed * alpha + beta, img.shape)
+
+
+def colour_jitter(
+    img: np.ndarray,
+    rng: np.random.Generator,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+) -> np.ndarray:
+    """Brightness, contrast and saturation jitter on a uint8 RGB patch."""
+    x = img.astype(np.float32)
+    if brightness:
+        x *= rng.uniform(1 - brightness, 1 + brightness)
+    if contrast:
+        m = x.mean()
+        x = (x - m) * rng.uniform(1 - contrast, 1 + contrast) + m
+    if saturation:
+        grey = x @ np.array([0.299, 0.587, 0.114], np.float32)
+        x = (x - grey[..., None]) * rng.uniform(1 - saturation, 1 + saturation) + grey[..., None]
+    return np.clip(x, 0, 255).round().astype(np.uint8)

@@ -1,0 +1,127 @@
+"""The torch Dataset, augmentations and exports over the her2st paired dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from histoxmodal.data.dataset import PairedDataset, normalize_images  # noqa: E402
+from histoxmodal.data.paired import load_paired  # noqa: E402
+from histoxmodal.data.transforms import Augment, hed_to_rgb, random_dihedral, rgb_to_hed  # noqa: E402
+
+
+def _dihedral(img):
+    out = []
+    for k in range(4):
+        r = np.rot90(img, k)
+        out += [r, r[:, ::-1]]
+    return out
+
+
+def test_items_match_the_store(her2st_paired):
+    out, _ = her2st_paired
+    adata, patches = load_paired(out)
+    ds = PairedDataset(out)
+    assert len(ds) == adata.n_obs == 1015 and ds.n_genes == adata.n_vars
+    item = ds[17]
+    assert item["image"].shape == (3, 224, 224) and item["image"].dtype == torch.uint8
+    np.testing.assert_array_equal(item["image"].permute(1, 2, 0).numpy(), patches[17])
+    counts = np.asarray(adata.X[17].todense()).ravel().astype(np.float64)
+    want = np.log1p(counts / counts.sum() * 1e4)
+    np.testing.assert_allclose(item["expression"].numpy(), want, rtol=1e-5, atol=1e-6)
+    assert item["gene_mask"].all()
+    assert ds.categories["sample"][int(item["sample"])] == adata.obs["sample"].iloc[17]
+    assert ds.categories["patient"][int(item["patient"])] == adata.obs["patient"].iloc[17]
+    raw = PairedDataset(out, normalisation="counts", genes=["ERBB2", "GAPDH"])
+    r = raw[3]["expression"].numpy()
+    np.testing.assert_array_equal(r, adata[3, ["ERBB2", "GAPDH"]].X.toarray().ravel())
+    with pytest.raises(ValueError, match="not in the dataset"):
+        PairedDataset(out, genes=["NOT_A_GENE"])
+
+
+def test_float_normalisation_matches_device_helper(her2st_paired):
+    out, _ = her2st_paired
+    a = PairedDataset(out, normalise_image=True)[5]["image"]
+    b = normalize_images(PairedDataset(out)[5]["image"][None])[0]
+    assert a.dtype == torch.float32
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_augmentations():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    seen = set()
+    for _ in range(64):
+        out = random_dihedral(img, rng)
+        matches = [i for i, d in enumerate(_dihedral(img)) if np.array_equal(out, d)]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert seen == set(range(8))
+    he = np.array([[[200, 120, 170], [90, 60, 140]]], np.uint8)
+    back = hed_to_rgb(rgb_to_hed(he), he.shape)
+    assert np.abs(back.astype(int) - he).max() <= 1  # the HED round trip is exact to rounding
+    jit = Augment(flips=False, rot90=False, hed_sigma=0.1)(np.repeat(he, 50, 0), rng)
+    assert np.abs(jit.astype(int) - np.repeat(he, 50, 0)).mean() > 1
+    with pytest.raises(ValueError, match="hed_sigma"):
+        Augment(hed_sigma=1.5)
+
+
+def test_dataloader_two_workers_covers_every_row_once(her2st_paired):
+    out, _ = her2st_paired
+    from torch.utils.data import DataLoader
+
+    idx = np.arange(0, 1015, 5)
+    ds = PairedDataset(out, indices=idx, augment=Augment(hed_sigma=0.05), seed=1)
+    rows, images = [], []
+    for b in DataLoader(ds, batch_size=16, shuffle=True, num_workers=2):
+        rows += b["index"].tolist()
+        images.append(b["image"])
+    assert sorted(rows) == idx.tolist()
+    assert torch.cat(images).shape == (len(idx), 3, 224, 224)
+
+
+def test_parquet_export_loads_in_hf_datasets(her2st_paired, tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    from histoxmodal.data.export import export_parquet
+
+    out, _ = her2st_paired
+    adata, patches = load_paired(out)
+    files = export_parquet(out, tmp_path / "pq", rows_per_shard=400)
+    assert len(files) == 3
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ds = datasets.load_dataset(
+        "parquet",
+        data_dir=str(tmp_path / "pq" / "data"),
+        split="train",
+        cache_dir=str(tmp_path / "cache"),
+    )
+    assert ds.num_rows == 1015
+    row = ds[500]
+    np.testing.assert_array_equal(np.asarray(row["image"].convert("RGB")), patches[500])
+    np.testing.assert_array_equal(row["expression"], adata.X[500].toarray().ravel())
+    assert row["spot_id"] == adata.obs_names[500] and row["sample"] == adata.obs["sample"].iloc[500]
+    genes = (tmp_path / "pq" / "genes.txt").read_text().split()
+    assert genes == list(adata.var_names)
+
+
+def test_hest_export(her2st_paired, tmp_path):
+    import anndata as ad
+    import h5py
+
+    from histoxmodal.data.export import export_hest
+
+    out, _ = her2st_paired
+    adata, patches = load_paired(out)
+    files = export_hest(out, tmp_path / "hest")
+    assert [f.stem for f in files] == ["B4", "C2", "C3", "C4", "C5"]
+    with h5py.File(tmp_path / "hest" / "patches" / "C3.h5") as h:
+        rows = np.flatnonzero(adata.obs["sample"] == "C3")
+        assert h["img"].shape == (180, 224, 224, 3) and h["barcode"].shape == (180, 1)
+        np.testing.assert_array_equal(h["img"][7], patches[rows[7]])
+        np.testing.assert_allclose(h["coords"][7], adata.obsm["spatial"][rows[7]])
+        assert h["barcode"][7, 0].decode() == adata.obs_names[rows[7]].split(":")[1]
+    st = ad.read_h5ad(tmp_path / "hest" / "st" / "C3.h5ad")
+    assert st.n_obs == 180 and list(st.uns["spatial"]) == ["C3"]
