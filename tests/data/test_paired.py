@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 
 import numpy as np
@@ -128,3 +129,19 @@ def test_h5ad_with_full_resolution_image(data_dir, tmp_path):
     assert s["n_spots"] == 49 and s["patch_source"] == "full-resolution"
     _, patches = load_paired(tmp_path / "h")
     assert patches.shape == (49, 64, 64, 3) and patches.std() > 10
+
+
+def test_folder_of_visium_samples(data_dir, tmp_path):
+    src = data_dir / "visium" / "scanpy-heart" / "1.0.0"
+    for name in ("s1", "s2"):
+        shutil.copytree(src, tmp_path / "runs" / name)
+    refs = find_samples(load_recipe("visium"), [tmp_path / "runs"])
+    assert [r.sample for r in refs] == ["s1", "s2"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = build_paired(refs, tmp_path / "ds", PairedConfig(allow_lowres=True, patch_px=16))
+    assert m["n_spots"] == 200 and set(m["samples"]) == {"s1", "s2"}
+    assert m["splits"]["sample"]["file"] == "splits/sample.json"
+    # without patient ids, each sample is its own patient
+    folds = load_split(tmp_path / "ds" / m["splits"]["patient"]["file"])
+    assert [f.name for f in folds] == ["patient=s1", "patient=s2"]

@@ -225,3 +225,52 @@ def test_h5ad_and_dispatch(data_dir):
         read_spatial(data_dir / "her2st")
     with pytest.raises(SpatialFormatError, match="cannot tell the format"):
         detect_format(data_dir / "wsi")
+
+
+def test_visium_mtx_folder_and_mpp_disagreement(data_dir, tmp_path):
+    import gzip
+
+    import scanpy as sc
+    import scipy.io
+
+    dst = _copy_visium(data_dir, tmp_path)
+    h5 = sc.read_10x_h5(dst / "filtered_feature_bc_matrix.h5")
+    mtx = dst / "filtered_feature_bc_matrix"
+    mtx.mkdir()
+    with gzip.open(mtx / "matrix.mtx.gz", "wb") as fh:
+        scipy.io.mmwrite(fh, h5.X.T.tocoo().astype(np.int32))
+    with gzip.open(mtx / "barcodes.tsv.gz", "wt") as fh:
+        fh.write("\n".join(h5.obs_names) + "\n")
+    with gzip.open(mtx / "features.tsv.gz", "wt") as fh:
+        fh.writelines(
+            f"{i}\t{n}\tGene Expression\n"
+            for i, n in zip(h5.var["gene_ids"], h5.var_names, strict=True)
+        )
+    (dst / "filtered_feature_bc_matrix.h5").unlink()
+    with pytest.warns(UserWarning, match="disagree by 45%.*using 0.5 from user"):
+        a = read_visium(dst, mpp=0.5)
+    assert (
+        a.shape == (100, 100)
+        and (
+            a.X
+            != sc.read_10x_h5(
+                data_dir / "visium" / "scanpy-heart" / "1.0.0" / "filtered_feature_bc_matrix.h5"
+            ).X
+        ).nnz
+        == 0
+    )
+    assert a.uns["spatial"]["vis"]["metadata"]["mpp_source"] == "user"
+
+
+def test_spot_patches_flag_and_pad_the_border():
+    from histoxmodal.io.slide_readers import ArraySlide
+    from histoxmodal.tiling.spots import spot_patches
+
+    img = np.zeros((100, 120, 3), np.uint8)
+    img[40:60, 50:70] = (200, 0, 0)
+    s = ArraySlide(img, mpp=1.0)
+    batches = list(spot_patches(s, np.array([[60.0, 50.0], [5.0, 5.0]]), patch_um=20, patch_px=20))
+    patches, border = batches[0]
+    assert border.tolist() == [False, True]
+    assert (patches[0] == (200, 0, 0)).all()  # the red square, centred
+    assert (patches[1][:5, :5] == 255).all() and (patches[1][5:, 5:] == 0).all()
