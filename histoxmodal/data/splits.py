@@ -109,6 +109,22 @@ def write_split(split: dict[str, object], path: str | Path) -> str:
     return str(split["sha256"])
 
 
+def split_file(dataset: str | Path, kind: str) -> Path:
+    """The split file of ``kind`` named in a dataset's manifest, resolved and confined to it."""
+    root = Path(dataset).resolve()
+    manifest = json.loads((root / keys.PAIRED_MANIFEST_FILE).read_text(encoding="utf-8"))
+    entry = manifest.get("splits", {}).get(kind)
+    if not entry or "file" not in entry:
+        raise ConfigError(f"{root}: no {kind!r} split ({(entry or {}).get('skipped', 'absent')})")
+    path = (root / entry["file"]).resolve()
+    if not path.is_relative_to(root):
+        raise ConfigError(
+            f"{root}: the manifest's split path {entry['file']!r} leaves the "
+            f"dataset folder; refusing to read it"
+        )
+    return path
+
+
 def load_split(path: str | Path) -> list[Fold]:
     """Read a split file, verifying its hash."""
     p = Path(path)

@@ -145,3 +145,17 @@ def test_folder_of_visium_samples(data_dir, tmp_path):
     # without patient ids, each sample is its own patient
     folds = load_split(tmp_path / "ds" / m["splits"]["patient"]["file"])
     assert [f.name for f in folds] == ["patient=s1", "patient=s2"]
+
+
+def test_split_paths_are_confined_to_the_dataset(her2st_paired, tmp_path):
+    from histoxmodal.data.splits import split_file
+
+    out, _ = her2st_paired
+    assert split_file(out, "patient") == (out / "splits" / "patient.json").resolve()
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / keys.PAIRED_MANIFEST_FILE).write_text(
+        json.dumps({"splits": {"patient": {"file": "../../etc/passwd"}}})
+    )
+    with pytest.raises(ConfigError, match="leaves the dataset folder"):
+        split_file(fake, "patient")

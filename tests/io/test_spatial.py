@@ -274,3 +274,19 @@ def test_spot_patches_flag_and_pad_the_border():
     assert border.tolist() == [False, True]
     assert (patches[0] == (200, 0, 0)).all()  # the red square, centred
     assert (patches[1][:5, :5] == 255).all() and (patches[1][5:, 5:] == 0).all()
+
+
+def test_her2st_all_sections_for_the_gene_side(data_dir):
+    a = read_her2st(data_dir / "her2st")
+    assert a.obs["sample"].nunique() == 35 and a.obs["patient"].nunique() == 8
+    assert len(a.uns["spatial"]) == 35
+    per = a.obs["sample"].value_counts()
+    assert per["B4"] == 283 and per["C2"] == 187
+
+
+def test_hires_coordinates_against_full_image_warn(tmp_path):
+    from histoxmodal.io.spatial._common import check_coords_in_image
+
+    xy = np.array([[10.0, 10.0], [140.0, 90.0]])
+    with pytest.warns(UserWarning, match="hires-image coordinates"):
+        check_coords_in_image(xy, (1000, 800), "s", {"tissue_hires_scalef": 0.15})

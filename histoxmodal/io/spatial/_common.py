@@ -166,6 +166,18 @@ def check_coords_in_image(
         and xmax <= W + tolerance_px
         and ymax <= H + tolerance_px
     ):
+        # inside, but squeezed into the top-left corner: scaled-image coordinates?
+        for key, name in ((keys.SCALEF_HIRES, "hires"), (keys.SCALEF_LOWRES, "lowres")):
+            f = (scalefactors or {}).get(key)
+            if f and 0 < f < 0.5 and xmax <= W * f * 1.05 and ymax <= H * f * 1.05:
+                warnings.warn(
+                    f"{where}: all spots lie within the top-left {100 * f:.0f}% of the image "
+                    f"({W} x {H} px); are they {name}-image coordinates? If so divide them by "
+                    f"{key}={f:.5g}",
+                    UserWarning,
+                    stacklevel=3,
+                )
+                break
         return
     msg = (
         f"{where}: spot coordinates (x up to {xmax:.0f}, y up to {ymax:.0f}) exceed the "

@@ -196,15 +196,40 @@ def _annotations(root: Path, section: str, adata) -> None:
         adata.obs["pathology"] = pd.Categorical([lab.get(i) for i in ids])
 
 
-def read_her2st(root: str | Path, section: str, *, mpp: float | None = None):
-    """Read one section of a her2st-layout folder (image attached when ``images/<S>.jpg`` exists).
+def read_her2st(
+    root: str | Path,
+    section: str | None = None,
+    *,
+    mpp: float | None = None,
+    join: str = "inner",
+):
+    """Read a section of a her2st-layout folder (image attached when ``images/<S>.jpg`` exists).
 
     Adds ``obs['cluster']`` (expression clusters) and ``obs['pathology']`` (pathologist regions)
-    where the folder has them.
+    where the folder has them. With ``section=None`` every section is read and concatenated
+    (``join="inner"``: genes measured in all sections; ``"outer"``: all genes, zeros elsewhere),
+    with ``obs['sample']``/``obs['patient']`` telling them apart: the gene side of all 35 sections
+    and 8 patients, for pretraining and batch correction of gene encoders.
     """
     root = Path(root)
     if not (root / "counts").is_dir():
         raise FileNotFoundError(f"{root}: not a her2st-layout folder (no counts/ inside)")
+    if section is None:
+        import warnings
+
+        import anndata as ad
+
+        parts = [read_her2st(root, s, mpp=mpp) for s in st_sections(root)]
+        spatial = {}
+        for a in parts:
+            spatial.update(a.uns.pop(keys.UNS_SPATIAL))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            out = ad.concat(parts, join=join, merge="first")
+        for col in (keys.OBS_SAMPLE, keys.OBS_PATIENT, keys.OBS_BATCH):
+            out.obs[col] = out.obs[col].astype(str).astype("category")
+        out.uns[keys.UNS_SPATIAL] = spatial
+        return out
     counts = next(iter(sorted((root / "counts").glob(f"{section}.tsv*"))), None)
     if counts is None:
         raise FileNotFoundError(
