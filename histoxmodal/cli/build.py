@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from histoxmodal.cli.main import EXIT_OK, EXIT_USAGE
+from histoxmodal.cli.main import EXIT_OK, EXIT_USAGE, format_table
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -54,11 +54,7 @@ def run_build(args: argparse.Namespace) -> int:
                 f"{c['patch_source_mpp']:.3g} ({c['patch_source']})",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for i, r in enumerate(rows):
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print(format_table(rows))
     by_reason: dict[str, list[str]] = {}
     for s, why in m["skipped"].items():
         by_reason.setdefault(why, []).append(s)

@@ -17,6 +17,17 @@ from histoxmodal import __version__
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+def format_table(rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned plain-text columns; the first row is the header, underlined."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for i, row in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def _add_tile_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tile geometry")
     g.add_argument(

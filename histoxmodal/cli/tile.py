@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from histoxmodal.cli.main import EXIT_FAILED, EXIT_OK
+from histoxmodal.cli.main import EXIT_FAILED, EXIT_OK, format_table
 
 
 def spec_from_args(args: argparse.Namespace):
@@ -32,12 +32,7 @@ def format_summary(results) -> str:
         mpp = f"{r.mpp:.4g} ({r.mpp_source})" if r.mpp else (r.mpp_source or "-")
         n = "-" if r.n_tiles is None else str(r.n_tiles)
         rows.append((r.name, r.status, n, mpp, f"{r.seconds:.1f}s"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for i, row in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    lines = [format_table(rows)]
     counts: dict[str, int] = {}
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
