@@ -1,0 +1,28 @@
+"""Contrastive losses, each registered by name: ``create_loss("clip")``, ``list_losses()``.
+
+All take L2-normalised embeddings ``(batch, dim)`` per modality and return a scalar. Under
+``torch.distributed`` they gather every rank's embeddings (with gradients) so the negatives of
+each rank's batch are the global batch, as in a single process.
+"""
+
+from histoxmodal.losses.contrastive import (
+    LOSSES,
+    ClipLoss,
+    CwclLoss,
+    SigLipLoss,
+    SoftClipLoss,
+    SymileLoss,
+    create_loss,
+    list_losses,
+)
+
+__all__ = [
+    "LOSSES",
+    "ClipLoss",
+    "CwclLoss",
+    "SigLipLoss",
+    "SoftClipLoss",
+    "SymileLoss",
+    "create_loss",
+    "list_losses",
+]
