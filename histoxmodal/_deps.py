@@ -10,7 +10,7 @@ from histoxmodal.errors import HistoxmodalError
 EXTRAS = {
     "wsi": ("openslide", "tifffile", "imagecodecs", "h5py", "cv2"),
     "spatial": ("anndata", "scanpy", "pandas", "scipy", "pyarrow", "yaml"),
-    "torch": ("torch",),
+    "torch": ("torch", "timm", "safetensors"),
 }
 
 

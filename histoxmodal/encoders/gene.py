@@ -1,0 +1,216 @@
+"""Gene towers over a fixed gene panel.
+
+Each tower states the panel (``genes``) and the normalisation of its input
+(``normalisation``, as produced by :class:`~histoxmodal.data.dataset.PairedDataset`); genes a
+sample did not measure arrive with ``gene_mask`` False and are treated as absent, not as zero
+expression.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from histoxmodal.encoders.registry import ENCODERS
+from histoxmodal.errors import ConfigError
+
+
+class CovariateMLP(nn.Module):
+    """Fully connected layers with a one-hot batch covariate concatenated to every layer's input
+    (scvi-tools' ``FCLayers(n_cat_list=...)`` pattern), so batch identity conditions every layer
+    instead of leaking into the output."""
+
+    def __init__(
+        self,
+        n_in: int,
+        hidden: Sequence[int],
+        n_out: int,
+        *,
+        n_batches: int = 0,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.n_batches = n_batches
+        dims = [n_in, *hidden]
+        self.layers = nn.ModuleList(
+            nn.Linear(d + n_batches, h) for d, h in itertools.pairwise(dims)
+        )
+        self.norms = nn.ModuleList(nn.LayerNorm(h) for h in hidden)
+        self.out = nn.Linear(dims[-1] + n_batches, n_out)
+        self.drop = nn.Dropout(dropout)
+
+    def _cat(self, h: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
+        return h if onehot is None else torch.cat([h, onehot], dim=-1)
+
+    def forward(self, x: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
+        onehot = None
+        if self.n_batches:
+            if batch is None:
+                raise ConfigError("this tower is batch-conditioned: pass batch ids")
+            onehot = nn.functional.one_hot(batch, self.n_batches).to(x.dtype)
+        h = x
+        for lin, norm in zip(self.layers, self.norms, strict=True):
+            h = self.drop(torch.relu(norm(lin(self._cat(h, onehot)))))
+        return self.out(self._cat(h, onehot))
+
+
+class MLPGeneEncoder(nn.Module):
+    """MLP over the normalised expression of a gene panel.
+
+    Parameters
+    ----------
+    n_genes
+        Panel size (or give ``genes``).
+    genes
+        The panel's gene names, stored with the model.
+    hidden, out_dim, dropout
+        Layer sizes.
+    n_batches
+        > 0 injects one-hot batch covariates into every layer (batch-conditioned tower).
+    """
+
+    normalisation = "log1p_cp10k"
+
+    def __init__(
+        self,
+        n_genes: int | None = None,
+        *,
+        genes: Sequence[str] | None = None,
+        hidden: Sequence[int] = (1024, 512),
+        out_dim: int = 256,
+        n_batches: int = 0,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if genes is not None:
+            n_genes = len(genes)
+        if not n_genes:
+            raise ConfigError("give n_genes or genes (the panel the tower reads)")
+        self.genes = list(genes) if genes is not None else None
+        self.n_genes = int(n_genes)
+        self.embed_dim = out_dim
+        self.net = CovariateMLP(n_genes, hidden, out_dim, n_batches=n_batches, dropout=dropout)
+
+    def forward(
+        self,
+        expression: torch.Tensor,
+        gene_mask: torch.Tensor | None = None,
+        batch: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``(B, n_genes)`` -> ``(B, out_dim)``; unmeasured genes are zeroed."""
+        if gene_mask is not None:
+            expression = expression * gene_mask.to(expression.dtype)
+        return self.net(expression, batch)
+
+
+class GeneTransformerEncoder(nn.Module):
+    """A small transformer over gene tokens with rank-value encoding (Geneformer/Nicheformer).
+
+    Each spot becomes the sequence of its ``max_tokens`` most expressed measured genes, ordered
+    by expression divided by the gene's typical level (``gene_scale``, set with
+    :meth:`fit_scale`), so housekeeping genes do not crowd out informative ones. Token = gene
+    embedding + rank embedding; a class token is pooled.
+    """
+
+    normalisation = "log1p_cp10k"
+
+    def __init__(
+        self,
+        n_genes: int | None = None,
+        *,
+        genes: Sequence[str] | None = None,
+        dim: int = 128,
+        depth: int = 2,
+        heads: int = 4,
+        max_tokens: int = 256,
+        out_dim: int = 256,
+        n_batches: int = 0,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if genes is not None:
+            n_genes = len(genes)
+        if not n_genes:
+            raise ConfigError("give n_genes or genes (the panel the tower reads)")
+        self.genes = list(genes) if genes is not None else None
+        self.n_genes, self.max_tokens, self.embed_dim = int(n_genes), max_tokens, out_dim
+        self.gene_embed = nn.Embedding(n_genes + 1, dim, padding_idx=0)
+        self.rank_embed = nn.Embedding(max_tokens, dim)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.batch_embed = nn.Embedding(n_batches, dim) if n_batches else None
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, 4 * dim, dropout, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, out_dim)
+        self.register_buffer("gene_scale", torch.ones(n_genes))
+
+    @torch.no_grad()
+    def fit_scale(self, expression: torch.Tensor) -> None:
+        """Set each gene's scale to its median over the spots that express it."""
+        x = expression.float()
+        x = torch.where(x > 0, x, torch.full_like(x, float("nan")))
+        med = torch.nanmedian(x, dim=0).values
+        self.gene_scale.copy_(torch.nan_to_num(med, nan=1.0).clamp(min=1e-6))
+
+    def tokens(self, expression: torch.Tensor, gene_mask: torch.Tensor | None = None):
+        """Token ids ``(B, K)`` (gene index + 1, 0 = padding) and the padding mask."""
+        score = expression / self.gene_scale
+        valid = expression > 0
+        if gene_mask is not None:
+            valid = valid & gene_mask.bool()
+        score = score.masked_fill(~valid, float("-inf"))
+        k = min(self.max_tokens, self.n_genes)
+        top, idx = score.topk(k, dim=1)
+        pad = torch.isinf(top)
+        return (idx + 1).masked_fill(pad, 0), pad
+
+    def forward(
+        self,
+        expression: torch.Tensor,
+        gene_mask: torch.Tensor | None = None,
+        batch: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        ids, pad = self.tokens(expression, gene_mask)
+        ranks = torch.arange(ids.shape[1], device=ids.device)
+        h = self.gene_embed(ids) + self.rank_embed(ranks)[None]
+        cls = self.cls.expand(len(h), -1, -1)
+        if self.batch_embed is not None:
+            if batch is None:
+                raise ConfigError("this tower is batch-conditioned: pass batch ids")
+            cls = cls + self.batch_embed(batch)[:, None]
+        h = torch.cat([cls, h], dim=1)
+        mask = torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1)
+        h = self.encoder(h, src_key_padding_mask=mask)
+        return self.head(self.norm(h[:, 0]))
+
+
+def _reg(name: str, cls: type, defaults: dict, summary: str) -> None:
+    def factory(**overrides) -> nn.Module:
+        return cls(**{**defaults, **overrides})
+
+    factory.__name__ = name
+    factory.__doc__ = summary
+    ENCODERS.register(name, modality="gene", arch=cls.__name__, normalisation=cls.normalisation)(
+        factory
+    )
+
+
+_reg("gene_mlp", MLPGeneEncoder, {}, "MLP over a gene panel (1024-512 hidden, 256-d).")
+_reg(
+    "gene_transformer",
+    GeneTransformerEncoder,
+    {},
+    "Transformer over rank-value gene tokens (2 layers, 128-d, top 256 genes).",
+)
+_reg("test_gene_mlp", MLPGeneEncoder, {"hidden": (16,), "out_dim": 8}, "Tiny gene MLP (tests).")
+_reg(
+    "test_gene_transformer",
+    GeneTransformerEncoder,
+    {"dim": 16, "depth": 1, "heads": 2, "max_tokens": 8, "out_dim": 8},
+    "Tiny gene transformer (tests).",
+)

@@ -1,0 +1,216 @@
+"""Every registered tiny encoder runs and trains; weights load back in every supported format,
+through the same remapping code path the published checkpoints use."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+
+from histoxmodal.encoders import ProjectionHead, create_encoder, list_encoders  # noqa: E402
+from histoxmodal.encoders.weights import WeightsError  # noqa: E402
+from histoxmodal.errors import ConfigError  # noqa: E402
+
+N_GENES = 40
+
+
+def _build(name, **kw):
+    if "gene" in name:
+        kw.setdefault("n_genes", N_GENES)
+    return create_encoder(name, **kw)
+
+
+def _input(name, n=3):
+    g = torch.Generator().manual_seed(0)
+    if "gene" in name:
+        return (torch.rand(n, N_GENES, generator=g) * (torch.rand(n, N_GENES, generator=g) > 0.3),)
+    return (torch.randn(n, 3, 32, 32, generator=g),)
+
+
+@pytest.mark.parametrize("name", list_encoders("test_*"))
+def test_tiny_encoders_shapes_finite_and_gradients(name):
+    torch.manual_seed(0)
+    model = _build(name)
+    head = ProjectionHead(model.embed_dim, 16)
+    out = model(*_input(name))
+    assert out.shape == (3, model.embed_dim) and torch.isfinite(out).all()
+    z = head(out)
+    assert torch.allclose(z.norm(dim=1), torch.ones(3), atol=1e-5)
+    (z * torch.randn_like(z)).sum().backward()
+    for pname, p in [*model.named_parameters(), *head.named_parameters()]:
+        if p.requires_grad:
+            assert p.grad is not None, pname
+            assert torch.isfinite(p.grad).all(), pname
+
+
+def test_registry_lists_the_foundation_models():
+    for name in (
+        "uni",
+        "uni2_h",
+        "conch",
+        "virchow2",
+        "h_optimus_0",
+        "gigapath",
+        "phikon",
+        "phikon_v2",
+    ):
+        assert name in list_encoders()
+    assert list_encoders("uni*") == ["uni", "uni2_h"]
+    with pytest.raises(KeyError, match="Did you mean 'uni'"):
+        create_encoder("unii")
+    with pytest.raises(ConfigError, match="unknown timm architecture"):
+        create_encoder("timm:resnet_18")
+    m = create_encoder("timm:resnet18", input_size=64)
+    assert m.preprocess.input_size == 64 and m.embed_dim == 512
+
+
+def _same_output(a, b, name="test_uni"):
+    a.eval()
+    b.eval()
+    x = _input(name)[0]
+    torch.testing.assert_close(a(x), b(x))
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pth", "bin", "snapshot", "sharded", "wrapped"])
+def test_weights_round_trip_in_every_format(fmt, tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    src = _build("test_uni")
+    state = {k: v.contiguous() for k, v in src.trunk.state_dict().items()}
+    if fmt == "safetensors":
+        path = tmp_path / "w.safetensors"
+        save_file(state, path)
+    elif fmt in ("pth", "bin"):
+        path = tmp_path / f"w.{fmt}"
+        torch.save(state, path)
+    elif fmt == "wrapped":  # {"state_dict": ...} as Lightning and many repos save
+        path = tmp_path / "w.ckpt"
+        torch.save({"state_dict": state}, path)
+    elif fmt == "snapshot":
+        path = tmp_path / "snap"
+        path.mkdir()
+        save_file(state, path / "model.safetensors")
+        (path / "config.json").write_text("{}")
+    else:
+        path = tmp_path / "sharded"
+        path.mkdir()
+        keys = sorted(state)
+        half = len(keys) // 2
+        shards = {
+            "model-00001-of-00002.safetensors": keys[:half],
+            "model-00002-of-00002.safetensors": keys[half:],
+        }
+        for fname, ks in shards.items():
+            save_file({k: state[k] for k in ks}, path / fname)
+        (path / "model.safetensors.index.json").write_text(
+            json.dumps({"weight_map": {k: f for f, ks in shards.items() for k in ks}})
+        )
+    dst = _build("test_uni", weights=path, mode="frozen")
+    _same_output(src, dst)
+    assert dst.weights_sha256 and len(dst.weights_sha256) == 64
+    if path.is_file():
+        assert dst.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert not any(p.requires_grad for p in dst.parameters())
+
+
+def _to_hf(state, dinov2):
+    """timm names -> Hugging Face ViT / Dinov2 names, written out independently of the loader."""
+    out = {
+        "embeddings.cls_token": state["cls_token"],
+        "embeddings.position_embeddings": state["pos_embed"],
+        "embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
+        "embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
+        "layernorm.weight": state["norm.weight"],
+        "layernorm.bias": state["norm.bias"],
+        "pooler.dense.weight": torch.zeros(2, 2),
+    }
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    for i in range(depth):
+        b, h = f"blocks.{i}.", f"encoder.layer.{i}."
+        for kind in ("weight", "bias"):
+            q, k, v = state[f"{b}attn.qkv.{kind}"].chunk(3, dim=0)
+            out[f"{h}attention.attention.query.{kind}"] = q
+            out[f"{h}attention.attention.key.{kind}"] = k
+            out[f"{h}attention.attention.value.{kind}"] = v
+            out[f"{h}attention.output.dense.{kind}"] = state[f"{b}attn.proj.{kind}"]
+            if dinov2:
+                out[f"{h}norm1.{kind}"] = state[f"{b}norm1.{kind}"]
+                out[f"{h}norm2.{kind}"] = state[f"{b}norm2.{kind}"]
+                out[f"{h}mlp.fc1.{kind}"] = state[f"{b}mlp.fc1.{kind}"]
+                out[f"{h}mlp.fc2.{kind}"] = state[f"{b}mlp.fc2.{kind}"]
+            else:
+                out[f"{h}layernorm_before.{kind}"] = state[f"{b}norm1.{kind}"]
+                out[f"{h}layernorm_after.{kind}"] = state[f"{b}norm2.{kind}"]
+                out[f"{h}intermediate.dense.{kind}"] = state[f"{b}mlp.fc1.{kind}"]
+                out[f"{h}output.dense.{kind}"] = state[f"{b}mlp.fc2.{kind}"]
+        if dinov2:
+            out[f"{h}layer_scale1.lambda1"] = state[f"{b}ls1.gamma"]
+            out[f"{h}layer_scale2.lambda1"] = state[f"{b}ls2.gamma"]
+    return out
+
+
+@pytest.mark.parametrize(
+    "name,dinov2,prefix", [("test_phikon", False, "vit."), ("test_phikon_v2", True, "")]
+)
+def test_hugging_face_checkpoints_are_remapped(name, dinov2, prefix, tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(2)
+    src = _build(name)
+    hf = {prefix + k: v.contiguous() for k, v in _to_hf(src.trunk.state_dict(), dinov2).items()}
+    save_file(hf, tmp_path / "model.safetensors")
+    _same_output(src, _build(name, weights=tmp_path))
+
+
+def test_conch_trunk_keys(tmp_path):
+    torch.manual_seed(3)
+    src = _build("test_conch")
+    state = {f"visual.trunk.{k}": v for k, v in src.trunk.state_dict().items()}
+    state["text.token_embedding.weight"] = torch.zeros(4, 4)
+    state["visual.attn_pool_contrast.query"] = torch.zeros(1, 4)
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    _same_output(src, _build("test_conch", weights=tmp_path / "pytorch_model.bin"))
+
+
+def test_wrong_checkpoints_give_clear_errors(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file(
+        {k: v.contiguous() for k, v in _build("test_uni").trunk.state_dict().items()},
+        tmp_path / "uni.safetensors",
+    )
+    with pytest.raises(WeightsError, match="does not fit this architecture.*(missing|shape)"):
+        _build("test_virchow2", weights=tmp_path / "uni.safetensors")
+    torch.save({"x": ConfigError("code")}, tmp_path / "pickle.pth")
+    with pytest.raises(WeightsError, match="weights-only"):
+        _build("test_uni", weights=tmp_path / "pickle.pth")
+    with pytest.raises(FileNotFoundError, match="only read from local files"):
+        _build("test_uni", weights=tmp_path / "nope.bin")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WeightsError, match="no weights in this folder"):
+        _build("test_uni", weights=tmp_path / "empty")
+
+
+def test_gene_transformer_tokens_follow_rank_and_mask():
+    m = _build("test_gene_transformer", n_genes=6, max_tokens=4)
+    x = torch.tensor([[0.0, 5.0, 1.0, 3.0, 2.0, 4.0]])
+    mask = torch.tensor([[True, True, True, True, True, False]])
+    m.gene_scale.copy_(torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0]))
+    ids, _ = m.tokens(x, mask)
+    assert ids.tolist() == [[2, 4, 5, 3]]  # genes 1, 3, 4, 2 (+1); gene 5 unmeasured, 0 absent
+    m.fit_scale(torch.tensor([[1.0, 10.0, 1.0, 1.0, 1.0, 1.0]]))
+    ids, _ = m.tokens(x, mask)
+    assert ids[0, 0].item() == 4  # gene 3 (3.0 / 1) now outranks gene 1 (5.0 / 10)
+    mlp = _build("test_gene_mlp", n_genes=6)
+    a = mlp(x, mask)
+    b = mlp(x * mask, None)
+    torch.testing.assert_close(a, b)
+    cond = _build("test_gene_mlp", n_genes=6, n_batches=3)
+    with pytest.raises(ConfigError, match="batch ids"):
+        cond(x)
+    assert cond(x, batch=torch.tensor([2])).shape == (1, 8)
