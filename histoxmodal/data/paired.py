@@ -232,32 +232,50 @@ def _assemble(parts: list[tuple[str, Path]], cfg: PairedConfig, out: Path) -> di
         "patch_px": cfg.patch_px,
         "genes": cfg.genes,
     }
-    tmp_h5ad = out / f".{keys.PAIRED_ADATA_FILE}.partial"
-    joined.write_h5ad(tmp_h5ad)
-    tmp_patches = out / f".{keys.PAIRED_PATCHES_FILE}.partial"
     n = joined.n_obs
-    with h5py.File(tmp_patches, "w") as f:
-        # contiguous (no chunks, no compression) so the dataset can be memory-mapped
-        d = f.create_dataset("patches", shape=(n, cfg.patch_px, cfg.patch_px, 3), dtype=np.uint8)
-        d.attrs["patch_um"] = cfg.patch_um
-        d.attrs["patch_px"] = cfg.patch_px
-        d.attrs["mpp"] = cfg.patch_um / cfg.patch_px
-        f.create_dataset("obs_names", data=np.asarray(joined.obs_names, dtype="S"))
-        i = 0
+
+    def blocks():
         for _, p in parts:
             with h5py.File(p / keys.PAIRED_PATCHES_FILE, "r") as src:
                 s = src["patches"]
                 for j in range(0, len(s), 256):
-                    block = s[j : j + 256]
-                    d[i : i + len(block)] = block
-                    i += len(block)
-    os.replace(tmp_h5ad, out / keys.PAIRED_ADATA_FILE)
-    os.replace(tmp_patches, out / keys.PAIRED_PATCHES_FILE)
+                    yield s[j : j + 256]
+
+    write_store(out, joined, blocks(), patch_px=cfg.patch_px, patch_um=cfg.patch_um)
     return {
         "n_spots": int(n),
         "n_genes": len(genes),
         "genes_in_all_samples": int(presence.all(axis=1).sum()),
     }, joined.obs
+
+
+def write_store(out: Path, adata, patch_blocks, *, patch_px: int, patch_um: float) -> None:
+    """Write ``adata.h5ad`` and ``patches.h5`` (contiguous, memory-mappable) into ``out``.
+
+    ``patch_blocks`` yields ``(b, patch_px, patch_px, 3)`` uint8 arrays in row order. Both files
+    are written under temporary names and renamed into place.
+    """
+    import h5py
+
+    n = adata.n_obs
+    tmp_h5ad = out / f".{keys.PAIRED_ADATA_FILE}.partial"
+    adata.write_h5ad(tmp_h5ad)
+    tmp_patches = out / f".{keys.PAIRED_PATCHES_FILE}.partial"
+    with h5py.File(tmp_patches, "w") as f:
+        # contiguous (no chunks, no compression) so the dataset can be memory-mapped
+        d = f.create_dataset("patches", shape=(n, patch_px, patch_px, 3), dtype=np.uint8)
+        d.attrs["patch_um"] = patch_um
+        d.attrs["patch_px"] = patch_px
+        d.attrs["mpp"] = patch_um / patch_px
+        f.create_dataset("obs_names", data=np.asarray(adata.obs_names, dtype="S"))
+        i = 0
+        for block in patch_blocks:
+            d[i : i + len(block)] = block
+            i += len(block)
+    if i != n:
+        raise ValueError(f"wrote {i} patches for {n} spots")
+    os.replace(tmp_h5ad, out / keys.PAIRED_ADATA_FILE)
+    os.replace(tmp_patches, out / keys.PAIRED_PATCHES_FILE)
 
 
 def build_paired(
