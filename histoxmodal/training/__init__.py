@@ -1,0 +1,1 @@
+"""Contrastive training of image and gene towers (PyTorch Lightning)."""

@@ -1,0 +1,132 @@
+"""Typed training configuration: frozen dataclasses, built from dicts with unknown keys rejected
+(and the close matches suggested)."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from histoxmodal.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Towers and heads: registered encoder names (``list_encoders()``) and their options."""
+
+    image_encoder: str = "test_resnet"
+    image_weights: str | None = None
+    image_mode: str = "finetune"
+    gene_encoder: str = "gene_mlp"
+    gene_kwargs: dict[str, Any] = field(default_factory=dict)
+    embed_dim: int = 128
+    head: str = "mlp"
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """A registered loss (``list_losses()``) and its options."""
+
+    name: str = "clip"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CorrectionConfig:
+    """Batch-effect correction; each part can be switched on alone or combined.
+
+    Attributes
+    ----------
+    batch_key
+        ``obs`` column that defines batches (``batch``, ``sample`` or ``patient``).
+    batch_conditioned_genes
+        Inject one-hot batch covariates into every layer of the gene tower.
+    same_batch
+        Negatives from the same batch: ``keep``, ``mask`` or ``downweight``.
+    sampler
+        ``random``; ``by_batch`` (each training batch from one batch); ``balanced`` (equal
+        numbers per batch).
+    adversarial_weight
+        Weight of a batch classifier on the embeddings behind gradient reversal (0 = off).
+    """
+
+    batch_key: str = "batch"
+    batch_conditioned_genes: bool = False
+    same_batch: str = "keep"
+    sampler: str = "random"
+    adversarial_weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up and cosine decay, and the loop's sizes."""
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.1
+    batch_size: int = 64
+    max_epochs: int = 2
+    accumulate: int = 1
+    precision: str = "32-true"
+    seed: int = 0
+    num_workers: int = 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; saved beside every checkpoint."""
+
+    data: str | None = None
+    genes: int | None = 256
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    correction: CorrectionConfig = field(default_factory=CorrectionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: dict[str, Any] = field(default_factory=lambda: {"flips": True, "rot90": True})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, data: dict[str, Any], where: str):
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in (data or {}).items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=2)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown key {where}{key!r}{hint} (known: {', '.join(names)})")
+
+        sub = (
+            {
+                "model": ModelConfig,
+                "loss": LossConfig,
+                "correction": CorrectionConfig,
+                "optim": OptimConfig,
+            }.get(key)
+            if cls is TrainConfig
+            else None
+        )
+        kwargs[key] = _build(sub, value, f"{where}{key}.") if sub else value
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Validate a nested dict (parsed YAML) into a :class:`TrainConfig`."""
+    cfg = _build(TrainConfig, data, "")
+    c = cfg.correction
+    if c.sampler not in ("random", "by_batch", "balanced"):
+        raise ConfigError(f"correction.sampler={c.sampler!r}: random, by_batch or balanced")
+    if c.batch_key not in ("batch", "sample", "patient"):
+        raise ConfigError(f"correction.batch_key={c.batch_key!r}: batch, sample or patient")
+    return cfg
+
+
+def set_value(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Apply a ``--set a.b=value`` override to a nested dict."""
+    *path, last = dotted.split(".")
+    node = data
+    for p in path:
+        node = node.setdefault(p, {})
+    node[last] = value

@@ -1,0 +1,104 @@
+"""The Lightning module: two towers, projection heads, a contrastive loss, batch corrections."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from histoxmodal.encoders import ProjectionHead, create_encoder
+from histoxmodal.losses import create_loss
+from histoxmodal.losses.adversarial import BatchAdversary
+from histoxmodal.training.config import TrainConfig
+
+
+class ContrastiveModule(L.LightningModule):
+    """Aligns an image tower and a gene tower in one embedding space.
+
+    Images arrive as uint8 ``(B, 3, H, W)`` and are resized and normalised on the device with the
+    image tower's own preprocessing; expression arrives normalised with its gene mask.
+    """
+
+    def __init__(self, config: TrainConfig, genes: list[str], n_batches: int) -> None:
+        super().__init__()
+        self.config = config
+        m, c = config.model, config.correction
+        self.image = create_encoder(m.image_encoder, weights=m.image_weights, mode=m.image_mode)
+        gene_kwargs = {**m.gene_kwargs, "genes": genes}
+        if c.batch_conditioned_genes:
+            gene_kwargs["n_batches"] = n_batches
+        self.gene = create_encoder(m.gene_encoder, **gene_kwargs)
+        self.image_head = ProjectionHead(self.image.embed_dim, m.embed_dim, kind=m.head)
+        self.gene_head = ProjectionHead(self.gene.embed_dim, m.embed_dim, kind=m.head)
+        loss_kwargs = dict(config.loss.kwargs)
+        if c.same_batch != "keep":
+            loss_kwargs["same_batch"] = c.same_batch
+        self.loss = create_loss(config.loss.name, **loss_kwargs)
+        self.adversary = (
+            BatchAdversary(m.embed_dim, n_batches)
+            if c.adversarial_weight > 0 and n_batches > 1
+            else None
+        )
+        pre = self.image.preprocess
+        self.register_buffer(
+            "mean", torch.tensor(pre.mean).view(1, 3, 1, 1) * 255.0, persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(pre.std).view(1, 3, 1, 1) * 255.0, persistent=False
+        )
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, 3, H, W)`` -> L2-normalised ``(B, embed_dim)``."""
+        x = images.float()
+        size = self.image.preprocess.input_size
+        if x.shape[-1] != size:
+            x = F.interpolate(
+                x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
+        return self.image_head(self.image((x - self.mean) / self.std))
+
+    def embed_genes(
+        self,
+        expression: torch.Tensor,
+        gene_mask: torch.Tensor | None = None,
+        batch: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        conditioned = self.config.correction.batch_conditioned_genes
+        return self.gene_head(self.gene(expression, gene_mask, batch if conditioned else None))
+
+    def _step(self, b: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        key = self.config.correction.batch_key
+        za = self.embed_images(b["image"])
+        zb = self.embed_genes(b["expression"], b["gene_mask"], b[key])
+        loss = self.loss(za, zb, batch=b[key])
+        self.log(f"{stage}/contrastive", loss, prog_bar=stage == "train", batch_size=len(za))
+        if self.adversary is not None:
+            adv = 0.5 * (self.adversary(za, b[key]) + self.adversary(zb, b[key]))
+            self.log(f"{stage}/adversary", adv, batch_size=len(za))
+            loss = loss + self.config.correction.adversarial_weight * adv
+        self.log(f"{stage}/loss", loss, batch_size=len(za), sync_dist=stage == "val")
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        return self._step(batch, "val")
+
+    def configure_optimizers(self):
+        o = self.config.optim
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warm = max(1, int(o.warmup_fraction * total))
+
+        def schedule(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            t = (step - warm) / max(1, total - warm)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
