@@ -232,6 +232,36 @@ def _build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--to", choices=["parquet", "hest"], required=True)
     ex.add_argument("--out", required=True, metavar="OUT")
 
+    tr = sub.add_parser(
+        "train",
+        help="contrastive training of image and gene towers",
+        description="Train from a YAML config or a bundled example (--list). Writes OUT with "
+        "config.json, genes.txt, csv/metrics.csv, tensorboard/, checkpoints/ and "
+        "model.safetensors; --resume continues an interrupted or finished run.",
+    )
+    tr.add_argument("config", nargs="?", metavar="CONFIG", help="YAML file or example name")
+    tr.add_argument("--list", action="store_true", help="list the bundled example configs")
+    tr.add_argument("--data", metavar="DIR", help="paired dataset (histoxmodal build)")
+    tr.add_argument("--out", metavar="RUN_DIR", help="run folder")
+    tr.add_argument("--max-epochs", type=int, default=None, metavar="N")
+    tr.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=3e-4 (repeatable)",
+    )
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out")
+    tr.add_argument("--accelerator", default="auto", help="cpu, gpu, ... (Lightning)")
+    tr.add_argument("--devices", default="auto", help="devices per node (Lightning)")
+    tr.add_argument("--num-nodes", type=int, default=1, help="nodes (Lightning; SLURM detected)")
+
+    em = sub.add_parser("embed", help="image and gene embeddings of a dataset with a trained run")
+    em.add_argument("run", metavar="RUN", help="run folder written by histoxmodal train")
+    em.add_argument("dataset", metavar="DATASET", help="paired dataset folder")
+    em.add_argument("--out", required=True, metavar="FILE", help="output .h5ad (+ .npy beside)")
+    em.add_argument("--batch-size", type=int, default=128)
+
     b = sub.add_parser("bench", help="performance benchmarks on this machine")
     bsub = b.add_subparsers(dest="bench", metavar="BENCH")
     bt = bsub.add_parser(
@@ -307,6 +337,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             from histoxmodal.cli.build import run_build
 
             return run_build(args)
+        if args.command == "train":
+            from histoxmodal.cli.train import run_train
+
+            return run_train(args)
+        if args.command == "embed":
+            from histoxmodal.training.fit import embed
+
+            a = embed(args.run, args.dataset, args.out, batch_size=args.batch_size)
+            print(f"wrote {a.n_obs} image and gene embeddings to {args.out}")
+            return EXIT_OK
         if args.command == "export":
             from histoxmodal.data.export import export_hest, export_parquet
 

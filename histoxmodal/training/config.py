@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from histoxmodal.errors import ConfigError
@@ -18,6 +19,7 @@ class ModelConfig:
     image_encoder: str = "test_resnet"
     image_weights: str | None = None
     image_mode: str = "finetune"
+    image_kwargs: dict[str, Any] = field(default_factory=dict)
     gene_encoder: str = "gene_mlp"
     gene_kwargs: dict[str, Any] = field(default_factory=dict)
     embed_dim: int = 128
@@ -130,3 +132,33 @@ def set_value(data: dict[str, Any], dotted: str, value: Any) -> None:
     for p in path:
         node = node.setdefault(p, {})
     node[last] = value
+
+
+def bundled_configs() -> dict[str, Path]:
+    """Example configs shipped with the package (``histoxmodal train --list``)."""
+    folder = Path(__file__).parent / "configs"
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def load_config(name_or_path: str, overrides: list[str] | None = None) -> TrainConfig:
+    """A YAML file or bundled example, with ``key.sub=value`` overrides (values parsed as YAML)."""
+    import yaml
+
+    p = Path(name_or_path)
+    if not p.exists():
+        bundled = bundled_configs()
+        if name_or_path not in bundled:
+            close = difflib.get_close_matches(name_or_path, bundled, n=2)
+            hint = f" Did you mean {' or '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"config {name_or_path!r} is neither a file nor a bundled "
+                f"example.{hint} Examples: {', '.join(bundled)}"
+            )
+        p = bundled[name_or_path]
+    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. optim.lr=0.0003")
+        key, value = item.split("=", 1)
+        set_value(data, key.strip(), yaml.safe_load(value))
+    return config_from_dict(data)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 from histoxmodal import keys
+from histoxmodal._fileutil import write_json_atomic
 from histoxmodal.errors import ConfigError
 from histoxmodal.training.config import TrainConfig
+
+RUN_CONFIG = "config.json"
+RUN_WEIGHTS = "model.safetensors"
 
 
 def select_genes(adata, rows: np.ndarray, n: int | None) -> list[str]:
@@ -38,6 +43,7 @@ def fit(
     devices: int | str = "auto",
     num_nodes: int = 1,
     enable_progress_bar: bool = False,
+    resume: bool = False,
 ):
     """Train a contrastive model; writes the run folder and returns the module.
 
@@ -71,7 +77,13 @@ def fit(
     train_rows, val_rows = fold.train(adata.n_obs), fold.val
     genes = select_genes(adata, train_rows, config.genes)
     (out / "genes.txt").write_text("\n".join(genes) + "\n")
-    (out / "config.json").write_text(json.dumps({**config.to_dict(), "data": str(data)}, indent=2))
+    last = out / "checkpoints" / "last.ckpt"
+    if resume and not last.exists():
+        raise ConfigError(f"--resume: {out} has no checkpoints/last.ckpt to continue from")
+    if not resume and last.exists():
+        raise ConfigError(
+            f"{out} already holds a run; pass --resume to continue it or choose another --out"
+        )
     o, c = config.optim, config.correction
     aug = Augment(**config.augment)
     train_ds = PairedDataset(data, indices=train_rows, genes=genes, augment=aug, seed=o.seed)
@@ -87,6 +99,9 @@ def fit(
         sampler = GroupBatchSampler(groups, o.batch_size, mode=c.sampler, seed=o.seed)
         train_dl = DataLoader(train_ds, batch_sampler=sampler, **loader_kw)
     val_dl = DataLoader(val_ds, batch_size=o.batch_size, **loader_kw) if len(val_rows) else None
+    write_json_atomic(
+        out / RUN_CONFIG, {**config.to_dict(), "data": str(data), "n_batches": n_batches}
+    )
     module = ContrastiveModule(config, genes, n_batches)
     trainer = L.Trainer(
         default_root_dir=out,
@@ -105,7 +120,80 @@ def fit(
         enable_progress_bar=enable_progress_bar,
         enable_model_summary=False,
     )
-    trainer.fit(module, train_dl, val_dl)
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    save_file(state, out / "model.safetensors")
+    trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resume else None)
+    if trainer.is_global_zero:
+        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        tmp = out / f".{RUN_WEIGHTS}.partial"
+        save_file(state, tmp)
+        os.replace(tmp, out / RUN_WEIGHTS)
     return module
+
+
+def load_run(run: str | Path):
+    """Rebuild a trained module from a run folder (``config.json``, ``genes.txt``,
+    ``model.safetensors``); the towers' original weight files are not needed."""
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    from histoxmodal.training.config import config_from_dict
+    from histoxmodal.training.module import ContrastiveModule
+
+    run = Path(run)
+    for f in (RUN_CONFIG, "genes.txt", RUN_WEIGHTS):
+        if not (run / f).exists():
+            raise FileNotFoundError(f"{run / f} not found: is {run} a finished training run?")
+    raw = json.loads((run / RUN_CONFIG).read_text())
+    n_batches = raw.pop("n_batches")
+    cfg = config_from_dict(raw)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, image_weights=None))
+    genes = (run / "genes.txt").read_text().split()
+    module = ContrastiveModule(cfg, genes, n_batches)
+    module.load_state_dict(load_file(str(run / RUN_WEIGHTS)))
+    return module.eval()
+
+
+def embed(run: str | Path, dataset: str | Path, out: str | Path, *, batch_size: int = 128):
+    """Image and gene embeddings of every spot of ``dataset`` with a trained run.
+
+    Writes ``out`` (``.h5ad``: the dataset's AnnData with ``obsm['X_image']`` and
+    ``obsm['X_gene']``) and ``<out stem>_image.npy`` / ``_gene.npy`` beside it.
+    """
+    import numpy as np
+    import torch
+
+    from histoxmodal._progress import progress
+    from histoxmodal.data.dataset import PairedDataset
+    from histoxmodal.data.paired import load_paired
+
+    module = load_run(run)
+    genes = module.gene.genes
+    adata, _ = load_paired(dataset)
+    missing = [g for g in genes if g not in adata.var_names]
+    if missing:
+        raise ConfigError(
+            f"{dataset} lacks {len(missing)} genes of the run's panel (e.g. "
+            f"{missing[:5]}); embed a dataset built with the same genes"
+        )
+    ds = PairedDataset(dataset, genes=genes)
+    za, zb = [], []
+    starts = range(0, len(ds), batch_size)
+    with torch.no_grad():
+        for i in progress(starts, total=len(starts), desc="embed", unit="batch"):
+            items = [ds[j] for j in range(i, min(len(ds), i + batch_size))]
+            za.append(module.embed_images(torch.stack([t["image"] for t in items])).numpy())
+            zb.append(
+                module.embed_genes(
+                    torch.stack([t["expression"] for t in items]),
+                    torch.stack([t["gene_mask"] for t in items]),
+                    torch.stack([t[module.config.correction.batch_key] for t in items]),
+                ).numpy()
+            )
+    out = Path(out)
+    adata.obsm["X_image"], adata.obsm["X_gene"] = np.concatenate(za), np.concatenate(zb)
+    tmp = out.with_name(f".{out.name}.partial")
+    adata.write_h5ad(tmp)
+    os.replace(tmp, out)
+    np.save(out.with_name(f"{out.stem}_image.npy"), adata.obsm["X_image"])
+    np.save(out.with_name(f"{out.stem}_gene.npy"), adata.obsm["X_gene"])
+    return adata

@@ -25,7 +25,9 @@ class ContrastiveModule(L.LightningModule):
         super().__init__()
         self.config = config
         m, c = config.model, config.correction
-        self.image = create_encoder(m.image_encoder, weights=m.image_weights, mode=m.image_mode)
+        self.image = create_encoder(
+            m.image_encoder, weights=m.image_weights, mode=m.image_mode, **m.image_kwargs
+        )
         gene_kwargs = {**m.gene_kwargs, "genes": genes}
         if c.batch_conditioned_genes:
             gene_kwargs["n_batches"] = n_batches

@@ -76,3 +76,46 @@ def test_group_batch_sampler():
     bal = list(GroupBatchSampler(groups, 6, mode="balanced"))
     assert all(np.bincount(groups[b], minlength=3).tolist() == [2, 2, 2] for b in bal)
     assert len(bal) == 2
+
+
+def test_cli_train_resume_and_embed(tmp_path, capsys):
+    import anndata as ad
+
+    from histoxmodal.cli.main import main
+
+    data = make_paired_dataset(tmp_path / "data", spots_per_sample=48)
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        "genes: 20\nmodel: {image_encoder: test_uni, gene_encoder: test_gene_mlp, "
+        "embed_dim: 8}\noptim: {batch_size: 16, num_workers: 0}\n"
+    )
+    run = tmp_path / "run"
+    args = [
+        "train",
+        str(cfg),
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "1",
+        "--max-epochs",
+        "1",
+        "--set",
+        "optim.lr=0.002",
+    ]
+    assert main(args) == 0
+    assert len((run / "genes.txt").read_text().split()) == 20
+    assert main(args) == 2 and "--resume" in capsys.readouterr().err
+    assert main([*args[:-4], "--max-epochs", "2", "--resume"]) == 0
+    rows = (run / "csv" / "metrics.csv").read_text().splitlines()
+    assert any(r.startswith("1,") for r in rows)  # epoch 1 ran after resuming
+    assert main(["embed", str(run), str(data), "--out", str(tmp_path / "emb.h5ad")]) == 0
+    emb = ad.read_h5ad(tmp_path / "emb.h5ad")
+    assert emb.obsm["X_image"].shape == (96, 8) and emb.obsm["X_gene"].shape == (96, 8)
+    assert np.allclose(np.linalg.norm(emb.obsm["X_gene"], axis=1), 1, atol=1e-5)
+    assert main(["train", "her2st_smal", "--out", "x"]) == 2
+    assert "Did you mean her2st_small" in capsys.readouterr().err
+    assert main(["train", "--list"]) == 0 and "her2st_small" in capsys.readouterr().out

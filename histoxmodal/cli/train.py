@@ -1,0 +1,43 @@
+"""``histoxmodal train``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from histoxmodal.cli.main import EXIT_OK
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from histoxmodal._deps import require_extra
+    from histoxmodal.errors import ConfigError
+
+    require_extra("torch", "histoxmodal train")
+    from histoxmodal.training.config import bundled_configs, load_config
+
+    if args.list:
+        for name, path in bundled_configs().items():
+            first = next(
+                (ln[2:] for ln in path.read_text().splitlines() if ln.startswith("# ")), ""
+            )
+            print(f"{name:<20} {first}")
+        return EXIT_OK
+    if not args.config or not args.out:
+        raise ConfigError("histoxmodal train needs CONFIG and --out (see --list for examples)")
+    cfg = load_config(args.config, args.set)
+    from histoxmodal.training.fit import fit
+
+    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
+    fit(
+        cfg,
+        args.out,
+        data=args.data,
+        max_epochs=args.max_epochs,
+        accelerator=args.accelerator,
+        devices=devices,
+        num_nodes=args.num_nodes,
+        resume=args.resume,
+        enable_progress_bar=True,
+    )
+    print(f"run written to {Path(args.out).resolve()}")
+    return EXIT_OK
