@@ -1,0 +1,1 @@
+"""Metrics: batch mixing of embeddings (more protocols arrive with the evaluation issue)."""
