@@ -18,6 +18,15 @@ from histoxmodal.encoders.registry import ENCODERS
 from histoxmodal.errors import ConfigError
 
 
+def _panel(n_genes: int | None, genes: Sequence[str] | None) -> tuple[list[str] | None, int]:
+    """The gene panel a tower reads: names (if given) and size."""
+    if genes is not None:
+        return list(genes), len(genes)
+    if not n_genes:
+        raise ConfigError("give n_genes or genes (the panel the tower reads)")
+    return None, int(n_genes)
+
+
 class CovariateMLP(nn.Module):
     """Fully connected layers with a one-hot batch covariate concatenated to every layer's input
     (scvi-tools' ``FCLayers(n_cat_list=...)`` pattern), so batch identity conditions every layer
@@ -85,11 +94,7 @@ class MLPGeneEncoder(nn.Module):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        if genes is not None:
-            n_genes = len(genes)
-        if not n_genes:
-            raise ConfigError("give n_genes or genes (the panel the tower reads)")
-        self.genes = list(genes) if genes is not None else None
+        self.genes, n_genes = _panel(n_genes, genes)
         self.n_genes = int(n_genes)
         self.embed_dim = out_dim
         self.net = CovariateMLP(n_genes, hidden, out_dim, n_batches=n_batches, dropout=dropout)
@@ -131,11 +136,7 @@ class GeneTransformerEncoder(nn.Module):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        if genes is not None:
-            n_genes = len(genes)
-        if not n_genes:
-            raise ConfigError("give n_genes or genes (the panel the tower reads)")
-        self.genes = list(genes) if genes is not None else None
+        self.genes, n_genes = _panel(n_genes, genes)
         self.n_genes, self.max_tokens, self.embed_dim = int(n_genes), max_tokens, out_dim
         self.gene_embed = nn.Embedding(n_genes + 1, dim, padding_idx=0)
         self.rank_embed = nn.Embedding(max_tokens, dim)
