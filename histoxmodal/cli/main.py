@@ -310,6 +310,20 @@ def _build_parser() -> argparse.ArgumentParser:
     bds.add_argument("--batch-size", type=int, default=64)
     bds.add_argument("--min-seconds", type=float, default=5.0)
     bds.add_argument("--json", default=None, metavar="FILE")
+    btr = bsub.add_parser(
+        "train",
+        help="training steps/s: frozen tower end to end vs cached features",
+        description="Steps/s and pairs/s of contrastive training with a frozen image tower run "
+        "every step, against the same model training from cached tower features, "
+        "and the time of one epoch from the cache.",
+    )
+    btr.add_argument("dataset", metavar="DIR", help="a folder written by histoxmodal build")
+    btr.add_argument("--encoder", default="timm:resnet18")
+    btr.add_argument("--input-size", type=int, default=112)
+    btr.add_argument("--batch-size", type=int, default=64)
+    btr.add_argument("--steps", type=int, default=10)
+    btr.add_argument("--workers", type=int, default=2)
+    btr.add_argument("--json", default=None, metavar="FILE")
     return parser
 
 
@@ -360,6 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_demo(args)
         if args.command == "bench":
+            if args.bench == "train":
+                from histoxmodal.bench.train import run_train_bench
+
+                return run_train_bench(args)
             if args.bench == "dataset":
                 from histoxmodal.bench.dataset import run_dataset_bench
 

@@ -152,6 +152,27 @@ class PairedDataset(Dataset):
         out[self._cols[s:e]] = self._vals[s:e]
         return out
 
+    @staticmethod
+    def codes_of(path: str | Path, key: str) -> np.ndarray:
+        """Integer codes of ``obs[key]`` for every row of a dataset (category order)."""
+        import anndata as ad
+
+        obs = ad.read_h5ad(Path(path) / keys.PAIRED_ADATA_FILE, backed="r").obs
+        return obs[key].astype("category").cat.codes.to_numpy().astype(np.int64)
+
+    def item_without_image(self, i: int) -> dict[str, Any]:
+        """Item ``i`` without reading its patch (for cached image features)."""
+        row = int(self.indices[i])
+        sample = self._codes[keys.OBS_SAMPLE][row]
+        return {
+            "expression": torch.from_numpy(self.expression(row)),
+            "gene_mask": torch.from_numpy(self._gene_mask[sample]),
+            "batch": torch.tensor(self._codes[keys.OBS_BATCH][row]),
+            "patient": torch.tensor(self._codes[keys.OBS_PATIENT][row]),
+            "sample": torch.tensor(sample),
+            "index": torch.tensor(row),
+        }
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         self._worker_state()
         row = int(self.indices[i])
@@ -164,16 +185,7 @@ class PairedDataset(Dataset):
                 .sub_(torch.from_numpy(self._mean)[:, None, None])
                 .div_(torch.from_numpy(self._std)[:, None, None])
             )
-        sample = self._codes[keys.OBS_SAMPLE][row]
-        return {
-            "image": t,
-            "expression": torch.from_numpy(self.expression(row)),
-            "gene_mask": torch.from_numpy(self._gene_mask[sample]),
-            "batch": torch.tensor(self._codes[keys.OBS_BATCH][row]),
-            "patient": torch.tensor(self._codes[keys.OBS_PATIENT][row]),
-            "sample": torch.tensor(sample),
-            "index": torch.tensor(row),
-        }
+        return {"image": t, **self.item_without_image(i)}
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

@@ -14,12 +14,19 @@ from histoxmodal.errors import ConfigError
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Towers and heads: registered encoder names (``list_encoders()``) and their options."""
+    """Towers and heads: registered encoder names (``list_encoders()``) and their options.
+
+    With ``image_mode: frozen`` and ``cache_image_features`` the image tower runs once per patch
+    and per flip/rotation (``cache_views``, up to 8) before training; epochs then train the heads
+    and the gene tower only (colour augmentation does not apply to cached features).
+    """
 
     image_encoder: str = "test_resnet"
     image_weights: str | None = None
     image_mode: str = "finetune"
     image_kwargs: dict[str, Any] = field(default_factory=dict)
+    cache_image_features: bool = True
+    cache_views: int = 8
     gene_encoder: str = "gene_mlp"
     gene_kwargs: dict[str, Any] = field(default_factory=dict)
     embed_dim: int = 128

@@ -84,25 +84,31 @@ def fit(
         raise ConfigError(
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
         )
-    o, c = config.optim, config.correction
+    o, c, m = config.optim, config.correction, config.model
     aug = Augment(**config.augment)
     train_ds = PairedDataset(data, indices=train_rows, genes=genes, augment=aug, seed=o.seed)
     val_ds = PairedDataset(data, indices=val_rows, genes=genes)
     n_batches = len(train_ds.categories[c.batch_key])
+    write_json_atomic(
+        out / RUN_CONFIG, {**config.to_dict(), "data": str(data), "n_batches": n_batches}
+    )
+    module = ContrastiveModule(config, genes, n_batches)
+    if m.image_mode == "frozen" and m.cache_image_features:
+        from histoxmodal.training.cache import CachedFeatures, image_features
+
+        feats = image_features(module, data, n_views=m.cache_views, cache_dir=out / "cache")
+        train_ds = CachedFeatures(train_ds, feats, random_view=True)
+        val_ds = CachedFeatures(val_ds, feats, random_view=False)
     loader_kw = {"num_workers": o.num_workers, "persistent_workers": o.num_workers > 0}
     if c.sampler == "random":
         train_dl = DataLoader(
             train_ds, batch_size=o.batch_size, shuffle=True, drop_last=True, **loader_kw
         )
     else:
-        groups = train_ds._codes[c.batch_key][train_rows]
+        groups = PairedDataset.codes_of(data, c.batch_key)[train_rows]
         sampler = GroupBatchSampler(groups, o.batch_size, mode=c.sampler, seed=o.seed)
         train_dl = DataLoader(train_ds, batch_sampler=sampler, **loader_kw)
     val_dl = DataLoader(val_ds, batch_size=o.batch_size, **loader_kw) if len(val_rows) else None
-    write_json_atomic(
-        out / RUN_CONFIG, {**config.to_dict(), "data": str(data), "n_batches": n_batches}
-    )
-    module = ContrastiveModule(config, genes, n_batches)
     trainer = L.Trainer(
         default_root_dir=out,
         max_epochs=max_epochs or o.max_epochs,

@@ -51,15 +51,19 @@ class ContrastiveModule(L.LightningModule):
             "std", torch.tensor(pre.std).view(1, 3, 1, 1) * 255.0, persistent=False
         )
 
-    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(B, 3, H, W)`` -> L2-normalised ``(B, embed_dim)``."""
-        x = images.float()
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, 3, H, W)`` -> the image tower's features (before the head)."""
+        x = images.to(self.mean.device).float()
         size = self.image.preprocess.input_size
         if x.shape[-1] != size:
             x = F.interpolate(
                 x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
             )
-        return self.image_head(self.image((x - self.mean) / self.std))
+        return self.image((x - self.mean) / self.std)
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, 3, H, W)`` -> L2-normalised ``(B, embed_dim)``."""
+        return self.image_head(self.image_features(images))
 
     def embed_genes(
         self,
@@ -70,18 +74,38 @@ class ContrastiveModule(L.LightningModule):
         conditioned = self.config.correction.batch_conditioned_genes
         return self.gene_head(self.gene(expression, gene_mask, batch if conditioned else None))
 
-    def _step(self, b: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+    def compute_loss(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The training objective of one batch: ``loss`` and its parts.
+
+        Uses ``b["image_features"]`` (a cached frozen tower's output) instead of running the
+        image tower when the batch carries it.
+        """
         key = self.config.correction.batch_key
-        za = self.embed_images(b["image"])
+        if "image_features" in b:
+            za = self.image_head(b["image_features"])
+        else:
+            za = self.embed_images(b["image"])
         zb = self.embed_genes(b["expression"], b["gene_mask"], b[key])
-        loss = self.loss(za, zb, batch=b[key])
-        self.log(f"{stage}/contrastive", loss, prog_bar=stage == "train", batch_size=len(za))
+        out = {"contrastive": self.loss(za, zb, batch=b[key])}
+        loss = out["contrastive"]
         if self.adversary is not None:
-            adv = 0.5 * (self.adversary(za, b[key]) + self.adversary(zb, b[key]))
-            self.log(f"{stage}/adversary", adv, batch_size=len(za))
-            loss = loss + self.config.correction.adversarial_weight * adv
-        self.log(f"{stage}/loss", loss, batch_size=len(za), sync_dist=stage == "val")
-        return loss
+            out["adversary"] = 0.5 * (self.adversary(za, b[key]) + self.adversary(zb, b[key]))
+            loss = loss + self.config.correction.adversarial_weight * out["adversary"]
+        out["loss"] = loss
+        return out
+
+    def _step(self, b: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        parts = self.compute_loss(b)
+        n = len(b["expression"])
+        for name, value in parts.items():
+            self.log(
+                f"{stage}/{name}",
+                value,
+                batch_size=n,
+                sync_dist=stage == "val",
+                prog_bar=stage == "train" and name == "loss",
+            )
+        return parts["loss"]
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")

@@ -119,3 +119,41 @@ def test_cli_train_resume_and_embed(tmp_path, capsys):
     assert main(["train", "her2st_smal", "--out", "x"]) == 2
     assert "Did you mean her2st_small" in capsys.readouterr().err
     assert main(["train", "--list"]) == 0 and "her2st_small" in capsys.readouterr().out
+
+
+def test_frozen_tower_features_are_cached_and_reused(tmp_path):
+    from histoxmodal.data.paired import load_paired
+    from histoxmodal.training.cache import image_features
+
+    data = make_paired_dataset(tmp_path / "data", spots_per_sample=32)
+    cfg = config_from_dict(
+        {
+            "genes": None,
+            "model": {
+                "image_encoder": "test_uni",
+                "image_mode": "frozen",
+                "gene_encoder": "test_gene_mlp",
+                "embed_dim": 8,
+                "cache_views": 4,
+            },
+            "optim": {"batch_size": 16, "max_epochs": 2, "num_workers": 0},
+        }
+    )
+    module = fit(cfg, tmp_path / "run", data=data, accelerator="cpu", devices=1)
+    files = sorted((tmp_path / "run" / "cache").glob("image_features_*.npy"))
+    assert len(files) == 1
+    feats = np.load(files[0])
+    assert feats.shape == (64, 4, module.image.embed_dim)
+    _, patches = load_paired(data)
+    x = torch.from_numpy(np.ascontiguousarray(patches[:3])).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        direct = module.image_features(x).numpy()
+        turned = module.image_features(torch.rot90(x, 1, dims=(-2, -1))).numpy()
+    np.testing.assert_allclose(feats[:3, 0], direct, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(feats[:3, 2], turned, rtol=1e-4, atol=1e-5)  # (k=1, no flip)
+    stamp = files[0].stat().st_mtime_ns
+    again = image_features(module, data, n_views=4, cache_dir=tmp_path / "run" / "cache")
+    assert files[0].stat().st_mtime_ns == stamp and again.shape == feats.shape
+    # the frozen tower did not move
+    for p in module.image.parameters():
+        assert not p.requires_grad
