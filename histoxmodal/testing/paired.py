@@ -19,6 +19,7 @@ def make_paired_dataset(
     n_states: int = 4,
     patch_px: int = 32,
     batch_effect: float = 0.0,
+    image_batch_effect: float = 0.0,
     seed: int = 0,
 ) -> Path:
     """Write ``out/`` in the layout of ``histoxmodal build`` (``load_paired`` opens it).
@@ -26,7 +27,9 @@ def make_paired_dataset(
     Each spot has a hidden state (a tissue type) that sets both its image (an H&E-like tint with
     texture) and its expression (a state-specific gene programme, Poisson counts). With
     ``batch_effect > 0`` each sample multiplies a sample-specific half of the genes by
-    ``1 + batch_effect``: a technical shift unrelated to the state.
+    ``1 + batch_effect``: a technical shift unrelated to the state; ``image_batch_effect`` adds
+    a per-sample colour cast of that many grey levels (a scanner or staining batch), so the
+    batch is visible in both modalities, the case where contrastive alignment itself learns it.
 
     Returns
     -------
@@ -57,10 +60,14 @@ def make_paired_dataset(
         rate[np.ix_(rows, genes)] *= 1 + batch_effect * (1 if i % 2 else -0.5)
     counts = rng.poisson(rate).astype(np.int32)
     tints = rng.uniform(60, 230, (n_states, 3))
+    casts = rng.normal(0, 1, (n_samples, 3))
+    casts *= image_batch_effect / np.maximum(np.linalg.norm(casts, axis=1, keepdims=True), 1e-9)
+    sample_idx = np.repeat(np.arange(n_samples), spots_per_sample)
     patches = np.empty((n, patch_px, patch_px, 3), np.uint8)
     for i in range(n):
         tex = rng.normal(0, 12, (patch_px, patch_px, 1))
-        patches[i] = np.clip(tints[state[i]] + tex, 0, 255).astype(np.uint8)
+        colour = tints[state[i]] + casts[sample_idx[i]]
+        patches[i] = np.clip(colour + tex, 0, 255).astype(np.uint8)
     obs = pd.DataFrame(
         {
             keys.OBS_SAMPLE: sample,

@@ -10,3 +10,22 @@ def test_purity_separated_vs_mixed():
     mixed = rng.normal(0, 1.0, (200, 5))
     assert knn_batch_purity(separated, batch, k=10) == 2.0  # all neighbours own batch / 0.5
     assert abs(knn_batch_purity(mixed, batch, k=10) - 1.0) < 0.15
+
+
+def test_harmony_removes_a_batch_shift():
+    from histoxmodal.evaluation.harmony import harmony
+
+    rng = np.random.default_rng(1)
+    state = rng.integers(0, 3, 300)
+    batch = np.repeat([0, 1], 150)
+    centres = rng.normal(0, 3, (3, 8))
+    x = centres[state] + rng.normal(0, 0.5, (300, 8)) + np.where(batch[:, None] == 1, 2.0, 0.0)
+    before = knn_batch_purity(x, batch)
+    z = harmony(x, batch)
+    after = knn_batch_purity(z, batch)
+    assert before > 1.8 and after < 1.3, (before, after)
+    # the biological structure survives: neighbours still share the state
+    from sklearn.neighbors import NearestNeighbors
+
+    idx = NearestNeighbors(n_neighbors=6).fit(z).kneighbors(z, return_distance=False)[:, 1:]
+    assert (state[idx] == state[:, None]).mean() > 0.9
