@@ -153,6 +153,8 @@ class ImageEncoder(nn.Module):
         weights: str | Path | None = None,
         mode: str = "finetune",
         name: str = "",
+        lora_rank: int = 8,
+        lora_targets: tuple[str, ...] = ("qkv", "proj"),
     ) -> None:
         super().__init__()
         import timm
@@ -169,17 +171,48 @@ class ImageEncoder(nn.Module):
         self.weights_sha256 = None
         if weights is not None:
             self.weights_sha256 = load_weights(self.trunk, weights, remap=arch.remap)
+        self.lora_rank, self.lora_targets = lora_rank, tuple(lora_targets)
         self.set_mode(mode)
 
     def set_mode(self, mode: str) -> None:
-        """``"frozen"`` (no gradients, eval mode) or ``"finetune"``."""
-        if mode not in ("frozen", "finetune"):
-            raise ConfigError(f"mode={mode!r}: expected 'frozen' or 'finetune'")
+        """``"frozen"`` (no gradients, eval mode), ``"finetune"`` (all weights train) or
+        ``"lora"`` (low-rank adapters on ``lora_targets`` layers train, the rest is frozen;
+        via peft)."""
+        if mode not in ("frozen", "finetune", "lora"):
+            raise ConfigError(f"mode={mode!r}: expected 'frozen', 'finetune' or 'lora'")
         self.mode = mode
         for p in self.trunk.parameters():
             p.requires_grad = mode == "finetune"
         if mode == "frozen":
             self.trunk.eval()
+        if mode == "lora":
+            self._add_lora()
+
+    def _add_lora(self) -> None:
+        try:
+            from peft import LoraConfig, inject_adapter_in_model
+        except ImportError as exc:
+            raise ConfigError("mode='lora' needs peft: pip install peft") from exc
+        names = {
+            n.rsplit(".", 1)[-1]
+            for n, m in self.trunk.named_modules()
+            if isinstance(m, nn.Linear | nn.Conv2d)
+        }
+        targets = [t for t in self.lora_targets if t in names]
+        if not targets:
+            raise ConfigError(
+                f"lora_targets={self.lora_targets} match no Linear/Conv2d layer of "
+                f"{self.name}; layer names include {sorted(names)[:8]}"
+            )
+        cfg = LoraConfig(
+            r=self.lora_rank,
+            lora_alpha=2 * self.lora_rank,
+            lora_dropout=0.0,
+            target_modules=targets,
+        )
+        self.trunk = inject_adapter_in_model(cfg, self.trunk)
+        for n, p in self.trunk.named_parameters():
+            p.requires_grad = "lora_" in n
 
     def train(self, mode: bool = True) -> ImageEncoder:
         super().train(mode)
@@ -198,7 +231,12 @@ class ImageEncoder(nn.Module):
 
 def _register(name: str, arch: ImageArch, summary: str) -> None:
     def factory(
-        *, weights: str | Path | None = None, mode: str = "finetune", **overrides: Any
+        *,
+        weights: str | Path | None = None,
+        mode: str = "finetune",
+        lora_rank: int = 8,
+        lora_targets: tuple[str, ...] = ("qkv", "proj"),
+        **overrides: Any,
     ) -> ImageEncoder:
         a = arch
         if overrides:
@@ -210,7 +248,14 @@ def _register(name: str, arch: ImageArch, summary: str) -> None:
                 arch.remap,
                 arch.source,
             )
-        return ImageEncoder(a, weights=weights, mode=mode, name=name)
+        return ImageEncoder(
+            a,
+            weights=weights,
+            mode=mode,
+            name=name,
+            lora_rank=lora_rank,
+            lora_targets=lora_targets,
+        )
 
     factory.__name__ = name
     factory.__doc__ = summary

@@ -214,3 +214,24 @@ def test_gene_transformer_tokens_follow_rank_and_mask():
     with pytest.raises(ConfigError, match="batch ids"):
         cond(x)
     assert cond(x, batch=torch.tensor([2])).shape == (1, 8)
+
+
+def test_lora_trains_only_the_adapters(tmp_path):
+    pytest.importorskip("peft")
+    from safetensors.torch import save_file
+
+    torch.manual_seed(4)
+    base = _build("test_uni")
+    save_file(
+        {k: v.contiguous() for k, v in base.trunk.state_dict().items()}, tmp_path / "w.safetensors"
+    )
+    lora = _build("test_uni", weights=tmp_path / "w.safetensors", mode="lora", lora_rank=4)
+    trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any(".qkv.lora_A" in n for n in trainable)
+    # adapters start at zero: the output equals the loaded model's
+    _same_output(base, lora)
+    lora(_input("test_uni")[0]).sum().backward()
+    assert all(p.grad is not None for n, p in lora.named_parameters() if p.requires_grad)
+    with pytest.raises(ConfigError, match="match no Linear"):
+        _build("test_uni", mode="lora", lora_targets=("nothing",))
