@@ -11,6 +11,7 @@ EXTRAS = {
     "wsi": ("openslide", "tifffile", "imagecodecs", "h5py", "cv2"),
     "spatial": ("anndata", "scanpy", "pandas", "scipy", "pyarrow", "yaml"),
     "torch": ("torch", "timm", "safetensors"),
+    "scvi": ("scvi",),
 }
 
 

@@ -215,3 +215,135 @@ _reg(
     {"dim": 16, "depth": 1, "heads": 2, "max_tokens": 8, "out_dim": 8},
     "Tiny gene transformer (tests).",
 )
+
+
+class ScviGeneEncoder(nn.Module):
+    """The encoder of an scVI model (scvi-tools) as a gene tower: raw counts in, the posterior
+    mean of the latent space out.
+
+    Built with exactly the layers ``scvi.model.SCVI`` gives its ``z_encoder`` (so weights move
+    between them with a strict ``load_state_dict``). :meth:`pretrain` fits scVI on the training
+    spots with ``batch_key`` (scVI's own batch correction: the decoder, not the encoder, sees the
+    batch), then copies the trained encoder in. ``freeze=True`` keeps it fixed during contrastive
+    training; otherwise it is fine-tuned.
+    """
+
+    normalisation = "counts"
+
+    def __init__(
+        self,
+        n_genes: int | None = None,
+        *,
+        genes: Sequence[str] | None = None,
+        n_latent: int = 10,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        n_batches: int = 0,
+        encode_covariates: bool = False,
+        dropout: float = 0.1,
+        pretrain_epochs: int = 0,
+        freeze: bool = False,
+    ) -> None:
+        super().__init__()
+        from histoxmodal._deps import require_extra
+
+        require_extra("scvi", "the scVI gene tower")
+        from scvi.nn import Encoder
+
+        self.genes, n_genes = _panel(n_genes, genes)
+        self.n_genes, self.embed_dim = n_genes, n_latent
+        self.hparams = {
+            "n_latent": n_latent,
+            "n_hidden": n_hidden,
+            "n_layers": n_layers,
+            "encode_covariates": encode_covariates,
+            "dropout_rate": dropout,
+        }
+        self.n_batches = n_batches
+        self.use_batch = bool(encode_covariates and n_batches)
+        self.pretrain_epochs, self.freeze = pretrain_epochs, freeze
+        self.encoder = Encoder(
+            n_genes,
+            n_latent,
+            n_cat_list=[n_batches] if self.use_batch else None,
+            n_layers=n_layers,
+            n_hidden=n_hidden,
+            dropout_rate=dropout,
+            distribution="normal",
+            inject_covariates=True,
+            use_batch_norm=True,
+            use_layer_norm=False,
+            var_activation=None,
+            return_dist=True,
+        )
+        self._apply_freeze()
+
+    def _apply_freeze(self) -> None:
+        for name, p in self.encoder.named_parameters():
+            # the tower outputs the posterior mean: the variance head gets no gradient
+            p.requires_grad = not self.freeze and not name.startswith("var_encoder")
+
+    def pretrain(
+        self, adata, *, batch_key: str = "batch", max_epochs: int | None = None, seed: int = 0
+    ) -> None:
+        """Fit scVI on ``adata`` (raw counts, this tower's genes) and take its encoder."""
+        import scvi
+
+        if self.genes is None:
+            raise ConfigError("pretraining needs the gene names (genes=...)")
+        sub = adata[:, self.genes].copy()
+        scvi.settings.seed = seed
+        scvi.model.SCVI.setup_anndata(sub, batch_key=batch_key)
+        model = scvi.model.SCVI(
+            sub,
+            n_latent=self.hparams["n_latent"],
+            n_hidden=self.hparams["n_hidden"],
+            n_layers=self.hparams["n_layers"],
+            dropout_rate=self.hparams["dropout_rate"],
+            encode_covariates=self.hparams["encode_covariates"],
+        )
+        model.train(
+            max_epochs=max_epochs or self.pretrain_epochs or 50,
+            accelerator="cpu",
+            enable_progress_bar=False,
+        )
+        self.encoder.load_state_dict(model.module.z_encoder.state_dict())
+        self._apply_freeze()
+
+    def forward(
+        self,
+        expression: torch.Tensor,
+        gene_mask: torch.Tensor | None = None,
+        batch: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``(B, n_genes)`` raw counts -> ``(B, n_latent)`` posterior means."""
+        if gene_mask is not None:
+            expression = expression * gene_mask.to(expression.dtype)
+        cats = []
+        if self.use_batch:
+            if batch is None:
+                raise ConfigError("this scVI encoder encodes covariates: pass batch ids")
+            cats = [batch.view(-1, 1)]
+        dist, _ = self.encoder(torch.log1p(expression), *cats)
+        return dist.loc
+
+
+def _reg_scvi(name: str, defaults: dict, summary: str) -> None:
+    def factory(**overrides) -> nn.Module:
+        return ScviGeneEncoder(**{**defaults, **overrides})
+
+    factory.__name__ = name
+    factory.__doc__ = summary
+    ENCODERS.register(
+        name, modality="gene", arch="scvi.nn.Encoder", normalisation=ScviGeneEncoder.normalisation
+    )(factory)
+
+
+_reg_scvi(
+    "scvi",
+    {},
+    "scVI encoder (scvi-tools), pretrained on the training spots with batch_key; raw counts in.",
+)
+_reg_scvi(
+    "test_scvi", {"n_latent": 4, "n_hidden": 16, "pretrain_epochs": 2}, "Tiny scVI encoder (tests)."
+)

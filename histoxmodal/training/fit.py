@@ -61,6 +61,7 @@ def fit(
     from histoxmodal.data.paired import load_paired
     from histoxmodal.data.splits import load_split, split_file
     from histoxmodal.data.transforms import Augment
+    from histoxmodal.encoders import describe_encoder
     from histoxmodal.training.module import ContrastiveModule
     from histoxmodal.training.sampler import GroupBatchSampler
 
@@ -86,13 +87,19 @@ def fit(
         )
     o, c, m = config.optim, config.correction, config.model
     aug = Augment(**config.augment)
-    train_ds = PairedDataset(data, indices=train_rows, genes=genes, augment=aug, seed=o.seed)
-    val_ds = PairedDataset(data, indices=val_rows, genes=genes)
+    # the gene tower states the normalisation it reads
+    norm = describe_encoder(m.gene_encoder).get("normalisation", "log1p_cp10k")
+    train_ds = PairedDataset(
+        data, indices=train_rows, genes=genes, augment=aug, seed=o.seed, normalisation=norm
+    )
+    val_ds = PairedDataset(data, indices=val_rows, genes=genes, normalisation=norm)
     n_batches = len(train_ds.categories[c.batch_key])
     write_json_atomic(
         out / RUN_CONFIG, {**config.to_dict(), "data": str(data), "n_batches": n_batches}
     )
     module = ContrastiveModule(config, genes, n_batches)
+    if getattr(module.gene, "pretrain_epochs", 0):
+        module.gene.pretrain(adata[train_rows], batch_key=c.batch_key, seed=o.seed)
     if m.image_mode == "frozen" and m.cache_image_features:
         from histoxmodal.training.cache import CachedFeatures, image_features
 
@@ -181,7 +188,10 @@ def embed(run: str | Path, dataset: str | Path, out: str | Path, *, batch_size: 
             f"{dataset} lacks {len(missing)} genes of the run's panel (e.g. "
             f"{missing[:5]}); embed a dataset built with the same genes"
         )
-    ds = PairedDataset(dataset, genes=genes)
+    from histoxmodal.encoders import describe_encoder
+
+    norm = describe_encoder(module.config.model.gene_encoder).get("normalisation", "log1p_cp10k")
+    ds = PairedDataset(dataset, genes=genes, normalisation=norm)
     za, zb = [], []
     starts = range(0, len(ds), batch_size)
     with torch.no_grad():

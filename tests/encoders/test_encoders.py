@@ -18,15 +18,21 @@ from histoxmodal.errors import ConfigError  # noqa: E402
 N_GENES = 40
 
 
+def _is_gene(name):
+    from histoxmodal.encoders import describe_encoder
+
+    return describe_encoder(name)["modality"] == "gene"
+
+
 def _build(name, **kw):
-    if "gene" in name:
+    if _is_gene(name):
         kw.setdefault("n_genes", N_GENES)
     return create_encoder(name, **kw)
 
 
 def _input(name, n=3):
     g = torch.Generator().manual_seed(0)
-    if "gene" in name:
+    if _is_gene(name):
         return (torch.rand(n, N_GENES, generator=g) * (torch.rand(n, N_GENES, generator=g) > 0.3),)
     return (torch.randn(n, 3, 32, 32, generator=g),)
 
@@ -235,3 +241,36 @@ def test_lora_trains_only_the_adapters(tmp_path):
     assert all(p.grad is not None for n, p in lora.named_parameters() if p.requires_grad)
     with pytest.raises(ConfigError, match="match no Linear"):
         _build("test_uni", mode="lora", lora_targets=("nothing",))
+
+
+def test_scvi_tower_matches_scvi_latent_means(tmp_path):
+    pytest.importorskip("scvi")
+    import anndata as ad
+    import numpy as np
+    import scipy.sparse as sp
+
+    from histoxmodal.encoders.gene import ScviGeneEncoder
+
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(rng.gamma(1.0, 2.0, (1, 30)), (120, 30)).astype(np.float32)
+    adata = ad.AnnData(sp.csr_matrix(counts))
+    adata.var_names = [f"G{i}" for i in range(30)]
+    adata.obs["batch"] = np.repeat(["a", "b"], 60)
+    tower = ScviGeneEncoder(genes=list(adata.var_names), n_latent=4, n_hidden=16, freeze=True)
+    tower.pretrain(adata, batch_key="batch", max_epochs=3)
+    assert not any(p.requires_grad for p in tower.parameters())
+    # the same numbers scvi-tools gives for the posterior means
+    import scvi
+
+    sub = adata.copy()
+    scvi.settings.seed = 0
+    scvi.model.SCVI.setup_anndata(sub, batch_key="batch")
+    model = scvi.model.SCVI(sub, n_latent=4, n_hidden=16)
+    model.module.z_encoder.load_state_dict(tower.encoder.state_dict())
+    model.is_trained_ = True
+    model.module.eval()  # a model built here, not trained by scvi, starts in train mode
+    want = model.get_latent_representation(give_mean=True)
+    tower.eval()
+    with torch.no_grad():
+        got = tower(torch.from_numpy(counts)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -43,7 +43,7 @@ def test_training_reaches_retrieval_above_chance(tmp_path):
                 "gene_encoder": "test_gene_mlp",
                 "embed_dim": 16,
             },
-            "optim": {"lr": 3e-3, "batch_size": 32, "max_epochs": 25, "num_workers": 0},
+            "optim": {"lr": 3e-3, "batch_size": 32, "max_epochs": 50, "num_workers": 0},
         }
     )
     module = fit(cfg, tmp_path / "run", data=data, accelerator="cpu", devices=1)
@@ -157,3 +157,22 @@ def test_frozen_tower_features_are_cached_and_reused(tmp_path):
     # the frozen tower did not move
     for p in module.image.parameters():
         assert not p.requires_grad
+
+
+def test_training_with_a_pretrained_scvi_tower(tmp_path):
+    pytest.importorskip("scvi")
+    data = make_paired_dataset(tmp_path / "data", spots_per_sample=48)
+    cfg = config_from_dict(
+        {
+            "genes": 30,
+            "model": {"image_encoder": "test_uni", "gene_encoder": "test_scvi", "embed_dim": 8},
+            "optim": {"batch_size": 16, "max_epochs": 1, "num_workers": 0},
+        }
+    )
+    module = fit(cfg, tmp_path / "run", data=data, accelerator="cpu", devices=1)
+    assert module.gene.embed_dim == 4 and len(module.gene.genes) == 30
+    from histoxmodal.training.fit import load_run
+
+    again = load_run(tmp_path / "run")
+    for a, b in zip(module.state_dict().values(), again.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
