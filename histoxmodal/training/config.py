@@ -69,7 +69,11 @@ class CorrectionConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with linear warm-up and cosine decay, and the loop's sizes."""
+    """AdamW with linear warm-up and cosine decay, and the loop's sizes.
+
+    ``precision="auto"`` trains in bf16 mixed precision on GPUs that support it, fp16 mixed on
+    other GPUs and fp32 on CPUs; any Lightning precision string is accepted too.
+    """
 
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -77,7 +81,7 @@ class OptimConfig:
     batch_size: int = 64
     max_epochs: int = 2
     accumulate: int = 1
-    precision: str = "32-true"
+    precision: str = "auto"
     seed: int = 0
     num_workers: int = 2
 

@@ -33,6 +33,17 @@ def select_genes(adata, rows: np.ndarray, n: int | None) -> list[str]:
     return [str(adata.var_names[i]) for i in top]
 
 
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto`` -> ``bf16-mixed`` / ``16-mixed`` on CUDA (by bf16 support), ``32-true`` else."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
 def fit(
     config: TrainConfig,
     out: str | Path,
@@ -122,7 +133,7 @@ def fit(
         accelerator=accelerator,
         devices=devices,
         num_nodes=num_nodes,
-        precision=o.precision,
+        precision=resolve_precision(o.precision, accelerator),
         accumulate_grad_batches=o.accumulate,
         log_every_n_steps=1,
         logger=[

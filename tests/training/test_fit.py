@@ -176,3 +176,12 @@ def test_training_with_a_pretrained_scvi_tower(tmp_path):
     again = load_run(tmp_path / "run")
     for a, b in zip(module.state_dict().values(), again.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_precision_auto_is_fp32_on_cpu():
+    from histoxmodal.training.fit import resolve_precision
+
+    assert resolve_precision("auto", "cpu") == "32-true"
+    assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+    if not torch.cuda.is_available():
+        assert resolve_precision("auto", "auto") == "32-true"
