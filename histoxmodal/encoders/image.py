@@ -132,6 +132,67 @@ def conch_trunk(state: StateDict) -> StateDict:
     return {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}
 
 
+class ConvStem(nn.Module):
+    """CTransPath's convolutional stem (Wang et al. 2022) behind timm's patch-embed interface:
+    two 3x3 stride-2 convolutions with batch norm and ReLU, then a 1x1 projection (patch 4)."""
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 4,
+        in_chans: int = 3,
+        embed_dim: int = 96,
+        norm_layer=None,
+        output_fmt: str = "NHWC",
+        strict_img_size: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if patch_size != 4:
+            raise ConfigError(f"ConvStem downsamples by 4; patch_size={patch_size}")
+        size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.img_size, self.patch_size = size, (4, 4)
+        self.grid_size = (size[0] // 4, size[1] // 4)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.output_fmt = output_fmt
+        layers: list[nn.Module] = []
+        cin, cout = in_chans, embed_dim // 8
+        for _ in range(2):
+            layers += [
+                nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
+            cin, cout = cout, cout * 2
+        layers.append(nn.Conv2d(cin, embed_dim, 1))
+        self.proj = nn.Sequential(*layers)
+        self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)
+        x = x.permute(0, 2, 3, 1) if self.output_fmt == "NHWC" else x.flatten(2).transpose(1, 2)
+        return self.norm(x)
+
+
+def old_swin_to_timm(state: StateDict) -> StateDict:
+    """Swin checkpoints from timm < 0.9 (CTransPath's ``{"model": ...}``) -> current timm:
+    downsampling moves from the end of a stage to the start of the next, non-persistent buffers
+    and the classifier are dropped."""
+    old = "layers.0.downsample.reduction.weight" in state
+    out: StateDict = {}
+    for k, v in state.items():
+        if "relative_position_index" in k or "attn_mask" in k or k.startswith("head."):
+            continue
+        if old:
+            k = re.sub(
+                r"layers\.(\d+)\.downsample",
+                lambda m: f"layers.{int(m.group(1)) + 1}.downsample",
+                k,
+            )
+        out[k] = v
+    return out
+
+
 # --------------------------------------------------------------------------- the tower
 class ImageEncoder(nn.Module):
     """A timm trunk returning one feature vector per image.
@@ -380,6 +441,16 @@ def _foundation_models() -> None:
         ),
         "Phikon-v2 (ViT-L/16, DINOv2, 1024-d); Hugging Face Dinov2 keys remapped to timm.",
     )
+    _register(
+        "ctranspath",
+        ImageArch(
+            "swin_tiny_patch4_window7_224",
+            {"img_size": 224, "embed_layer": ConvStem},
+            remap=old_swin_to_timm,
+            source="CTransPath (ctranspath.pth, {'model': ...}, timm 0.5 names)",
+        ),
+        "CTransPath (Swin-T with a convolutional stem, 768-d), Wang et al. 2022.",
+    )
     # tiny variants of each family, same code paths, for tests on CPU
     tiny = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
     small = Preprocess(32, *IMAGENET, 0.5)
@@ -423,6 +494,23 @@ def _foundation_models() -> None:
             "vit_base_patch16_224", {**tiny, "global_pool": "token"}, small, remap=conch_trunk
         ),
         "Tiny CONCH-family trunk loading visual.trunk.* keys (tests).",
+    )
+    _register(
+        "test_ctranspath",
+        ImageArch(
+            "swin_tiny_patch4_window7_224",
+            {
+                "img_size": 32,
+                "embed_dim": 32,
+                "depths": (1, 1),
+                "num_heads": (1, 2),
+                "window_size": 4,
+                "embed_layer": ConvStem,
+            },
+            small,
+            remap=old_swin_to_timm,
+        ),
+        "Tiny CTransPath-family Swin with the convolutional stem (tests).",
     )
     _register(
         "test_resnet",

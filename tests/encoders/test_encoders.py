@@ -274,3 +274,25 @@ def test_scvi_tower_matches_scvi_latent_means(tmp_path):
     with torch.no_grad():
         got = tower(torch.from_numpy(counts)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_ctranspath_old_timm_checkpoint(tmp_path):
+    import re
+
+    torch.manual_seed(5)
+    src = _build("test_ctranspath")
+    state = src.trunk.state_dict()
+    assert "layers.1.downsample.reduction.weight" in state
+    # timm 0.5 layout, as CTransPath's ctranspath.pth stores it: downsample at the end of a stage
+    old = {
+        re.sub(
+            r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", k
+        ): v
+        for k, v in state.items()
+    }
+    old["layers.0.blocks.0.attn.relative_position_index"] = torch.zeros(16, 16, dtype=torch.long)
+    old["head.weight"] = torch.zeros(2, src.embed_dim)
+    torch.save({"model": old}, tmp_path / "ctranspath.pth")
+    _same_output(
+        src, _build("test_ctranspath", weights=tmp_path / "ctranspath.pth"), "test_ctranspath"
+    )
