@@ -310,6 +310,16 @@ def _build_parser() -> argparse.ArgumentParser:
     bds.add_argument("--batch-size", type=int, default=64)
     bds.add_argument("--min-seconds", type=float, default=5.0)
     bds.add_argument("--json", default=None, metavar="FILE")
+    brt = bsub.add_parser(
+        "retrieval",
+        help="tiled whole-test-set retrieval vs a full N x N argsort",
+        description="Ranks of 100,000 x 100,000 embeddings in tiles (time and memory), and "
+        "against the full similarity matrix + argsort at a size where it fits.",
+    )
+    brt.add_argument("--n", type=int, default=100_000)
+    brt.add_argument("--dim", type=int, default=128)
+    brt.add_argument("--baseline-n", type=int, default=10_000)
+    brt.add_argument("--json", default=None, metavar="FILE")
     btr = bsub.add_parser(
         "train",
         help="training steps/s: frozen tower end to end vs cached features",
@@ -374,6 +384,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_demo(args)
         if args.command == "bench":
+            if args.bench == "retrieval":
+                from histoxmodal.bench.retrieval import run_retrieval_bench
+
+                return run_retrieval_bench(args)
             if args.bench == "train":
                 from histoxmodal.bench.train import run_train_bench
 
