@@ -1,0 +1,1 @@
+"""Prediction heads on embeddings: expression (ridge; more arrive with the evaluation issue)."""
