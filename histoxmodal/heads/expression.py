@@ -85,3 +85,44 @@ class RidgeHead:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """``(n, d)`` embeddings -> ``(n, n_genes)`` predicted expression."""
         return self._features(x, fit=False) @ self.coef_ + self.y_mean_
+
+
+@dataclass
+class RetrievalHead:
+    """Retrieval-based expression prediction (BLEEP, Xie et al. 2023): the similarity-weighted
+    average of the expression of the ``k`` training spots whose *gene* embeddings are closest to
+    the query's *image* embedding.
+
+    Parameters
+    ----------
+    k
+        Neighbours averaged.
+    temperature
+        Softmax temperature on cosine similarities (``None``: plain mean of the k).
+    """
+
+    k: int = 50
+    temperature: float | None = 0.1
+
+    def fit(self, gene_embeddings: np.ndarray, expression: np.ndarray) -> RetrievalHead:
+        z = np.asarray(gene_embeddings, np.float32)
+        self.keys_ = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+        self.values_ = np.asarray(expression, np.float64)
+        return self
+
+    def predict(self, image_embeddings: np.ndarray, *, chunk: int = 4096) -> np.ndarray:
+        q = np.asarray(image_embeddings, np.float32)
+        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        k = min(self.k, len(self.keys_))
+        out = np.empty((len(q), self.values_.shape[1]))
+        for s in range(0, len(q), chunk):
+            sim = q[s : s + chunk] @ self.keys_.T
+            idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+            top = np.take_along_axis(sim, idx, axis=1).astype(np.float64)
+            if self.temperature is None:
+                w = np.full_like(top, 1.0 / k)
+            else:
+                w = np.exp((top - top.max(axis=1, keepdims=True)) / self.temperature)
+                w /= w.sum(axis=1, keepdims=True)
+            out[s : s + chunk] = np.einsum("nk,nkg->ng", w, self.values_[idx])
+        return out

@@ -53,3 +53,20 @@ def test_metrics_match_scipy():
     assert top_variable_genes(
         np.c_[np.zeros(5), np.arange(5), 2 * np.arange(5)], genes[:3], n=2
     ) == ["B", "C"]
+
+
+def test_retrieval_head_matches_a_loop():
+    from histoxmodal.heads.expression import RetrievalHead
+
+    rng = np.random.default_rng(2)
+    keys, values = rng.standard_normal((60, 6)), rng.standard_normal((60, 3))
+    queries = rng.standard_normal((7, 6))
+    got = RetrievalHead(k=5, temperature=0.2).fit(keys, values).predict(queries, chunk=3)
+    kn = keys / np.linalg.norm(keys, axis=1, keepdims=True)
+    for i, q in enumerate(queries):
+        sim = kn @ (q / np.linalg.norm(q))
+        top = np.argsort(-sim)[:5]
+        w = np.exp(sim[top] / 0.2)
+        np.testing.assert_allclose(got[i], (w / w.sum()) @ values[top], rtol=1e-5)
+    mean = RetrievalHead(k=60, temperature=None).fit(keys, values).predict(queries)
+    np.testing.assert_allclose(mean, np.broadcast_to(values.mean(0), mean.shape))
