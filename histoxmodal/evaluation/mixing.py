@@ -29,3 +29,33 @@ def knn_batch_purity(embeddings: np.ndarray, batch: np.ndarray, *, k: int = 15) 
     frac = counts / counts.sum()
     expected = float((frac**2).sum())
     return float(same.mean() / expected)
+
+
+def ilisi(embeddings: np.ndarray, batch: np.ndarray, *, perplexity: float = 30.0) -> float:
+    """Median integration LISI (Korsunsky et al. 2019, harmonypy's implementation): the
+    effective number of batches in each point's neighbourhood (1 = separated, n_batches = mixed)."""
+    import pandas as pd
+    from harmonypy import compute_lisi
+
+    meta = pd.DataFrame({"batch": np.asarray(batch).astype(str)})
+    x = np.asarray(embeddings, np.float64)
+    perplexity = min(perplexity, (len(x) - 1) / 3)
+    return float(np.median(compute_lisi(x, meta, ["batch"], perplexity=perplexity)))
+
+
+def batch_silhouette(embeddings: np.ndarray, batch: np.ndarray) -> float:
+    """scIB's batch score: ``1 - |silhouette|`` per point with batches as clusters, averaged
+    (1 = mixed, 0 = separated)."""
+    from sklearn.metrics import silhouette_samples
+
+    s = silhouette_samples(np.asarray(embeddings, np.float64), np.asarray(batch), metric="cosine")
+    return float(np.mean(1.0 - np.abs(s)))
+
+
+def batch_mixing(embeddings: np.ndarray, batch: np.ndarray, *, k: int = 15) -> dict[str, float]:
+    """iLISI, batch silhouette and kNN batch purity in one dict."""
+    return {
+        "ilisi": ilisi(embeddings, batch),
+        "batch_silhouette": batch_silhouette(embeddings, batch),
+        "knn_batch_purity": knn_batch_purity(embeddings, batch, k=k),
+    }

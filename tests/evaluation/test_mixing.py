@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from histoxmodal.evaluation.mixing import knn_batch_purity
 
@@ -29,3 +30,15 @@ def test_harmony_removes_a_batch_shift():
 
     idx = NearestNeighbors(n_neighbors=6).fit(z).kneighbors(z, return_distance=False)[:, 1:]
     assert (state[idx] == state[:, None]).mean() > 0.9
+
+
+def test_ilisi_and_silhouette_order_mixed_above_separated():
+    from histoxmodal.evaluation.mixing import batch_mixing
+
+    rng = np.random.default_rng(2)
+    batch = np.repeat([0, 1], 100)
+    separated = rng.normal(0, 0.1, (200, 5)) + np.where(batch[:, None] == 0, 5.0, -5.0)
+    mixed = rng.normal(0, 1.0, (200, 5))
+    s, m = batch_mixing(separated, batch), batch_mixing(mixed, batch)
+    assert s["ilisi"] == pytest.approx(1.0, abs=0.01) and m["ilisi"] > 1.7
+    assert s["batch_silhouette"] < 0.2 and m["batch_silhouette"] > 0.9
