@@ -27,6 +27,13 @@ _LAZY = {
     "tile_slide": "histoxmodal.tiling.job",
     "tile_slides": "histoxmodal.tiling.job",
     "load_tiles": "histoxmodal.tiling.job",
+    "read_spatial": "histoxmodal.io.spatial",
+    "build_paired": "histoxmodal.data.paired",
+    "load_paired": "histoxmodal.data.paired",
+    "create_encoder": "histoxmodal.encoders",
+    "list_encoders": "histoxmodal.encoders",
+    "create_loss": "histoxmodal.losses",
+    "list_losses": "histoxmodal.losses",
 }
 
 __all__ = [  # noqa: RUF022 - grouped by flow: read, tile, run
@@ -44,10 +51,21 @@ __all__ = [  # noqa: RUF022 - grouped by flow: read, tile, run
     "tile_slide",
     "tile_slides",
     "load_tiles",
+    "read_spatial",
+    "build_paired",
+    "load_paired",
+    "create_encoder",
+    "list_encoders",
+    "create_loss",
+    "list_losses",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from histoxmodal.data.paired import build_paired, load_paired
+    from histoxmodal.encoders import create_encoder, list_encoders
     from histoxmodal.io.slide import SlideReader, list_readers, open_slide
+    from histoxmodal.io.spatial import read_spatial
+    from histoxmodal.losses import create_loss, list_losses
     from histoxmodal.tiling.extract import iter_tiles
     from histoxmodal.tiling.grid import tile_grid
     from histoxmodal.tiling.job import load_tiles, tile_slide, tile_slides

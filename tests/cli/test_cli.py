@@ -125,8 +125,12 @@ def test_import_and_help_are_light():
 
 def test_lazy_public_api():
     import histoxmodal
+    from histoxmodal.data.paired import load_paired
+    from histoxmodal.io.spatial import read_spatial
 
     assert histoxmodal.TileSpec().tile_px == 224
+    assert histoxmodal.read_spatial is read_spatial and histoxmodal.load_paired is load_paired
+    assert set(histoxmodal.__all__) <= set(dir(histoxmodal))
     with pytest.raises(AttributeError):
         histoxmodal.not_a_name  # noqa: B018
 
