@@ -262,6 +262,20 @@ def _build_parser() -> argparse.ArgumentParser:
     em.add_argument("--out", required=True, metavar="FILE", help="output .h5ad (+ .npy beside)")
     em.add_argument("--batch-size", type=int, default=128)
 
+    ev = sub.add_parser(
+        "evaluate",
+        help="metrics.json and an HTML report of a trained run on a dataset",
+        description="Retrieval (whole test set and in-batch), expression prediction with a "
+        "ridge head on the image embeddings, and batch mixing. Without --split the "
+        "whole dataset is the test set and the head is fitted on the run's "
+        "training spots.",
+    )
+    ev.add_argument("run", metavar="RUN")
+    ev.add_argument("dataset", metavar="DATASET")
+    ev.add_argument("--split", default=None, metavar="FILE", help="split file (fold 0 is used)")
+    ev.add_argument("--out", required=True, metavar="DIR")
+    ev.add_argument("--in-batch-size", type=int, default=128, metavar="B")
+
     b = sub.add_parser("bench", help="performance benchmarks on this machine")
     bsub = b.add_subparsers(dest="bench", metavar="BENCH")
     bt = bsub.add_parser(
@@ -370,6 +384,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             a = embed(args.run, args.dataset, args.out, batch_size=args.batch_size)
             print(f"wrote {a.n_obs} image and gene embeddings to {args.out}")
+            return EXIT_OK
+        if args.command == "evaluate":
+            from histoxmodal.evaluation.report import evaluate
+
+            r = evaluate(
+                args.run, args.dataset, args.out, split=args.split, in_batch_size=args.in_batch_size
+            )
+            for k, v in r["metrics"].items():
+                print(f"{k:<52} {v:.4f}" if isinstance(v, float) else f"{k:<52} {v}")
+            print(f"report: {args.out}/report.html")
             return EXIT_OK
         if args.command == "export":
             from histoxmodal.data.export import export_hest, export_parquet
