@@ -252,6 +252,18 @@ def _build_parser() -> argparse.ArgumentParser:
         help="override a config value, e.g. --set optim.lr=3e-4 (repeatable)",
     )
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")
+    tr.add_argument(
+        "--split",
+        default=None,
+        metavar="FILE",
+        help="split file choosing the training rows (default: the dataset's random)",
+    )
+    tr.add_argument(
+        "--fold",
+        default="0",
+        metavar="K|NAME",
+        help="fold index or name, e.g. sample=C5 (default 0)",
+    )
     tr.add_argument("--accelerator", default="auto", help="cpu, gpu, ... (Lightning)")
     tr.add_argument("--devices", default="auto", help="devices per node (Lightning)")
     tr.add_argument("--num-nodes", type=int, default=1, help="nodes (Lightning; SLURM detected)")

@@ -98,8 +98,15 @@ def evaluate(
     else:
         test_rows = np.arange(adata.n_obs)
         train_data = Path(run_cfg["data"])
-        tr_split = split_file(train_data, "random")
-        train_rows = load_split(tr_split)[0].train(load_paired(train_data)[0].n_obs)
+        tr_split = Path(run_cfg.get("split") or split_file(train_data, "random"))
+        folds = load_split(tr_split)
+        fold_id = run_cfg.get("fold", 0)
+        chosen = (
+            folds[[f.name for f in folds].index(fold_id)]
+            if isinstance(fold_id, str)
+            else folds[fold_id]
+        )
+        train_rows = chosen.train(load_paired(train_data)[0].n_obs)
         split_sha = json.loads(tr_split.read_text())["sha256"]
     train_adata = load_paired(train_data)[0]
     za_tr, _ = _embeddings(module, train_data, train_rows)

@@ -55,8 +55,13 @@ def fit(
     num_nodes: int = 1,
     enable_progress_bar: bool = False,
     resume: bool = False,
+    split: str | Path | None = None,
+    fold: int | str = 0,
 ):
     """Train a contrastive model; writes the run folder and returns the module.
+
+    ``split`` (a split file) and ``fold`` (index or name such as ``"sample=C5"``) choose the
+    training rows; by default the dataset's random split, fold 0.
 
     The run folder holds ``config.json`` (resolved), ``genes.txt``, ``metrics.csv`` logs
     (``csv/``), TensorBoard logs (``tensorboard/``), Lightning checkpoints (``checkpoints/``) and
@@ -85,8 +90,18 @@ def fit(
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.optim.seed, workers=True)
     adata, _ = load_paired(data)
-    fold = load_split(split_file(data, "random"))[0]
-    train_rows, val_rows = fold.train(adata.n_obs), fold.val
+    folds = load_split(split or split_file(data, "random"))
+    if isinstance(fold, str):
+        names = [f.name for f in folds]
+        if fold not in names:
+            raise ConfigError(f"fold {fold!r} not in the split; folds: {', '.join(names)}")
+        chosen = folds[names.index(fold)]
+    else:
+        chosen = folds[fold]
+    # train on the fold's train rows; validate on its validation rows, or its test rows when the
+    # split has no validation part (leave-one-out splits)
+    train_rows = chosen.train(adata.n_obs)
+    val_rows = chosen.val if len(chosen.val) else chosen.test
     genes = select_genes(adata, train_rows, config.genes)
     (out / "genes.txt").write_text("\n".join(genes) + "\n")
     last = out / "checkpoints" / "last.ckpt"
@@ -106,7 +121,14 @@ def fit(
     val_ds = PairedDataset(data, indices=val_rows, genes=genes, normalisation=norm)
     n_batches = len(train_ds.categories[c.batch_key])
     write_json_atomic(
-        out / RUN_CONFIG, {**config.to_dict(), "data": str(data), "n_batches": n_batches}
+        out / RUN_CONFIG,
+        {
+            **config.to_dict(),
+            "data": str(data),
+            "n_batches": n_batches,
+            "split": str(split) if split else None,
+            "fold": fold,
+        },
     )
     module = ContrastiveModule(config, genes, n_batches)
     if getattr(module.gene, "pretrain_epochs", 0):
@@ -169,6 +191,8 @@ def load_run(run: str | Path):
             raise FileNotFoundError(f"{run / f} not found: is {run} a finished training run?")
     raw = json.loads((run / RUN_CONFIG).read_text())
     n_batches = raw.pop("n_batches")
+    raw.pop("split", None)
+    raw.pop("fold", None)
     cfg = config_from_dict(raw)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, image_weights=None))
     genes = (run / "genes.txt").read_text().split()

@@ -238,3 +238,37 @@ def test_evaluate_writes_metrics_and_report(tmp_path, capsys):
     assert m["expression.ridge.pearson_pooled_mean"] > 0.3  # the states drive both modalities
     page = (tmp_path / "eval" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and "retrieval.full.i2g.recall@5" in page
+
+
+def test_fit_on_a_named_fold(tmp_path):
+    from histoxmodal.data.splits import make_split, write_split
+    from histoxmodal.errors import ConfigError
+
+    data = make_paired_dataset(tmp_path / "data", spots_per_sample=32, n_samples=3)
+    import anndata as ad
+
+    obs = ad.read_h5ad(data / "adata.h5ad").obs
+    write_split(make_split(obs, "sample"), data / "splits" / "sample.json")
+    cfg = config_from_dict(
+        {
+            "genes": None,
+            "model": {"image_encoder": "test_uni", "gene_encoder": "test_gene_mlp", "embed_dim": 8},
+            "optim": {"batch_size": 16, "max_epochs": 1, "num_workers": 0},
+        }
+    )
+    split = data / "splits" / "sample.json"
+    with pytest.raises(ConfigError, match="sample=S0, sample=S1, sample=S2"):
+        fit(cfg, tmp_path / "bad", data=data, split=split, fold="sample=S9")
+    fit(
+        cfg,
+        tmp_path / "run",
+        data=data,
+        split=split,
+        fold="sample=S1",
+        accelerator="cpu",
+        devices=1,
+    )
+    import json
+
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["fold"] == "sample=S1" and saved["split"] == str(split)
