@@ -15,30 +15,6 @@ from histoxmodal import keys
 from histoxmodal._fileutil import write_json_atomic
 
 
-def _embeddings(module, dataset: Path, rows: np.ndarray | None = None, batch_size: int = 128):
-    import torch
-
-    from histoxmodal.data.dataset import PairedDataset
-    from histoxmodal.encoders import describe_encoder
-
-    norm = describe_encoder(module.config.model.gene_encoder).get("normalisation", "log1p_cp10k")
-    ds = PairedDataset(dataset, genes=module.gene.genes, indices=rows, normalisation=norm)
-    key = module.config.correction.batch_key
-    za, zb = [], []
-    with torch.no_grad():
-        for s in range(0, len(ds), batch_size):
-            items = [ds[i] for i in range(s, min(len(ds), s + batch_size))]
-            za.append(module.embed_images(torch.stack([t["image"] for t in items])).numpy())
-            zb.append(
-                module.embed_genes(
-                    torch.stack([t["expression"] for t in items]),
-                    torch.stack([t["gene_mask"] for t in items]),
-                    torch.stack([t[key] for t in items]),
-                ).numpy()
-            )
-    return np.concatenate(za), np.concatenate(zb)
-
-
 def _log_cp10k(adata, genes: list[str]) -> np.ndarray:
     import scipy.sparse as sp
 
@@ -84,7 +60,7 @@ def evaluate(
     from histoxmodal.evaluation.mixing import batch_mixing
     from histoxmodal.evaluation.retrieval import cross_modal_retrieval, in_batch_recall
     from histoxmodal.heads.expression import RidgeHead
-    from histoxmodal.training.fit import RUN_CONFIG, load_run
+    from histoxmodal.training.fit import RUN_CONFIG, compute_embeddings, load_run
 
     run, dataset, out = Path(run), Path(dataset), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,8 +85,8 @@ def evaluate(
         train_rows = chosen.train(load_paired(train_data)[0].n_obs)
         split_sha = json.loads(tr_split.read_text())["sha256"]
     train_adata = load_paired(train_data)[0]
-    za_tr, _ = _embeddings(module, train_data, train_rows)
-    za, zb = _embeddings(module, dataset, test_rows)
+    za_tr, _ = compute_embeddings(module, train_data, train_rows)
+    za, zb = compute_embeddings(module, dataset, test_rows)
     genes = [g for g in module.gene.genes if g in adata.var_names]
     y_tr_all = _log_cp10k(train_adata[train_rows], genes)
     top = top_variable_genes(y_tr_all, genes, n=n_genes)

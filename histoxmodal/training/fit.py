@@ -201,32 +201,19 @@ def load_run(run: str | Path):
     return module.eval()
 
 
-def embed(run: str | Path, dataset: str | Path, out: str | Path, *, batch_size: int = 128):
-    """Image and gene embeddings of every spot of ``dataset`` with a trained run.
-
-    Writes ``out`` (``.h5ad``: the dataset's AnnData with ``obsm['X_image']`` and
-    ``obsm['X_gene']``) and ``<out stem>_image.npy`` / ``_gene.npy`` beside it.
-    """
+def compute_embeddings(module, dataset: str | Path, rows=None, *, batch_size: int = 128):
+    """Image and gene embeddings ``(n, d)`` of ``rows`` (default all) of a paired dataset, in
+    batches with a progress bar; expression normalised as the run's gene tower states."""
     import numpy as np
     import torch
 
     from histoxmodal._progress import progress
     from histoxmodal.data.dataset import PairedDataset
-    from histoxmodal.data.paired import load_paired
-
-    module = load_run(run)
-    genes = module.gene.genes
-    adata, _ = load_paired(dataset)
-    missing = [g for g in genes if g not in adata.var_names]
-    if missing:
-        raise ConfigError(
-            f"{dataset} lacks {len(missing)} genes of the run's panel (e.g. "
-            f"{missing[:5]}); embed a dataset built with the same genes"
-        )
     from histoxmodal.encoders import describe_encoder
 
     norm = describe_encoder(module.config.model.gene_encoder).get("normalisation", "log1p_cp10k")
-    ds = PairedDataset(dataset, genes=genes, normalisation=norm)
+    ds = PairedDataset(dataset, genes=module.gene.genes, indices=rows, normalisation=norm)
+    key = module.config.correction.batch_key
     za, zb = [], []
     starts = range(0, len(ds), batch_size)
     with torch.no_grad():
@@ -237,11 +224,34 @@ def embed(run: str | Path, dataset: str | Path, out: str | Path, *, batch_size: 
                 module.embed_genes(
                     torch.stack([t["expression"] for t in items]),
                     torch.stack([t["gene_mask"] for t in items]),
-                    torch.stack([t[module.config.correction.batch_key] for t in items]),
+                    torch.stack([t[key] for t in items]),
                 ).numpy()
             )
+    return np.concatenate(za), np.concatenate(zb)
+
+
+def embed(run: str | Path, dataset: str | Path, out: str | Path, *, batch_size: int = 128):
+    """Image and gene embeddings of every spot of ``dataset`` with a trained run.
+
+    Writes ``out`` (``.h5ad``: the dataset's AnnData with ``obsm['X_image']`` and
+    ``obsm['X_gene']``) and ``<out stem>_image.npy`` / ``_gene.npy`` beside it.
+    """
+    import numpy as np
+
+    from histoxmodal.data.paired import load_paired
+
+    module = load_run(run)
+    adata, _ = load_paired(dataset)
+    missing = [g for g in module.gene.genes if g not in adata.var_names]
+    if missing:
+        raise ConfigError(
+            f"{dataset} lacks {len(missing)} genes of the run's panel (e.g. "
+            f"{missing[:5]}); embed a dataset built with the same genes"
+        )
+    adata.obsm["X_image"], adata.obsm["X_gene"] = compute_embeddings(
+        module, dataset, batch_size=batch_size
+    )
     out = Path(out)
-    adata.obsm["X_image"], adata.obsm["X_gene"] = np.concatenate(za), np.concatenate(zb)
     tmp = out.with_name(f".{out.name}.partial")
     adata.write_h5ad(tmp)
     os.replace(tmp, out)
