@@ -328,22 +328,15 @@ class ScviGeneEncoder(nn.Module):
         return dist.loc
 
 
-def _reg_scvi(name: str, defaults: dict, summary: str) -> None:
-    def factory(**overrides) -> nn.Module:
-        return ScviGeneEncoder(**{**defaults, **overrides})
-
-    factory.__name__ = name
-    factory.__doc__ = summary
-    ENCODERS.register(
-        name, modality="gene", arch="scvi.nn.Encoder", normalisation=ScviGeneEncoder.normalisation
-    )(factory)
-
-
-_reg_scvi(
+_reg(
     "scvi",
+    ScviGeneEncoder,
     {},
     "scVI encoder (scvi-tools), pretrained on the training spots with batch_key; raw counts in.",
 )
-_reg_scvi(
-    "test_scvi", {"n_latent": 4, "n_hidden": 16, "pretrain_epochs": 2}, "Tiny scVI encoder (tests)."
+_reg(
+    "test_scvi",
+    ScviGeneEncoder,
+    {"n_latent": 4, "n_hidden": 16, "pretrain_epochs": 2},
+    "Tiny scVI encoder (tests).",
 )
