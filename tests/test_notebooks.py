@@ -16,6 +16,9 @@ def test_notebook_runs(path, data_dir, monkeypatch, tmp_path):
 
     monkeypatch.setenv("HISTOXMODAL_TEST_DATA", str(data_dir))
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    # The notebooks write their outputs under tempfile.mkdtemp(); point the kernel's TMPDIR at
+    # this test's folder so every run's outputs are cleaned with pytest's own temp folders.
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     nb = nbformat.read(path, as_version=4)
     NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
