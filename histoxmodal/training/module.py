@@ -37,6 +37,8 @@ class ContrastiveModule(L.LightningModule):
         loss_kwargs = dict(config.loss.kwargs)
         if c.same_batch != "keep":
             loss_kwargs["same_batch"] = c.same_batch
+        if c.cross_batch != "keep":
+            loss_kwargs["cross_batch"] = c.cross_batch
         self.loss = create_loss(config.loss.name, **loss_kwargs)
         self.adversary = (
             BatchAdversary(m.embed_dim, n_batches)

@@ -296,3 +296,39 @@ def test_ctranspath_old_timm_checkpoint(tmp_path):
     _same_output(
         src, _build("test_ctranspath", weights=tmp_path / "ctranspath.pth"), "test_ctranspath"
     )
+
+
+def test_batch_specific_norm_removes_a_per_batch_shift():
+    from histoxmodal.encoders.gene import BatchSpecificNorm
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 5, generator=g)
+    batch = torch.tensor([0] * 10 + [1] * 10)
+    shifted = x.clone()
+    shifted[10:] = x[:10] * 3.0 + 7.0  # batch 1 = batch 0's spots, scaled and shifted
+    norm = BatchSpecificNorm(5, 3).train()
+    y = norm(shifted, batch)
+    torch.testing.assert_close(y[10:], y[:10], rtol=1e-4, atol=1e-4)
+    # running statistics were initialised from the first minibatch of each batch
+    torch.testing.assert_close(norm.running_mean[1], shifted[10:].mean(0))
+    assert norm.seen.tolist() == [True, True, False]
+    norm.eval()
+    torch.testing.assert_close(norm(shifted, batch), y)
+    # batch 2 was never seen in training: its rows are normalised with their own statistics
+    z = norm(x[:10] * 0.5 - 2.0, torch.full((10,), 2))
+    torch.testing.assert_close(z, y[:10], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="outside the 3 batches"):
+        norm(x[:2], torch.tensor([0, 3]))
+
+
+@pytest.mark.parametrize("conditioning", ["norm", "onehot"])
+@pytest.mark.parametrize("name", ["test_gene_mlp", "test_gene_transformer"])
+def test_batch_conditioned_gene_towers(name, conditioning):
+    enc = create_encoder(name, n_genes=12, n_batches=3, conditioning=conditioning)
+    x = torch.rand(6, 12) * 3
+    out = enc(x, torch.ones_like(x, dtype=torch.bool), torch.tensor([0, 0, 1, 1, 2, 2]))
+    assert out.shape == (6, enc.embed_dim) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert all(p.grad is not None for p in enc.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="pass batch ids"):
+        enc(x)

@@ -41,7 +41,7 @@ def _worker(rank, world, port, results):
     try:
         out = {}
         for name in NAMES:
-            for kwargs in ({}, {"same_batch": "mask"}):
+            for kwargs in ({}, {"same_batch": "mask"}, {"cross_batch": "mask"}):
                 enc_a, enc_b, xa, xb, batch = _setup()
                 sl = slice(rank * 8, (rank + 1) * 8)
                 value, grads = _run(name, enc_a, enc_b, xa[sl], xb[sl], batch[sl], kwargs)
@@ -65,7 +65,7 @@ def test_two_processes_equal_one():
     manager = mp.Manager()
     results = manager.dict()
     mp.spawn(_worker, args=(2, port, results), nprocs=2, join=True)
-    assert len(results) == 2 * len(NAMES)
+    assert len(results) == 3 * len(NAMES)
     for (name, kw), (value, grads) in results.items():
         enc_a, enc_b, xa, xb, batch = _setup()
         want, want_grads = _run(name, enc_a, enc_b, xa, xb, batch, dict(kw))

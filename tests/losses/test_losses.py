@@ -70,6 +70,25 @@ def test_clip_matches_formula_and_batch_options():
     assert float(down(a, b, batch=batch)) == pytest.approx(
         _clip_direct(a, b, 0.1, w_down), rel=1e-6
     )
+    within = create_loss("clip", temperature=0.1, cross_batch="mask").double()
+    w_within = [[1.0 if s else 0.0 for s in row] for row in same]
+    assert float(within(a, b, batch=batch)) == pytest.approx(
+        _clip_direct(a, b, 0.1, w_within), rel=1e-6
+    )
+    both = create_loss(
+        "clip",
+        temperature=0.1,
+        cross_batch="downweight",
+        cross_batch_weight=0.5,
+        same_batch="downweight",
+        same_batch_weight=0.25,
+    ).double()
+    w_both = [[0.25 if s else 0.5 for s in row] for row in same]
+    assert float(both(a, b, batch=batch)) == pytest.approx(
+        _clip_direct(a, b, 0.1, w_both), rel=1e-6
+    )
+    with pytest.raises(ValueError, match="no negatives"):
+        create_loss("clip", same_batch="mask", cross_batch="mask")
 
 
 def test_temperature_is_learnable_and_clamped():
