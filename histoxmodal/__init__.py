@@ -28,6 +28,10 @@ _LAZY = {
     "tile_slides": "histoxmodal.tiling.job",
     "load_tiles": "histoxmodal.tiling.job",
     "read_spatial": "histoxmodal.io.spatial",
+    "read_ecg": "histoxmodal.io.ecg",
+    "read_radiology": "histoxmodal.io.radiology",
+    "read_reports": "histoxmodal.io.reports",
+    "pair_cohort": "histoxmodal.io.cohort",
     "build_paired": "histoxmodal.data.paired",
     "load_paired": "histoxmodal.data.paired",
     "create_encoder": "histoxmodal.encoders",
@@ -52,6 +56,10 @@ __all__ = [  # noqa: RUF022 - grouped by flow: read, tile, run
     "tile_slides",
     "load_tiles",
     "read_spatial",
+    "read_ecg",
+    "read_radiology",
+    "read_reports",
+    "pair_cohort",
     "build_paired",
     "load_paired",
     "create_encoder",
@@ -63,6 +71,10 @@ __all__ = [  # noqa: RUF022 - grouped by flow: read, tile, run
 if TYPE_CHECKING:  # pragma: no cover
     from histoxmodal.data.paired import build_paired, load_paired
     from histoxmodal.encoders import create_encoder, list_encoders
+    from histoxmodal.io.cohort import pair_cohort
+    from histoxmodal.io.ecg import read_ecg
+    from histoxmodal.io.radiology import read_radiology
+    from histoxmodal.io.reports import read_reports
     from histoxmodal.io.slide import SlideReader, list_readers, open_slide
     from histoxmodal.io.spatial import read_spatial
     from histoxmodal.losses import create_loss, list_losses

@@ -12,6 +12,7 @@ EXTRAS = {
     "spatial": ("anndata", "scanpy", "pandas", "scipy", "pyarrow", "yaml"),
     "torch": ("torch", "timm", "safetensors"),
     "scvi": ("scvi",),
+    "medical": ("pydicom", "wfdb", "nibabel", "monai"),
 }
 
 
