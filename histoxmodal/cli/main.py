@@ -130,9 +130,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser(
         "demo",
-        help="tile a synthetic slide generated on the spot (no data needed)",
-        description="Generate a realistic synthetic pyramidal TIFF and tile it: the whole "
-        "slide-to-tiles path with no data at hand.",
+        help="the whole path on generated data: slides, tiles, paired dataset, training, report",
+        description="Generate slides with typed tissue regions and Visium-like spots whose "
+        "expression follows the tissue, then tile, build the paired dataset, train a small "
+        "contrastive model and evaluate it on a held-out sample, writing DIR/report/report.html "
+        "(a few minutes on a CPU; rerunning resumes). With --data PATH the same path runs on a "
+        "her2st folder.",
     )
     d.add_argument(
         "--out",
@@ -141,13 +144,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="output folder (default ./histoxmodal_demo)",
     )
     d.add_argument(
-        "--size",
-        type=int,
-        default=16384,
-        metavar="PX",
-        help="level-0 width of the synthetic slide (default 16384)",
+        "--data", metavar="PATH", help="a her2st-layout folder instead of generated data"
     )
-    d.add_argument("--workers", type=int, default=1, metavar="N")
+    d.add_argument("--seed", type=int, default=0, help="seed of the generated data (default 0)")
+    d.add_argument("--workers", type=int, default=1, metavar="N", help="tiling processes")
+    d.add_argument(
+        "--max-epochs", type=int, metavar="N", help="training epochs (default: the config's)"
+    )
 
     bd = sub.add_parser(
         "build",
@@ -416,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {len(files)} files to {args.out}")
             return EXIT_OK
         if args.command == "demo":
-            from histoxmodal.cli.tile import run_demo
+            from histoxmodal.cli.demo import run_demo
 
             return run_demo(args)
         if args.command == "bench":

@@ -1,9 +1,8 @@
-"""``histoxmodal tile`` and ``histoxmodal demo``."""
+"""``histoxmodal tile``."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from histoxmodal.cli.main import EXIT_FAILED, EXIT_OK, format_table
@@ -71,34 +70,3 @@ def run_tile(args: argparse.Namespace) -> int:
     print(format_summary(results))
     print(f"outputs in {Path(args.out).resolve()}")
     return EXIT_FAILED if any(r.failed for r in results) else EXIT_OK
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    from histoxmodal._deps import require_extra
-    from histoxmodal.testing import make_synthetic_slide
-
-    require_extra("wsi", "the demo")
-    from histoxmodal.tiling.job import tile_slides
-    from histoxmodal.tiling.spec import TileSpec
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    slide_path = out / "synthetic_slide.tif"
-    if not slide_path.exists():
-        print(
-            f"generating a {args.size} px synthetic slide (0.25 µm/px) in {slide_path} ...",
-            file=sys.stderr,
-        )
-        tmp = slide_path.with_suffix(".tif.partial")
-        make_synthetic_slide(tmp, width=args.size, height=args.size * 3 // 4, seed=0)
-        tmp.replace(slide_path)
-    results = tile_slides(
-        [slide_path], out / "tiles", TileSpec(), workers=args.workers, save_tiles=True
-    )
-    print(format_summary(results))
-    r = results[0]
-    print(
-        f"overlay: {Path(r.out_dir) / 'overlay.png'}\n"
-        f"tiles:   {Path(r.out_dir) / 'tiles.h5'} (load with histoxmodal.load_tiles)"
-    )
-    return EXIT_FAILED if r.failed else EXIT_OK

@@ -13,6 +13,7 @@ import numpy as np
 
 from histoxmodal import keys
 from histoxmodal._fileutil import write_json_atomic
+from histoxmodal.errors import ConfigError
 
 
 def _log_cp10k(adata, genes: list[str]) -> np.ndarray:
@@ -40,14 +41,18 @@ def evaluate(
     out: str | Path,
     *,
     split: str | Path | None = None,
+    fold: int | str | None = None,
     in_batch_size: int = 128,
     n_genes: int = 50,
 ) -> dict[str, object]:
     """Evaluate ``run`` on ``dataset``; writes ``out/metrics.json`` and ``out/report.html``.
 
     Without ``split`` the whole dataset is the test set and the ridge head is fitted on the
-    run's own training spots (its dataset's random split, train part); with a split file, fold
-    0's test rows are the test set and its train rows fit the head.
+    run's own training spots (its dataset's random split, train part); with a split file, the
+    test rows of ``fold`` (index or name such as ``"sample=C5"``; default: the fold the run was
+    trained on when it used this split file, else fold 0) are the test set and its train rows
+    fit the heads. Heads: ridge (closed form, penalty by grouped CV) and BLEEP-style retrieval
+    over the training spots' gene embeddings.
     """
     import matplotlib
 
@@ -59,7 +64,7 @@ def evaluate(
     from histoxmodal.evaluation.expression import expression_metrics, top_variable_genes
     from histoxmodal.evaluation.mixing import batch_mixing
     from histoxmodal.evaluation.retrieval import cross_modal_retrieval, in_batch_recall
-    from histoxmodal.heads.expression import RidgeHead
+    from histoxmodal.heads.expression import RetrievalHead, RidgeHead
     from histoxmodal.training.fit import RUN_CONFIG, compute_embeddings, load_run
 
     run, dataset, out = Path(run), Path(dataset), Path(out)
@@ -68,8 +73,17 @@ def evaluate(
     run_cfg = json.loads((run / RUN_CONFIG).read_text())
     adata, patches = load_paired(dataset)
     if split is not None:
-        fold = load_split(split)[0]
-        test_rows, train_rows, train_data = fold.test, fold.train(adata.n_obs), dataset
+        folds = load_split(split)
+        if fold is None:
+            same = (
+                run_cfg.get("split") and Path(run_cfg["split"]).resolve() == Path(split).resolve()
+            )
+            fold = run_cfg.get("fold", 0) if same else 0
+        names = [f.name for f in folds]
+        if isinstance(fold, str) and fold not in names:
+            raise ConfigError(f"fold {fold!r} not in {split}; folds: {', '.join(names)}")
+        chosen = folds[names.index(fold)] if isinstance(fold, str) else folds[fold]
+        test_rows, train_rows, train_data = chosen.test, chosen.train(adata.n_obs), dataset
         split_sha = json.loads(Path(split).read_text())["sha256"]
     else:
         test_rows = np.arange(adata.n_obs)
@@ -85,7 +99,7 @@ def evaluate(
         train_rows = chosen.train(load_paired(train_data)[0].n_obs)
         split_sha = json.loads(tr_split.read_text())["sha256"]
     train_adata = load_paired(train_data)[0]
-    za_tr, _ = compute_embeddings(module, train_data, train_rows)
+    za_tr, zb_tr = compute_embeddings(module, train_data, train_rows)
     za, zb = compute_embeddings(module, dataset, test_rows)
     genes = [g for g in module.gene.genes if g in adata.var_names]
     y_tr_all = _log_cp10k(train_adata[train_rows], genes)
@@ -113,6 +127,10 @@ def evaluate(
     if "per_sample_mean" in expr:
         m["expression.ridge.pearson_per_sample_mean"] = expr["per_sample_mean"]["pearson"]
     m["expression.ridge.alpha"] = ridge.alpha_
+    bleep = RetrievalHead(k=50).fit(zb_tr, y_tr_all[:, idx])
+    expr_r = expression_metrics(y_true, bleep.predict(za), top, samples=samples)
+    m["expression.retrieval.pearson_pooled_mean"] = expr_r["pooled"]["pearson"]
+    m["expression.retrieval.mse_pooled"] = expr_r["pooled"]["mse"]
     if len(set(batch)) > 1:
         for name, z in (("image", za), ("gene", zb)):
             for k, v in batch_mixing(z, batch).items():

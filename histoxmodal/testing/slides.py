@@ -38,6 +38,9 @@ class SyntheticSlide:
         ``mask_cell`` level-0 pixels.
     mask_cell
         Level-0 pixels per mask cell.
+    regions
+        With ``regions=K``: the tissue type of every mask cell, ``(rows, cols)`` int8, -1 on
+        glass, ``0 .. K-1`` indexing :data:`TISSUE_TYPES`.
     """
 
     path: Path
@@ -47,10 +50,69 @@ class SyntheticSlide:
     level_dimensions: tuple[tuple[int, int], ...]
     tissue_mask: np.ndarray
     mask_cell: int
+    regions: np.ndarray | None = None
 
     @property
     def tissue_fraction(self) -> float:
         return float(self.tissue_mask.mean())
+
+
+#: Tissue types of ``make_synthetic_slide(regions=K)``: stroma colour, nucleus density (x the
+#: stroma's), nucleus radius (x 3.5 µm) and haematoxylin colour, so each reads differently in H&E.
+TISSUE_TYPES: tuple[dict, ...] = (
+    {
+        "name": "stroma",
+        "stroma": (232, 160, 200),
+        "density": 1.0,
+        "size": 1.0,
+        "hema": (85, 55, 140),
+    },
+    {
+        "name": "tumour",
+        "stroma": (212, 148, 204),
+        "density": 3.5,
+        "size": 1.5,
+        "hema": (70, 40, 130),
+    },
+    {
+        "name": "immune",
+        "stroma": (226, 170, 208),
+        "density": 7.0,
+        "size": 0.6,
+        "hema": (45, 25, 95),
+    },
+    {
+        "name": "adipose",
+        "stroma": (246, 226, 234),
+        "density": 0.15,
+        "size": 0.8,
+        "hema": (110, 80, 150),
+    },
+)
+
+
+def _region_field(mask: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Tissue type per mask cell: a Voronoi partition of the tissue with noisy borders."""
+    import cv2
+
+    gh, gw = mask.shape
+    n_seeds = 16 * k
+    seeds = np.column_stack([rng.uniform(0, gw, n_seeds), rng.uniform(0, gh, n_seeds)])
+    kinds = np.arange(n_seeds) % k
+    yy, xx = np.mgrid[0:gh, 0:gw].astype(np.float32)
+    jitter = rng.standard_normal((2, gh, gw)).astype(np.float32)
+    sigma = max(1.5, min(gw, gh) / 30)
+    jitter = np.stack([cv2.GaussianBlur(j, (0, 0), sigma) for j in jitter])
+    jitter *= 0.05 * min(gw, gh) / (jitter.std() + 1e-6)
+    px, py = xx + jitter[0], yy + jitter[1]
+    best = np.full((gh, gw), np.inf, np.float32)
+    out = np.zeros((gh, gw), np.int8)
+    for (sx, sy), kind in zip(seeds, kinds, strict=True):
+        d = (px - sx) ** 2 + (py - sy) ** 2
+        closer = d < best
+        best[closer], out[closer] = d[closer], kind
+    out[~mask] = -1
+    return out
 
 
 def _tissue_field(gw: int, gh: int, n_sections: int, rng: np.random.Generator) -> np.ndarray:
@@ -84,10 +146,18 @@ def _tissue_field(gw: int, gh: int, n_sections: int, rng: np.random.Generator) -
 
 
 def _render_tile(
-    mask_crop: np.ndarray, shape: tuple[int, int], nucleus_px: float, rng: np.random.Generator
+    mask_crop: np.ndarray,
+    shape: tuple[int, int],
+    nucleus_px: float,
+    rng: np.random.Generator,
+    types: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Render one RGB tile: glass where the (smoothly upsampled) mask is off, H&E where on."""
+    """Render one RGB tile: glass where the (smoothly upsampled) mask is off, H&E where on;
+    ``types`` (tissue type per mask cell, same grid as ``mask_crop``) varies the H&E."""
     import cv2
+
+    if types is not None:
+        return _render_typed_tile(mask_crop, shape, nucleus_px, rng, types)
 
     th, tw = shape
     soft = cv2.resize(mask_crop.astype(np.float32), (tw, th), interpolation=cv2.INTER_LINEAR)
@@ -117,6 +187,52 @@ def _render_tile(
     return np.clip(tile, 0, 255).astype(np.uint8)
 
 
+def _render_typed_tile(
+    mask_crop: np.ndarray,
+    shape: tuple[int, int],
+    nucleus_px: float,
+    rng: np.random.Generator,
+    types: np.ndarray,
+) -> np.ndarray:
+    import cv2
+
+    th, tw = shape
+    soft = cv2.resize(mask_crop.astype(np.float32), (tw, th), interpolation=cv2.INTER_LINEAR)
+    tile = np.empty((th, tw, 3), np.float32)
+    tile[:] = np.array([243, 241, 244], np.float32)
+    if soft.max() <= 0:
+        tile += rng.normal(0, 1.5, (th, tw, 1)).astype(np.float32)
+        return np.clip(tile, 0, 255).astype(np.uint8)
+    tmap = cv2.resize(types.astype(np.int16), (tw, th), interpolation=cv2.INTER_NEAREST)
+    tmap = np.maximum(tmap, 0)  # glass cells under soft edges take type 0's colours
+    table = TISSUE_TYPES
+    stroma = np.array([t["stroma"] for t in table], np.float32)[tmap]
+    hema = np.array([t["hema"] for t in table], np.float32)[tmap]
+    tex = rng.normal(0, 1, (max(2, th // 8), max(2, tw // 8))).astype(np.float32)
+    tex = cv2.resize(tex, (tw, th), interpolation=cv2.INTER_CUBIC)
+    he = stroma + tex[:, :, None] * np.array([8, 14, 10], np.float32)
+    nuclei = np.zeros((th, tw), np.float32)
+    for k in np.unique(tmap):
+        t = table[int(k)]
+        r_px = nucleus_px * t["size"]
+        layer = np.zeros((th, tw), np.float32)
+        if r_px >= 1.0:
+            n = int(th * tw / (nucleus_px * 6) ** 2 * 2 * t["density"])
+            xs, ys = rng.integers(0, tw, n), rng.integers(0, th, n)
+            for cx, cy in zip(xs, ys, strict=True):
+                if tmap[cy, cx] == k:
+                    r = max(1, int(r_px * rng.uniform(0.7, 1.3)))
+                    cv2.circle(layer, (int(cx), int(cy)), r, 1.0, -1)
+            layer = cv2.GaussianBlur(layer, (0, 0), max(0.5, r_px / 4))
+        else:  # nuclei below one pixel: their stain darkens the tissue on average
+            layer[:] = min(0.8, 0.25 * t["density"] * t["size"] ** 2)
+        nuclei = np.where(tmap == k, layer, nuclei)
+    he = he * (1 - nuclei[:, :, None]) + hema * nuclei[:, :, None]
+    tile = tile * (1 - soft[:, :, None]) + he * soft[:, :, None]
+    tile += rng.normal(0, 2.0, (th, tw, 1)).astype(np.float32)
+    return np.clip(tile, 0, 255).astype(np.uint8)
+
+
 def make_synthetic_slide(
     path: str | Path,
     *,
@@ -130,6 +246,7 @@ def make_synthetic_slide(
     quality: int = 85,
     texture_variants: int = 0,
     tissue: bool = True,
+    regions: int = 0,
     seed: int = 0,
 ) -> SyntheticSlide:
     """Write a realistic synthetic whole-slide image as a pyramidal TIFF.
@@ -157,6 +274,10 @@ def make_synthetic_slide(
         are written in seconds; tiles on tissue borders are always rendered.
     tissue
         ``False`` writes blank glass (a slide with no tissue).
+    regions
+        ``K > 0`` divides the tissue into regions of ``K`` types (:data:`TISSUE_TYPES`: stroma,
+        tumour, immune infiltrate, adipose) with their own colour and nuclear density and size;
+        the type map is returned, so spot expression can follow the tissue.
     seed
         Seed; the same arguments give the same file.
 
@@ -172,6 +293,9 @@ def make_synthetic_slide(
     rng = np.random.default_rng(seed)
     gw, gh = math.ceil(width / _MASK_CELL), math.ceil(height / _MASK_CELL)
     mask = _tissue_field(gw, gh, n_sections, rng) if tissue else np.zeros((gh, gw), bool)
+    if not 0 <= regions <= len(TISSUE_TYPES):
+        raise ValueError(f"regions={regions}: expected 0 to {len(TISSUE_TYPES)}")
+    types = _region_field(mask, regions, rng) if regions else None
     dims = [(width, height)]
     while max(dims[-1]) // level_downsample >= min_level_size:
         w, h = dims[-1]
@@ -197,7 +321,7 @@ def make_synthetic_slide(
                 crop = mask[max(0, y0 - 1) : y1 + 1, max(0, x0 - 1) : x1 + 1]
                 trng = np.random.default_rng((seed, level, tx, ty))
                 kind = "glass" if not crop.any() else "tissue" if crop.all() else "edge"
-                if texture_variants and level == 0 and kind != "edge":
+                if texture_variants and level == 0 and kind != "edge" and types is None:
                     variants = cache.setdefault(kind, [])
                     if len(variants) < (1 if kind == "glass" else texture_variants):
                         variants.append(
@@ -207,7 +331,10 @@ def make_synthetic_slide(
                     continue
                 # crop the upsampled mask to exactly this tile's span (with the margin removed)
                 sub = _tile_mask(mask, x0, y0, x1, y1, step, tx, ty)
-                yield encode(_render_tile(sub, (tile, tile), nucleus_px, trng))
+                tsub = None
+                if types is not None:
+                    tsub = _tile_mask(types + 1, x0, y0, x1, y1, step, tx, ty).astype(np.int8) - 1
+                yield encode(_render_tile(sub, (tile, tile), nucleus_px, trng, tsub))
 
     with tifffile.TiffWriter(path, bigtiff=True) as tw:
         for level, (w, h) in enumerate(dims):
@@ -224,7 +351,7 @@ def make_synthetic_slide(
                 description="histoxmodal synthetic slide" if level == 0 else None,
                 metadata=None,
             )
-    return SyntheticSlide(path, width, height, mpp, tuple(dims), mask, _MASK_CELL)
+    return SyntheticSlide(path, width, height, mpp, tuple(dims), mask, _MASK_CELL, types)
 
 
 def _tile_mask(
