@@ -20,6 +20,7 @@ what happens to each kind of negative, ``"keep"``, ``"mask"`` (dropped) or ``"do
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -224,31 +225,141 @@ class SoftClipLoss(_Contrastive):
         return 0.5 * (_soft_ce(la, targets) + _soft_ce(lb, targets))
 
 
+_SYMILE_SAMPLING = ("n", "n_squared", "matched")
+
+
 @LOSSES.register("symile")
 class SymileLoss(_Contrastive):
     """Symile (Saporta et al. 2024) for two or more modalities.
 
-    Scores are multilinear inner products ``MIP(x, y, z) = sum_d x_d y_d z_d``. Each modality in
-    turn is the anchor: anchor row i is scored against the element-wise product of the other
-    modalities at every row j (the O(N) negative sampling of the paper), cross-entropy with the
-    diagonal as positive, averaged over anchors. With two modalities this is CLIP.
+    Scores are multilinear inner products ``MIP(x, y, z) = sum_d x_d y_d z_d``, which capture
+    information held only jointly by the modalities (pairwise dot products cannot). Each modality
+    in turn is the anchor; its positive is the true tuple, cross-entropy over the candidates,
+    averaged over anchors. Negatives (``negative_sampling``):
+
+    - ``"n"`` (the paper's O(N) default): the other modalities' rows are permuted independently
+      and multiplied, so each anchor meets ``N - 1`` *mixed* tuples ``(y_p(j), z_q(j))``: this
+      is what teaches the model that the combination matters. Permutations come from a generator
+      seeded by ``seed`` and the step, the same on every process, so results do not depend on
+      the number of GPUs.
+    - ``"n_squared"``: every combination ``(y_j, z_k)`` (three modalities at most).
+    - ``"matched"``: the other rows' true tuples ``(y_j, z_j)``; with two modalities every mode
+      is exactly CLIP.
+
+    Missing modalities: ``present`` ``(n, n_modalities)`` bool; a row whose anchor modality is
+    missing adds no anchor term (the model replaces a missing embedding by a learned one before
+    the loss, as in the paper's missing-data experiments).
     """
 
-    def forward(self, *embeddings: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
+    def __init__(self, negative_sampling: str = "n", seed: int = 0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if negative_sampling not in _SYMILE_SAMPLING:
+            raise ConfigError(
+                f"negative_sampling={negative_sampling!r}: expected one of {_SYMILE_SAMPLING}"
+            )
+        self.negative_sampling, self.seed = negative_sampling, seed
+        self.register_buffer("step", torch.zeros((), dtype=torch.long), persistent=False)
+
+    def permutations(self, n: int, k: int, step: int) -> list[torch.Tensor]:
+        """The ``k`` row permutations of step ``step`` (identical on every process)."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        return [torch.randperm(n, generator=g) for _ in range(k)]
+
+    def forward(
+        self,
+        *embeddings: torch.Tensor,
+        batch: torch.Tensor | None = None,
+        present: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if len(embeddings) < 2:
             raise ConfigError("symile needs at least two modalities")
+        mode = "matched" if len(embeddings) == 2 else self.negative_sampling
+        if mode == "n_squared" and len(embeddings) > 3:
+            raise ConfigError("negative_sampling='n_squared' takes at most three modalities")
+        if self.batch_aware and mode != "matched":
+            raise ConfigError("batch-aware negatives need negative_sampling='matched'")
+        n, off = len(embeddings[0]), rank_offset(len(embeddings[0]))
+        gathered = [gather_with_grad(e) for e in embeddings]
+        n_all = len(gathered[0])
+        labels = torch.arange(n, device=embeddings[0].device) + off
+        bias = self._batch_bias(batch, gather_no_grad(batch) if batch is not None else None, off, n)
+        perms = self.permutations(n_all, len(embeddings), int(self.step)) if mode == "n" else None
+        if self.training:
+            self.step += 1
+        total = embeddings[0].new_zeros(())
+        n_terms = embeddings[0].new_zeros(())
+        for m, anchor in enumerate(embeddings):
+            others = [g for k, g in enumerate(gathered) if k != m]
+            positive = anchor
+            for k, g in enumerate(gathered):
+                if k != m:
+                    positive = positive * g[off : off + n]
+            positive = positive.sum(dim=1)
+            if mode == "matched":
+                prod = others[0]
+                for g in others[1:]:
+                    prod = prod * g
+                logits = anchor @ prod.T
+            elif mode == "n":
+                prod = others[0][perms[m]]
+                for j, g in enumerate(others[1:], start=1):
+                    prod = prod * g[perms[(m + j) % len(perms)]]
+                logits = anchor @ prod.T
+            else:  # n_squared: (n, n_all * n_all) over every (y_j, z_k)
+                logits = torch.einsum("id,jd,kd->ijk", anchor, others[0], others[1]).flatten(1)
+                labels_m = labels * n_all + labels
+            if mode != "n_squared":
+                # the diagonal holds the true tuple (under "n" it is replaced by it)
+                logits = logits.scatter(1, labels[:, None], positive[:, None])
+                labels_m = labels
+            logits = self.scale * logits
+            if bias is not None:
+                logits = logits + bias
+            terms = F.cross_entropy(logits, labels_m, reduction="none")
+            if present is not None:
+                w = present[:, m].to(terms.dtype)
+                total, n_terms = total + (terms * w).sum(), n_terms + w.sum()
+            else:
+                total, n_terms = total + terms.sum(), n_terms + n
+        return total / n_terms.clamp(min=1)
+
+
+@LOSSES.register("clip_pairwise")
+class PairwiseClipLoss(_Contrastive):
+    """CLIP over every pair of two or more modalities, averaged over pairs (the baseline Symile
+    is compared with). With ``present`` ``(n, n_modalities)`` bool, each pair uses only the rows
+    where both modalities are present, as anchors and as candidates."""
+
+    def forward(
+        self,
+        *embeddings: torch.Tensor,
+        batch: torch.Tensor | None = None,
+        present: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if len(embeddings) < 2:
+            raise ConfigError("clip_pairwise needs at least two modalities")
         n, off = len(embeddings[0]), rank_offset(len(embeddings[0]))
         gathered = [gather_with_grad(e) for e in embeddings]
         labels = torch.arange(n, device=embeddings[0].device) + off
         bias = self._batch_bias(batch, gather_no_grad(batch) if batch is not None else None, off, n)
+        pres_all = gather_no_grad(present) if present is not None else None
         total = embeddings[0].new_zeros(())
-        for m, anchor in enumerate(embeddings):
-            prod = None
-            for k, g in enumerate(gathered):
-                if k != m:
-                    prod = g if prod is None else prod * g
-            logits = self.scale * anchor @ prod.T
-            if bias is not None:
-                logits = logits + bias
-            total = total + F.cross_entropy(logits, labels)
-        return total / len(embeddings)
+        n_pairs = 0
+        for i, j in itertools.combinations(range(len(embeddings)), 2):
+            both = None if present is None else present[:, i] & present[:, j]
+            both_all = None if pres_all is None else pres_all[:, i] & pres_all[:, j]
+            pair = embeddings[0].new_zeros(())
+            for a, b_all in ((embeddings[i], gathered[j]), (embeddings[j], gathered[i])):
+                logits = self.scale * a @ b_all.T
+                if bias is not None:
+                    logits = logits + bias
+                if both_all is not None:
+                    logits = logits.masked_fill(~both_all[None, :], float("-inf"))
+                terms = F.cross_entropy(logits, labels, reduction="none")
+                if both is not None:
+                    terms = torch.where(both, terms, torch.zeros_like(terms))
+                    pair = pair + 0.5 * terms.sum() / both.sum().clamp(min=1)
+                else:
+                    pair = pair + 0.5 * terms.mean()
+            total, n_pairs = total + pair, n_pairs + 1
+        return total / n_pairs

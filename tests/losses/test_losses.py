@@ -47,7 +47,7 @@ def _clip_direct(a, b, t, weights=None):
 
 
 def test_registry_lists_every_loss():
-    assert list_losses() == ["clip", "cwcl", "siglip", "soft_clip", "symile"]
+    assert list_losses() == ["clip", "clip_pairwise", "cwcl", "siglip", "soft_clip", "symile"]
     with pytest.raises(KeyError, match="Did you mean 'clip'"):
         create_loss("clpi")
 
@@ -141,20 +141,74 @@ def test_soft_clip_matches_formula():
     assert float(loss(a, b)) == pytest.approx(float(want), rel=1e-6)
 
 
-def test_symile_matches_formula_and_equals_clip_for_two():
+def _symile_direct(embs, t, candidates, present=None):
+    """Loop Symile: ``candidates(m, i)`` lists the non-anchor row tuples scored for anchor row i
+    (the first is the positive)."""
+    total, count = 0.0, 0
+    for m, anchor in enumerate(embs):
+        others = [e for k, e in enumerate(embs) if k != m]
+        for i in range(len(anchor)):
+            if present is not None and not present[i][m]:
+                continue
+            scores = []
+            for rows in candidates(m, i):
+                v = anchor[i].clone()
+                for o, r in zip(others, rows, strict=True):
+                    v = v * o[r]
+                scores.append(float(v.sum()) / t)
+            total += -(scores[0] - _lse(scores))
+            count += 1
+    return total / count
+
+
+def test_symile_matches_formula_for_each_negative_sampling():
     a, b, c = _emb(seed=5, k=3)
-    loss = create_loss("symile", temperature=0.1).double()
     n = len(a)
-    want = 0.0
-    for anchor, (x, y) in ((a, (b, c)), (b, (a, c)), (c, (a, b))):
-        for i in range(n):
-            scores = [float((anchor[i] * x[j] * y[j]).sum()) / 0.1 for j in range(n)]
-            want += -(scores[i] - _lse(scores)) / n
-    assert float(loss(a, b, c)) == pytest.approx(want / 3, rel=1e-6)
+    matched = create_loss("symile", temperature=0.1, negative_sampling="matched").double()
+    want = _symile_direct(
+        [a, b, c], 0.1, lambda m, i: [(i, i)] + [(j, j) for j in range(n) if j != i]
+    )
+    assert float(matched(a, b, c)) == pytest.approx(want, rel=1e-6)
+    # O(N): the non-anchor modalities' rows permuted independently; the diagonal is the truth
+    loss = create_loss("symile", temperature=0.1, seed=7).double()
+    perms = [p.tolist() for p in loss.permutations(n, 3, 0)]
+
+    def shuffled(m, i):
+        rows = [(perms[m][j], perms[(m + 1) % 3][j]) for j in range(n) if j != i]
+        return [(i, i), *rows]
+
+    assert float(loss(a, b, c)) == pytest.approx(_symile_direct([a, b, c], 0.1, shuffled), rel=1e-6)
+    assert int(loss.step) == 1  # the next step draws new permutations
+    square = create_loss("symile", temperature=0.1, negative_sampling="n_squared").double()
+    every = lambda m, i: [(i, i)] + [(j, k) for j in range(n) for k in range(n) if (j, k) != (i, i)]  # noqa: E731
+    assert float(square(a, b, c)) == pytest.approx(_symile_direct([a, b, c], 0.1, every), rel=1e-6)
+    # a missing anchor modality adds no term
+    present = torch.ones(n, 3, dtype=torch.bool)
+    present[::3, 1] = False
+    want = _symile_direct([a, b, c], 0.1, every, present=present.tolist())
+    assert float(square(a, b, c, present=present)) == pytest.approx(want, rel=1e-6)
+    # with two modalities, Symile is CLIP
     assert float(loss(a, b)) == pytest.approx(_clip_direct(a, b, 0.1), rel=1e-6)
 
 
-@pytest.mark.parametrize("name", ["clip", "siglip", "cwcl", "soft_clip", "symile"])
+def test_pairwise_clip_matches_formula_with_missing_modalities():
+    a, b, c = _emb(seed=6, k=3)
+    loss = create_loss("clip_pairwise", temperature=0.1).double()
+    pairs = [(a, b), (a, c), (b, c)]
+    want = sum(_clip_direct(x, y, 0.1) for x, y in pairs) / 3
+    assert float(loss(a, b, c)) == pytest.approx(want, rel=1e-6)
+    present = torch.ones(len(a), 3, dtype=torch.bool)
+    present[[1, 4, 7], 2] = False  # c missing for three rows
+    keep = torch.tensor([i not in (1, 4, 7) for i in range(len(a))])
+    want = (
+        _clip_direct(a, b, 0.1)
+        + _clip_direct(a[keep], c[keep], 0.1)
+        + _clip_direct(b[keep], c[keep], 0.1)
+    ) / 3
+    assert float(loss(a, b, c, present=present)) == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["clip", "clip_pairwise", "siglip", "cwcl", "soft_clip", "symile"])
 def test_every_loss_gives_finite_values_and_gradients(name):
     torch.manual_seed(0)
     enc_a, enc_b = torch.nn.Linear(5, 4), torch.nn.Linear(7, 4)
