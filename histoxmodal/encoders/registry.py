@@ -11,7 +11,8 @@ ENCODERS: Registry = Registry("encoder")
 
 def _load_all() -> None:
     import histoxmodal.encoders.gene
-    import histoxmodal.encoders.image  # noqa: F401  (both register on import)
+    import histoxmodal.encoders.image
+    import histoxmodal.encoders.medical  # noqa: F401  (each registers on import)
 
 
 def create_encoder(name: str, **overrides) -> nn.Module:

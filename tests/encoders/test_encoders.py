@@ -31,9 +31,21 @@ def _build(name, **kw):
 
 
 def _input(name, n=3):
+    from histoxmodal.encoders import describe_encoder
+
     g = torch.Generator().manual_seed(0)
-    if _is_gene(name):
+    modality = describe_encoder(name)["modality"]
+    if modality == "gene":
         return (torch.rand(n, N_GENES, generator=g) * (torch.rand(n, N_GENES, generator=g) > 0.3),)
+    if modality == "radiology":
+        return (torch.rand(n, 1, 40, 40, generator=g),)
+    if modality == "ecg":
+        mask = torch.ones(n, 12, dtype=torch.bool)
+        mask[0, 3:] = False  # a 2-lead record
+        return (torch.randn(n, 12, 250, generator=g), mask)
+    if modality == "text":
+        texts = ["Findings: no acute disease.", "Cardiomegaly, small left effusion.", ""]
+        return (create_encoder(name).tokenize(texts[:n]),)
     return (torch.randn(n, 3, 32, 32, generator=g),)
 
 
@@ -51,6 +63,15 @@ def test_tiny_encoders_shapes_finite_and_gradients(name):
         if p.requires_grad:
             assert p.grad is not None, pname
             assert torch.isfinite(p.grad).all(), pname
+
+
+def test_report_tokens_are_stable_hashed_ngrams():
+    enc = create_encoder("test_report")
+    ids = enc.tokenize(["Mild cardiomegaly.", "mild  CARDIOMEGALY"])
+    # the same words give the same ids (crc32, not Python's salted hash); unigrams + bigram
+    assert ids.shape == (2, 3) and ids[0].tolist() == ids[1].tolist()
+    assert (ids > 0).all() and (ids < 4096).all()
+    assert enc.tokenize([""]).tolist() == [[0]]
 
 
 def test_registry_lists_the_foundation_models():
