@@ -19,6 +19,8 @@ def run_build(args: argparse.Namespace) -> int:
             r = load_recipe(str(path))
             print(f"{name:<8} {r.format:<7} {r.summary}")
         return EXIT_OK
+    if args.recipe and load_recipe(args.recipe).format == "cohort":
+        return _build_cohort(args, load_recipe(args.recipe))
     if not args.recipe or not args.src or not args.out:
         raise ConfigError(
             "histoxmodal build needs --recipe, --src and --out "
@@ -66,3 +68,37 @@ def run_build(args: argparse.Namespace) -> int:
         f"{Path(args.out).resolve()}"
     )
     return EXIT_OK if m["samples"] else EXIT_USAGE
+
+
+def _build_cohort(args: argparse.Namespace, recipe) -> int:
+    """``histoxmodal build --recipe cohort --manifest FILE --out DIR``."""
+    from histoxmodal._deps import require_extra
+    from histoxmodal.data.cohort import build_cohort
+    from histoxmodal.errors import ConfigError
+
+    if not args.manifest or not args.out:
+        raise ConfigError("histoxmodal build --recipe cohort needs --manifest FILE and --out DIR")
+    require_extra("medical", "histoxmodal build --recipe cohort")
+    d = recipe.defaults
+    m = build_cohort(
+        args.manifest,
+        args.out,
+        anchor=args.anchor or d.get("anchor", "cxr"),
+        window=d.get("window", "24h"),
+        image_px=int(args.patch_px or d.get("image_px", 224)),
+        fs=float(d.get("fs", 100)),
+        length_s=float(d.get("length_s", 10)),
+    )
+    rows = [("rows", "patients", *(f"with {k}" for k in m["present"]), "unreadable")]
+    rows.append(
+        (
+            str(m["n_rows"]),
+            str(m["n_patients"]),
+            *(str(v) for v in m["present"].values()),
+            str(len(m["failures"])),
+        )
+    )
+    print(format_table(rows))
+    for f in m["failures"][:10]:
+        print(f"  row {f['row']} {f['modality']}: {f['error']}")
+    return EXIT_OK

@@ -146,7 +146,16 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--data", metavar="PATH", help="a her2st-layout folder instead of generated data"
     )
+    d.add_argument(
+        "--medical",
+        action="store_true",
+        help="the medical path instead: a generated radiograph + ECG + report cohort, Symile "
+        "vs pairwise CLIP, zero-shot accuracy (DIR/metrics.json, DIR/report.html)",
+    )
     d.add_argument("--seed", type=int, default=0, help="seed of the generated data (default 0)")
+    d.add_argument(
+        "--patients", type=int, default=1000, metavar="N", help="--medical cohort size (1000)"
+    )
     d.add_argument("--workers", type=int, default=1, metavar="N", help="tiling processes")
     d.add_argument(
         "--max-epochs", type=int, metavar="N", help="training epochs (default: the config's)"
@@ -169,6 +178,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="sample folder/file, or a folder of samples (repeatable)",
     )
     bd.add_argument("--out", metavar="DIR", help="output folder")
+    bd.add_argument(
+        "--manifest", metavar="FILE", help="cohort recipe: CSV/Parquet listing the records"
+    )
+    bd.add_argument(
+        "--anchor", metavar="MODALITY", help="cohort recipe: modality defining the rows (cxr)"
+    )
     bd.add_argument(
         "--patch-um",
         type=float,
@@ -283,7 +298,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Retrieval (whole test set and in-batch), expression prediction with a "
         "ridge head on the image embeddings, and batch mixing. Without --split the "
         "whole dataset is the test set and the head is fitted on the run's "
-        "training spots.",
+        "training spots. On a cohort dataset (radiograph/ECG/report): zero-shot accuracy "
+        "of each modality given the others and Recall@k per pair, on the held-out patients.",
     )
     ev.add_argument("run", metavar="RUN")
     ev.add_argument("dataset", metavar="DATASET")
@@ -363,6 +379,18 @@ def _build_parser() -> argparse.ArgumentParser:
     btr.add_argument("--steps", type=int, default=10)
     btr.add_argument("--workers", type=int, default=2)
     btr.add_argument("--json", default=None, metavar="FILE")
+    bh = bsub.add_parser(
+        "her2st",
+        help="the her2st benchmark: baselines vs contrastive training and batch corrections",
+        description="Leave-one-section-out over patient C and cross-patient (C -> B4): "
+        "hand-crafted features + ridge, a random tower, contrastive training without and with "
+        "each batch correction; Recall@5 both ways, Pearson top-50, batch purity. Writes "
+        "OUT/her2st_bench.{json,md}; a killed run resumes.",
+    )
+    bh.add_argument("--data", required=True, metavar="PATH", help="a her2st-layout folder")
+    bh.add_argument("--out", default="bench_her2st", metavar="DIR")
+    bh.add_argument("--epochs", type=int, default=6)
+    bh.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -401,11 +429,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {a.n_obs} image and gene embeddings to {args.out}")
             return EXIT_OK
         if args.command == "evaluate":
+            from histoxmodal.data.cohort import is_cohort
             from histoxmodal.evaluation.report import evaluate
 
-            r = evaluate(
-                args.run, args.dataset, args.out, split=args.split, in_batch_size=args.in_batch_size
-            )
+            if is_cohort(args.dataset):
+                from histoxmodal.evaluation.zeroshot import evaluate_cohort
+
+                r = evaluate_cohort(args.run, args.dataset, args.out)
+            else:
+                r = evaluate(
+                    args.run,
+                    args.dataset,
+                    args.out,
+                    split=args.split,
+                    in_batch_size=args.in_batch_size,
+                )
             for k, v in r["metrics"].items():
                 print(f"{k:<52} {v:.4f}" if isinstance(v, float) else f"{k:<52} {v}")
             print(f"report: {args.out}/report.html")
@@ -431,6 +469,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from histoxmodal.bench.train import run_train_bench
 
                 return run_train_bench(args)
+            if args.bench == "her2st":
+                from histoxmodal.bench.her2st import run_her2st_bench
+
+                return run_her2st_bench(args)
             if args.bench == "dataset":
                 from histoxmodal.bench.dataset import run_dataset_bench
 

@@ -28,6 +28,22 @@ def run_train(args: argparse.Namespace) -> int:
     from histoxmodal.training.fit import fit
 
     devices = int(args.devices) if str(args.devices).isdigit() else args.devices
+    if hasattr(cfg, "modalities"):
+        from histoxmodal.training.multimodal import fit_multimodal
+
+        fit_multimodal(
+            cfg,
+            args.out,
+            data=args.data,
+            max_epochs=args.max_epochs,
+            accelerator=args.accelerator,
+            devices=devices,
+            num_nodes=args.num_nodes,
+            resume=args.resume,
+            enable_progress_bar=True,
+        )
+        print(f"run written to {Path(args.out).resolve()}")
+        return EXIT_OK
     fit(
         cfg,
         args.out,

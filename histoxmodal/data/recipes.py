@@ -63,8 +63,8 @@ def load_recipe(name_or_path: str) -> Recipe:
     from histoxmodal.io.spatial import FORMATS
 
     fmt = data.get("format")
-    if fmt not in FORMATS:
-        raise ConfigError(f"{p}: format: {fmt!r} must be one of {', '.join(FORMATS)}")
+    if fmt not in (*FORMATS, "cohort"):
+        raise ConfigError(f"{p}: format: {fmt!r} must be one of {', '.join(FORMATS)}, cohort")
     return Recipe(
         name=data.get("name", p.stem),
         format=fmt,

@@ -162,8 +162,13 @@ def bundled_configs() -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
 
 
-def load_config(name_or_path: str, overrides: list[str] | None = None) -> TrainConfig:
-    """A YAML file or bundled example, with ``key.sub=value`` overrides (values parsed as YAML)."""
+def load_config(name_or_path: str, overrides: list[str] | None = None):
+    """A YAML file or bundled example, with ``key.sub=value`` overrides (values parsed as YAML).
+
+    Returns a :class:`TrainConfig` (image + gene towers on a paired dataset), or a
+    :class:`~histoxmodal.training.multimodal.MultimodalConfig` when the file has a
+    ``modalities:`` section (radiograph, ECG, report towers on a cohort).
+    """
     import yaml
 
     p = Path(name_or_path)
@@ -183,4 +188,8 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> TrainC
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. optim.lr=0.0003")
         key, value = item.split("=", 1)
         set_value(data, key.strip(), yaml.safe_load(value))
+    if "modalities" in data:
+        from histoxmodal.training.multimodal import multimodal_config_from_dict
+
+        return multimodal_config_from_dict(data)
     return config_from_dict(data)

@@ -116,17 +116,22 @@ class ContrastiveModule(L.LightningModule):
         return self._step(batch, "val")
 
     def configure_optimizers(self):
-        o = self.config.optim
-        params = [p for p in self.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warm = max(1, int(o.warmup_fraction * total))
+        return adamw_warmup_cosine(self, self.config.optim)
 
-        def schedule(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            t = (step - warm) / max(1, total - warm)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+def adamw_warmup_cosine(module, optim) -> dict:
+    """AdamW over the trainable parameters, linear warm-up then cosine decay per step (the
+    Lightning ``configure_optimizers`` answer shared by the training modules)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    total = max(1, int(module.trainer.estimated_stepping_batches))
+    warm = max(1, int(optim.warmup_fraction * total))
+
+    def schedule(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, total - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
