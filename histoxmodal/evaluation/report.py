@@ -51,8 +51,9 @@ def evaluate(
     run's own training spots (its dataset's random split, train part); with a split file, the
     test rows of ``fold`` (index or name such as ``"sample=C5"``; default: the fold the run was
     trained on when it used this split file, else fold 0) are the test set and its train rows
-    fit the heads. Heads: ridge (closed form, penalty by grouped CV) and BLEEP-style retrieval
-    over the training spots' gene embeddings.
+    fit the heads. Heads: ridge (closed form, penalty by grouped CV), an MLP (early stopping on
+    held-out training samples) and BLEEP-style retrieval over the training spots' gene
+    embeddings.
     """
     import matplotlib
 
@@ -64,7 +65,7 @@ def evaluate(
     from histoxmodal.evaluation.expression import expression_metrics, top_variable_genes
     from histoxmodal.evaluation.mixing import batch_mixing
     from histoxmodal.evaluation.retrieval import cross_modal_retrieval, in_batch_recall
-    from histoxmodal.heads.expression import RetrievalHead, RidgeHead
+    from histoxmodal.heads.expression import MLPHead, RetrievalHead, RidgeHead
     from histoxmodal.training.fit import RUN_CONFIG, compute_embeddings, load_run
 
     run, dataset, out = Path(run), Path(dataset), Path(out)
@@ -131,6 +132,11 @@ def evaluate(
     expr_r = expression_metrics(y_true, bleep.predict(za), top, samples=samples)
     m["expression.retrieval.pearson_pooled_mean"] = expr_r["pooled"]["pearson"]
     m["expression.retrieval.mse_pooled"] = expr_r["pooled"]["mse"]
+    groups_tr = np.asarray(train_adata.obs[keys.OBS_SAMPLE])[train_rows]
+    mlp = MLPHead(seed=run_cfg["optim"]["seed"]).fit(za_tr, y_tr_all[:, idx], groups=groups_tr)
+    expr_m = expression_metrics(y_true, mlp.predict(za), top, samples=samples)
+    m["expression.mlp.pearson_pooled_mean"] = expr_m["pooled"]["pearson"]
+    m["expression.mlp.mse_pooled"] = expr_m["pooled"]["mse"]
     if len(set(batch)) > 1:
         for name, z in (("image", za), ("gene", zb)):
             for k, v in batch_mixing(z, batch).items():

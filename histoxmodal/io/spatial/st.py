@@ -226,6 +226,18 @@ def read_her2st(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
             out = ad.concat(parts, join=join, merge="first")
+        # concat keeps only the obs columns every section has; the annotations exist for some
+        import pandas as pd
+
+        for col in ("cluster", "pathology"):
+            if any(col in a.obs for a in parts):
+                values = [
+                    a.obs[col].astype(object)
+                    if col in a.obs
+                    else pd.Series(None, index=a.obs_names)
+                    for a in parts
+                ]
+                out.obs[col] = pd.Categorical(pd.concat(values).loc[out.obs_names])
         for col in (keys.OBS_SAMPLE, keys.OBS_PATIENT, keys.OBS_BATCH):
             out.obs[col] = out.obs[col].astype(str).astype("category")
         out.uns[keys.UNS_SPATIAL] = spatial
