@@ -134,7 +134,7 @@ def pair_cohort(
     ``time`` column, or all empty), the first record of the patient pairs. One record may pair
     with several anchors.
     """
-    require_extra("medical", "pair_cohort")
+    require_extra("spatial", "pair_cohort")  # pandas only
     import numpy as np
     import pandas as pd
 

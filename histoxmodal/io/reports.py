@@ -114,7 +114,7 @@ def read_reports(path: str | Path):
         Extra columns: ``mesh`` (IU MeSH major terms), and for plain text any other section
         (``history``, ``technique``).
     """
-    require_extra("medical", "read_reports")
+    require_extra("spatial", "read_reports")  # pandas only
     import pandas as pd
 
     p = Path(path)
