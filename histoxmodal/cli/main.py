@@ -303,7 +303,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("run", metavar="RUN")
     ev.add_argument("dataset", metavar="DATASET")
-    ev.add_argument("--split", default=None, metavar="FILE", help="split file (fold 0 is used)")
+    ev.add_argument("--split", default=None, metavar="FILE", help="split file with the test rows")
+    ev.add_argument(
+        "--fold",
+        default=None,
+        metavar="K|NAME",
+        help="fold of --split (default: the run's own fold when it trained on that split, else 0)",
+    )
     ev.add_argument("--out", required=True, metavar="DIR")
     ev.add_argument("--in-batch-size", type=int, default=128, metavar="B")
 
@@ -437,11 +443,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 r = evaluate_cohort(args.run, args.dataset, args.out)
             else:
+                fold = args.fold
+                if fold is not None and str(fold).isdigit():
+                    fold = int(fold)
                 r = evaluate(
                     args.run,
                     args.dataset,
                     args.out,
                     split=args.split,
+                    fold=fold,
                     in_batch_size=args.in_batch_size,
                 )
             for k, v in r["metrics"].items():

@@ -68,9 +68,6 @@ def fit(
     the final weights ``model.safetensors``.
     """
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-    from safetensors.torch import save_file
     from torch.utils.data import DataLoader
 
     from histoxmodal.data.dataset import PairedDataset
@@ -149,14 +146,45 @@ def fit(
         sampler = GroupBatchSampler(groups, o.batch_size, mode=c.sampler, seed=o.seed)
         train_dl = DataLoader(train_ds, batch_sampler=sampler, **loader_kw)
     val_dl = DataLoader(val_ds, batch_size=o.batch_size, **loader_kw) if len(val_rows) else None
-    trainer = L.Trainer(
-        default_root_dir=out,
-        max_epochs=max_epochs or o.max_epochs,
+    trainer = make_trainer(
+        out,
+        o,
+        max_epochs=max_epochs,
         accelerator=accelerator,
         devices=devices,
         num_nodes=num_nodes,
-        precision=resolve_precision(o.precision, accelerator),
-        accumulate_grad_batches=o.accumulate,
+        enable_progress_bar=enable_progress_bar,
+    )
+    trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resume else None)
+    if trainer.is_global_zero:
+        save_weights(module, out / RUN_WEIGHTS)
+    return module
+
+
+def make_trainer(
+    out: Path,
+    optim,
+    *,
+    max_epochs: int | None,
+    accelerator: str,
+    devices: int | str,
+    num_nodes: int,
+    enable_progress_bar: bool,
+):
+    """The Lightning ``Trainer`` of every training run: CSV and TensorBoard logs, checkpoints
+    (``checkpoints/last.ckpt`` for ``--resume``), precision and accumulation from ``optim``."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    return L.Trainer(
+        default_root_dir=out,
+        max_epochs=max_epochs or optim.max_epochs,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        precision=resolve_precision(optim.precision, accelerator),
+        accumulate_grad_batches=optim.accumulate,
         log_every_n_steps=1,
         logger=[
             CSVLogger(out, name="csv", version=""),
@@ -166,13 +194,16 @@ def fit(
         enable_progress_bar=enable_progress_bar,
         enable_model_summary=False,
     )
-    trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resume else None)
-    if trainer.is_global_zero:
-        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-        tmp = out / f".{RUN_WEIGHTS}.partial"
-        save_file(state, tmp)
-        os.replace(tmp, out / RUN_WEIGHTS)
-    return module
+
+
+def save_weights(module, path: Path) -> None:
+    """Write the module's state dict as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.partial")
+    save_file(state, tmp)
+    os.replace(tmp, path)
 
 
 def load_run(run: str | Path):

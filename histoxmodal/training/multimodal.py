@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,9 @@ from histoxmodal.encoders import ProjectionHead, create_encoder
 from histoxmodal.errors import ConfigError
 from histoxmodal.losses import create_loss
 from histoxmodal.training.config import LossConfig, OptimConfig, _build
+from histoxmodal.training.fit import RUN_CONFIG, RUN_WEIGHTS
 from histoxmodal.training.module import adamw_warmup_cosine
 
-RUN_CONFIG, RUN_WEIGHTS = "config.json", "model.safetensors"
 _DEFAULT_MODALITIES = {
     "cxr": {"encoder": "cxr_densenet121"},
     "ecg": {"encoder": "ecg_resnet18_1d"},
@@ -183,14 +182,11 @@ def fit_multimodal(
     """Train on a cohort store (``histoxmodal build --recipe cohort``); writes the run folder
     and returns the module. Trains on the patient split's train rows, validates on its val
     rows."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-    from safetensors.torch import save_file
     from torch.utils.data import DataLoader
 
     from histoxmodal.data.cohort import CohortDataset, collate_cohort, is_cohort
     from histoxmodal.data.splits import load_split
-    from histoxmodal.training.fit import resolve_precision
+    from histoxmodal.training.fit import make_trainer, save_weights
 
     data = Path(data or config.data or "")
     if not is_cohort(data):
@@ -227,29 +223,18 @@ def fit_multimodal(
         if val_ds
         else None
     )
-    trainer = L.Trainer(
-        default_root_dir=out,
-        max_epochs=max_epochs or o.max_epochs,
+    trainer = make_trainer(
+        out,
+        o,
+        max_epochs=max_epochs,
         accelerator=accelerator,
         devices=devices,
         num_nodes=num_nodes,
-        precision=resolve_precision(o.precision, accelerator),
-        accumulate_grad_batches=o.accumulate,
-        log_every_n_steps=1,
-        logger=[
-            CSVLogger(out, name="csv", version=""),
-            TensorBoardLogger(out, name="tensorboard", version=""),
-        ],
-        callbacks=[ModelCheckpoint(dirpath=out / "checkpoints", save_last=True)],
         enable_progress_bar=enable_progress_bar,
-        enable_model_summary=False,
     )
     trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resume else None)
     if trainer.is_global_zero:
-        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-        tmp = out / f".{RUN_WEIGHTS}.partial"
-        save_file(state, tmp)
-        os.replace(tmp, out / RUN_WEIGHTS)
+        save_weights(module, out / RUN_WEIGHTS)
     return module.eval()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -116,6 +118,18 @@ def test_cli_train_resume_and_embed(tmp_path, capsys):
     emb = ad.read_h5ad(tmp_path / "emb.h5ad")
     assert emb.obsm["X_image"].shape == (96, 8) and emb.obsm["X_gene"].shape == (96, 8)
     assert np.allclose(np.linalg.norm(emb.obsm["X_gene"], axis=1), 1, atol=1e-5)
+    # --split/--fold choose the training rows: the held-out sample never enters training
+    from histoxmodal.data.paired import load_paired
+    from histoxmodal.data.splits import make_split, write_split
+
+    split = tmp_path / "sample.json"
+    write_split(make_split(load_paired(data)[0].obs, "sample"), split)
+    fold = json.loads(split.read_text())["folds"][1]["name"]
+    run2 = tmp_path / "run_fold"
+    argv = [*args[:5], str(run2), *args[6:], "--split", str(split), "--fold", fold]
+    assert main(argv) == 0
+    saved = json.loads((run2 / "config.json").read_text())
+    assert saved["fold"] == fold and saved["split"] == str(split)
     assert main(["train", "her2st_smal", "--out", "x"]) == 2
     assert "Did you mean her2st_small" in capsys.readouterr().err
     assert main(["train", "--list"]) == 0 and "her2st_small" in capsys.readouterr().out
