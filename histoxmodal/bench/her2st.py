@@ -97,9 +97,17 @@ def _metrics(ra, rb, x_tr, x_te, y_tr, y_te, top, purity_x, samples) -> dict[str
 
 
 def run_her2st(
-    src: Path, out: Path, *, epochs: int = 6, seed: int = 0, log=print
+    src: Path,
+    out: Path,
+    *,
+    epochs: int = 6,
+    seed: int = 0,
+    log=print,
+    protocol: dict | None = None,
 ) -> dict[str, dict]:
-    """Run the benchmark; returns ``{split: {row: metrics averaged over folds}}``."""
+    """Run the benchmark; returns ``{split: {row: metrics averaged over folds}}``. The split
+    files, their SHA-256 and folds are recorded into ``protocol`` when given."""
+    protocol = {} if protocol is None else protocol
     import torch
 
     from histoxmodal.data.paired import load_paired
@@ -127,6 +135,14 @@ def run_her2st(
         ("loso_C", paired_c, split_file(paired_c, "sample"), [f"sample={s}" for s in C_SECTIONS]),
     ]
     per_fold: dict[str, dict[str, list[dict]]] = {}
+    protocol["splits"] = {
+        name: {
+            "file": str(split),
+            "sha256": json.loads(split.read_text())["sha256"],
+            "folds": folds,
+        }
+        for name, _, split, folds in tasks
+    }
     for split_name, dataset, split, fold_names in tasks:
         adata, patches = load_paired(dataset)
         samples = np.asarray(adata.obs["sample"].astype(str))
@@ -265,18 +281,25 @@ def run_her2st_bench(args: argparse.Namespace) -> int:
     for extra in ("wsi", "spatial", "torch"):
         require_extra(extra, "histoxmodal bench her2st")
     out = Path(args.out)
+    protocol: dict = {}
     summary = run_her2st(
         Path(args.data),
         out,
         epochs=args.epochs,
         seed=args.seed,
         log=lambda s: print(s, file=sys.stderr, flush=True),
+        protocol=protocol,
     )
     result = {
         "summary": summary,
         "bars": bars(summary),
-        "config": BASE_CONFIG,
-        "epochs": args.epochs,
+        "protocol": {
+            **protocol,
+            "config": BASE_CONFIG,
+            "epochs": args.epochs,
+            "seed": args.seed,
+            "genes": "top-50 HVG of each fold's training spots",
+        },
     }
     write_json_atomic(out / "her2st_bench.json", result)
     text = format_markdown(summary)

@@ -146,7 +146,10 @@ def fit(
         sampler = GroupBatchSampler(groups, o.batch_size, mode=c.sampler, seed=o.seed)
         train_dl = DataLoader(train_ds, batch_sampler=sampler, **loader_kw)
     val_dl = DataLoader(val_ds, batch_size=o.batch_size, **loader_kw) if len(val_rows) else None
-    trainer = make_trainer(
+    train_and_save(
+        module,
+        train_dl,
+        val_dl,
         out,
         o,
         max_epochs=max_epochs,
@@ -154,10 +157,8 @@ def fit(
         devices=devices,
         num_nodes=num_nodes,
         enable_progress_bar=enable_progress_bar,
+        resume=resume,
     )
-    trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resume else None)
-    if trainer.is_global_zero:
-        save_weights(module, out / RUN_WEIGHTS)
     return module
 
 
@@ -194,6 +195,18 @@ def make_trainer(
         enable_progress_bar=enable_progress_bar,
         enable_model_summary=False,
     )
+
+
+def train_and_save(
+    module, train_dl, val_dl, out: Path, optim, *, resume: bool, **trainer_kw
+) -> None:
+    """Fit with :func:`make_trainer` (continuing ``checkpoints/last.ckpt`` when ``resume``),
+    then write the final weights (``model.safetensors``) from the main process."""
+    trainer = make_trainer(out, optim, **trainer_kw)
+    last = out / "checkpoints" / "last.ckpt"
+    trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resume else None)
+    if trainer.is_global_zero:
+        save_weights(module, out / RUN_WEIGHTS)
 
 
 def save_weights(module, path: Path) -> None:

@@ -186,7 +186,7 @@ def fit_multimodal(
 
     from histoxmodal.data.cohort import CohortDataset, collate_cohort, is_cohort
     from histoxmodal.data.splits import load_split
-    from histoxmodal.training.fit import make_trainer, save_weights
+    from histoxmodal.training.fit import train_and_save
 
     data = Path(data or config.data or "")
     if not is_cohort(data):
@@ -223,7 +223,10 @@ def fit_multimodal(
         if val_ds
         else None
     )
-    trainer = make_trainer(
+    train_and_save(
+        module,
+        train_dl,
+        val_dl,
         out,
         o,
         max_epochs=max_epochs,
@@ -231,10 +234,8 @@ def fit_multimodal(
         devices=devices,
         num_nodes=num_nodes,
         enable_progress_bar=enable_progress_bar,
+        resume=resume,
     )
-    trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resume else None)
-    if trainer.is_global_zero:
-        save_weights(module, out / RUN_WEIGHTS)
     return module.eval()
 
 
