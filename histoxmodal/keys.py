@@ -1,4 +1,5 @@
-"""Canonical names, defined once: the AnnData contract, batch keys and output file names.
+"""Canonical names, defined once: the AnnData contract, the keys of a training batch, and the
+files of tile, dataset and run folders. No other module spells these strings.
 
 The AnnData contract (what every spatial reader returns, validated by
 :func:`histoxmodal.io.spatial.validate_spatial`), the scanpy/squidpy layout:
@@ -41,6 +42,14 @@ PAIRED_ADATA_FILE = "adata.h5ad"
 PAIRED_PATCHES_FILE = "patches.h5"
 PAIRED_MANIFEST_FILE = "manifest.json"
 PAIRED_SPLITS_DIR = "splits"
+COHORT_STORE_FILE = "cohort.h5"
+COHORT_FAILURES_FILE = "failures.json"
+
+
+def split_path(kind: str) -> str:
+    """Path of a dataset's split file of ``kind``, relative to the dataset folder."""
+    return f"{PAIRED_SPLITS_DIR}/{kind}.json"
+
 OBS_PATCH_BORDER = "patch_at_border"
 
 # Per-slide tiling output (``histoxmodal tile``), one folder per slide.
@@ -50,3 +59,29 @@ TILE_MANIFEST_FILE = "manifest.json"
 TILE_OVERLAY_FILE = "overlay.png"
 TILE_GEOJSON_FILE = "tissue.geojson"
 TILE_ERROR_LOG = "error.log"
+
+# Run folder (``histoxmodal train``): identity, weights, fitted heads, logs.
+RUN_FILE = "run.json"  # kind, dataset, split, fold, gene panel, normalization, n_batches
+RUN_CONFIG_FILE = "config.json"  # the resolved training config
+RUN_WEIGHTS_FILE = "model.safetensors"
+RUN_GENES_FILE = "genes.txt"
+RUN_HEADS_DIR = "heads"
+RUN_CHECKPOINT_DIR = "checkpoints"
+RUN_LAST_CHECKPOINT = "last.ckpt"
+RUN_CACHE_DIR = "cache"
+
+# Evaluation output (``histoxmodal evaluate``).
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.html"
+
+# Keys of a training batch (what datasets yield and towers consume).
+BATCH_IMAGE = "image"  # uint8 (B, 3, H, W)
+BATCH_IMAGE_FEATURES = "image_features"  # (B, d) cached frozen-tower features
+BATCH_EXPRESSION = "expression"  # float32 (B, n_genes), normalized as the gene tower states
+BATCH_GENE_MASK = "gene_mask"  # bool (B, n_genes): genes measured in the spot's sample
+BATCH_INDEX = "index"  # int64 (B,): row in the dataset
+BATCH_CXR = "cxr"  # float (B, 1, H, W) radiograph in [0, 1]
+BATCH_ECG = "ecg"  # float (B, n_leads, T)
+BATCH_ECG_LEAD_MASK = "ecg_lead_mask"  # bool (B, n_leads)
+BATCH_REPORT = "report"  # list of B strings
+BATCH_PRESENT = "present"  # bool (B, n_modalities)

@@ -33,7 +33,7 @@ def bench_dataset(
     from torch.utils.data import DataLoader
 
     from histoxmodal.data.dataset import PairedDataset
-    from histoxmodal.data.paired import open_patches
+    from histoxmodal.data.store import open_patches
     from histoxmodal.data.transforms import Augment
 
     patches = open_patches(path / "patches.h5")

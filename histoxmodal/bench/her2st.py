@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from histoxmodal import keys
 from histoxmodal._fileutil import write_json_atomic
 
 #: The contrastive model of the benchmark: ResNet-18 from scratch on 64 px patches of 112 µm.
@@ -58,8 +59,8 @@ C_SECTIONS = ("C2", "C3", "C4", "C5")
 
 
 def _build(src: Path, out: Path, sections: tuple[str, ...]) -> Path:
-    from histoxmodal.data.paired import PairedConfig, build_paired
     from histoxmodal.data.recipes import find_samples, load_recipe
+    from histoxmodal.workflows.build import PairedConfig, build_paired
 
     refs = [r for r in find_samples(load_recipe("her2st"), [src]) if r.sample in sections]
     missing = sorted(set(sections) - {r.sample for r in refs if not r.skip_reason})
@@ -69,12 +70,6 @@ def _build(src: Path, out: Path, sections: tuple[str, ...]) -> Path:
         raise ConfigError(f"--data {src}: sections {missing} are missing or have no image")
     build_paired(refs, out, PairedConfig(patch_um=112.0, patch_px=64), recipe="her2st")
     return out
-
-
-def _log_norm(adata, genes: list[str]) -> np.ndarray:
-    from histoxmodal.evaluation.report import _log_cp10k
-
-    return _log_cp10k(adata, genes)
 
 
 def _metrics(ra, rb, x_tr, x_te, y_tr, y_te, top, purity_x, samples) -> dict[str, float]:
@@ -110,19 +105,18 @@ def run_her2st(
     protocol = {} if protocol is None else protocol
     import torch
 
-    from histoxmodal.data.paired import load_paired
-    from histoxmodal.data.splits import load_split, split_file
-    from histoxmodal.evaluation.baselines import handcrafted_features, ridge_to_expression_space
-    from histoxmodal.evaluation.expression import top_variable_genes
-    from histoxmodal.training.config import config_from_dict
-    from histoxmodal.training.fit import (
-        RUN_WEIGHTS,
-        compute_embeddings,
-        fit,
-        load_run,
-        select_genes,
+    from histoxmodal.data.normalize import (
+        expression_matrix,
+        highly_variable_genes,
+        top_variable_genes,
     )
-    from histoxmodal.training.module import ContrastiveModule
+    from histoxmodal.data.splits import Split, split_file
+    from histoxmodal.data.store import load_paired
+    from histoxmodal.evaluation.baselines import handcrafted_features, ridge_to_expression_space
+    from histoxmodal.training.config import config_from_dict
+    from histoxmodal.training.trainer import last_checkpoint
+    from histoxmodal.workflows.run import Run
+    from histoxmodal.workflows.train import train
 
     out.mkdir(parents=True, exist_ok=True)
     cells = out / "cells"
@@ -146,14 +140,14 @@ def run_her2st(
     for split_name, dataset, split, fold_names in tasks:
         adata, patches = load_paired(dataset)
         samples = np.asarray(adata.obs["sample"].astype(str))
-        folds = {f.name: f for f in load_split(split)}
+        sp = Split.load(split)
         hc = handcrafted_features(patches)
         hc_std = (hc - hc.mean(0)) / np.maximum(hc.std(0), 1e-6)
         for fold_name in fold_names:
-            fold = folds[fold_name]
+            fold = sp.fold(fold_name)
             tr, te = fold.train(adata.n_obs), fold.test
-            genes256 = select_genes(adata, tr, 256)
-            y256 = _log_norm(adata, genes256)
+            genes256 = highly_variable_genes(adata, 256, rows=tr)
+            y256 = expression_matrix(adata, genes256)
             top = top_variable_genes(y256[tr], genes256, n=50)
             idx = [genes256.index(g) for g in top]
             y_tr, y_te = y256[tr][:, idx], y256[te][:, idx]
@@ -182,9 +176,9 @@ def run_her2st(
                         feats = hc_std
                     elif row == BASELINES[1]:
                         torch.manual_seed(seed)
-                        n_b = adata.obs["sample"].nunique()
-                        module = ContrastiveModule(cfg, genes256, n_b).eval()
-                        feats, _ = compute_embeddings(module, dataset)
+                        tower = Run.create(out / "random", cfg, data=dataset, split=split)
+                        tower._module = tower.new_module().eval()
+                        feats = tower.embed(dataset)["image"]
                     if correction is None:
                         pa, pb = ridge_to_expression_space(
                             feats[tr], y256[tr], feats[te], y256[te], groups=samples[tr]
@@ -192,11 +186,10 @@ def run_her2st(
                         m = _metrics(pa, pb, feats[tr], feats[te], y_tr, y_te, top, feats, samples)
                     else:
                         run = out / "runs" / split_name / fold_name / row.replace(" ", "_")
-                        if (run / RUN_WEIGHTS).exists():
-                            module = load_run(run)
+                        if (run / keys.RUN_WEIGHTS_FILE).exists():
+                            trained = Run.load(run)
                         else:
-                            resume = (run / "checkpoints" / "last.ckpt").exists()
-                            module = fit(
+                            trained = train(
                                 cfg,
                                 run,
                                 data=dataset,
@@ -204,10 +197,10 @@ def run_her2st(
                                 fold=fold_name,
                                 accelerator="cpu",
                                 devices=1,
-                                resume=resume,
+                                resume=last_checkpoint(run).exists(),
                             )
-                        module.eval()
-                        za, zb = compute_embeddings(module, dataset)
+                        z = trained.embed(dataset)
+                        za, zb = z["image"], z["gene"]
                         m = _metrics(za[te], zb[te], za[tr], za[te], y_tr, y_te, top, za, samples)
                     m["seconds"] = round(time.perf_counter() - t0, 1)
                     write_json_atomic(cell, m)

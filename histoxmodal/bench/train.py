@@ -8,8 +8,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 
 def _loop(module, loader, opt, max_steps: int) -> tuple[int, int, float]:
     steps = pairs = 0
@@ -41,16 +39,16 @@ def bench_train(
     from torch.utils.data import DataLoader
 
     from histoxmodal.data.dataset import PairedDataset
-    from histoxmodal.data.paired import load_paired
+    from histoxmodal.data.normalize import highly_variable_genes
+    from histoxmodal.data.store import load_paired
     from histoxmodal.data.transforms import Augment
     from histoxmodal.training.cache import CachedFeatures, image_features
     from histoxmodal.training.config import config_from_dict
-    from histoxmodal.training.fit import select_genes
     from histoxmodal.training.module import ContrastiveModule
 
     torch.manual_seed(0)
     adata, _ = load_paired(dataset)
-    genes = select_genes(adata, np.arange(adata.n_obs), 256)
+    genes = highly_variable_genes(adata, 256)
     cfg = config_from_dict(
         {
             "model": {

@@ -10,40 +10,53 @@ from histoxmodal.cli.main import EXIT_OK, EXIT_USAGE, format_table
 
 def run_build(args: argparse.Namespace) -> int:
     from histoxmodal._deps import require_extra
-    from histoxmodal.data.paired import PairedConfig, build_paired
-    from histoxmodal.data.recipes import find_samples, list_recipes, load_recipe
+    from histoxmodal.data.recipes import list_recipes, load_recipe
     from histoxmodal.errors import ConfigError
+    from histoxmodal.workflows.build import build
 
     if args.list:
         for name, path in list_recipes().items():
             r = load_recipe(str(path))
             print(f"{name:<8} {r.format:<7} {r.summary}")
         return EXIT_OK
-    if args.recipe and load_recipe(args.recipe).format == "cohort":
-        return _build_cohort(args, load_recipe(args.recipe))
-    if not args.recipe or not args.src or not args.out:
+    if not args.recipe or not args.out:
+        raise ConfigError(
+            "histoxmodal build needs --recipe, --src (or --manifest for the cohort recipe) and "
+            "--out (see histoxmodal build --list for the recipes)"
+        )
+    recipe = load_recipe(args.recipe)
+    if recipe.format == "cohort":
+        require_extra("medical", "histoxmodal build --recipe cohort")
+        return _print_cohort(
+            build(
+                args.recipe,
+                args.out,
+                manifest=args.manifest,
+                anchor=args.anchor,
+                patch_px=args.patch_px,
+            )
+        )
+    if not args.src:
         raise ConfigError(
             "histoxmodal build needs --recipe, --src and --out "
             "(see histoxmodal build --list for the recipes)"
         )
     require_extra("spatial", "histoxmodal build")
-    recipe = load_recipe(args.recipe)
-    d = recipe.defaults
-
-    def pick(flag, key, default):
-        return flag if flag is not None else d.get(key, default)
-
-    cfg = PairedConfig(
-        patch_um=float(pick(args.patch_um, "patch_um", 112.0)),
-        patch_px=int(pick(args.patch_px, "patch_px", 224)),
-        genes=str(pick(args.genes, "genes", "intersection")),
-        min_counts=int(pick(args.min_counts, "min_counts", 0)),
+    m = build(
+        args.recipe,
+        args.out,
+        src=args.src,
+        image=args.image,
+        alignment=args.alignment,
+        mpp=args.mpp,
+        patch_um=args.patch_um,
+        patch_px=args.patch_px,
+        genes=args.genes,
+        min_counts=args.min_counts,
         in_tissue_only=not args.all_spots,
         allow_lowres=args.allow_lowres,
-    )
-    refs = find_samples(recipe, args.src, image=args.image, alignment=args.alignment, mpp=args.mpp)
-    m = build_paired(
-        refs, args.out, cfg, recipe=recipe.name, workers=args.workers, overwrite=args.overwrite
+        workers=args.workers,
+        overwrite=args.overwrite,
     )
     rows = [("sample", "patient", "spots", "at border", "image µm/px")]
     for s, c in m["samples"].items():
@@ -64,31 +77,14 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"skipped {len(names)}: {', '.join(names)}: {why}")
     state = "up to date" if m.get("up_to_date") else "built"
     print(
-        f"{state}: {m['n_spots']} spots x {m['n_genes']} genes ({cfg.genes}) in "
+        f"{state}: {m['n_spots']} spots x {m['n_genes']} genes ({m['params']['genes']}) in "
         f"{Path(args.out).resolve()}"
     )
     return EXIT_OK if m["samples"] else EXIT_USAGE
 
 
-def _build_cohort(args: argparse.Namespace, recipe) -> int:
-    """``histoxmodal build --recipe cohort --manifest FILE --out DIR``."""
-    from histoxmodal._deps import require_extra
-    from histoxmodal.data.cohort import build_cohort
-    from histoxmodal.errors import ConfigError
-
-    if not args.manifest or not args.out:
-        raise ConfigError("histoxmodal build --recipe cohort needs --manifest FILE and --out DIR")
-    require_extra("medical", "histoxmodal build --recipe cohort")
-    d = recipe.defaults
-    m = build_cohort(
-        args.manifest,
-        args.out,
-        anchor=args.anchor or d.get("anchor", "cxr"),
-        window=d.get("window", "24h"),
-        image_px=int(args.patch_px or d.get("image_px", 224)),
-        fs=float(d.get("fs", 100)),
-        length_s=float(d.get("length_s", 10)),
-    )
+def _print_cohort(m: dict) -> int:
+    """The summary table of a cohort build."""
     rows = [("rows", "patients", *(f"with {k}" for k in m["present"]), "unreadable")]
     rows.append(
         (

@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from histoxmodal import __version__
+from histoxmodal.version import __version__
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -164,7 +164,8 @@ def _build_parser() -> argparse.ArgumentParser:
     bd = sub.add_parser(
         "build",
         help="build a paired dataset (spot patches + expression) from a recipe",
-        description="Read spatial-omics samples with a recipe from data_recipes/, cut one "
+        description="Read spatial-omics samples with a recipe (--list; your own in "
+        "$HISTOXMODAL_RECIPES or a .yaml path), cut one "
         "image patch per spot, harmonise gene panels, and write DIR/adata.h5ad, "
         "DIR/patches.h5, DIR/manifest.json and DIR/splits/. Restarting resumes.",
     )
@@ -429,37 +430,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_train(args)
         if args.command == "embed":
-            from histoxmodal.training.fit import embed
+            from histoxmodal.workflows.embed import embed
 
             a = embed(args.run, args.dataset, args.out, batch_size=args.batch_size)
             print(f"wrote {a.n_obs} image and gene embeddings to {args.out}")
             return EXIT_OK
         if args.command == "evaluate":
-            from histoxmodal.data.cohort import is_cohort
-            from histoxmodal.evaluation.report import evaluate
+            from histoxmodal.workflows.evaluate import evaluate
 
-            if is_cohort(args.dataset):
-                from histoxmodal.evaluation.zeroshot import evaluate_cohort
-
-                r = evaluate_cohort(args.run, args.dataset, args.out)
-            else:
-                fold = args.fold
-                if fold is not None and str(fold).isdigit():
-                    fold = int(fold)
-                r = evaluate(
-                    args.run,
-                    args.dataset,
-                    args.out,
-                    split=args.split,
-                    fold=fold,
-                    in_batch_size=args.in_batch_size,
-                )
+            r = evaluate(
+                args.run,
+                args.dataset,
+                args.out,
+                split=args.split,
+                fold=args.fold,
+                in_batch_size=args.in_batch_size,
+            )
             for k, v in r["metrics"].items():
                 print(f"{k:<52} {v:.4f}" if isinstance(v, float) else f"{k:<52} {v}")
             print(f"report: {args.out}/report.html")
             return EXIT_OK
         if args.command == "export":
-            from histoxmodal.data.export import export_hest, export_parquet
+            from histoxmodal.workflows.export import export_hest, export_parquet
 
             files = (export_parquet if args.to == "parquet" else export_hest)(
                 args.dataset, args.out

@@ -48,7 +48,7 @@ def format_summary(results) -> str:
 
 
 def run_tile(args: argparse.Namespace) -> int:
-    from histoxmodal.tiling.job import parse_shard, tile_slides
+    from histoxmodal.workflows.tile import parse_shard, tile_slides
 
     if args.workers < 1:
         from histoxmodal.errors import ConfigError

@@ -26,25 +26,20 @@ def run_train(args: argparse.Namespace) -> int:
         raise ConfigError("histoxmodal train needs CONFIG and --out (see --list for examples)")
     cfg = load_config(args.config, args.set)
     devices = int(args.devices) if str(args.devices).isdigit() else args.devices
-    common = {
-        "data": args.data,
-        "max_epochs": args.max_epochs,
-        "accelerator": args.accelerator,
-        "devices": devices,
-        "num_nodes": args.num_nodes,
-        "resume": args.resume,
-        "enable_progress_bar": True,
-    }
-    if hasattr(cfg, "modalities"):
-        from histoxmodal.training.multimodal import fit_multimodal
+    from histoxmodal.workflows.train import train
 
-        if args.split:
-            raise ConfigError("--split: a cohort trains on its own patient split (splits/)")
-        fit_multimodal(cfg, args.out, **common)
-    else:
-        from histoxmodal.training.fit import fit
-
-        fold = int(args.fold) if str(args.fold).isdigit() else args.fold
-        fit(cfg, args.out, split=args.split, fold=fold, **common)
+    train(
+        cfg,
+        args.out,
+        data=args.data,
+        split=args.split,
+        fold=args.fold,
+        max_epochs=args.max_epochs,
+        accelerator=args.accelerator,
+        devices=devices,
+        num_nodes=args.num_nodes,
+        resume=args.resume,
+        enable_progress_bar=True,
+    )
     print(f"run written to {Path(args.out).resolve()}")
     return EXIT_OK

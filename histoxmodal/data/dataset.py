@@ -12,13 +12,13 @@ import torch
 from torch.utils.data import Dataset
 
 from histoxmodal import keys
+from histoxmodal.data.normalize import check_normalization, library_sizes, normalize_counts
 from histoxmodal.data.transforms import Augment
 from histoxmodal.errors import ConfigError
 
 #: ImageNet statistics, the default of timm/torchvision backbones
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-NORMALISATIONS = ("log1p_cp10k", "log1p", "counts")
 
 
 def normalize_images(
@@ -39,7 +39,7 @@ class PairedDataset(Dataset):
 
     - ``image``: ``(3, H, W)`` uint8 by default: normalise on the device with
       :func:`normalize_images` and the encoder's own mean/std (4x less data through the loader,
-      twice the throughput); ``normalise_image=True`` gives float32 normalised with
+      twice the throughput); ``normalize_image=True`` gives float32 normalised with
       ``mean``/``std``;
     - ``expression``: ``(n_genes,)`` float32, ``log1p`` of counts per 10,000 by default;
     - ``gene_mask``: ``(n_genes,)`` bool, False for genes the spot's sample did not measure;
@@ -54,7 +54,7 @@ class PairedDataset(Dataset):
         Rows to use (e.g. a split fold's ``train(n)``); default all.
     genes
         Gene names to use, in that order; default the dataset's panel.
-    normalisation
+    normalization
         ``log1p_cp10k`` (library-size normalised, log1p), ``log1p`` or ``counts``.
     augment
         Augmentations (:class:`~histoxmodal.data.transforms.Augment`); ``None`` for none.
@@ -68,21 +68,18 @@ class PairedDataset(Dataset):
         *,
         indices: np.ndarray | None = None,
         genes: list[str] | None = None,
-        normalisation: str = "log1p_cp10k",
+        normalization: str = "log1p_cp10k",
         augment: Augment | None = None,
-        normalise_image: bool = False,
+        normalize_image: bool = False,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         seed: int = 0,
     ) -> None:
         import scipy.sparse as sp
 
-        from histoxmodal.data.paired import load_paired
+        from histoxmodal.data.store import load_paired
 
-        if normalisation not in NORMALISATIONS:
-            raise ConfigError(
-                f"normalisation={normalisation!r}: expected one of {', '.join(NORMALISATIONS)}"
-            )
+        check_normalization(normalization)
         self.path = Path(path)
         adata, patches = load_paired(self.path)
         self._patches_file = self.path / keys.PAIRED_PATCHES_FILE
@@ -97,15 +94,13 @@ class PairedDataset(Dataset):
                     f"{len(missing)} requested genes are not in the dataset "
                     f"(e.g. {missing[:5]}); see adata.var_names"
                 )
+        # library sizes over every gene, then the panel: the same matrix evaluation reads
+        lib = library_sizes(adata.X)
+        if genes is not None:
             adata = adata[:, genes]
         self.genes = list(adata.var_names)
         self.indices = np.arange(adata.n_obs) if indices is None else np.asarray(indices, np.int64)
-        X = sp.csr_matrix(adata.X, dtype=np.float32)
-        if normalisation == "log1p_cp10k":
-            totals = np.asarray(X.sum(axis=1)).ravel()
-            X = sp.diags(1e4 / np.maximum(totals, 1)) @ X
-        if normalisation != "counts":
-            X.data = np.log1p(X.data)
+        X = normalize_counts(sp.csr_matrix(adata.X), normalization, library_size=lib)
         X = sp.csr_matrix(X)
         self._indptr, self._cols, self._vals = X.indptr, X.indices, X.data.astype(np.float32)
         self.categories: dict[str, list[str]] = {}
@@ -121,7 +116,7 @@ class PairedDataset(Dataset):
         else:
             self._gene_mask = np.ones((len(samples), len(self.genes)), bool)
         self.augment = augment
-        self.normalise_image = normalise_image
+        self.normalize_image = normalize_image
         self._mean = np.asarray(mean, np.float32) * 255.0
         self._std = np.asarray(std, np.float32) * 255.0
         self.seed = seed
@@ -137,7 +132,7 @@ class PairedDataset(Dataset):
     def _worker_state(self) -> None:
         if self._pid == os.getpid():
             return
-        from histoxmodal.data.paired import open_patches
+        from histoxmodal.data.store import open_patches
 
         self._patches = open_patches(self._patches_file)
         wid = torch.utils.data.get_worker_info()
@@ -179,7 +174,7 @@ class PairedDataset(Dataset):
         img = self._patches[row]
         img = self.augment(img, self._rng) if self.augment else np.ascontiguousarray(img)
         t = torch.from_numpy(np.stack(cv2.split(img)))  # (3, H, W); cv2 splits planes fast
-        if self.normalise_image:
+        if self.normalize_image:
             t = (
                 t.float()
                 .sub_(torch.from_numpy(self._mean)[:, None, None])

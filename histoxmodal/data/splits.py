@@ -21,8 +21,14 @@ from histoxmodal.errors import ConfigError
 SPLIT_KINDS = ("patient", "sample", "random")
 
 
-def _digest(obj: object) -> str:
+def digest(obj: object) -> str:
+    """SHA-256 of a JSON-serialisable object (keys sorted): the hash split and store files carry."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def obs_names_digest(obs_names) -> str:
+    """SHA-256 of a dataset's row names, as split files record it."""
+    return digest([str(i) for i in obs_names])
 
 
 @dataclass(frozen=True)
@@ -96,10 +102,10 @@ def make_split(
         "kind": kind,
         "seed": seed,
         "n_obs": n,
-        "obs_names_sha256": _digest([str(i) for i in obs.index]),
+        "obs_names_sha256": obs_names_digest(obs.index),
         "folds": folds,
     }
-    split["sha256"] = _digest(split)
+    split["sha256"] = digest(split)
     return split
 
 
@@ -125,19 +131,93 @@ def split_file(dataset: str | Path, kind: str) -> Path:
     return path
 
 
-def load_split(path: str | Path) -> list[Fold]:
-    """Read a split file, verifying its hash."""
-    p = Path(path)
-    data = json.loads(p.read_text(encoding="utf-8"))
-    want = data.pop("sha256", None)
-    if want != _digest(data):
-        raise ConfigError(f"{p}: content does not match its sha256; the split file was edited")
-    return [
-        Fold(
-            f["name"],
-            np.asarray(f["test"], np.int64),
-            np.asarray(f["val"], np.int64),
-            list(f["held_out"]),
+@dataclass(frozen=True)
+class Split:
+    """A split file: its folds, the dataset rows it was made for, and its hash.
+
+    ``Split.load(path).fold("sample=C5")`` (or ``.fold(0)``) is the one way a fold is chosen by
+    name or index anywhere in the package.
+    """
+
+    path: Path
+    folds: tuple[Fold, ...]
+    kind: str
+    n_obs: int
+    obs_names_sha256: str | None
+    sha256: str
+
+    @classmethod
+    def load(cls, path: str | Path) -> Split:
+        """Read a split file, verifying its hash."""
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"split file {p} not found; `histoxmodal build` writes splits/")
+        data = json.loads(p.read_text(encoding="utf-8"))
+        want = data.pop("sha256", None)
+        if want != digest(data):
+            raise ConfigError(f"{p}: content does not match its sha256; the split file was edited")
+        folds = tuple(
+            Fold(
+                f["name"],
+                np.asarray(f["test"], np.int64),
+                np.asarray(f["val"], np.int64),
+                list(f["held_out"]),
+            )
+            for f in data["folds"]
         )
-        for f in data["folds"]
-    ]
+        return cls(
+            p,
+            folds,
+            str(data.get("kind", "")),
+            int(data.get("n_obs", -1)),
+            data.get("obs_names_sha256"),
+            str(want),
+        )
+
+    @classmethod
+    def of_dataset(cls, dataset: str | Path, kind: str = "random") -> Split:
+        """The dataset's own split of ``kind`` (``random``, ``sample`` or ``patient``)."""
+        return cls.load(split_file(dataset, kind))
+
+    @property
+    def names(self) -> list[str]:
+        """Fold names in file order, e.g. ``["sample=C1", "sample=C2", ...]``."""
+        return [f.name for f in self.folds]
+
+    def fold(self, fold: int | str = 0) -> Fold:
+        """The fold at index ``fold`` or named ``fold`` (``"sample=C5"``; ``"C5"`` also matches
+        when exactly one fold holds out ``C5``)."""
+        if isinstance(fold, str) and fold.lstrip("-").isdigit():
+            fold = int(fold)
+        if isinstance(fold, int):
+            if not -len(self.folds) <= fold < len(self.folds):
+                raise ConfigError(
+                    f"fold {fold} out of range: {self.path} has {len(self.folds)} folds "
+                    f"({', '.join(self.names)})"
+                )
+            return self.folds[fold]
+        by_name = [f for f in self.folds if f.name == fold]
+        if not by_name:
+            by_name = [f for f in self.folds if f.held_out == [fold]]
+        if len(by_name) != 1:
+            raise ConfigError(f"fold {fold!r} not in {self.path}; folds: {', '.join(self.names)}")
+        return by_name[0]
+
+    def check(self, obs_names, *, dataset: str | Path = "the dataset") -> None:
+        """Refuse a split made for other rows: row count and row-name hash must match."""
+        n = len(obs_names)
+        if self.n_obs >= 0 and self.n_obs != n:
+            raise ConfigError(
+                f"split {self.path} was made for {self.n_obs} rows, but {dataset} has {n}; use "
+                "the split files of the dataset itself (its splits/ folder)"
+            )
+        if self.obs_names_sha256 and self.obs_names_sha256 != obs_names_digest(obs_names):
+            raise ConfigError(
+                f"split {self.path} was made for another dataset than {dataset} (row names "
+                "differ); use the split files of the dataset itself (its splits/ folder)"
+            )
+
+
+def load_split(path: str | Path) -> list[Fold]:
+    """The folds of a split file, its hash verified (see :class:`Split`)."""
+    return list(Split.load(path).folds)

@@ -1,7 +1,7 @@
 """Gene towers over a fixed gene panel.
 
-Each tower states the panel (``genes``) and the normalisation of its input
-(``normalisation``, as produced by :class:`~histoxmodal.data.dataset.PairedDataset`); genes a
+Each tower states the panel (``genes``) and the normalization of its input
+(``normalization``, as produced by :class:`~histoxmodal.data.dataset.PairedDataset`); genes a
 sample did not measure arrive with ``gene_mask`` False and are treated as absent, not as zero
 expression.
 """
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from histoxmodal import keys
 from histoxmodal.encoders.registry import ENCODERS
 from histoxmodal.errors import ConfigError
 
@@ -28,7 +29,7 @@ def _panel(n_genes: int | None, genes: Sequence[str] | None) -> tuple[list[str] 
 
 
 class BatchSpecificNorm(nn.Module):
-    """Batch normalisation with its own statistics for every batch (domain-specific batch norm,
+    """Batch normalization with its own statistics for every batch (domain-specific batch norm,
     Chang et al. 2019) and one shared affine transform.
 
     Each batch's features are centred and scaled by that batch's mean and variance, so a shift or
@@ -90,7 +91,7 @@ _CONDITIONING = ("norm", "onehot")
 class CovariateMLP(nn.Module):
     """Fully connected layers conditioned on a batch covariate in every layer.
 
-    ``conditioning="norm"`` (default): each layer's input is normalised with statistics of its
+    ``conditioning="norm"`` (default): each layer's input is normalized with statistics of its
     own batch (:class:`BatchSpecificNorm`), so a per-batch shift is removed at every depth.
     ``conditioning="onehot"``: the one-hot batch is concatenated to every layer's input
     (scvi-tools' ``FCLayers(n_cat_list=...)``). That pattern corrects batches in scVI because a
@@ -143,7 +144,7 @@ class CovariateMLP(nn.Module):
 
 
 class MLPGeneEncoder(nn.Module):
-    """MLP over the normalised expression of a gene panel.
+    """MLP over the normalized expression of a gene panel.
 
     Parameters
     ----------
@@ -155,10 +156,11 @@ class MLPGeneEncoder(nn.Module):
         Layer sizes.
     n_batches, conditioning
         ``n_batches > 0`` conditions every layer on the batch (see :class:`CovariateMLP`):
-        ``"norm"`` (batch-specific normalisation, removes per-batch shifts) or ``"onehot"``.
+        ``"norm"`` (batch-specific normalization, removes per-batch shifts) or ``"onehot"``.
     """
 
-    normalisation = "log1p_cp10k"
+    normalization = "log1p_cp10k"
+    inputs = (keys.BATCH_EXPRESSION, keys.BATCH_GENE_MASK, keys.OBS_BATCH)
 
     def __init__(
         self,
@@ -205,7 +207,8 @@ class GeneTransformerEncoder(nn.Module):
     embedding + rank embedding; a class token is pooled.
     """
 
-    normalisation = "log1p_cp10k"
+    normalization = "log1p_cp10k"
+    inputs = (keys.BATCH_EXPRESSION, keys.BATCH_GENE_MASK, keys.OBS_BATCH)
 
     def __init__(
         self,
@@ -230,7 +233,7 @@ class GeneTransformerEncoder(nn.Module):
         self.rank_embed = nn.Embedding(max_tokens, dim)
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
         # batch conditioning: a batch token added to the class token ("onehot"), or the pooled
-        # features normalised per batch ("norm", see BatchSpecificNorm)
+        # features normalized per batch ("norm", see BatchSpecificNorm)
         use = conditioning if n_batches else None
         self.batch_embed = nn.Embedding(n_batches, dim) if use == "onehot" else None
         self.batch_norm = BatchSpecificNorm(dim, n_batches) if use == "norm" else None
@@ -290,7 +293,7 @@ def _reg(name: str, cls: type, defaults: dict, summary: str) -> None:
 
     factory.__name__ = name
     factory.__doc__ = summary
-    ENCODERS.register(name, modality="gene", arch=cls.__name__, normalisation=cls.normalisation)(
+    ENCODERS.register(name, modality="gene", arch=cls.__name__, normalization=cls.normalization)(
         factory
     )
 
@@ -322,7 +325,8 @@ class ScviGeneEncoder(nn.Module):
     training; otherwise it is fine-tuned.
     """
 
-    normalisation = "counts"
+    normalization = "counts"
+    inputs = (keys.BATCH_EXPRESSION, keys.BATCH_GENE_MASK, keys.OBS_BATCH)
 
     def __init__(
         self,

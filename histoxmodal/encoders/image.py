@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from histoxmodal import keys
 from histoxmodal.encoders.registry import ENCODERS
 from histoxmodal.encoders.weights import StateDict, load_weights
 from histoxmodal.errors import ConfigError
@@ -206,6 +207,8 @@ class ImageEncoder(nn.Module):
     weights_sha256
         Checksum of the loaded checkpoint (``None`` for random initialisation).
     """
+
+    inputs = (keys.BATCH_IMAGE,)
 
     def __init__(
         self,

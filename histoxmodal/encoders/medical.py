@@ -20,11 +20,26 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from histoxmodal import keys
 from histoxmodal.encoders.registry import ENCODERS
 from histoxmodal.errors import ConfigError
 
 
-class RadiologyEncoder(nn.Module):
+class BatchInputs:
+    """What a tower consumes from a training batch: ``inputs`` names the batch keys
+    (:mod:`histoxmodal.keys`) in the order of ``forward``'s arguments, so a training module feeds
+    any tower with ``tower.forward_batch(batch, device)`` and a new modality needs no special
+    case. Towers whose raw input needs preparing (tokenizing text) override
+    :meth:`forward_batch`."""
+
+    inputs: tuple[str, ...] = ()
+
+    def forward_batch(self, batch, device) -> torch.Tensor:
+        """``(B, out_dim)`` features of the batch's :attr:`inputs`."""
+        return self(*(batch[k].to(device) for k in self.inputs))
+
+
+class RadiologyEncoder(BatchInputs, nn.Module):
     """A 2-D image tower over single-channel radiographs ``(B, 1, H, W)`` in [0, 1].
 
     Parameters
@@ -37,6 +52,8 @@ class RadiologyEncoder(nn.Module):
     input_size
         Side the images are resized to.
     """
+
+    inputs = (keys.BATCH_CXR,)
 
     def __init__(
         self,
@@ -85,7 +102,7 @@ class RadiologyEncoder(nn.Module):
         return self.net((x - 0.5) / 0.25)
 
 
-class ECGEncoder(nn.Module):
+class ECGEncoder(BatchInputs, nn.Module):
     """A 1-D ResNet (MONAI ``ResNet``, ``spatial_dims=1``) over ``(B, leads, time)`` in mV.
 
     Parameters
@@ -99,6 +116,8 @@ class ECGEncoder(nn.Module):
         The sampling rate and record length it expects (records are resampled to them when the
         cohort is built).
     """
+
+    inputs = (keys.BATCH_ECG, keys.BATCH_ECG_LEAD_MASK)
 
     def __init__(
         self,
@@ -143,13 +162,15 @@ def _hash(token: str, buckets: int) -> int:
     return 1 + zlib.crc32(token.encode()) % (buckets - 1)  # 0 is padding
 
 
-class ReportEncoder(nn.Module):
+class ReportEncoder(BatchInputs, nn.Module):
     """A text tower over reports, trained from scratch.
 
     ``kind="bow"``: mean of hashed word-unigram and -bigram embeddings (``EmbeddingBag``), then
     an MLP. ``kind="transformer"``: hashed word tokens with positions through a small
     transformer encoder, mean-pooled. :meth:`tokenize` turns strings into the model's input.
     """
+
+    inputs = (keys.BATCH_REPORT,)
 
     def __init__(
         self,
@@ -197,6 +218,10 @@ class ReportEncoder(nn.Module):
         for i, r in enumerate(rows):
             out[i, : len(r)] = torch.tensor(r)
         return out
+
+    def forward_batch(self, batch, device) -> torch.Tensor:
+        """Tokenize the batch's report strings, then :meth:`forward`."""
+        return self(self.tokenize(batch[self.inputs[0]]).to(device))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """``(B, L)`` ids from :meth:`tokenize` -> ``(B, out_dim)``."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 
@@ -99,85 +98,23 @@ def pairwise_recall(
     return out
 
 
-def evaluate_cohort(
-    run: str | Path, dataset: str | Path, out: str | Path, *, k: int = 10, seed: int = 0
-) -> dict[str, object]:
-    """Evaluate a multimodal run on its cohort's held-out patients: zero-shot accuracy for each
-    modality given the others and Recall@k for each pair; writes ``out/metrics.json`` and
-    ``out/report.html``. Keys name the loss: ``zero_shot.symile.report.accuracy@k10``."""
-    import json
-
-    from histoxmodal._fileutil import write_json_atomic
-    from histoxmodal.data.splits import load_split
-    from histoxmodal.training.multimodal import cohort_embeddings, load_multimodal_run
-
-    run, dataset, out = Path(run), Path(dataset), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    module = load_multimodal_run(run)
-    split = dataset / "splits" / "patient.json"
-    fold = load_split(split)[0]
-    z, present = cohort_embeddings(module, dataset, fold.test)
-    loss = module.config.loss.name
+def cohort_metrics(
+    embeddings: Mapping[str, np.ndarray],
+    present: np.ndarray,
+    *,
+    loss: str,
+    k: int = 10,
+    seed: int = 0,
+) -> tuple[dict[str, float], str]:
+    """Zero-shot accuracy for each modality given the others (:func:`zero_shot_accuracy`, the
+    scorer matching ``loss``: ``symile`` or pairwise) and Recall@k for each pair of modalities
+    (:func:`pairwise_recall`). Keys name the loss: ``zero_shot.symile.report.accuracy@k10``,
+    ``retrieval.symile.cxr_to_ecg.recall@5``. Returns the metrics and the scorer used."""
     scorer = "symile" if loss == "symile" else "pairwise"
-    m: dict[str, object] = {}
-    for target in z:
-        acc = zero_shot_accuracy(z, target, scorer=scorer, k=k, present=present, seed=seed)
+    m: dict[str, float] = {}
+    for target in embeddings:
+        acc = zero_shot_accuracy(embeddings, target, scorer=scorer, k=k, present=present, seed=seed)
         m[f"zero_shot.{loss}.{target}.accuracy@k{k}"] = acc
-    for key, v in pairwise_recall(z, present).items():
+    for key, v in pairwise_recall(embeddings, present).items():
         m[f"retrieval.{loss}.{key}"] = v
-    protocol = {
-        "run": str(run),
-        "dataset": str(dataset),
-        "split_sha256": json.loads(split.read_text())["sha256"],
-        "n_test": len(fold.test),
-        "k": k,
-        "chance": 1.0 / k,
-        "scorer": scorer,
-        "seed": seed,
-        "config": module.config.to_dict(),
-    }
-    result = {"metrics": m, "protocol": protocol}
-    write_json_atomic(out / "metrics.json", result)
-    write_cohort_report(out / "report.html", [result])
-    return result
-
-
-def write_cohort_report(path: str | Path, results: list[dict]) -> None:
-    """A self-contained HTML page: one table of every run's metrics, side by side."""
-    import html
-
-    keys = sorted(
-        {k.split(".", 2)[0] + "." + k.split(".", 2)[2] for r in results for k in r["metrics"]}
-    )
-    losses = [r["protocol"]["config"]["loss"]["name"] for r in results]
-    rows = []
-    for key in keys:
-        kind, rest = key.split(".", 1)
-        cells = []
-        for r, loss in zip(results, losses, strict=True):
-            v = r["metrics"].get(f"{kind}.{loss}.{rest}")
-            cells.append("" if v is None else f"{v:.3f}")
-        rows.append(
-            "<tr><td>"
-            + html.escape(key)
-            + "</td>"
-            + "".join(f"<td>{c}</td>" for c in cells)
-            + "</tr>"
-        )
-    p0 = results[0]["protocol"]
-    page = (
-        "<!doctype html><meta charset='utf-8'><title>histoxmodal cohort evaluation</title>"
-        "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}"
-        "td,th{padding:2px 10px;border-bottom:1px solid #ddd}</style>"
-        "<h1>Multimodal evaluation</h1>"
-        f"<p>Held-out patients: {p0['n_test']} rows; zero-shot: the true record among "
-        f"k={p0['k']} candidates (chance {p0['chance']:.3f}), given the other modalities.</p>"
-        "<table><tr><th>metric</th>"
-        + "".join(f"<th>{html.escape(x)}</th>" for x in losses)
-        + "</tr>"
-        + "".join(rows)
-        + "</table>"
-    )
-    tmp = Path(path).with_suffix(".html.partial")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    return m, scorer

@@ -1,4 +1,5 @@
-"""Contrastive losses, each registered by name: ``create_loss("clip")``, ``list_losses()``.
+"""Contrastive losses, each registered by name: ``create_loss("clip")``, ``list_losses()``,
+``describe_loss("symile")``.
 
 All take L2-normalised embeddings ``(batch, dim)`` per modality and return a scalar. Under
 ``torch.distributed`` they gather every rank's embeddings (with gradients) so the negatives of
@@ -14,6 +15,7 @@ from histoxmodal.losses.contrastive import (
     SoftClipLoss,
     SymileLoss,
     create_loss,
+    describe_loss,
     list_losses,
 )
 
@@ -26,5 +28,6 @@ __all__ = [
     "SoftClipLoss",
     "SymileLoss",
     "create_loss",
+    "describe_loss",
     "list_losses",
 ]

@@ -42,7 +42,20 @@ def create_loss(name: str, **kwargs) -> nn.Module:
 
 
 def list_losses(pattern: str = "*") -> list[str]:
+    """Registered loss names matching a shell-style ``pattern``."""
     return LOSSES.list(pattern)
+
+
+def describe_loss(name: str) -> dict:
+    """What a registered loss is: its summary line and the options its constructor takes."""
+    import inspect
+
+    info = LOSSES.describe(name)
+    sig = inspect.signature(LOSSES.get(name))
+    info["options"] = {
+        p.name: p.default for p in sig.parameters.values() if p.default is not inspect.Parameter.empty
+    }
+    return info
 
 
 class _Contrastive(nn.Module):

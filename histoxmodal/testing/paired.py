@@ -41,7 +41,7 @@ def make_paired_dataset(
     import scipy.sparse as sp
 
     from histoxmodal._fileutil import write_json_atomic
-    from histoxmodal.data.paired import write_store
+    from histoxmodal.data.store import write_store
     from histoxmodal.data.splits import make_split, write_split
 
     out = Path(out)

@@ -41,7 +41,7 @@ def image_features(
     checksum, its name and preprocessing, the number of views and the dataset's ``patches.h5``
     checksum, and reused when the key matches.
     """
-    from histoxmodal.data.paired import open_patches
+    from histoxmodal.data.store import open_patches
 
     dataset_dir = Path(dataset_dir)
     manifest = json.loads((dataset_dir / keys.PAIRED_MANIFEST_FILE).read_text())

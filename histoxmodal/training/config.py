@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,7 @@ class OptimConfig:
 class TrainConfig:
     """Everything a training run needs; saved beside every checkpoint."""
 
+    kind: str = "spatial"
     data: str | None = None
     genes: int | None = 256
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -110,7 +112,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _build(cls: type, data: dict[str, Any], where: str):
+def build_dataclass(cls: type, data: dict[str, Any], where: str = ""):
+    """Build a frozen config dataclass from a nested dict, rejecting unknown keys (with the
+    close matches) and building nested sections of a :class:`TrainConfig` recursively."""
     names = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in (data or {}).items():
@@ -129,13 +133,15 @@ def _build(cls: type, data: dict[str, Any], where: str):
             if cls is TrainConfig
             else None
         )
-        kwargs[key] = _build(sub, value, f"{where}{key}.") if sub else value
+        kwargs[key] = build_dataclass(sub, value, f"{where}{key}.") if sub else value
     return cls(**kwargs)
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Validate a nested dict (parsed YAML) into a :class:`TrainConfig`."""
-    cfg = _build(TrainConfig, data, "")
+    cfg = build_dataclass(TrainConfig, data, "")
+    if cfg.kind != "spatial":
+        raise ConfigError(f"kind={cfg.kind!r}: a TrainConfig is kind 'spatial' (image + genes)")
     c = cfg.correction
     if c.sampler not in ("random", "by_batch", "balanced"):
         raise ConfigError(f"correction.sampler={c.sampler!r}: random, by_batch or balanced")
@@ -157,8 +163,10 @@ def set_value(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def bundled_configs() -> dict[str, Path]:
-    """Example configs shipped with the package (``histoxmodal train --list``)."""
-    folder = Path(__file__).parent / "configs"
+    """Example configs shipped with the package (``histoxmodal/configs/*.yaml``, listed by
+    ``histoxmodal train --list``)."""
+    # Package data, so a wheel has them; an installed wheel is on disk, so this is a real Path.
+    folder = Path(str(resources.files("histoxmodal") / "configs"))
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
 
 
@@ -188,8 +196,23 @@ def load_config(name_or_path: str, overrides: list[str] | None = None):
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. optim.lr=0.0003")
         key, value = item.split("=", 1)
         set_value(data, key.strip(), yaml.safe_load(value))
-    if "modalities" in data:
+    return parse_config(data)
+
+
+#: config kinds: what a run trains on (``kind:`` in YAML, ``run.json``)
+CONFIG_KINDS = ("spatial", "cohort")
+
+
+def parse_config(data: dict[str, Any]):
+    """A validated config of the kind ``data["kind"]`` names: ``spatial``
+    (:class:`TrainConfig`, the default) or ``cohort``
+    (:class:`~histoxmodal.training.multimodal.MultimodalConfig`). A file without ``kind`` but
+    with a ``modalities:`` section (written before ``kind`` existed) is a cohort config."""
+    kind = (data or {}).get("kind") or ("cohort" if "modalities" in (data or {}) else "spatial")
+    if kind not in CONFIG_KINDS:
+        raise ConfigError(f"kind={kind!r}: expected one of {', '.join(CONFIG_KINDS)}")
+    if kind == "cohort":
         from histoxmodal.training.multimodal import multimodal_config_from_dict
 
-        return multimodal_config_from_dict(data)
-    return config_from_dict(data)
+        return multimodal_config_from_dict({**data, "kind": kind})
+    return config_from_dict({**data, "kind": kind})

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from histoxmodal import keys
 from histoxmodal.encoders import ProjectionHead, create_encoder
 from histoxmodal.losses import create_loss
 from histoxmodal.losses.adversarial import BatchAdversary
@@ -76,18 +77,29 @@ class ContrastiveModule(L.LightningModule):
         conditioned = self.config.correction.batch_conditioned_genes
         return self.gene_head(self.gene(expression, gene_mask, batch if conditioned else None))
 
-    def compute_loss(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The training objective of one batch: ``loss`` and its parts.
-
-        Uses ``b["image_features"]`` (a cached frozen tower's output) instead of running the
-        image tower when the batch carries it.
-        """
+    def _embed(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image and gene embeddings of a batch; a batch carrying cached frozen-tower features
+        (``image_features``) skips the image tower."""
+        dev = self.mean.device
         key = self.config.correction.batch_key
-        if "image_features" in b:
-            za = self.image_head(b["image_features"])
+        if keys.BATCH_IMAGE_FEATURES in b:
+            za = self.image_head(b[keys.BATCH_IMAGE_FEATURES].to(dev))
         else:
-            za = self.embed_images(b["image"])
-        zb = self.embed_genes(b["expression"], b["gene_mask"], b[key])
+            za = self.embed_images(b[keys.BATCH_IMAGE])
+        zb = self.embed_genes(
+            b[keys.BATCH_EXPRESSION].to(dev), b[keys.BATCH_GENE_MASK].to(dev), b[key].to(dev)
+        )
+        return za, zb
+
+    def embed_batch(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{"image": (B, d), "gene": (B, d)}`` L2-normalised embeddings of a batch."""
+        za, zb = self._embed(b)
+        return {"image": za, "gene": zb}
+
+    def compute_loss(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The training objective of one batch: ``loss`` and its parts."""
+        key = self.config.correction.batch_key
+        za, zb = self._embed(b)
         out = {"contrastive": self.loss(za, zb, batch=b[key])}
         loss = out["contrastive"]
         if self.adversary is not None:
@@ -98,7 +110,7 @@ class ContrastiveModule(L.LightningModule):
 
     def _step(self, b: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         parts = self.compute_loss(b)
-        n = len(b["expression"])
+        n = len(b[keys.BATCH_EXPRESSION])
         for name, value in parts.items():
             self.log(
                 f"{stage}/{name}",

@@ -10,9 +10,7 @@ CLIP additionally leaves such rows out of the pairs they are missing from.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -20,12 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from histoxmodal._fileutil import write_json_atomic
+from histoxmodal import keys
 from histoxmodal.encoders import ProjectionHead, create_encoder
 from histoxmodal.errors import ConfigError
 from histoxmodal.losses import create_loss
-from histoxmodal.training.config import LossConfig, OptimConfig, _build
-from histoxmodal.training.fit import RUN_CONFIG, RUN_WEIGHTS
+from histoxmodal.training.config import LossConfig, OptimConfig, build_dataclass
 from histoxmodal.training.module import adamw_warmup_cosine
 
 _DEFAULT_MODALITIES = {
@@ -53,6 +50,7 @@ class MultimodalConfig:
         :class:`~histoxmodal.data.cohort.CohortDataset`).
     """
 
+    kind: str = "cohort"
     data: str | None = None
     modalities: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(_DEFAULT_MODALITIES))
     embed_dim: int = 128
@@ -79,12 +77,14 @@ def multimodal_config_from_dict(data: dict[str, Any]) -> MultimodalConfig:
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
             raise ConfigError(f"unknown key {key!r}{hint} (known: {', '.join(sorted(names))})")
         if key == "loss":
-            kwargs[key] = _build(LossConfig, value, "loss.")
+            kwargs[key] = build_dataclass(LossConfig, value, "loss.")
         elif key == "optim":
-            kwargs[key] = _build(OptimConfig, value, "optim.")
+            kwargs[key] = build_dataclass(OptimConfig, value, "optim.")
         else:
             kwargs[key] = value
     cfg = MultimodalConfig(**kwargs)
+    if cfg.kind != "cohort":
+        raise ConfigError(f"kind={cfg.kind!r}: a config with modalities: is kind 'cohort'")
     if len(cfg.modalities) < 2:
         raise ConfigError("modalities: at least two are needed for contrastive training")
     for name, spec in cfg.modalities.items():
@@ -117,6 +117,14 @@ class MultimodalModule(L.LightningModule):
                 for m, spec in config.modalities.items()
             }
         )
+        for m, tower in self.towers.items():
+            consumed = getattr(tower, "inputs", ())
+            if not consumed or consumed[0] != m:
+                raise ConfigError(
+                    f"modalities.{m}: encoder {config.modalities[m]['encoder']!r} consumes "
+                    f"{list(consumed) or 'nothing it declares'}, not the {m!r} modality; pick a "
+                    f"{m} encoder (list_encoders())"
+                )
         self.heads = nn.ModuleDict(
             {
                 m: ProjectionHead(t.embed_dim, config.embed_dim, kind=config.head)
@@ -128,20 +136,14 @@ class MultimodalModule(L.LightningModule):
 
     def embed_modality(self, name: str, batch: dict[str, Any]) -> torch.Tensor:
         """L2-normalised ``(B, embed_dim)`` embeddings of one modality (missing rows included:
-        the tower sees zeros for them)."""
-        tower = self.towers[name]
-        if name == "cxr":
-            x = tower(batch["cxr"].to(self.device))
-        elif name == "ecg":
-            x = tower(batch["ecg"].to(self.device), batch["ecg_lead_mask"].to(self.device))
-        else:
-            x = tower(tower.tokenize(batch["report"]).to(self.device))
-        return self.heads[name](x)
+        the tower sees zeros for them); the tower reads the batch keys it declares
+        (``tower.inputs``)."""
+        return self.heads[name](self.towers[name].forward_batch(batch, self.device))
 
     def embed(self, batch: dict[str, Any]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Every modality's embeddings (missing rows replaced by the learned vector) and the
         ``(B, n_modalities)`` presence mask, in ``self.names`` order."""
-        present = batch["present"][:, self.columns].to(self.device)
+        present = batch[keys.BATCH_PRESENT][:, self.columns].to(self.device)
         zs = []
         for k, name in enumerate(self.names):
             z = self.embed_modality(name, batch)
@@ -149,128 +151,24 @@ class MultimodalModule(L.LightningModule):
             zs.append(torch.where(present[:, k : k + 1], z, miss))
         return zs, present
 
+    def embed_batch(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``{modality: (B, d)}`` embeddings and ``present`` ``(B, n_modalities)``."""
+        zs, present = self.embed(batch)
+        return {**dict(zip(self.names, zs, strict=True)), keys.BATCH_PRESENT: present}
+
     def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         zs, present = self.embed(batch)
         return self.loss(*zs, present=present)
 
     def training_step(self, batch, batch_idx):
         loss = self.compute_loss(batch)
-        self.log("train/loss", loss, batch_size=len(batch["present"]), prog_bar=True)
+        self.log("train/loss", loss, batch_size=len(batch[keys.BATCH_PRESENT]), prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
         loss = self.compute_loss(batch)
-        self.log("val/loss", loss, batch_size=len(batch["present"]), sync_dist=True)
+        self.log("val/loss", loss, batch_size=len(batch[keys.BATCH_PRESENT]), sync_dist=True)
         return loss
 
     def configure_optimizers(self):
         return adamw_warmup_cosine(self, self.config.optim)
-
-
-def fit_multimodal(
-    config: MultimodalConfig,
-    out: str | Path,
-    *,
-    data: str | Path | None = None,
-    max_epochs: int | None = None,
-    accelerator: str = "auto",
-    devices: int | str = "auto",
-    num_nodes: int = 1,
-    enable_progress_bar: bool = False,
-    resume: bool = False,
-) -> MultimodalModule:
-    """Train on a cohort store (``histoxmodal build --recipe cohort``); writes the run folder
-    and returns the module. Trains on the patient split's train rows, validates on its val
-    rows."""
-    from torch.utils.data import DataLoader
-
-    from histoxmodal.data.cohort import CohortDataset, collate_cohort, is_cohort
-    from histoxmodal.data.splits import load_split
-    from histoxmodal.training.fit import train_and_save
-
-    data = Path(data or config.data or "")
-    if not is_cohort(data):
-        raise ConfigError(
-            f"--data {data}: not a cohort dataset (build one with `histoxmodal build --recipe "
-            f"cohort --manifest FILE --out DIR`)"
-        )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    last = out / "checkpoints" / "last.ckpt"
-    if resume and not last.exists():
-        raise ConfigError(f"--resume: {out} has no checkpoints/last.ckpt to continue from")
-    if not resume and last.exists():
-        raise ConfigError(f"{out} already holds a run; pass --resume or choose another --out")
-    L.seed_everything(config.optim.seed, workers=True)
-    fold = load_split(data / "splits" / "patient.json")[0]
-    n = len(CohortDataset(data))
-    train_ds = CohortDataset(data, fold.train(n), augment=config.augment, seed=config.optim.seed)
-    val_ds = CohortDataset(data, fold.val) if len(fold.val) else None
-    write_json_atomic(out / RUN_CONFIG, {**config.to_dict(), "data": str(data)})
-    module = MultimodalModule(config)
-    o = config.optim
-    kw = {"num_workers": o.num_workers, "persistent_workers": o.num_workers > 0}
-    train_dl = DataLoader(
-        train_ds,
-        batch_size=o.batch_size,
-        shuffle=True,
-        drop_last=True,
-        collate_fn=collate_cohort,
-        **kw,
-    )
-    val_dl = (
-        DataLoader(val_ds, batch_size=o.batch_size, collate_fn=collate_cohort, **kw)
-        if val_ds
-        else None
-    )
-    train_and_save(
-        module,
-        train_dl,
-        val_dl,
-        out,
-        o,
-        max_epochs=max_epochs,
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=num_nodes,
-        enable_progress_bar=enable_progress_bar,
-        resume=resume,
-    )
-    return module.eval()
-
-
-def load_multimodal_run(run: str | Path) -> MultimodalModule:
-    """Rebuild a trained multimodal module from its run folder."""
-    from safetensors.torch import load_file
-
-    run = Path(run)
-    for f in (RUN_CONFIG, RUN_WEIGHTS):
-        if not (run / f).exists():
-            raise FileNotFoundError(f"{run / f} not found: is {run} a finished training run?")
-    raw = json.loads((run / RUN_CONFIG).read_text())
-    module = MultimodalModule(multimodal_config_from_dict(raw))
-    module.load_state_dict(load_file(str(run / RUN_WEIGHTS)))
-    return module.eval()
-
-
-@torch.no_grad()
-def cohort_embeddings(
-    module: MultimodalModule, data: str | Path, rows=None, *, batch_size: int = 128
-):
-    """``{modality: (n, d)}`` embeddings (missing rows as the learned vector) and the
-    ``(n, n_modalities)`` presence mask of ``rows`` of a cohort store."""
-    import numpy as np
-
-    from histoxmodal.data.cohort import CohortDataset, collate_cohort
-
-    ds = CohortDataset(data, rows)
-    zs: dict[str, list] = {m: [] for m in module.names}
-    pres = []
-    module.eval()
-    for s in range(0, len(ds), batch_size):
-        b = collate_cohort([ds[i] for i in range(s, min(len(ds), s + batch_size))])
-        z, p = module.embed(b)
-        for m, zi in zip(module.names, z, strict=True):
-            zs[m].append(zi.cpu().numpy())
-        pres.append(p.cpu().numpy())
-    return {m: np.concatenate(v) for m, v in zs.items()}, np.concatenate(pres)

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from histoxmodal import __version__, keys
+from histoxmodal import keys
 from histoxmodal._deps import require_extra
 from histoxmodal._fileutil import clean_stale, publish_dir, staging_dir, write_json_atomic
 from histoxmodal._progress import progress
 from histoxmodal.errors import ConfigError, HistoxmodalError
 from histoxmodal.tiling.spec import TileSpec
 from histoxmodal.tiling.tissue import TissueParams
+from histoxmodal.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
-"""Build and load the paired dataset: one image patch per spot, with its expression.
+"""``histoxmodal build``: paired datasets from the samples a recipe finds, and cohort stores.
 
-On disk (``DIR``):
+The paired dataset's layout is described in :mod:`histoxmodal.data.store`; in short, on disk
+(``DIR``):
 
 - ``adata.h5ad``: expression (raw counts) and all metadata; row i is spot i.
 - ``patches.h5``: dataset ``patches`` ``(n_spots, patch_px, patch_px, 3)`` uint8, stored
@@ -17,25 +18,30 @@ restarted build reuses finished parts whose inputs and parameters are unchanged.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from histoxmodal import __version__, keys
+from histoxmodal import keys
 from histoxmodal._fileutil import publish_dir, staging_dir, write_json_atomic
 from histoxmodal._progress import progress
+from histoxmodal.data.cohort import COHORT_FILE, MODALITIES
 from histoxmodal.data.recipes import SampleRef
+from histoxmodal.data.store import file_sha256, load_paired, write_store
 from histoxmodal.errors import ConfigError, HistoxmodalError
+from histoxmodal.version import __version__
 
 log = logging.getLogger(__name__)
+
+__all__ = ["PairedConfig", "build", "build_cohort", "build_paired", "load_paired"]
 
 GENE_MODES = ("intersection", "union")
 
@@ -85,23 +91,6 @@ class PairedConfig:
             )
         if self.min_counts < 0:
             raise ConfigError(f"min_counts={self.min_counts} must be >= 0")
-
-
-def file_sha256(path: Path, *, full_limit: int = 1 << 30) -> str:
-    """SHA-256 of a file; beyond ``full_limit`` bytes, of its size and first and last 64 MiB
-    (prefixed ``sampled:``), so multi-gigabyte slides hash in a second."""
-    h = hashlib.sha256()
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        if size <= full_limit:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-            return h.hexdigest()
-        h.update(str(size).encode())
-        h.update(fh.read(64 << 20))
-        fh.seek(-(64 << 20), os.SEEK_END)
-        h.update(fh.read())
-    return "sampled:" + h.hexdigest()
 
 
 def _patch_source(adata, cfg: PairedConfig):
@@ -249,35 +238,6 @@ def _assemble(parts: list[tuple[str, Path]], cfg: PairedConfig, out: Path) -> di
     }, joined.obs
 
 
-def write_store(out: Path, adata, patch_blocks, *, patch_px: int, patch_um: float) -> None:
-    """Write ``adata.h5ad`` and ``patches.h5`` (contiguous, memory-mappable) into ``out``.
-
-    ``patch_blocks`` yields ``(b, patch_px, patch_px, 3)`` uint8 arrays in row order. Both files
-    are written under temporary names and renamed into place.
-    """
-    import h5py
-
-    n = adata.n_obs
-    tmp_h5ad = out / f".{keys.PAIRED_ADATA_FILE}.partial"
-    adata.write_h5ad(tmp_h5ad)
-    tmp_patches = out / f".{keys.PAIRED_PATCHES_FILE}.partial"
-    with h5py.File(tmp_patches, "w") as f:
-        # contiguous (no chunks, no compression) so the dataset can be memory-mapped
-        d = f.create_dataset("patches", shape=(n, patch_px, patch_px, 3), dtype=np.uint8)
-        d.attrs["patch_um"] = patch_um
-        d.attrs["patch_px"] = patch_px
-        d.attrs["mpp"] = patch_um / patch_px
-        f.create_dataset("obs_names", data=np.asarray(adata.obs_names, dtype="S"))
-        i = 0
-        for block in patch_blocks:
-            d[i : i + len(block)] = block
-            i += len(block)
-    if i != n:
-        raise ValueError(f"wrote {i} patches for {n} spots")
-    os.replace(tmp_h5ad, out / keys.PAIRED_ADATA_FILE)
-    os.replace(tmp_patches, out / keys.PAIRED_PATCHES_FILE)
-
-
 def build_paired(
     samples: list[SampleRef],
     out_dir: str | Path,
@@ -390,50 +350,202 @@ def build_paired(
     return manifest
 
 
-def open_patches(path: str | Path) -> np.ndarray:
-    """Memory-map the ``patches`` dataset of a ``patches.h5``: ``(n, px, px, 3)`` uint8, read-only.
+def _report_text(path: str) -> str:
+    from histoxmodal.io.reports import split_sections
 
-    Falls back to the h5py dataset when the file's layout cannot be mapped (chunked).
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    parts = split_sections(text)
+    body = " ".join(parts.get(k, "") for k in ("findings", "impression")).strip()
+    return body or text.strip()
+
+
+def build_cohort(
+    manifest: str | Path,
+    out: str | Path,
+    *,
+    anchor: str = "cxr",
+    window: str | timedelta | None = "24h",
+    image_px: int = 224,
+    fs: float = 100.0,
+    length_s: float = 10.0,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.1,
+) -> dict[str, Any]:
+    """Pair, read and store a cohort; returns the manifest written to ``out/manifest.json``.
+
+    Parameters
+    ----------
+    manifest
+        CSV/Parquet with ``patient_id, modality, path[, time, study_id]`` (paths relative to its
+        folder and confined to it).
+    anchor, window
+        One row per record of ``anchor``, partners within ``window`` (see ``pair_cohort``).
+    image_px
+        Radiographs are windowed to [0, 1] and resized to ``image_px`` square (uint8 stored).
+    fs, length_s
+        ECGs are resampled to ``fs`` and cropped/padded to ``length_s`` (float16, mV).
+    seed, test_fraction, val_fraction
+        The patient-level split written to ``splits/patient.json``.
     """
     import h5py
 
-    path = Path(path)
-    with h5py.File(path, "r") as f:
-        d = f["patches"]
-        offset = d.id.get_offset()
-        shape, dtype = d.shape, d.dtype
-    if offset is None:  # empty or chunked dataset
-        if 0 in shape:
-            return np.zeros(shape, dtype)
-        return h5py.File(path, "r")["patches"]  # type: ignore[return-value]
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+    from histoxmodal._progress import progress
+    from histoxmodal.data.splits import digest
+    from histoxmodal.io.cohort import pair_cohort
+    from histoxmodal.io.ecg import read_ecg
+    from histoxmodal.io.radiology import read_radiology
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = pair_cohort(manifest, modalities=MODALITIES, anchor=anchor, window=window)
+    n = len(pairs)
+    if n == 0:
+        raise ConfigError(f"{manifest}: no {anchor!r} records to anchor the cohort on")
+    n_t = round(fs * length_s)
+    cxr = np.zeros((n, image_px, image_px), np.uint8)
+    ecg = np.zeros((n, 12, n_t), np.float16)
+    lead_mask = np.zeros((n, 12), bool)
+    reports = [""] * n
+    present = np.zeros((n, len(MODALITIES)), bool)
+    failures: list[dict[str, str]] = []
+    for i in progress(range(n), total=n, desc="records", unit="row"):
+        row = pairs.iloc[i]
+        for m_idx, m in enumerate(MODALITIES):
+            if not row[f"mask_{m}"]:
+                continue
+            path = row[f"path_{m}"]
+            try:
+                if m == "cxr":
+                    img = read_radiology(path, size=(image_px, image_px), unit=True)
+                    if img.pixels.ndim != 2:
+                        raise ConfigError(f"{path}: a volume, not a radiograph")
+                    cxr[i] = np.round(img.pixels * 255).astype(np.uint8)
+                elif m == "ecg":
+                    rec = read_ecg(path, fs=fs, length_s=length_s, missing_leads="mask")
+                    ecg[i] = rec.signal.astype(np.float16)
+                    lead_mask[i] = rec.lead_mask
+                else:
+                    reports[i] = _report_text(path)
+                present[i, m_idx] = True
+            except (OSError, ValueError) as exc:
+                failures.append(
+                    {"row": str(i), "modality": m, "path": str(path), "error": str(exc)}
+                )
+                log.warning("cohort row %d: %s not read: %s", i, m, exc)
+    patients = pairs["patient_id"].astype(str).to_numpy()
+    tmp = out / f".{COHORT_FILE}.partial"
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("cxr", data=cxr, chunks=(1, image_px, image_px))
+        f.create_dataset("ecg", data=ecg, chunks=(1, 12, n_t))
+        f.create_dataset("ecg_lead_mask", data=lead_mask)
+        f.create_dataset("report", data=np.array(reports, dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("present", data=present)
+        f.create_dataset("patient_id", data=patients.astype(object), dtype=h5py.string_dtype())
+        f.attrs.update(
+            {"modalities": list(MODALITIES), "image_px": image_px, "fs": fs, "length_s": length_s}
+        )
+    tmp.replace(out / COHORT_FILE)
+    # patient-level split: all records of a patient on one side
+    rng = np.random.default_rng(seed)
+    uniq = rng.permutation(np.unique(patients))
+    n_test, n_val = round(len(uniq) * test_fraction), round(len(uniq) * val_fraction)
+    test_p, val_p = set(uniq[:n_test]), set(uniq[n_test : n_test + n_val])
+    split = {
+        "kind": "patient",
+        "seed": seed,
+        "n_obs": n,
+        "obs_names_sha256": digest([str(p) for p in patients]),
+        "folds": [
+            {
+                "name": "random_patients",
+                "held_out": sorted(test_p),
+                "test": [i for i in range(n) if patients[i] in test_p],
+                "val": [i for i in range(n) if patients[i] in val_p],
+            }
+        ],
+    }
+    split["sha256"] = digest(split)
+    (out / keys.PAIRED_SPLITS_DIR).mkdir(exist_ok=True)
+    write_json_atomic(out / keys.split_path("patient"), split)
+    meta = {
+        "status": "complete",
+        "kind": "cohort",
+        "source_manifest": str(Path(manifest).resolve()),
+        "anchor": anchor,
+        "window": str(window),
+        "n_rows": n,
+        "n_patients": len(uniq),
+        "present": {m: int(present[:, k].sum()) for k, m in enumerate(MODALITIES)},
+        "failures": failures,
+        "params": {"image_px": image_px, "fs": fs, "length_s": length_s},
+        "splits": {"patient": {"file": keys.split_path("patient"), "sha256": split["sha256"]}},
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    write_json_atomic(out / keys.PAIRED_MANIFEST_FILE, meta)
+    return meta
 
 
-def load_paired(path: str | Path):
-    """Open a paired dataset built by ``histoxmodal build``.
+def build(
+    recipe: str,
+    out: str | Path,
+    *,
+    src: str | Path | None = None,
+    manifest: str | Path | None = None,
+    image: str | None = None,
+    alignment: str | None = None,
+    mpp: float | None = None,
+    patch_um: float | None = None,
+    patch_px: int | None = None,
+    genes: str | None = None,
+    min_counts: int | None = None,
+    in_tissue_only: bool = True,
+    allow_lowres: bool = False,
+    anchor: str | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Build a dataset from a recipe (``histoxmodal build --list``): a paired dataset from the
+    samples the recipe finds under ``src``, or a cohort store from ``manifest`` for the
+    ``cohort`` recipe. Options left ``None`` take the recipe's defaults, then the built-in ones.
 
     Returns
     -------
-    adata
-        ``anndata.AnnData``; row i is spot i.
-    patches
-        ``(n_spots, patch_px, patch_px, 3)`` uint8 array-like, memory-mapped; ``patches[i]`` is
-        spot i's image.
+    dict
+        The dataset's manifest (``up_to_date`` is True when nothing had to be rebuilt).
     """
-    import anndata as ad
+    from histoxmodal.data.recipes import find_samples, load_recipe
 
-    path = Path(path)
-    manifest = path / keys.PAIRED_MANIFEST_FILE
-    if not manifest.exists():
-        raise FileNotFoundError(
-            f"{path}: no {keys.PAIRED_MANIFEST_FILE}; build the dataset with "
-            f"`histoxmodal build` (an interrupted build has no manifest)"
+    r = load_recipe(recipe)
+    d = r.defaults
+
+    def pick(value, key, default):
+        return value if value is not None else d.get(key, default)
+
+    if r.format == "cohort":
+        if manifest is None:
+            raise ConfigError(
+                "the cohort recipe needs --manifest FILE (patient_id, modality, path)"
+            )
+        return build_cohort(
+            manifest,
+            out,
+            anchor=pick(anchor, "anchor", "cxr"),
+            window=d.get("window", "24h"),
+            image_px=int(pick(patch_px, "image_px", 224)),
+            fs=float(d.get("fs", 100)),
+            length_s=float(d.get("length_s", 10)),
         )
-    m = json.loads(manifest.read_text(encoding="utf-8"))
-    if m.get("status") != "complete":
-        raise ConfigError(f"{path}: the build did not complete; run `histoxmodal build` again")
-    adata = ad.read_h5ad(path / keys.PAIRED_ADATA_FILE)
-    patches = open_patches(path / keys.PAIRED_PATCHES_FILE)
-    if len(patches) != adata.n_obs:
-        raise ConfigError(f"{path}: {len(patches)} patches for {adata.n_obs} spots; rebuild")
-    return adata, patches
+    if src is None:
+        raise ConfigError(f"recipe {r.name!r} needs --src, the folder its samples are found in")
+    cfg = PairedConfig(
+        patch_um=float(pick(patch_um, "patch_um", 112.0)),
+        patch_px=int(pick(patch_px, "patch_px", 224)),
+        genes=str(pick(genes, "genes", "intersection")),
+        min_counts=int(pick(min_counts, "min_counts", 0)),
+        in_tissue_only=in_tissue_only,
+        allow_lowres=allow_lowres,
+    )
+    refs = find_samples(r, src, image=image, alignment=alignment, mpp=mpp)
+    return build_paired(refs, out, cfg, recipe=r.name, workers=workers, overwrite=overwrite)

@@ -12,13 +12,14 @@ pytest.importorskip("lightning")
 
 from histoxmodal.testing.paired import make_paired_dataset  # noqa: E402
 from histoxmodal.training.config import config_from_dict  # noqa: E402
-from histoxmodal.training.fit import fit  # noqa: E402
+from histoxmodal.workflows.run import Run  # noqa: E402
+from histoxmodal.workflows.train import train  # noqa: E402
 
 
 def _state_retrieval(module, data):
     """Fraction of images whose nearest gene embedding is a spot of the same hidden state."""
     from histoxmodal.data.dataset import PairedDataset
-    from histoxmodal.data.paired import load_paired
+    from histoxmodal.data.store import load_paired
 
     genes = module.gene.genes
     ds = PairedDataset(data, genes=genes)
@@ -48,7 +49,7 @@ def test_training_reaches_retrieval_above_chance(tmp_path):
             "optim": {"lr": 3e-3, "batch_size": 32, "max_epochs": 50, "num_workers": 0},
         }
     )
-    module = fit(cfg, tmp_path / "run", data=data, accelerator="cpu", devices=1)
+    module = train(cfg, tmp_path / "run", data=data, accelerator="cpu", devices=1).module
     accuracy = _state_retrieval(module, data)
     assert accuracy > 0.8, accuracy  # chance: 1 / 4 hidden states
     assert (tmp_path / "run" / "model.safetensors").exists()
@@ -111,7 +112,10 @@ def test_cli_train_resume_and_embed(tmp_path, capsys):
     assert main(args) == 0
     assert len((run / "genes.txt").read_text().split()) == 20
     assert main(args) == 2 and "--resume" in capsys.readouterr().err
-    assert main([*args[:-4], "--max-epochs", "2", "--resume"]) == 0
+    # a resume must be the same run: another config is refused, the same one continues
+    assert main([*args[:-4], "--max-epochs", "2", "--resume"]) == 2
+    assert "another config.optim" in capsys.readouterr().err
+    assert main([*args[:-4], "--max-epochs", "2", "--set", "optim.lr=0.002", "--resume"]) == 0
     rows = (run / "csv" / "metrics.csv").read_text().splitlines()
     assert any(r.startswith("1,") for r in rows)  # epoch 1 ran after resuming
     assert main(["embed", str(run), str(data), "--out", str(tmp_path / "emb.h5ad")]) == 0
@@ -119,7 +123,7 @@ def test_cli_train_resume_and_embed(tmp_path, capsys):
     assert emb.obsm["X_image"].shape == (96, 8) and emb.obsm["X_gene"].shape == (96, 8)
     assert np.allclose(np.linalg.norm(emb.obsm["X_gene"], axis=1), 1, atol=1e-5)
     # --split/--fold choose the training rows: the held-out sample never enters training
-    from histoxmodal.data.paired import load_paired
+    from histoxmodal.data.store import load_paired
     from histoxmodal.data.splits import make_split, write_split
 
     split = tmp_path / "sample.json"
@@ -128,15 +132,16 @@ def test_cli_train_resume_and_embed(tmp_path, capsys):
     run2 = tmp_path / "run_fold"
     argv = [*args[:5], str(run2), *args[6:], "--split", str(split), "--fold", fold]
     assert main(argv) == 0
-    saved = json.loads((run2 / "config.json").read_text())
-    assert saved["fold"] == fold and saved["split"] == str(split)
+    saved = json.loads((run2 / "run.json").read_text())
+    assert saved["fold"] == fold and saved["split"] == str(split.resolve())
+    assert Run.load(run2).training_fold().name == fold
     assert main(["train", "her2st_smal", "--out", "x"]) == 2
     assert "Did you mean her2st_small" in capsys.readouterr().err
     assert main(["train", "--list"]) == 0 and "her2st_small" in capsys.readouterr().out
 
 
 def test_frozen_tower_features_are_cached_and_reused(tmp_path):
-    from histoxmodal.data.paired import load_paired
+    from histoxmodal.data.store import load_paired
     from histoxmodal.training.cache import image_features
 
     data = make_paired_dataset(tmp_path / "data", spots_per_sample=32)
@@ -153,7 +158,7 @@ def test_frozen_tower_features_are_cached_and_reused(tmp_path):
             "optim": {"batch_size": 16, "max_epochs": 2, "num_workers": 0},
         }
     )
-    module = fit(cfg, tmp_path / "run", data=data, accelerator="cpu", devices=1)
+    module = train(cfg, tmp_path / "run", data=data, accelerator="cpu", devices=1).module
     files = sorted((tmp_path / "run" / "cache").glob("image_features_*.npy"))
     assert len(files) == 1
     feats = np.load(files[0])
@@ -183,17 +188,15 @@ def test_training_with_a_pretrained_scvi_tower(tmp_path):
             "optim": {"batch_size": 16, "max_epochs": 1, "num_workers": 0},
         }
     )
-    module = fit(cfg, tmp_path / "run", data=data, accelerator="cpu", devices=1)
+    module = train(cfg, tmp_path / "run", data=data, accelerator="cpu", devices=1).module
     assert module.gene.embed_dim == 4 and len(module.gene.genes) == 30
-    from histoxmodal.training.fit import load_run
-
-    again = load_run(tmp_path / "run")
+    again = Run.load(tmp_path / "run").module
     for a, b in zip(module.state_dict().values(), again.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
 
 
 def test_precision_auto_is_fp32_on_cpu():
-    from histoxmodal.training.fit import resolve_precision
+    from histoxmodal.training.trainer import resolve_precision
 
     assert resolve_precision("auto", "cpu") == "32-true"
     assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
@@ -218,7 +221,7 @@ def test_evaluate_writes_metrics_and_report(tmp_path, capsys):
             "optim": {"lr": 3e-3, "batch_size": 32, "max_epochs": 20, "num_workers": 0},
         }
     )
-    fit(cfg, tmp_path / "run", data=data, accelerator="cpu", devices=1)
+    train(cfg, tmp_path / "run", data=data, accelerator="cpu", devices=1)
     split = data / "splits" / "random.json"
     assert (
         main(
@@ -272,8 +275,9 @@ def test_fit_on_a_named_fold(tmp_path):
     )
     split = data / "splits" / "sample.json"
     with pytest.raises(ConfigError, match="sample=S0, sample=S1, sample=S2"):
-        fit(cfg, tmp_path / "bad", data=data, split=split, fold="sample=S9")
-    fit(
+        train(cfg, tmp_path / "bad", data=data, split=split, fold="sample=S9")
+    assert not (tmp_path / "bad").exists()  # nothing is written before every check passed
+    train(
         cfg,
         tmp_path / "run",
         data=data,
@@ -284,5 +288,6 @@ def test_fit_on_a_named_fold(tmp_path):
     )
     import json
 
-    saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["fold"] == "sample=S1" and saved["split"] == str(split)
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert saved["fold"] == "sample=S1" and saved["split"] == str(split.resolve())
+    assert saved["kind"] == "spatial" and saved["n_batches"] == 3

@@ -1,0 +1,42 @@
+"""``histoxmodal embed``: the embeddings of every spot of a dataset with a trained run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from histoxmodal.errors import ConfigError
+from histoxmodal.workflows.run import Run
+
+
+def embed(run: str | Path | Run, dataset: str | Path, out: str | Path, *, batch_size: int = 128):
+    """Image and gene embeddings of every spot of ``dataset`` with a trained spatial run.
+
+    Writes ``out`` (``.h5ad``: the dataset's AnnData with ``obsm['X_image']`` and
+    ``obsm['X_gene']`` ``(n_spots, embed_dim)``) and ``<out stem>_image.npy`` /
+    ``_gene.npy`` beside it, each atomically. Returns the AnnData.
+    """
+    from histoxmodal.data.store import load_paired
+
+    run = run if isinstance(run, Run) else Run.load(run)
+    if run.kind != "spatial":
+        raise ConfigError(
+            f"{run.path} is a {run.kind} run; `embed` writes spot embeddings of a paired "
+            "dataset. For a cohort use histoxmodal.Run.load(RUN).embed(DATA)"
+        )
+    run.check_genes(dataset)
+    adata, _ = load_paired(dataset)
+    z = run.embed(dataset, batch_size=batch_size)
+    adata.obsm["X_image"], adata.obsm["X_gene"] = z["image"], z["gene"]
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.partial")
+    adata.write_h5ad(tmp)
+    os.replace(tmp, out)
+    for name in ("image", "gene"):
+        target = out.with_name(f"{out.stem}_{name}.npy")
+        tmp = target.with_name(f".{target.stem}.partial.npy")
+        np.save(tmp, z[name])
+        os.replace(tmp, target)
+    return adata

@@ -1,0 +1,178 @@
+"""``hx.predict``: expression predicted from a run's image embeddings by a registered head.
+
+Two ways:
+
+- :func:`fit_expression_head` fits a head on the run's own training rows and saves it with the
+  run (``RUN/heads/<name>/``), so the run predicts afterwards without its training dataset;
+- :func:`predict_expression` predicts the rows of a dataset, with a head saved with the run, or
+  with one fitted now on the training rows of a split fold of that dataset.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from histoxmodal import keys
+from histoxmodal._fileutil import write_json_atomic
+from histoxmodal.errors import ConfigError
+from histoxmodal.workflows.run import Run
+
+#: heads that predict expression (registered names)
+EXPRESSION_HEADS = ("ridge", "mlp", "retrieval")
+#: written beside a saved expression head: the genes it predicts and how they were normalized
+TARGETS_FILE = "targets.json"
+
+
+def _fit(head: str, za, zb, y, groups, seed: int):
+    from histoxmodal.heads import create_head
+
+    if head not in EXPRESSION_HEADS:
+        raise ConfigError(f"head={head!r}: expected one of {', '.join(EXPRESSION_HEADS)}")
+    h = create_head(head, **({"seed": seed} if head == "mlp" else {}))
+    if head == "retrieval":
+        # BLEEP: image queries against the training spots' gene embeddings
+        return h.fit(zb, y)
+    return h.fit(za, y, groups=groups)
+
+
+def _panel_targets(run: Run, adata, rows, genes, n_genes: int) -> list[str]:
+    from histoxmodal.data.normalize import expression_matrix, top_variable_genes
+
+    panel = [g for g in run.genes if g in adata.var_names]
+    if genes is None:
+        return top_variable_genes(expression_matrix(adata, panel, rows=rows), panel, n=n_genes)
+    missing = [g for g in genes if g not in adata.var_names]
+    if missing:
+        raise ConfigError(f"genes not in the dataset: {missing[:5]}")
+    return list(genes)
+
+
+def fit_expression_head(
+    run: str | Path | Run,
+    *,
+    head: str = "ridge",
+    genes: list[str] | None = None,
+    n_genes: int = 50,
+    name: str | None = None,
+):
+    """Fit an expression head on the run's training rows and save it with the run.
+
+    Parameters
+    ----------
+    run
+        A spatial run folder or :class:`Run`.
+    head
+        ``ridge``, ``mlp`` or ``retrieval`` (see :func:`histoxmodal.heads.describe_head`).
+    genes, n_genes
+        Genes to predict; default the ``n_genes`` most variable of the training rows.
+    name
+        Saved as ``RUN/heads/<name>``; default ``expression_<head>``.
+
+    Returns
+    -------
+    Head
+        The fitted head (also in ``run.load_head(name)``).
+    """
+    from histoxmodal.data.normalize import expression_matrix
+    from histoxmodal.data.store import load_paired
+
+    run = run if isinstance(run, Run) else Run.load(run)
+    adata, _ = load_paired(run.data)
+    tr = run.training_fold().train(adata.n_obs)
+    targets = _panel_targets(run, adata, tr, genes, n_genes)
+    y = expression_matrix(adata, targets, rows=tr)
+    z = run.embed(run.data, tr)
+    groups = np.asarray(adata.obs[keys.OBS_SAMPLE].astype(str))[tr]
+    fitted = _fit(head, z["image"], z["gene"], y, groups, run.config.optim.seed)
+    folder = run.save_head(name or f"expression_{head}", fitted)
+    write_json_atomic(
+        folder / TARGETS_FILE,
+        {"genes": targets, "normalization": "log1p_cp10k", "head": head, "fold": run.fold},
+    )
+    return fitted
+
+
+def predict_expression(
+    run: str | Path | Run,
+    dataset: str | Path,
+    *,
+    head: str = "ridge",
+    split: str | Path | None = None,
+    fold: int | str = 0,
+    genes: list[str] | None = None,
+    layer: str = "predicted",
+):
+    """Predict the expression of a dataset's spots from their image embeddings.
+
+    Parameters
+    ----------
+    run
+        A spatial run folder or :class:`Run`.
+    dataset
+        A paired dataset (``histoxmodal build``).
+    head
+        The name of a head saved with the run (:func:`fit_expression_head`, e.g.
+        ``"expression_ridge"``): every row of ``dataset`` (or the test rows of ``split``'s
+        ``fold``) is predicted and the training data is not read. Otherwise a head type,
+        ``"ridge"`` (closed form, penalty by grouped CV), ``"mlp"`` (early stopping on held-out
+        samples) or ``"retrieval"`` (BLEEP), fitted now on the training rows of ``fold`` of
+        ``split`` (default: the dataset's random split) and predicting its test rows.
+    split, fold
+        Split file and fold (index or name, e.g. ``"sample=C5"``).
+    genes
+        Genes to predict (a fitted-now head; default: the 50 most variable of the training
+        rows).
+    layer
+        Layer of the returned AnnData that holds the predictions.
+
+    Returns
+    -------
+    anndata.AnnData
+        The predicted rows with the predicted genes: ``X`` and ``layers['measured']`` the
+        measured log1p-CP10k expression, ``layers[layer]`` the prediction ``(n, n_genes)``,
+        ``obsm['X_image']`` the image embeddings; ``uns['prediction']`` names head, split, fold.
+    """
+    from histoxmodal.data.normalize import expression_matrix
+    from histoxmodal.data.splits import Split
+    from histoxmodal.data.store import load_paired
+
+    run = run if isinstance(run, Run) else Run.load(run)
+    run.check_genes(dataset)
+    adata, _ = load_paired(dataset)
+    sp = Split.load(split) if split else Split.of_dataset(dataset, "random")
+    chosen = sp.fold(fold)
+    if head in run.heads:
+        fitted = run.load_head(head)
+        targets = json.loads((run.path / keys.RUN_HEADS_DIR / head / TARGETS_FILE).read_text())
+        genes = targets["genes"]
+        rows = chosen.test if split else np.arange(adata.n_obs)
+        za = run.embed(dataset, rows)["image"]
+        fold_name = chosen.name if split else "all rows"
+    else:
+        tr, rows = chosen.train(adata.n_obs), chosen.test
+        genes = _panel_targets(run, adata, tr, genes, 50)
+        z = run.embed(dataset)
+        groups = np.asarray(adata.obs[keys.OBS_SAMPLE].astype(str))[tr]
+        y_tr = expression_matrix(adata, genes, rows=tr)
+        fitted = _fit(head, z["image"][tr], z["gene"][tr], y_tr, groups, run.config.optim.seed)
+        za = z["image"][rows]
+        fold_name = chosen.name
+    missing = [g for g in genes if g not in adata.var_names]
+    if missing:
+        raise ConfigError(f"genes not in the dataset: {missing[:5]}")
+    y = expression_matrix(adata, genes, rows=rows)
+    out = adata[rows, genes].copy()
+    out.X = y
+    out.layers["measured"] = y
+    out.layers[layer] = np.asarray(fitted.predict(za), np.float32)
+    out.obsm["X_image"] = za
+    out.uns["prediction"] = {
+        "head": head,
+        "split": str(sp.path),
+        "fold": fold_name,
+        "run": str(run.path),
+    }
+    return out

@@ -1,0 +1,449 @@
+"""One ``Run`` for every kind of training run: its identity, config, weights and fitted heads.
+
+A run folder (``histoxmodal train --out RUN``) holds:
+
+- ``run.json``: the run's identity, fixed at creation: ``kind`` (``spatial`` | ``cohort``), the
+  dataset (path and manifest hash), the split file (path and hash) and fold it trained on, the
+  gene panel's normalization and size, the number of batches, the package version.
+- ``config.json``: the resolved training config.
+- ``genes.txt``: the gene panel, one per line (spatial runs).
+- ``model.safetensors``: the final weights (the towers' original weight files are not needed).
+- ``heads/<name>/``: expression or label heads fitted on the run's embeddings
+  (:mod:`histoxmodal.heads`), so a run predicts without its training dataset.
+- ``checkpoints/``, ``csv/``, ``tensorboard/``, ``cache/``: Lightning's checkpoints and logs, the
+  frozen image tower's feature cache.
+
+Everything that differs between spatial and cohort runs (which module, which dataset, how a
+batch is collated) lives in one table, :data:`KINDS`; the rest of the package asks the ``Run``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histoxmodal import keys
+from histoxmodal._fileutil import write_json_atomic
+from histoxmodal.errors import ConfigError
+from histoxmodal.version import __version__
+
+#: version of the run folder layout written by this package
+RUN_FORMAT = 1
+
+
+# ------------------------------------------------------------------------------ kinds of runs
+
+
+@dataclass(frozen=True)
+class RunKind:
+    """How one kind of run builds its module and reads its data."""
+
+    name: str
+    default_split: str  # the split kind used when none is given
+    is_dataset: Any  # (path) -> bool
+    what: str  # the dataset it needs, for messages
+
+    def n_obs(self, data: Path) -> int:
+        if self.name == "cohort":
+            from histoxmodal.data.cohort import CohortDataset
+
+            return len(CohortDataset(data))
+        import anndata as ad
+
+        return ad.read_h5ad(data / keys.PAIRED_ADATA_FILE, backed="r").n_obs
+
+    def obs_names(self, data: Path) -> list[str] | None:
+        if self.name == "cohort":
+            return None  # a cohort split is keyed by patients, checked by count only
+        import anndata as ad
+
+        return list(ad.read_h5ad(data / keys.PAIRED_ADATA_FILE, backed="r").obs_names)
+
+    def module(self, run: Run):
+        if self.name == "cohort":
+            from histoxmodal.training.multimodal import MultimodalModule
+
+            return MultimodalModule(run.config)
+        from histoxmodal.training.module import ContrastiveModule
+
+        return ContrastiveModule(run.config, run.genes, run.n_batches)
+
+    def dataset(self, run: Run, data: Path, rows, *, augment: bool, seed: int = 0):
+        if self.name == "cohort":
+            from histoxmodal.data.cohort import CohortDataset
+
+            return CohortDataset(data, rows, augment=augment and run.config.augment, seed=seed)
+        from histoxmodal.data.dataset import PairedDataset
+        from histoxmodal.data.transforms import Augment
+
+        return PairedDataset(
+            data,
+            indices=rows,
+            genes=run.genes,
+            normalization=run.normalization,
+            augment=Augment(**run.config.augment) if augment else None,
+            seed=seed,
+        )
+
+    @property
+    def collate(self):
+        if self.name == "cohort":
+            from histoxmodal.data.cohort import collate_cohort
+
+            return collate_cohort
+        return None
+
+
+def _is_paired(path: Path) -> bool:
+    p = Path(path) / keys.PAIRED_MANIFEST_FILE
+    return p.exists() and json.loads(p.read_text(encoding="utf-8")).get("kind") != "cohort"
+
+
+def _is_cohort(path: Path) -> bool:
+    from histoxmodal.data.cohort import is_cohort
+
+    return is_cohort(path)
+
+
+KINDS = {
+    "spatial": RunKind(
+        "spatial",
+        "random",
+        _is_paired,
+        "a paired dataset (build one with `histoxmodal build`)",
+    ),
+    "cohort": RunKind(
+        "cohort",
+        "patient",
+        _is_cohort,
+        "a cohort dataset (build one with `histoxmodal build --recipe cohort --manifest FILE "
+        "--out DIR`)",
+    ),
+}
+
+
+def dataset_digest(data: str | Path) -> str:
+    """A cheap identity of a built dataset: the SHA-256 of its manifest's recorded file hashes
+    and parameters (the build time left out)."""
+    from histoxmodal.data.splits import digest
+
+    m = json.loads((Path(data) / keys.PAIRED_MANIFEST_FILE).read_text(encoding="utf-8"))
+    m.pop("seconds", None)
+    return digest(m)
+
+
+# ------------------------------------------------------------------------------------ the Run
+
+
+@dataclass
+class Run:
+    """A training run folder: identity, config, module and fitted heads.
+
+    Create one with :meth:`create` (nothing is written) and :meth:`write_identity` (after all
+    checks passed), or open a finished one with :meth:`load`. ``run.module`` loads the weights
+    on first use.
+
+    Attributes
+    ----------
+    path
+        The run folder.
+    kind
+        ``"spatial"`` (image + gene towers on a paired dataset) or ``"cohort"`` (one tower per
+        modality on a cohort store).
+    config
+        :class:`~histoxmodal.training.config.TrainConfig` or
+        :class:`~histoxmodal.training.multimodal.MultimodalConfig`.
+    data, split, fold
+        The dataset, the split file and the fold name it trained on.
+    genes, normalization
+        The gene panel and the normalization its tower reads (spatial runs; empty for cohorts).
+    n_batches
+        Number of batches (``correction.batch_key`` categories) the towers were built for.
+    """
+
+    path: Path
+    kind: str
+    config: Any
+    data: Path
+    split: Path
+    fold: str
+    genes: list[str] = field(default_factory=list)
+    normalization: str | None = None
+    n_batches: int = 1
+    dataset_sha256: str = ""
+    split_sha256: str = ""
+    _module: Any = field(default=None, repr=False)
+
+    # ---------------------------------------------------------------------------- creating
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        config,
+        *,
+        data: str | Path | None = None,
+        split: str | Path | None = None,
+        fold: int | str = 0,
+    ) -> Run:
+        """A new run of ``config`` on ``data`` (default ``config.data``) trained on ``fold`` of
+        ``split`` (default: the dataset's own random split for spatial runs, patient split for
+        cohorts). Validates everything and chooses the gene panel on the fold's training rows;
+        writes nothing (see :meth:`write_identity`)."""
+        from histoxmodal.data.splits import Split, split_file
+
+        kind = KINDS[config.kind]
+        data = Path(data or config.data or "")
+        if not str(data) or not kind.is_dataset(data):
+            raise ConfigError(f"--data {data}: not {kind.what}")
+        sp = Split.load(split) if split else Split.load(split_file(data, kind.default_split))
+        names = kind.obs_names(data)
+        if names is not None:
+            sp.check(names, dataset=data)
+        chosen = sp.fold(fold)
+        run = cls(
+            Path(path),
+            config.kind,
+            config,
+            data.resolve(),
+            sp.path.resolve(),
+            chosen.name,
+            dataset_sha256=dataset_digest(data),
+            split_sha256=sp.sha256,
+        )
+        if config.kind == "spatial":
+            run._choose_genes(chosen)
+        return run
+
+    def _choose_genes(self, fold) -> None:
+        from histoxmodal.data.normalize import DEFAULT_NORMALIZATION, highly_variable_genes
+        from histoxmodal.data.store import load_paired
+        from histoxmodal.encoders import describe_encoder
+
+        adata, _ = load_paired(self.data)
+        self.genes = highly_variable_genes(adata, self.config.genes, rows=fold.train(adata.n_obs))
+        # the gene tower states the normalization it reads
+        self.normalization = describe_encoder(self.config.model.gene_encoder).get(
+            "normalization", DEFAULT_NORMALIZATION
+        )
+        key = self.config.correction.batch_key
+        self.n_batches = int(adata.obs[key].astype("category").cat.categories.size)
+
+    def identity(self) -> dict[str, Any]:
+        """What ``run.json`` records: everything that fixes what the run is."""
+        return {
+            "format": RUN_FORMAT,
+            "kind": self.kind,
+            "version": __version__,
+            "data": str(self.data),
+            "dataset_sha256": self.dataset_sha256,
+            "split": str(self.split),
+            "split_sha256": self.split_sha256,
+            "fold": self.fold,
+            "n_genes": len(self.genes),
+            "normalization": self.normalization,
+            "n_batches": self.n_batches,
+        }
+
+    def check_same(self, other: Run) -> None:
+        """Refuse to continue this run as ``other`` (a resume) when their identity or config
+        differs, naming what differs."""
+        mine, theirs = self.identity(), other.identity()
+        diff = [
+            k
+            for k in ("kind", "data", "dataset_sha256", "split", "split_sha256", "fold")
+            if mine[k] != theirs[k]
+        ]
+        if self.genes != other.genes:
+            diff.append("genes")
+        if self.config.to_dict() != other.config.to_dict():
+            a, b = self.config.to_dict(), other.config.to_dict()
+            diff += [f"config.{k}" for k in a if a.get(k) != b.get(k)]
+        if diff:
+            raise ConfigError(
+                f"{self.path} holds a run with another {', '.join(diff)}; --resume continues a "
+                "run exactly as it was created (same config, data, split and fold). Choose "
+                "another --out to train a new run"
+            )
+
+    def write_identity(self) -> None:
+        """Write ``config.json``, ``genes.txt`` and ``run.json`` (last: it marks the run)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path / keys.RUN_CONFIG_FILE, self.config.to_dict())
+        if self.genes:
+            tmp = self.path / f".{keys.RUN_GENES_FILE}.partial"
+            tmp.write_text("\n".join(self.genes) + "\n", encoding="utf-8")
+            tmp.replace(self.path / keys.RUN_GENES_FILE)
+        write_json_atomic(self.path / keys.RUN_FILE, self.identity())
+
+    # ----------------------------------------------------------------------------- loading
+
+    @classmethod
+    def load(cls, path: str | Path, *, require_weights: bool = True) -> Run:
+        """Open a run folder written by :func:`histoxmodal.workflows.train.train`."""
+        from histoxmodal.training.config import parse_config
+
+        path = Path(path)
+        cfg_file, run_file = path / keys.RUN_CONFIG_FILE, path / keys.RUN_FILE
+        need = [cfg_file] + ([path / keys.RUN_WEIGHTS_FILE] if require_weights else [])
+        for f in need:
+            if not f.exists():
+                raise FileNotFoundError(f"{f} not found: is {path} a finished training run?")
+        raw = json.loads(cfg_file.read_text(encoding="utf-8"))
+        if run_file.exists():
+            ident = json.loads(run_file.read_text(encoding="utf-8"))
+        else:  # run folders written before run.json kept the identity inside config.json
+            ident = {k: raw.pop(k, None) for k in ("n_batches", "split", "fold")}
+            ident["kind"] = "cohort" if "modalities" in raw else "spatial"
+            ident["data"] = raw.get("data")
+        for k in ("n_batches", "split", "fold"):
+            raw.pop(k, None)
+        raw["kind"] = ident["kind"]
+        config = parse_config(raw)
+        if ident["kind"] == "spatial":
+            # the towers' original weight files are not needed: model.safetensors has them all
+            config = dataclasses.replace(
+                config, model=dataclasses.replace(config.model, image_weights=None)
+            )
+        genes_file = path / keys.RUN_GENES_FILE
+        genes = genes_file.read_text(encoding="utf-8").split() if genes_file.exists() else []
+        if ident["kind"] == "spatial" and not genes:
+            raise FileNotFoundError(f"{genes_file} not found: is {path} a finished training run?")
+        data = Path(ident.get("data") or config.data or "")
+        split = ident.get("split")
+        if not split:
+            from histoxmodal.data.splits import split_file
+
+            split = split_file(data, KINDS[ident["kind"]].default_split)
+        fold = ident.get("fold")
+        run = cls(
+            path,
+            ident["kind"],
+            config,
+            data,
+            Path(split),
+            fold if fold is not None else 0,
+            genes=genes,
+            normalization=ident.get("normalization") or ("log1p_cp10k" if genes else None),
+            n_batches=int(ident.get("n_batches") or 1),
+            dataset_sha256=ident.get("dataset_sha256", ""),
+            split_sha256=ident.get("split_sha256", ""),
+        )
+        if ident.get("normalization") is None and genes:
+            from histoxmodal.encoders import describe_encoder
+
+            run.normalization = describe_encoder(config.model.gene_encoder).get(
+                "normalization", "log1p_cp10k"
+            )
+        return run
+
+    @property
+    def finished(self) -> bool:
+        """Whether the final weights are written."""
+        return (self.path / keys.RUN_WEIGHTS_FILE).exists()
+
+    @property
+    def module(self):
+        """The trained module (weights loaded on first use), in eval mode."""
+        if self._module is None:
+            from histoxmodal.training.trainer import load_weights
+
+            weights = self.path / keys.RUN_WEIGHTS_FILE
+            if not weights.exists():
+                raise FileNotFoundError(f"{weights} not found: is {self.path} a finished run?")
+            self._module = load_weights(self.new_module(), weights).eval()
+        return self._module
+
+    def new_module(self):
+        """A fresh (untrained) module of this run's config."""
+        return KINDS[self.kind].module(self)
+
+    # -------------------------------------------------------------------------------- data
+
+    def training_split(self):
+        """The :class:`~histoxmodal.data.splits.Split` the run trained on."""
+        from histoxmodal.data.splits import Split
+
+        return Split.load(self.split)
+
+    def training_fold(self):
+        """The :class:`~histoxmodal.data.splits.Fold` the run trained on."""
+        return self.training_split().fold(self.fold)
+
+    def dataset(self, data: str | Path | None = None, rows=None, *, augment: bool = False):
+        """A torch dataset of ``rows`` of ``data`` (default: the training dataset) as the run's
+        module reads it: its gene panel and normalization, or its cohort modalities."""
+        data = Path(data) if data is not None else self.data
+        seed = self.config.optim.seed
+        return KINDS[self.kind].dataset(self, data, rows, augment=augment, seed=seed)
+
+    @property
+    def collate(self):
+        """The ``collate_fn`` of the run's datasets (``None``: torch's default)."""
+        return KINDS[self.kind].collate
+
+    def embed(
+        self,
+        data: str | Path | None = None,
+        rows=None,
+        *,
+        batch_size: int = 128,
+        num_workers: int = 0,
+    ) -> dict[str, np.ndarray]:
+        """Embeddings of ``rows`` (default all) of ``data`` (default the training dataset):
+        ``{"image", "gene"}`` for spatial runs, ``{modality..., "present"}`` for cohorts."""
+        from histoxmodal.training.embedding import embed_dataset
+
+        if self.kind == "spatial" and data is not None:
+            self.check_genes(data)
+        return embed_dataset(
+            self.module,
+            self.dataset(data, rows),
+            batch_size=batch_size,
+            collate_fn=self.collate,
+            num_workers=num_workers,
+        )
+
+    def check_genes(self, data: str | Path) -> None:
+        """Refuse a dataset that lacks genes of the run's panel."""
+        import anndata as ad
+
+        var = ad.read_h5ad(Path(data) / keys.PAIRED_ADATA_FILE, backed="r").var_names
+        missing = [g for g in self.genes if g not in var]
+        if missing:
+            raise ConfigError(
+                f"{data} lacks {len(missing)} genes of the run's panel (e.g. {missing[:5]}); "
+                "use a dataset built with the same genes"
+            )
+
+    # ------------------------------------------------------------------------------- heads
+
+    def save_head(self, name: str, head) -> Path:
+        """Save a fitted head under ``heads/<name>`` (overwriting one of that name)."""
+        folder = self.path / keys.RUN_HEADS_DIR / name
+        head.save(folder)
+        return folder
+
+    def load_head(self, name: str):
+        """A head saved with :meth:`save_head`."""
+        from histoxmodal.heads import load_head
+
+        folder = self.path / keys.RUN_HEADS_DIR / name
+        if not folder.exists():
+            have = ", ".join(self.heads) or "none"
+            raise FileNotFoundError(
+                f"{self.path} has no head {name!r} (saved heads: {have}); fit one with "
+                "`histoxmodal predict --fit-head` or Run.save_head"
+            )
+        return load_head(folder)
+
+    @property
+    def heads(self) -> list[str]:
+        """Names of the heads saved with the run."""
+        d = self.path / keys.RUN_HEADS_DIR
+        return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []

@@ -1,0 +1,154 @@
+"""``histoxmodal train``: a run folder from a config and a dataset, for every kind of run.
+
+:func:`train` validates everything first (dataset, split, fold, an existing run in the folder),
+writes the run's identity (:class:`~histoxmodal.workflows.run.Run`), trains with Lightning and
+writes the final weights. A resumed run must be the same run: same config, dataset, split and
+fold.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from histoxmodal import keys
+from histoxmodal.errors import ConfigError
+from histoxmodal.workflows.run import KINDS, Run
+
+
+def train(
+    config,
+    out: str | Path,
+    *,
+    data: str | Path | None = None,
+    split: str | Path | None = None,
+    fold: int | str = 0,
+    max_epochs: int | None = None,
+    resume: bool = False,
+    accelerator: str = "auto",
+    devices: int | str = "auto",
+    num_nodes: int = 1,
+    enable_progress_bar: bool = False,
+) -> Run:
+    """Train a contrastive model; writes the run folder ``out`` and returns its :class:`Run`.
+
+    Parameters
+    ----------
+    config
+        A :class:`~histoxmodal.training.config.TrainConfig` (image + gene towers on a paired
+        dataset) or :class:`~histoxmodal.training.multimodal.MultimodalConfig` (one tower per
+        modality on a cohort store), e.g. from
+        :func:`~histoxmodal.training.config.load_config`.
+    out
+        The run folder.
+    data
+        The dataset (default ``config.data``).
+    split, fold
+        The split file and the fold (index or name such as ``"sample=C5"``) whose training rows
+        train the model; validation uses the fold's validation rows, or its test rows when the
+        split has none (leave-one-out). Default: the dataset's random split (spatial) or
+        patient split (cohort), fold 0.
+    max_epochs
+        Overrides ``config.optim.max_epochs``.
+    resume
+        Continue ``out``'s last checkpoint; refused when ``out`` holds another run.
+    accelerator, devices, num_nodes, enable_progress_bar
+        Passed to Lightning's ``Trainer``.
+
+    Returns
+    -------
+    Run
+        The finished run, its trained module in ``run.module``.
+    """
+    import lightning as L
+
+    from histoxmodal.training.trainer import fit_module, last_checkpoint, save_weights
+
+    out = Path(out)
+    run = Run.create(out, config, data=data, split=split, fold=fold)
+    last = last_checkpoint(out)
+    if resume:
+        if not last.exists():
+            raise ConfigError(f"--resume: {out} has no checkpoints/last.ckpt to continue from")
+        Run.load(out, require_weights=False).check_same(run)
+    elif last.exists() or (out / keys.RUN_WEIGHTS_FILE).exists():
+        raise ConfigError(
+            f"{out} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    else:
+        run.write_identity()
+    L.seed_everything(config.optim.seed, workers=True)
+    module = run.new_module()
+    train_dl, val_dl = _loaders(run, module)
+    kw = {
+        "max_epochs": max_epochs,
+        "accelerator": accelerator,
+        "devices": devices,
+        "num_nodes": num_nodes,
+        "enable_progress_bar": enable_progress_bar,
+    }
+    if fit_module(module, train_dl, val_dl, out, config.optim, resume=resume, **kw):
+        save_weights(module, out / keys.RUN_WEIGHTS_FILE)
+    run._module = module.eval()
+    return run
+
+
+def _loaders(run: Run, module):
+    """Training and validation ``DataLoader`` of a run (and the spatial run's gene-tower
+    pretraining and frozen-feature cache, which need the data)."""
+    from torch.utils.data import DataLoader
+
+    o = run.config.optim
+    fold = run.training_fold()
+    n = KINDS[run.kind].n_obs(run.data)
+    train_rows = fold.train(n)
+    val_rows = fold.val if len(fold.val) else (fold.test if run.kind == "spatial" else fold.val)
+    train_ds = run.dataset(rows=train_rows, augment=True)
+    val_ds = run.dataset(rows=val_rows) if len(val_rows) else None
+    kw = {"num_workers": o.num_workers, "persistent_workers": o.num_workers > 0}
+    sampler = None
+    if run.kind == "spatial":
+        train_ds, val_ds, sampler = _spatial_extras(run, module, train_rows, train_ds, val_ds)
+    if sampler is not None:
+        train_dl = DataLoader(train_ds, batch_sampler=sampler, collate_fn=run.collate, **kw)
+    else:
+        train_dl = DataLoader(
+            train_ds,
+            batch_size=o.batch_size,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=run.collate,
+            **kw,
+        )
+    val_dl = (
+        DataLoader(val_ds, batch_size=o.batch_size, collate_fn=run.collate, **kw)
+        if val_ds is not None
+        else None
+    )
+    return train_dl, val_dl
+
+
+def _spatial_extras(run: Run, module, train_rows, train_ds, val_ds):
+    """Gene-tower pretraining, the frozen image tower's feature cache and the batch sampler of
+    a spatial run."""
+    from histoxmodal.data.dataset import PairedDataset
+    from histoxmodal.data.store import load_paired
+    from histoxmodal.training.sampler import GroupBatchSampler
+
+    cfg = run.config
+    c, m, o = cfg.correction, cfg.model, cfg.optim
+    if getattr(module.gene, "pretrain_epochs", 0):
+        adata, _ = load_paired(run.data)
+        module.gene.pretrain(adata[train_rows], batch_key=c.batch_key, seed=o.seed)
+    if m.image_mode == "frozen" and m.cache_image_features:
+        from histoxmodal.training.cache import CachedFeatures, image_features
+
+        feats = image_features(
+            module, run.data, n_views=m.cache_views, cache_dir=run.path / keys.RUN_CACHE_DIR
+        )
+        train_ds = CachedFeatures(train_ds, feats, random_view=True)
+        val_ds = CachedFeatures(val_ds, feats, random_view=False) if val_ds else None
+    sampler = None
+    if c.sampler != "random":
+        groups = PairedDataset.codes_of(run.data, c.batch_key)[train_rows]
+        sampler = GroupBatchSampler(groups, o.batch_size, mode=c.sampler, seed=o.seed)
+    return train_ds, val_ds, sampler
