@@ -50,3 +50,18 @@ def read_cls(path: str | Path, n_samples: int | None = None) -> np.ndarray:
             + (f", table has {n_samples} samples" if n_samples else "")
         )
     return labels
+
+
+def read_nci60_p53(bulk_dir: str | Path) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The NCI-60 p53 set from ``bulk_dir/P53.txt`` and ``bulk_dir/P53.cls``.
+
+    Returns
+    -------
+    intensities, genes, mutant
+        ``(50, 10100)`` MAS5 microarray intensities, the ``(10100,)`` gene names, and ``(50,)``
+        True for p53-mutant lines (``P53.cls``: 33 MUT, 17 WT, in column order).
+    """
+    d = Path(bulk_dir)
+    a = read_expression_table(d / "P53.txt")
+    labels = read_cls(d / "P53.cls", a.n_obs)
+    return np.asarray(a.X, np.float64), list(a.var_names), labels == "MUT"

@@ -35,3 +35,15 @@ def test_p53_table_labels_and_target_signature(data_dir):
     targets = [a.var_names.get_loc(g) for g in P53_TARGETS]
     score = -x[:, targets].mean(axis=1)  # low target expression -> mutant
     assert roc_auc_score(labels == "MUT", score) > 0.8
+
+
+def test_nci60_p53_reader_matches_the_gsea_files(data_dir):
+    from histoxmodal.io.bulk import read_nci60_p53
+
+    x, genes, mutant = read_nci60_p53(data_dir / "bulk")
+    a = read_expression_table(data_dir / "bulk" / "P53.txt")
+    assert x.shape == (50, 10100) and x.dtype == np.float64 and genes == list(a.var_names)
+    np.testing.assert_array_equal(x, a.X)
+    labels = read_cls(data_dir / "bulk" / "P53.cls", a.n_obs)
+    np.testing.assert_array_equal(mutant, labels == "MUT")
+    assert mutant.sum() == 33 and mutant.dtype == bool

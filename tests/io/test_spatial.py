@@ -10,10 +10,12 @@ import pandas as pd
 import pytest
 
 from histoxmodal import keys
+from histoxmodal.errors import ConfigError
 from histoxmodal.io.spatial import (
     SpatialFormatError,
     detect_format,
     read_her2st,
+    read_her2st_pathology,
     read_spatial,
     read_st,
     read_visium,
@@ -290,3 +292,29 @@ def test_hires_coordinates_against_full_image_warn(tmp_path):
     xy = np.array([[10.0, 10.0], [140.0, 90.0]])
     with pytest.warns(UserWarning, match="hires-image coordinates"):
         check_coords_in_image(xy, (1000, 800), "s", {"tissue_hires_scalef": 0.15})
+
+
+def test_her2st_pathology_counts_match_the_tsv(data_dir):
+    root = data_dir / "her2st"
+    a = read_her2st_pathology(root, ["A1"])
+    got = a.obs["pathology"].value_counts().to_dict()
+    # the same join from the files: counts rows x selected spots x labelled coordinates
+    ids = pd.read_csv(root / "counts" / "A1.tsv.gz", sep="\t", usecols=[0]).iloc[:, 0]
+    sel = pd.read_csv(root / "spots" / "A1_selection.tsv", sep="\t")
+    sel = sel[sel["selected"] == 1]
+    spots = set(ids.astype(str)) & {f"{x}x{y}" for x, y in zip(sel["x"], sel["y"], strict=True)}
+    lab = pd.read_csv(root / "pathology" / "A1_labeled_coordinates.tsv", sep="\t")
+    lab["id"] = [f"{round(x)}x{round(y)}" for x, y in zip(lab["x"], lab["y"], strict=True)]
+    want = lab[lab["id"].isin(spots)]["label"].value_counts().to_dict()
+    assert got == want
+    assert got == {
+        "invasive cancer": 282,
+        "connective tissue": 24,
+        "cancer in situ": 21,
+        "adipose tissue": 12,
+        "undetermined": 5,
+        "immune infiltrate": 2,
+    }
+    assert a.n_obs == 346 and set(a.obs["patient"]) == {"A"}
+    with pytest.raises(ConfigError, match="B4 has no pathology"):
+        read_her2st_pathology(root, ["B4"])

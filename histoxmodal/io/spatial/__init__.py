@@ -1,8 +1,9 @@
 """Spatial-omics readers into AnnData, the scanpy/squidpy way (contract in :mod:`histoxmodal.keys`).
 
 ``read_spatial(path)`` detects the format from the folder's contents; each format also has its
-own reader: :func:`read_visium`, :func:`read_her2st` / :func:`read_st` (legacy ST),
-:func:`read_xenium`, :func:`read_h5ad`.
+own reader: :func:`read_visium`, :func:`read_her2st` / :func:`read_st` (legacy ST; the her2st
+sections with pathologist labels: :func:`read_her2st_pathology`), :func:`read_xenium`,
+:func:`read_h5ad`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,13 @@ from pathlib import Path
 
 from histoxmodal.io.spatial._common import SpatialFormatError, library_id
 from histoxmodal.io.spatial.h5ad import read_h5ad
-from histoxmodal.io.spatial.st import read_her2st, read_st, st_sections
+from histoxmodal.io.spatial.st import (
+    PATHOLOGY_SECTIONS,
+    read_her2st,
+    read_her2st_pathology,
+    read_st,
+    st_sections,
+)
 from histoxmodal.io.spatial.visium import read_visium
 from histoxmodal.io.spatial.xenium import read_xenium
 
@@ -19,11 +26,13 @@ FORMATS = ("visium", "her2st", "xenium", "h5ad")
 
 __all__ = [
     "FORMATS",
+    "PATHOLOGY_SECTIONS",
     "SpatialFormatError",
     "detect_format",
     "library_id",
     "read_h5ad",
     "read_her2st",
+    "read_her2st_pathology",
     "read_spatial",
     "read_st",
     "read_visium",

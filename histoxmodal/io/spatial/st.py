@@ -14,11 +14,13 @@ from __future__ import annotations
 import gzip
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from histoxmodal import keys
+from histoxmodal.errors import ConfigError
 from histoxmodal.io.spatial._common import (
     SpatialFormatError,
     check_coords_in_image,
@@ -32,6 +34,8 @@ from histoxmodal.io.spatial._common import (
 log = logging.getLogger(__name__)
 
 ST_SPOT_PITCH_UM = 200.0
+#: the her2st sections with pathologist region labels (``pathology/<S>_labeled_coordinates.tsv``)
+PATHOLOGY_SECTIONS = ("A1", "B1", "C1", "D1", "E1", "F1", "G2", "H1")
 ST_SPOT_DIAMETER_UM = 100.0
 _SECTION = re.compile(r"^([A-Za-z]+)\d+$")
 
@@ -257,3 +261,38 @@ def read_her2st(
     )
     _annotations(root, section, adata)
     return adata
+
+
+def read_her2st_pathology(root: str | Path, sections: Sequence[str] = PATHOLOGY_SECTIONS):
+    """The her2st sections with pathologist labels, concatenated (genes in all of them).
+
+    ``read_her2st(root, None)`` reads every section, most of them unlabelled; this reads only
+    the labelled ``sections`` and fails on one without labels.
+
+    Returns
+    -------
+    anndata.AnnData
+        ``(n_spots, n_genes)`` raw counts with ``obs['pathology']``, ``obs['sample']``,
+        ``obs['patient']``, ``obs['batch']`` (categorical) and no ``uns['spatial']``.
+    """
+    import warnings
+
+    import anndata as ad
+
+    parts = []
+    for s in sections:
+        a = read_her2st(root, s)
+        if "pathology" not in a.obs:
+            raise ConfigError(
+                f"sections: {s} has no pathology/{s}_labeled_coordinates.tsv under {root}; "
+                f"labelled sections are {', '.join(PATHOLOGY_SECTIONS)}"
+            )
+        a.obs["pathology"] = a.obs["pathology"].astype(object)
+        a.uns.pop(keys.UNS_SPATIAL, None)
+        parts.append(a)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        out = ad.concat(parts, join="inner", merge="first")
+    for col in ("pathology", keys.OBS_SAMPLE, keys.OBS_PATIENT, keys.OBS_BATCH):
+        out.obs[col] = out.obs[col].astype(str).astype("category")
+    return out
