@@ -8,7 +8,6 @@ normalisation in the workers instead of on the device.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -78,12 +77,19 @@ def bench_dataset(
     }
 
 
-def run_dataset_bench(args: argparse.Namespace) -> int:
+def run_dataset_bench(
+    dataset: str | Path,
+    *,
+    workers: int = 2,
+    batch_size: int = 64,
+    min_seconds: float = 5.0,
+    json_path: str | Path | None = None,
+) -> int:
     r = bench_dataset(
-        Path(args.dataset),
-        workers=args.workers,
-        batch_size=args.batch_size,
-        min_seconds=args.min_seconds,
+        Path(dataset),
+        workers=workers,
+        batch_size=batch_size,
+        min_seconds=min_seconds,
     )
     sps = r["samples_per_s"]
     base = sps["raw_memmap_read"]
@@ -94,6 +100,6 @@ def run_dataset_bench(args: argparse.Namespace) -> int:
     for k, v in sps.items():
         print(f"  {k:<30} {v:9.0f} samples/s   ({v / base:5.2f}x raw read)")
     print("  target: >= 1500 samples/s with flips + rotations (flips_rot90_uint8)", file=sys.stderr)
-    if args.json:
-        Path(args.json).write_text(json.dumps(r, indent=2))
+    if json_path:
+        Path(json_path).write_text(json.dumps(r, indent=2))
     return 0

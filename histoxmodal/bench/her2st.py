@@ -18,7 +18,6 @@ killed run resumes where it stopped.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -268,18 +267,24 @@ def format_markdown(summary: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def run_her2st_bench(args: argparse.Namespace) -> int:
+def run_her2st_bench(
+    data: str | Path,
+    *,
+    out: str | Path = "bench_her2st",
+    epochs: int = 6,
+    seed: int = 0,
+) -> int:
     from histoxmodal._deps import require_extra
 
     for extra in ("wsi", "spatial", "torch"):
         require_extra(extra, "histoxmodal bench her2st")
-    out = Path(args.out)
+    out = Path(out)
     protocol: dict = {}
     summary = run_her2st(
-        Path(args.data),
+        Path(data),
         out,
-        epochs=args.epochs,
-        seed=args.seed,
+        epochs=epochs,
+        seed=seed,
         log=lambda s: print(s, file=sys.stderr, flush=True),
         protocol=protocol,
     )
@@ -289,8 +294,8 @@ def run_her2st_bench(args: argparse.Namespace) -> int:
         "protocol": {
             **protocol,
             "config": BASE_CONFIG,
-            "epochs": args.epochs,
-            "seed": args.seed,
+            "epochs": epochs,
+            "seed": seed,
             "genes": "top-50 HVG of each fold's training spots",
         },
     }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -46,11 +45,17 @@ def full_argsort_ranks(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (order == torch.arange(len(a))[:, None]).nonzero()[:, 1].numpy()
 
 
-def run_retrieval_bench(args: argparse.Namespace) -> int:
+def run_retrieval_bench(
+    *,
+    n: int = 100_000,
+    dim: int = 128,
+    baseline_n: int = 10_000,
+    json_path: str | Path | None = None,
+) -> int:
     from histoxmodal.evaluation.retrieval import rank_metrics, retrieval_ranks
 
     rng = np.random.default_rng(0)
-    nb, d = args.baseline_n, args.dim
+    nb, d = baseline_n, dim
     a = rng.standard_normal((nb, d), dtype=np.float32)
     a /= np.linalg.norm(a, axis=1, keepdims=True)
     b = a + 0.5 * rng.standard_normal((nb, d), dtype=np.float32)
@@ -72,10 +77,10 @@ def run_retrieval_bench(args: argparse.Namespace) -> int:
     )
     print(
         f"  full-matrix memory at this size: {nb * nb * 12 / 1e9:.1f} GB (scores + int64 "
-        f"order); at {args.n}: {args.n**2 * 12 / 1e9:.0f} GB"
+        f"order); at {n}: {n**2 * 12 / 1e9:.0f} GB"
     )
     child = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(args.n), str(d), "0"],
+        [sys.executable, "-c", _CHILD, str(n), str(d), "0"],
         capture_output=True,
         text=True,
         check=True,
@@ -83,12 +88,12 @@ def run_retrieval_bench(args: argparse.Namespace) -> int:
     big = json.loads(child.stdout.strip().splitlines()[-1])
     m = big["metrics"]
     print(
-        f"{args.n} x {args.n}, {d}-d tiled: {big['seconds']:.1f} s, "
+        f"{n} x {n}, {d}-d tiled: {big['seconds']:.1f} s, "
         f"{big['peak_extra_mb']:.0f} MB beyond the embeddings (targets: < 30 s, < 1 GB); "
         f"R@1 {m['R@1']:.4f} R@10 {m['R@10']:.4f} median rank {m['median_rank']:.0f}"
     )
-    if args.json:
-        Path(args.json).write_text(
+    if json_path:
+        Path(json_path).write_text(
             json.dumps(
                 {
                     "baseline_n": nb,
@@ -96,7 +101,7 @@ def run_retrieval_bench(args: argparse.Namespace) -> int:
                     "full_argsort_s": t_base,
                     "tiled_s": t_ours,
                     "identical": same,
-                    "n": args.n,
+                    "n": n,
                     "large": big,
                     "baseline_metrics": rank_metrics(base),
                 },

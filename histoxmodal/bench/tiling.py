@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import statistics
@@ -189,21 +188,29 @@ def _generate(folder: Path, side: int) -> Path:
     return path
 
 
-def run_tiling_bench(args: argparse.Namespace) -> int:
+def run_tiling_bench(
+    slide: str | Path | None = None,
+    *,
+    repeats: int = 5,
+    min_seconds: float = 1.0,
+    large: int = 100_000,
+    max_tiles: int = 2000,
+    json_path: str | Path | None = None,
+) -> int:
     """Run the benchmark and print a report; returns the CLI exit code."""
     report: dict[str, object] = {"machine": {"python": sys.version.split()[0]}}
     with tempfile.TemporaryDirectory(prefix="histoxmodal-bench-") as td:
         folder = Path(td)
         print("tiling benchmark (medians over interleaved rounds)", file=sys.stderr)
-        sizes = [s for s in (args.large // 4, args.large // 2, args.large) if s > 0]
+        sizes = [s for s in (large // 4, large // 2, large) if s > 0]
         generated = {s: _generate(folder, s) for s in sizes}
         slide = (
-            Path(args.slide)
-            if args.slide
-            else generated.get(args.large) or _generate(folder, 16384)
+            Path(slide)
+            if slide
+            else generated.get(large) or _generate(folder, 16384)
         )
         ext = bench_extraction(
-            slide, repeats=args.repeats, min_seconds=args.min_seconds, max_tiles=args.max_tiles
+            slide, repeats=repeats, min_seconds=min_seconds, max_tiles=max_tiles
         )
         report["extraction"] = ext
         tps = ext["tiles_per_s"]
@@ -216,8 +223,8 @@ def run_tiling_bench(args: argparse.Namespace) -> int:
         print(f"  ratio 1 worker / plain   {ext['ratio_1_worker']:.2f}   (target >= 0.9)")
         print(f"  ratio 2 workers / plain  {ext['ratio_2_workers']:.2f}   (target >= 1.6)")
         det = [bench_detection(generated[s]) for s in sizes]
-        if args.slide:
-            det.insert(0, bench_detection(Path(args.slide)))
+        if slide:
+            det.insert(0, bench_detection(Path(slide)))
         report["detection"] = det
         if det:
             print(
@@ -236,6 +243,6 @@ def run_tiling_bench(args: argparse.Namespace) -> int:
                     f"{'x'.join(map(str, d['mask_shape'])):>11} {d['n_tiles']:>7}"
                 )
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2, default=float))
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2, default=float))
     return 0

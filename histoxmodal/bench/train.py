@@ -3,7 +3,6 @@ tower versus with its cached features, on this machine."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -99,14 +98,23 @@ def bench_train(
     }
 
 
-def run_train_bench(args: argparse.Namespace) -> int:
+def run_train_bench(
+    dataset: str | Path,
+    *,
+    encoder: str = "timm:resnet18",
+    input_size: int = 112,
+    batch_size: int = 64,
+    steps: int = 10,
+    workers: int = 2,
+    json_path: str | Path | None = None,
+) -> int:
     r = bench_train(
-        Path(args.dataset),
-        encoder=args.encoder,
-        input_size=args.input_size,
-        batch_size=args.batch_size,
-        steps=args.steps,
-        workers=args.workers,
+        Path(dataset),
+        encoder=encoder,
+        input_size=input_size,
+        batch_size=batch_size,
+        steps=steps,
+        workers=workers,
     )
     e, c = r["end_to_end"], r["cached"]
     print(
@@ -123,6 +131,6 @@ def run_train_bench(args: argparse.Namespace) -> int:
     )
     print(f"  cache build (8 views)          {r['cache_build_s']:7.1f} s")
     print(f"  one epoch from the cache       {r['cached_epoch_s']:7.2f} s   (target < 1 s)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(r, indent=2))
+    if json_path:
+        Path(json_path).write_text(json.dumps(r, indent=2))
     return 0

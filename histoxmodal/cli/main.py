@@ -406,6 +406,54 @@ def _setup_logging(verbosity: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
 
 
+def _run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``histoxmodal bench NAME``: the typed benchmark function with the parsed options."""
+    if args.bench == "retrieval":
+        from histoxmodal.bench.retrieval import run_retrieval_bench
+
+        return run_retrieval_bench(
+            n=args.n, dim=args.dim, baseline_n=args.baseline_n, json_path=args.json
+        )
+    if args.bench == "train":
+        from histoxmodal.bench.train import run_train_bench
+
+        return run_train_bench(
+            args.dataset,
+            encoder=args.encoder,
+            input_size=args.input_size,
+            batch_size=args.batch_size,
+            steps=args.steps,
+            workers=args.workers,
+            json_path=args.json,
+        )
+    if args.bench == "her2st":
+        from histoxmodal.bench.her2st import run_her2st_bench
+
+        return run_her2st_bench(args.data, out=args.out, epochs=args.epochs, seed=args.seed)
+    if args.bench == "dataset":
+        from histoxmodal.bench.dataset import run_dataset_bench
+
+        return run_dataset_bench(
+            args.dataset,
+            workers=args.workers,
+            batch_size=args.batch_size,
+            min_seconds=args.min_seconds,
+            json_path=args.json,
+        )
+    if args.bench != "tiling":
+        parser.parse_args(["bench", "--help"])
+    from histoxmodal.bench.tiling import run_tiling_bench
+
+    return run_tiling_bench(
+        args.slide,
+        repeats=args.repeats,
+        min_seconds=args.min_seconds,
+        large=args.large,
+        max_tiles=args.max_tiles,
+        json_path=args.json,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 some work failed, 2 bad usage)."""
     parser = _build_parser()
@@ -463,27 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_demo(args)
         if args.command == "bench":
-            if args.bench == "retrieval":
-                from histoxmodal.bench.retrieval import run_retrieval_bench
-
-                return run_retrieval_bench(args)
-            if args.bench == "train":
-                from histoxmodal.bench.train import run_train_bench
-
-                return run_train_bench(args)
-            if args.bench == "her2st":
-                from histoxmodal.bench.her2st import run_her2st_bench
-
-                return run_her2st_bench(args)
-            if args.bench == "dataset":
-                from histoxmodal.bench.dataset import run_dataset_bench
-
-                return run_dataset_bench(args)
-            if args.bench != "tiling":
-                parser.parse_args(["bench", "--help"])
-            from histoxmodal.bench.tiling import run_tiling_bench
-
-            return run_tiling_bench(args)
+            return _run_bench(parser, args)
     except (HistoxmodalError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         print(f"histoxmodal: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

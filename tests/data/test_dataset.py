@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from histoxmodal.data.dataset import PairedDataset, normalize_images  # noqa: E402
-from histoxmodal.data.paired import load_paired  # noqa: E402
+from histoxmodal.data.store import load_paired  # noqa: E402
 from histoxmodal.data.transforms import Augment, hed_to_rgb, random_dihedral, rgb_to_hed  # noqa: E402
 
 
@@ -34,14 +34,14 @@ def test_items_match_the_store(her2st_paired):
     assert item["gene_mask"].all()
     assert ds.categories["sample"][int(item["sample"])] == adata.obs["sample"].iloc[17]
     assert ds.categories["patient"][int(item["patient"])] == adata.obs["patient"].iloc[17]
-    raw = PairedDataset(out, normalisation="counts", genes=["ERBB2", "GAPDH"])
+    raw = PairedDataset(out, normalization="counts", genes=["ERBB2", "GAPDH"])
     r = raw[3]["expression"].numpy()
     np.testing.assert_array_equal(r, adata[3, ["ERBB2", "GAPDH"]].X.toarray().ravel())
     with pytest.raises(ValueError, match="not in the dataset"):
         PairedDataset(out, genes=["NOT_A_GENE"])
 
 
-def test_float_normalisation_matches_device_helper(her2st_paired):
+def test_float_normalization_matches_device_helper(her2st_paired):
     out, _ = her2st_paired
     a = PairedDataset(out, normalise_image=True)[5]["image"]
     b = normalize_images(PairedDataset(out)[5]["image"][None])[0]
@@ -84,7 +84,7 @@ def test_dataloader_two_workers_covers_every_row_once(her2st_paired):
 
 def test_parquet_export_loads_in_hf_datasets(her2st_paired, tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets")
-    from histoxmodal.data.export import export_parquet
+    from histoxmodal.workflows.export import export_parquet
 
     out, _ = her2st_paired
     adata, patches = load_paired(out)
@@ -111,7 +111,7 @@ def test_hest_export(her2st_paired, tmp_path):
     import anndata as ad
     import h5py
 
-    from histoxmodal.data.export import export_hest
+    from histoxmodal.workflows.export import export_hest
 
     out, _ = her2st_paired
     adata, patches = load_paired(out)

@@ -15,7 +15,7 @@ from histoxmodal.data.dataset import PairedDataset  # noqa: E402
 from histoxmodal.evaluation.mixing import knn_batch_purity  # noqa: E402
 from histoxmodal.testing.paired import make_paired_dataset  # noqa: E402
 from histoxmodal.training.config import config_from_dict  # noqa: E402
-from histoxmodal.training.fit import fit  # noqa: E402
+from histoxmodal.workflows.train import train  # noqa: E402
 
 
 def _gene_embeddings(module, data):
@@ -62,7 +62,7 @@ def test_corrections_reduce_the_learned_batch_effect(tmp_path):
                 "correction": correction,
             }
         )
-        module = fit(cfg, tmp_path / name, data=data, accelerator="cpu", devices=1).eval()
+        module = train(cfg, tmp_path / name, data=data, accelerator="cpu", devices=1).module
         z, batch = _gene_embeddings(module, data)
         purity[name] = knn_batch_purity(z, batch)
         embeddings[name] = (z, batch)

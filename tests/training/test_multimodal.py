@@ -28,7 +28,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def xor_store(tmp_path_factory):
-    from histoxmodal.data.cohort import build_cohort
+    from histoxmodal.workflows.build import build_cohort
     from histoxmodal.testing.cohort import make_synthetic_cohort
 
     root = tmp_path_factory.mktemp("xor")
@@ -63,7 +63,7 @@ def test_symile_beats_pairwise_clip_on_the_xor_cohort(xor_store, tmp_path, capsy
     import yaml
 
     from histoxmodal.cli.main import main
-    from histoxmodal.evaluation.zeroshot import evaluate_cohort
+    from histoxmodal.workflows.evaluate import evaluate
 
     acc = {}
     for loss in ("symile", "clip_pairwise"):
@@ -73,7 +73,7 @@ def test_symile_beats_pairwise_clip_on_the_xor_cohort(xor_store, tmp_path, capsy
         argv = ["train", str(cfg), "--data", str(xor_store), "--out", str(run)]
         argv += ["--max-epochs", "45", "--accelerator", "cpu", "--devices", "1"]
         assert main(argv) == 0
-        r = evaluate_cohort(run, xor_store, tmp_path / f"eval_{loss}", k=4)
+        r = evaluate(run, xor_store, tmp_path / f"eval_{loss}", k=4)
         acc[loss] = r["metrics"][f"zero_shot.{loss}.report.accuracy@k4"]
         saved = json.loads((tmp_path / f"eval_{loss}" / "metrics.json").read_text())
         assert saved["protocol"]["k"] == 4 and saved["protocol"]["chance"] == 0.25
