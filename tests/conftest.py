@@ -68,7 +68,7 @@ def blank_slide(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def her2st_paired(data_dir, tmp_path_factory):
     """The her2st paired dataset (5 sections with images, no count filter): (folder, manifest)."""
-    from histoxmodal.data.paired import PairedConfig, build_paired
+    from histoxmodal.workflows.build import PairedConfig, build_paired
     from histoxmodal.data.recipes import find_samples, load_recipe
 
     out = tmp_path_factory.mktemp("paired") / "her2st"

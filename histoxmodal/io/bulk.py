@@ -19,7 +19,7 @@ def read_expression_table(path: str | Path):
     import anndata as ad
     import pandas as pd
 
-    from histoxmodal.io.spatial._common import unique_gene_names
+    from histoxmodal.io.spatial.common import unique_gene_names
 
     p = Path(path)
     if not p.exists():

@@ -166,7 +166,7 @@ def _spots(
     from scipy import sparse
 
     from histoxmodal.io.slide import open_slide
-    from histoxmodal.io.spatial._common import finalize
+    from histoxmodal.io.spatial.common import finalize
 
     mpp, regions = slide.mpp, slide.regions
     cell_um = slide.mask_cell * mpp

@@ -125,7 +125,7 @@ def test_import_and_help_are_light():
 
 def test_lazy_public_api():
     import histoxmodal
-    from histoxmodal.data.paired import load_paired
+    from histoxmodal.data.store import load_paired
     from histoxmodal.io.spatial import read_spatial
 
     assert histoxmodal.TileSpec().tile_px == 224

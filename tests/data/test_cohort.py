@@ -14,7 +14,7 @@ h5py = pytest.importorskip("h5py")
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    from histoxmodal.data.cohort import build_cohort
+    from histoxmodal.workflows.build import build_cohort
     from histoxmodal.testing.cohort import make_synthetic_cohort
 
     root = tmp_path_factory.mktemp("cohort")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from histoxmodal import keys
-from histoxmodal.data.paired import PairedConfig, build_paired, load_paired
+from histoxmodal.workflows.build import PairedConfig, build_paired, load_paired
 from histoxmodal.data.recipes import find_samples, load_recipe
 from histoxmodal.data.splits import load_split
 from histoxmodal.errors import ConfigError

@@ -17,22 +17,109 @@ def _data(n=200, d=12, g=5, noise=0.5, seed=0):
     return x, y
 
 
+def _grid(estimator, param: str, alphas, cv):
+    from sklearn.model_selection import GridSearchCV
+
+    return GridSearchCV(estimator, {param: list(alphas)}, cv=cv, scoring="neg_mean_squared_error")
+
+
 def test_ridge_equals_sklearn_at_the_chosen_alpha():
     from sklearn.linear_model import Ridge
+    from sklearn.model_selection import KFold
 
     x, y = _data()
-    head = RidgeHead(alphas=(0.1, 1.0, 10.0, 100.0)).fit(x, y)
+    alphas = (0.1, 1.0, 10.0, 100.0)
+    head = RidgeHead(alphas=alphas).fit(x, y)
     ref = Ridge(alpha=head.alpha_).fit(x, y)
     np.testing.assert_allclose(head.predict(x), ref.predict(x), rtol=1e-8, atol=1e-8)
     assert head.alpha_ in (0.1, 1.0, 10.0)  # a heavy penalty loses on clean linear data
     assert head.cv_mse_[100.0] > head.cv_mse_[head.alpha_]
+    # without groups the folds are KFold(cv, shuffle=True, random_state=0)
+    gs = _grid(Ridge(), "alpha", alphas, KFold(5, shuffle=True, random_state=0)).fit(x, y)
+    assert head.alpha_ == gs.best_params_["alpha"]
+    np.testing.assert_allclose(
+        list(head.cv_mse_.values()), -gs.cv_results_["mean_test_score"], rtol=1e-8
+    )
 
 
-def test_ridge_with_pca_and_grouped_folds():
-    x, y = _data(d=40)
-    groups = np.repeat(["a", "b", "c", "d"], 50)
-    head = RidgeHead(pca=8, cv=4).fit(x, y, groups=groups)
-    assert head.components_.shape == (40, 8) and head.predict(x).shape == y.shape
+def _grouped(n=300, d=20, g=4, seed=0):
+    """Noisy targets and groups of unequal size, so the penalty matters and folds differ."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d))
+    y = x @ rng.standard_normal((d, g)) + 3 * rng.standard_normal((n, g))
+    groups = rng.choice(list("abcdefg"), n, p=[0.3, 0.2, 0.15, 0.1, 0.1, 0.1, 0.05])
+    return x, y, groups
+
+
+def test_ridge_grouped_cv_equals_sklearn_ridgecv_with_groupkfold():
+    import sklearn
+    from sklearn.linear_model import Ridge, RidgeCV
+    from sklearn.model_selection import GroupKFold
+
+    x, y, groups = _grouped()
+    alphas = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+    head = RidgeHead(alphas=alphas, cv=4).fit(x, y, groups=groups)
+    gs = _grid(Ridge(), "alpha", alphas, GroupKFold(4)).fit(x, y, groups=groups)
+    want = -gs.cv_results_["mean_test_score"]
+    np.testing.assert_allclose(list(head.cv_mse_.values()), want, rtol=1e-6)
+    assert head.alpha_ == gs.best_params_["alpha"] == 10.0  # neither end of the grid
+    np.testing.assert_allclose(head.predict(x), gs.predict(x), rtol=1e-6, atol=1e-6)
+    with sklearn.config_context(enable_metadata_routing=True):
+        rcv = RidgeCV(alphas=alphas, cv=GroupKFold(4), scoring="neg_mean_squared_error")
+        rcv.fit(x, y, groups=groups)
+    assert rcv.alpha_ == head.alpha_
+    np.testing.assert_allclose(head.predict(x), rcv.predict(x), rtol=1e-6, atol=1e-6)
+    # fewer groups than folds: one fold per group (leave-one-group-out)
+    two = np.where(groups <= "b", "a", "b")
+    head2 = RidgeHead(alphas=alphas, cv=5).fit(x, y, groups=two)
+    gs2 = _grid(Ridge(), "alpha", alphas, GroupKFold(2)).fit(x, y, groups=two)
+    np.testing.assert_allclose(
+        list(head2.cv_mse_.values()), -gs2.cv_results_["mean_test_score"], rtol=1e-6
+    )
+
+
+def test_ridge_with_pca_equals_a_sklearn_pca_ridge_pipeline():
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import Pipeline
+
+    x, y, groups = _grouped(d=40)
+    alphas = (0.1, 10.0, 1000.0)
+    head = RidgeHead(alphas=alphas, pca=8, cv=4).fit(x, y, groups=groups)
+    pipe = Pipeline([("pca", PCA(n_components=8, svd_solver="full")), ("ridge", Ridge())])
+    gs = _grid(pipe, "ridge__alpha", alphas, GroupKFold(4)).fit(x, y, groups=groups)
+    np.testing.assert_allclose(
+        list(head.cv_mse_.values()), -gs.cv_results_["mean_test_score"], rtol=1e-6
+    )
+    assert head.alpha_ == gs.best_params_["ridge__alpha"]
+    np.testing.assert_allclose(head.predict(x), gs.predict(x), rtol=1e-6, atol=1e-6)
+    # the components span the same subspace as sklearn's (signs may differ)
+    comps = gs.best_estimator_["pca"].components_.T
+    np.testing.assert_allclose(np.abs(head.components_.T @ comps), np.eye(8), atol=1e-6)
+
+
+def test_ridge_input_errors_name_the_argument():
+    from histoxmodal.errors import ConfigError
+
+    x, y = _data(n=20)
+    with pytest.raises(ConfigError, match=r"y has shape \(20,\).*y\[:, None\]"):
+        RidgeHead().fit(x, y[:, 0])
+    with pytest.raises(ConfigError, match="groups has 3 entries"):
+        RidgeHead().fit(x, y, groups=np.arange(3))
+    with pytest.raises(ConfigError, match="before fit"):
+        RidgeHead().predict(x)
+    with pytest.raises(ConfigError, match=r"expected \(n, 12\)"):
+        RidgeHead().fit(x, y).predict(x[:, :5])
+
+
+def test_ridge_save_load_keeps_params_and_cv_scores(tmp_path):
+    x, y, groups = _grouped(d=30)
+    head = RidgeHead(alphas=(0.5, 5.0, 50.0), pca=6, cv=3).fit(x, y, groups=groups)
+    back = RidgeHead.load(head.save(tmp_path / "ridge"))
+    assert back == head  # the dataclass fields: params, alpha_, cv_mse_
+    np.testing.assert_array_equal(back.components_, head.components_)
+    np.testing.assert_array_equal(back.predict(x), head.predict(x))
 
 
 def test_metrics_match_scipy():
@@ -121,6 +208,25 @@ def test_mlp_head_is_deterministic_and_splits_by_group():
     val = a._split(200, groups)
     # whole groups go to validation: every group is either all in or all out
     assert {val[groups == g].mean() for g in "abcde"} <= {0.0, 1.0} and 0 < val.sum() < 200
+
+
+def test_mlp_and_retrieval_save_load_keep_everything(tmp_path):
+    import torch
+
+    from histoxmodal.heads.expression import MLPHead, RetrievalHead
+
+    x, y = _nonlinear(n=120)
+    mlp = MLPHead(hidden=(16, 8), dropout=0.2, max_epochs=5, seed=2, linear_skip=False)
+    mlp.fit(x, y)
+    rng_before = torch.get_rng_state()
+    back = MLPHead.load(mlp.save(tmp_path / "mlp"))
+    assert torch.equal(torch.get_rng_state(), rng_before)  # loading draws no global randomness
+    assert back == mlp  # params, best_epoch_, history_
+    np.testing.assert_array_equal(back.predict(x), mlp.predict(x))
+    ret = RetrievalHead(k=7, temperature=None).fit(x[:, :8], y)
+    back_r = RetrievalHead.load(ret.save(tmp_path / "retrieval"))
+    assert back_r == ret
+    np.testing.assert_array_equal(back_r.predict(x[:, 8:]), ret.predict(x[:, 8:]))
 
 
 def test_mlp_head_shape_errors_name_the_argument():

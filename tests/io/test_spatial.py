@@ -287,7 +287,7 @@ def test_her2st_all_sections_for_the_gene_side(data_dir):
 
 
 def test_hires_coordinates_against_full_image_warn(tmp_path):
-    from histoxmodal.io.spatial._common import check_coords_in_image
+    from histoxmodal.io.spatial.common import check_coords_in_image
 
     xy = np.array([[10.0, 10.0], [140.0, 90.0]])
     with pytest.warns(UserWarning, match="hires-image coordinates"):

@@ -11,7 +11,7 @@ import pytest
 
 from histoxmodal import TileSpec, load_tiles, open_slide, tile_slide, tile_slides
 from histoxmodal.errors import ConfigError
-from histoxmodal.tiling.job import find_slides, parse_shard
+from histoxmodal.workflows.tile import find_slides, parse_shard
 from histoxmodal.tiling.tissue import detect_tissue
 
 

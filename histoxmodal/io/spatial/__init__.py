@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from histoxmodal.io.spatial._common import SpatialFormatError, library_id
+from histoxmodal.io.spatial.common import SpatialFormatError, library_id
 from histoxmodal.io.spatial.h5ad import read_h5ad
 from histoxmodal.io.spatial.st import (
     PATHOLOGY_SECTIONS,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from histoxmodal import keys
-from histoxmodal.io.spatial._common import (
+from histoxmodal.io.spatial.common import (
     SpatialFormatError,
     counts_are_raw,
     is_blank,
@@ -101,7 +101,7 @@ def read_h5ad(
     )
     if keys.OBS_IN_TISSUE in out.obs:
         out.obs[keys.OBS_IN_TISSUE] = out.obs[keys.OBS_IN_TISSUE].astype(bool)
-    from histoxmodal.io.spatial._common import finalize
+    from histoxmodal.io.spatial.common import finalize
 
     def _first(col: str, default: str | None) -> str | None:
         if col in adata.obs and adata.obs[col].nunique() == 1:

@@ -21,7 +21,7 @@ import numpy as np
 
 from histoxmodal import keys
 from histoxmodal.errors import ConfigError
-from histoxmodal.io.spatial._common import (
+from histoxmodal.io.spatial.common import (
     SpatialFormatError,
     check_coords_in_image,
     finalize,

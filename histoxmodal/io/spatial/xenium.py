@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from histoxmodal import keys
-from histoxmodal.io.spatial._common import (
+from histoxmodal.io.spatial.common import (
     SpatialFormatError,
     check_coords_in_image,
     finalize,
