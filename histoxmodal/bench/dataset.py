@@ -35,7 +35,7 @@ def bench_dataset(
     from histoxmodal.data.store import open_patches
     from histoxmodal.data.transforms import Augment
 
-    patches = open_patches(path / "patches.h5")
+    patches = open_patches(path / keys.PAIRED_PATCHES_FILE)
     order = np.random.default_rng(0).permutation(len(patches))
 
     def raw() -> int:

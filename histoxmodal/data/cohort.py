@@ -91,11 +91,11 @@ class CohortDataset:
             rng = np.random.default_rng((self.seed, j, self._draws, torch.initial_seed() % 2**32))
             cxr, ecg, report = _augment(cxr, ecg, report, rng)
         return {
-            "cxr": torch.from_numpy(cxr)[None],
-            "ecg": torch.from_numpy(ecg),
-            "ecg_lead_mask": torch.from_numpy(self._h5["ecg_lead_mask"][j]),
-            "report": report,
-            "present": torch.from_numpy(self.present[j]),
+            keys.BATCH_CXR: torch.from_numpy(cxr)[None],
+            keys.BATCH_ECG: torch.from_numpy(ecg),
+            keys.BATCH_ECG_LEAD_MASK: torch.from_numpy(self._h5["ecg_lead_mask"][j]),
+            keys.BATCH_REPORT: report,
+            keys.BATCH_PRESENT: torch.from_numpy(self.present[j]),
         }
 
     def __getstate__(self):
@@ -125,7 +125,7 @@ def collate_cohort(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack tensors, keep report strings as a list (the text tower tokenises them)."""
     import torch
 
-    out: dict[str, Any] = {"report": [t["report"] for t in items]}
-    for k in ("cxr", "ecg", "ecg_lead_mask", "present"):
+    out: dict[str, Any] = {keys.BATCH_REPORT: [t[keys.BATCH_REPORT] for t in items]}
+    for k in (keys.BATCH_CXR, keys.BATCH_ECG, keys.BATCH_ECG_LEAD_MASK, keys.BATCH_PRESENT):
         out[k] = torch.stack([t[k] for t in items])
     return out

@@ -160,12 +160,12 @@ class PairedDataset(Dataset):
         row = int(self.indices[i])
         sample = self._codes[keys.OBS_SAMPLE][row]
         return {
-            "expression": torch.from_numpy(self.expression(row)),
-            "gene_mask": torch.from_numpy(self._gene_mask[sample]),
-            "batch": torch.tensor(self._codes[keys.OBS_BATCH][row]),
-            "patient": torch.tensor(self._codes[keys.OBS_PATIENT][row]),
-            "sample": torch.tensor(sample),
-            "index": torch.tensor(row),
+            keys.BATCH_EXPRESSION: torch.from_numpy(self.expression(row)),
+            keys.BATCH_GENE_MASK: torch.from_numpy(self._gene_mask[sample]),
+            keys.OBS_BATCH: torch.tensor(self._codes[keys.OBS_BATCH][row]),
+            keys.OBS_PATIENT: torch.tensor(self._codes[keys.OBS_PATIENT][row]),
+            keys.OBS_SAMPLE: torch.tensor(sample),
+            keys.BATCH_INDEX: torch.tensor(row),
         }
 
     def __getitem__(self, i: int) -> dict[str, Any]:
@@ -180,7 +180,7 @@ class PairedDataset(Dataset):
                 .sub_(torch.from_numpy(self._mean)[:, None, None])
                 .div_(torch.from_numpy(self._std)[:, None, None])
             )
-        return {"image": t, **self.item_without_image(i)}
+        return {keys.BATCH_IMAGE: t, **self.item_without_image(i)}
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

@@ -94,7 +94,7 @@ def make_paired_dataset(
             "recipe": "synthetic",
             "n_spots": n,
             "n_genes": n_genes,
-            "splits": {"random": {"file": "splits/random.json", "sha256": sha}},
+            "splits": {"random": {"file": keys.split_path("random"), "sha256": sha}},
         },
     )
     return out

@@ -95,5 +95,5 @@ class CachedFeatures(torch.utils.data.Dataset):
         # torch's generator: DataLoader seeds it differently in every worker
         v = int(torch.randint(n_views, ())) if self.random_view else 0
         item = self.base.item_without_image(i)
-        item["image_features"] = torch.from_numpy(np.array(self.features[row, v]))
+        item[keys.BATCH_IMAGE_FEATURES] = torch.from_numpy(np.array(self.features[row, v]))
         return item
