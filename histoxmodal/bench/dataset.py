@@ -31,6 +31,7 @@ def bench_dataset(
     """Samples/s for the configurations above."""
     from torch.utils.data import DataLoader
 
+    from histoxmodal import keys
     from histoxmodal.data.dataset import PairedDataset
     from histoxmodal.data.store import open_patches
     from histoxmodal.data.transforms import Augment
