@@ -4,9 +4,10 @@ patient and time, stored once in one HDF5 file so training reads arrays, not tho
 :func:`histoxmodal.workflows.build.build_cohort` pairs the manifest's records
 (:func:`histoxmodal.pair_cohort`), reads each through the readers (radiographs windowed to
 [0, 1] and resized; ECGs in mV, standard 12-lead order, resampled to a common rate and length,
-missing leads masked; reports as their findings + impression), and writes ``out/cohort.h5``, ``out/manifest.json`` (counts, failures
-with reasons) and ``out/splits/patient.json``. A record that cannot be read is recorded and its
-modality masked; the build goes on. Missing modalities are kept as masks, never dropped.
+missing leads masked; reports as their findings + impression), and writes ``out/cohort.h5``,
+``out/manifest.json`` (counts, failures with reasons) and ``out/splits/patient.json``. A record
+that cannot be read is recorded and its modality masked; the build goes on. Missing modalities
+are kept as masks, never dropped.
 """
 
 from __future__ import annotations
