@@ -427,13 +427,13 @@ class ScviGeneEncoder(nn.Module):
 
 
 _reg(
-    "scvi",
+    "gene_scvi",
     ScviGeneEncoder,
     {},
     "scVI encoder (scvi-tools), pretrained on the training spots with batch_key; raw counts in.",
 )
 _reg(
-    "test_scvi",
+    "test_gene_scvi",
     ScviGeneEncoder,
     {"n_latent": 4, "n_hidden": 16, "pretrain_epochs": 2},
     "Tiny scVI encoder (tests).",

@@ -516,7 +516,7 @@ def _foundation_models() -> None:
         "Tiny CTransPath-family Swin with the convolutional stem (tests).",
     )
     _register(
-        "test_resnet",
+        "test_image_resnet",
         ImageArch("resnet18", {}, small),
         "ResNet-18 from scratch: the small image tower of CPU examples and tests.",
     )

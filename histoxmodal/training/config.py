@@ -22,7 +22,7 @@ class ModelConfig:
     and the gene tower only (colour augmentation does not apply to cached features).
     """
 
-    image_encoder: str = "test_resnet"
+    image_encoder: str = "test_image_resnet"
     image_weights: str | None = None
     image_mode: str = "finetune"
     image_kwargs: dict[str, Any] = field(default_factory=dict)
