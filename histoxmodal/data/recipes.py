@@ -1,23 +1,26 @@
-"""Data recipes (``data_recipes/*.yaml``) and the samples they find under a source path."""
+"""Data recipes (``histoxmodal/recipes/*.yaml``, plus ``$HISTOXMODAL_RECIPES``) and the samples
+they find under a source path."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from histoxmodal.errors import ConfigError
 
-_REPO_RECIPES = Path(__file__).resolve().parents[2] / "data_recipes"
-
 
 def recipe_dirs() -> list[Path]:
-    """Folders searched for recipes: ``$HISTOXMODAL_RECIPES`` (``:``-separated), then the
-    project's ``data_recipes/``."""
+    """Folders searched for recipes: ``$HISTOXMODAL_RECIPES`` (``:``-separated; earlier folders
+    win over later ones and over the bundled recipes), then the recipes shipped inside the
+    package (``histoxmodal/recipes/``)."""
     extra = [Path(p) for p in os.environ.get("HISTOXMODAL_RECIPES", "").split(os.pathsep) if p]
-    return [*extra, _REPO_RECIPES]
+    # Package data, not a path relative to the source checkout, so a wheel has its recipes. An
+    # installed wheel is a folder on disk, so the Traversable is a real Path.
+    return [*extra, Path(str(resources.files("histoxmodal") / "recipes"))]
 
 
 def list_recipes() -> dict[str, Path]:
