@@ -1,0 +1,273 @@
+"""What every registered head shares: ``save(path)`` and ``load(path)`` to a small folder.
+
+A saved head is a folder::
+
+    head.json            registered name, constructor params, fitted scalars, format version
+    arrays.safetensors   fitted numpy arrays (means, coefficients, neighbours...), when any
+    weights.safetensors  a torch state dict (MLP, MIL), when any
+
+Nothing is pickled and nothing goes through ``torch.load``: the arrays are safetensors and the
+network is rebuilt from the params before its state dict is loaded. The folder is built under a
+temporary sibling name and renamed into place, so a reader sees the old head or the new one,
+never a half-written one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from histoxmodal._fileutil import publish_dir, staging_dir
+from histoxmodal.errors import ConfigError
+
+FORMAT_VERSION = 1
+HEAD_FILE = "head.json"
+ARRAYS_FILE = "arrays.safetensors"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+@dataclass
+class HeadState:
+    """The fitted part of a head, split by where it is stored."""
+
+    fitted: dict[str, Any] = field(default_factory=dict)  # JSON: scalars, short lists
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # arrays.safetensors
+    weights: dict[str, Any] | None = None  # a torch state dict: weights.safetensors
+
+
+class Head:
+    """Base class of the registered heads: save / load through :class:`HeadState`.
+
+    Subclasses are dataclasses whose init fields are the constructor params; they implement
+    ``_state()`` (after fit) and ``_restore(state)`` (rebuild the fitted attributes).
+    ``head_name`` is set by :func:`histoxmodal.heads.registry.register_head`.
+    """
+
+    head_name: ClassVar[str] = ""
+    #: attributes that exist only after ``fit``; their absence means "not fitted"
+    _fitted_attrs: ClassVar[tuple[str, ...]] = ()
+
+    # -- to implement ---------------------------------------------------------------------------
+    def _state(self) -> HeadState:
+        raise NotImplementedError
+
+    def _restore(self, state: HeadState) -> None:
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------------
+    def _params(self) -> dict[str, Any]:
+        """Constructor params (dataclass init fields) as they are now."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+    @property
+    def is_fitted(self) -> bool:
+        return all(hasattr(self, a) for a in self._fitted_attrs)
+
+    def _require_fitted(self, action: str) -> None:
+        if not self.is_fitted:
+            name = type(self).__name__
+            raise ConfigError(f"{name}.{action} called before fit; call head.fit(...) first")
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted head to the folder ``path`` (replacing a head saved there before).
+
+        Returns the folder. Load it back with ``type(head).load(path)`` or
+        :func:`histoxmodal.heads.load_head`.
+        """
+        self._require_fitted("save")
+        path = Path(path)
+        _check_save_target(path)
+        st = _safetensors()
+        state = self._state()
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "head": self.head_name,
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "params": _jsonable(self._params(), "params"),
+            "fitted": _jsonable(state.fitted, "fitted"),
+            "arrays": sorted(state.arrays),
+            "weights": sorted(state.weights) if state.weights else [],
+            "library": f"histoxmodal {_version()}",
+        }
+        text = json.dumps(meta, indent=2) + "\n"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = staging_dir(path)
+        try:
+            if state.arrays:
+                st.save_file(
+                    {k: np.ascontiguousarray(v) for k, v in state.arrays.items()},
+                    str(tmp / ARRAYS_FILE),
+                )
+            if state.weights:
+                from safetensors.torch import save_file
+
+                save_file(
+                    {k: v.detach().cpu().contiguous() for k, v in state.weights.items()},
+                    str(tmp / WEIGHTS_FILE),
+                )
+            (tmp / HEAD_FILE).write_text(text, encoding="utf-8")
+            publish_dir(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path):
+        """Read a head written by :meth:`save` (the folder, or its ``head.json``).
+
+        ``Head.load`` reads any registered head, as :func:`histoxmodal.heads.load_head`.
+        """
+        if not cls.head_name:
+            from histoxmodal.heads.registry import load_head
+
+            return load_head(path)
+        meta, folder = read_head_json(path)
+        if meta["head"] != cls.head_name:
+            raise ConfigError(
+                f"{folder} holds a {meta['head']!r} head, not {cls.head_name!r}: load it with "
+                f"histoxmodal.heads.load_head({str(folder)!r})"
+            )
+        return cls._from_meta(meta, folder)
+
+    @classmethod
+    def _from_meta(cls, meta: dict[str, Any], folder: Path):
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["params"].items()}
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise ConfigError(
+                f"{folder / HEAD_FILE}: params {unknown} are not parameters of {cls.__name__} "
+                f"({', '.join(sorted(names))}); was it written by another histoxmodal version?"
+            )
+        head = cls(**params)
+        arrays: dict[str, np.ndarray] = {}
+        if meta["arrays"]:
+            arrays = _safetensors().load_file(str(_need(folder / ARRAYS_FILE, folder)))
+            _check_keys(arrays, meta["arrays"], folder / ARRAYS_FILE)
+        weights = None
+        if meta["weights"]:
+            from safetensors.torch import load_file
+
+            weights = load_file(str(_need(folder / WEIGHTS_FILE, folder)), device="cpu")
+            _check_keys(weights, meta["weights"], folder / WEIGHTS_FILE)
+        head._restore(HeadState(fitted=meta["fitted"], arrays=arrays, weights=weights))
+        return head
+
+
+def read_head_json(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """``(metadata, folder)`` of a saved head; clear errors for what is missing or too new."""
+    path = Path(path)
+    folder = path.parent if path.name == HEAD_FILE else path
+    if not folder.exists():
+        raise FileNotFoundError(
+            f"{folder} not found: expected a folder written by head.save({str(folder)!r})"
+        )
+    file = folder / HEAD_FILE
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"{file} not found: {folder} is not a saved head; pass the folder given to "
+            "head.save(...), the one holding head.json"
+        )
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{file} is not valid JSON ({e}); save the head again") from e
+    keys = ("format_version", "head", "params", "fitted")
+    missing = [k for k in keys if k not in meta] if isinstance(meta, dict) else list(keys)
+    if missing:
+        raise ConfigError(f"{file} lacks {missing}: it was not written by head.save")
+    if int(meta["format_version"]) > FORMAT_VERSION:
+        raise ConfigError(
+            f"{file} has head format {meta['format_version']}, newer than this histoxmodal "
+            f"reads ({FORMAT_VERSION}); upgrade histoxmodal to load it"
+        )
+    meta.setdefault("arrays", [])
+    meta.setdefault("weights", [])
+    return meta, folder
+
+
+def encode_labels(classes: np.ndarray) -> dict[str, Any]:
+    """Class labels as JSON that :func:`decode_labels` turns back into the same array."""
+    classes = np.asarray(classes)
+    values = classes.tolist()
+    if classes.dtype.kind == "O" and not all(
+        isinstance(v, (str, int, float, bool)) for v in values
+    ):
+        raise ConfigError(
+            "class labels must be strings, integers, floats or booleans to be saved; got "
+            f"{sorted({type(v).__name__ for v in values})}"
+        )
+    return {"values": values, "dtype": classes.dtype.str}
+
+
+def decode_labels(obj: dict[str, Any]) -> np.ndarray:
+    return np.asarray(obj["values"], dtype=np.dtype(obj["dtype"]))
+
+
+def _check_save_target(path: Path) -> None:
+    """Refuse to replace anything that is not a previously saved head."""
+    if path.is_file():
+        raise ConfigError(
+            f"{path} is a file; a head is saved to a folder, e.g. {path.with_suffix('')}"
+        )
+    if path.is_dir() and any(path.iterdir()) and not (path / HEAD_FILE).is_file():
+        raise ConfigError(
+            f"{path} exists and is not a saved head (no {HEAD_FILE}); saving would replace it. "
+            f"Pick a new folder, e.g. {path / 'head'}"
+        )
+
+
+def _need(file: Path, folder: Path) -> Path:
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"{file} not found, but {folder / HEAD_FILE} lists its contents: the folder is "
+            "incomplete; save the head again"
+        )
+    return file
+
+
+def _check_keys(found: dict, expected: list[str], file: Path) -> None:
+    if sorted(found) != sorted(expected):
+        raise ConfigError(
+            f"{file} holds {sorted(found)}, but head.json lists {sorted(expected)}; "
+            "save the head again"
+        )
+
+
+def _jsonable(obj: Any, where: str) -> Any:
+    """Plain JSON values (numpy scalars to Python, tuples to lists); anything else raises."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v, where) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v, where) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (str, bool, int, float)):
+        return obj
+    raise ConfigError(f"head {where}: {type(obj).__name__} value {obj!r} cannot be saved as JSON")
+
+
+def _safetensors():
+    try:
+        import safetensors.numpy
+    except ImportError as e:
+        from histoxmodal._deps import MissingDependencyError
+
+        raise MissingDependencyError(
+            "saving and loading heads needs safetensors: pip install safetensors "
+            "(or pip install 'histoxmodal[torch]')"
+        ) from e
+    return safetensors.numpy
+
+
+def _version() -> str:
+    import histoxmodal
+
+    return getattr(histoxmodal, "__version__", "unknown")
