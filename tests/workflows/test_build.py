@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from histoxmodal import keys
-from histoxmodal.workflows.build import PairedConfig, build_paired, load_paired
 from histoxmodal.data.recipes import find_samples, load_recipe
 from histoxmodal.data.splits import load_split
 from histoxmodal.errors import ConfigError
+from histoxmodal.workflows.build import PairedConfig, build_paired, load_paired
 
 HER2ST_SPOTS = {"B4": 283, "C2": 187, "C3": 180, "C4": 184, "C5": 181}
 

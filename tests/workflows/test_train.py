@@ -123,8 +123,8 @@ def test_cli_train_resume_and_embed(tmp_path, capsys):
     assert emb.obsm["X_image"].shape == (96, 8) and emb.obsm["X_gene"].shape == (96, 8)
     assert np.allclose(np.linalg.norm(emb.obsm["X_gene"], axis=1), 1, atol=1e-5)
     # --split/--fold choose the training rows: the held-out sample never enters training
-    from histoxmodal.data.store import load_paired
     from histoxmodal.data.splits import make_split, write_split
+    from histoxmodal.data.store import load_paired
 
     split = tmp_path / "sample.json"
     write_split(make_split(load_paired(data)[0].obs, "sample"), split)

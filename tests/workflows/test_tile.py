@@ -11,8 +11,8 @@ import pytest
 
 from histoxmodal import TileSpec, load_tiles, open_slide, tile_slide, tile_slides
 from histoxmodal.errors import ConfigError
-from histoxmodal.workflows.tile import find_slides, parse_shard
 from histoxmodal.tiling.tissue import detect_tissue
+from histoxmodal.workflows.tile import find_slides, parse_shard
 
 
 def test_cmu_outputs_match_independent_computation(cmu_svs, tmp_path):
