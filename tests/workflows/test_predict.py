@@ -40,7 +40,7 @@ def test_predict_expression_into_a_layer(trained):
     from histoxmodal.heads import MLPHead, RetrievalHead, RidgeHead
     from histoxmodal.workflows.predict import predict_expression
 
-    tmp, data, run = trained
+    _, data, run = trained
     adata, _ = load_paired(data)
     fold = Split.of_dataset(data).fold(0)
     tr, te = fold.train(adata.n_obs), fold.test

@@ -184,7 +184,11 @@ def test_training_with_a_pretrained_scvi_tower(tmp_path):
     cfg = config_from_dict(
         {
             "genes": 30,
-            "model": {"image_encoder": "test_uni", "gene_encoder": "test_gene_scvi", "embed_dim": 8},
+            "model": {
+                "image_encoder": "test_uni",
+                "gene_encoder": "test_gene_scvi",
+                "embed_dim": 8,
+            },
             "optim": {"batch_size": 16, "max_epochs": 1, "num_workers": 0},
         }
     )
