@@ -113,7 +113,31 @@ def test_pathology_from_scvi_embeddings(her2st_labelled):
     assert 0.6 < m["scvi.auroc_macro.mean"] <= 1.0
 
 
-def test_p53_tower_and_baseline(data_dir):
+def _auroc_by_pairs(y, s):
+    """AUROC as the Mann-Whitney pair count: P(score of a positive > score of a negative)."""
+    pos, neg = s[y == 1][:, None], s[y == 0][None, :]
+    return ((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size)
+
+
+def test_p53_tower_and_baseline(data_dir, monkeypatch):
+    from histoxmodal.evaluation import classification
+
+    # record every fold's test rows and scores, to recompute the per-seed AUROCs here
+    real_cv, runs = classification.cross_validate, []
+
+    def recording_cv(n_items, labels, groups, fit_predict, **kw):
+        calls = []
+
+        def fp(train, test):
+            scores = fit_predict(train, test)
+            calls.append((test, np.asarray(scores)))
+            return scores
+
+        out = real_cv(n_items, labels, groups, fp, **kw)
+        runs.append((np.asarray(labels), calls))
+        return out
+
+    monkeypatch.setattr(classification, "cross_validate", recording_cv)
     x, genes, mutant = read_nci60_p53(data_dir / "bulk")
     assert x.shape == (50, 10100) and mutant.sum() == 33
     pre = read_her2st_pathology(data_dir / "her2st", ["C1", "D1"])
@@ -123,9 +147,24 @@ def test_p53_tower_and_baseline(data_dir):
     assert p["n_lines"] == 50 and p["n_mutant"] == 33 and p["n_panel_genes"] == 500
     assert p["n_pretrain_spots"] == pre.n_obs and "no cell line, no label" in p["description"]
     assert m["signature.auroc"] == pytest.approx(0.875, abs=0.005)
-    for name in ("tower", "baseline", "baseline_panel"):
+    assert len(runs) == 3  # tower, baseline, baseline_panel, in that order
+    for name, (y, calls) in zip(("tower", "baseline", "baseline_panel"), runs, strict=True):
+        # out-of-fold scores of each seed: its folds' test rows cover the 50 lines once
+        per_seed, scores, covered = [], np.full(50, np.nan), 0
+        for test, s in calls:
+            scores[test], covered = s, covered + len(test)
+            if covered == 50:
+                assert not np.isnan(scores).any()
+                per_seed.append(_auroc_by_pairs(y, scores))
+                scores, covered = np.full(50, np.nan), 0
+        assert len(per_seed) == 3 and covered == 0
         lo, mean, hi = (m[f"{name}.auroc.{k}"] for k in ("ci95_lo", "mean", "ci95_hi"))
-        assert 0.0 <= lo <= mean <= hi <= 1.0
+        assert mean == pytest.approx(np.mean(per_seed), abs=1e-12)
+        assert [lo, hi] == pytest.approx(np.percentile(per_seed, [2.5, 97.5]), abs=1e-12)
+        # three seeds a <= b <= c: lo = a + 0.05 (b - a), hi = b + 0.95 (c - b)
+        a, b, c = sorted(per_seed)
+        assert c - a > 0.01  # the seeds differ (measured widths 0.07-0.16), so this can fail
+        assert (lo, hi) == pytest.approx((a + 0.05 * (b - a), b + 0.95 * (c - b)), abs=1e-12)
     # measured over fold seeds 0-2: see the report; raw genes carry some p53 signal, not all
     assert 0.3 < m["baseline.auroc.mean"] < 0.75  # measured 0.46-0.47: no signal in raw genes
     with pytest.raises(ConfigError, match="mutant: expected 50"):
