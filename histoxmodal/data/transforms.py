@@ -11,16 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from skimage.color import hed_from_rgb as _sk_hed_from_rgb
+from skimage.color import rgb_from_hed as _sk_rgb_from_hed
 
 from histoxmodal.errors import ConfigError
 
-# Ruifrok & Johnston's stain vectors (rows: haematoxylin, eosin, DAB), as in skimage.color
-_RGB_FROM_HED = np.array(
-    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64
-)
-_RGB_FROM_HED /= np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)
-_HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED).astype(np.float32)
-_RGB_FROM_HED = _RGB_FROM_HED.astype(np.float32)
+# Ruifrok & Johnston's stain vectors (rows: haematoxylin, eosin, DAB), scikit-image's own
+# matrices so that "HED" means the same here as in skimage.color.rgb2hed.
+RGB_FROM_HED = _sk_rgb_from_hed.astype(np.float32)
+HED_FROM_RGB = _sk_hed_from_rgb.astype(np.float32)
 # optical density of each 8-bit level, so the forward transform is a table look-up
 _OD_LUT = (-np.log((np.arange(256, dtype=np.float32) + 1.0) / 256.0)).astype(np.float32)
 
@@ -92,24 +91,46 @@ def random_dihedral(
 
 
 def rgb_to_hed(img: np.ndarray) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB -> optical densities in HED space, float32."""
+    """``(H, W, 3)`` uint8 RGB -> ``(H * W, 3)`` float32 stain densities (H, E, DAB).
+
+    The stain matrix is scikit-image's (:data:`HED_FROM_RGB`); the optical density differs from
+    :func:`skimage.color.rgb2hed` in three ways, all so that the round trip through
+    :func:`hed_to_rgb` is exact and the forward transform a table look-up:
+
+    - densities are natural-log, ``od = -ln((v + 1) / 256)``; skimage divides by ``ln(1e6)``
+      (so its values are these divided by about 13.8) and uses ``v / 255``;
+    - the ``+ 1`` keeps black finite (``-ln(1/256)`` = 5.5) where skimage floors at ``1e-6``;
+    - negative densities (colours outside the H-E-DAB cone) are kept; skimage clips them to 0,
+      which makes its round trip lossy for those colours.
+
+    A scale ``alpha`` of the densities is therefore the same in both, and a shift ``beta`` here
+    is ``beta / ln(1e6)`` in skimage's HED space (tests/data/test_transforms.py checks both).
+    """
     od = _OD_LUT[img]
-    return od.reshape(-1, 3) @ _HED_FROM_RGB
+    return od.reshape(-1, 3) @ HED_FROM_RGB
 
 
 def hed_to_rgb(hed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Inverse of :func:`rgb_to_hed`, back to uint8 RGB of ``shape``."""
-    od = hed @ _RGB_FROM_HED
+    """Inverse of :func:`rgb_to_hed`: ``(H * W, 3)`` densities back to uint8 RGB of ``shape``."""
+    od = hed @ RGB_FROM_HED
     rgb = 256.0 * np.exp(-od) - 1.0
     return np.clip(rgb, 0, 255).round().astype(np.uint8).reshape(shape)
 
 
+def hed_shift(img: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """Scale the H, E and DAB densities of a uint8 RGB patch by ``alpha`` and shift them by
+    ``beta`` (each of shape ``(3,)``, densities in natural-log units: see :func:`rgb_to_hed`)."""
+    a = np.asarray(alpha, dtype=np.float32)
+    b = np.asarray(beta, dtype=np.float32)
+    return hed_to_rgb(rgb_to_hed(img) * a + b, img.shape)
+
+
 def hed_jitter(img: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
-    """Scale and shift the H, E and D optical densities by random amounts (stain variation)."""
-    hed = rgb_to_hed(img)
-    alpha = rng.uniform(1 - sigma, 1 + sigma, 3).astype(np.float32)
-    beta = rng.uniform(-sigma, sigma, 3).astype(np.float32)
-    return hed_to_rgb(hed * alpha + beta, img.shape)
+    """Scale the H, E and D densities by U(1-σ, 1+σ) and shift them by U(-σ, σ) (stain
+    variation, Tellez et al. 2018): :func:`hed_shift` with random ``alpha`` and ``beta``."""
+    alpha = rng.uniform(1 - sigma, 1 + sigma, 3)
+    beta = rng.uniform(-sigma, sigma, 3)
+    return hed_shift(img, alpha, beta)
 
 
 def colour_jitter(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from histoxmodal.data.transforms import _HED_FROM_RGB
+from histoxmodal.data.transforms import HED_FROM_RGB
 
 
 def handcrafted_features(patches: np.ndarray, *, batch: int = 256) -> np.ndarray:
@@ -40,7 +40,7 @@ def handcrafted_features(patches: np.ndarray, *, batch: int = 256) -> np.ndarray
             *np.percentile(x, [10, 50, 90], axis=1),
         ]
         od = -np.log(np.maximum(x, 1.0) / 255.0)
-        hed = od @ _HED_FROM_RGB
+        hed = od @ HED_FROM_RGB
         grey = p.astype(np.float32).mean(-1)
         hist = np.stack([np.histogram(g, bins=8, range=(0, 255))[0] / g.size for g in grey]).astype(
             np.float32
