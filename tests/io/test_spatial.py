@@ -264,20 +264,6 @@ def test_visium_mtx_folder_and_mpp_disagreement(data_dir, tmp_path):
     assert a.uns["spatial"]["vis"]["metadata"]["mpp_source"] == "user"
 
 
-def test_spot_patches_flag_and_pad_the_border():
-    from histoxmodal.io.slide_readers import ArraySlide
-    from histoxmodal.tiling.spots import spot_patches
-
-    img = np.zeros((100, 120, 3), np.uint8)
-    img[40:60, 50:70] = (200, 0, 0)
-    s = ArraySlide(img, mpp=1.0)
-    batches = list(spot_patches(s, np.array([[60.0, 50.0], [5.0, 5.0]]), patch_um=20, patch_px=20))
-    patches, border = batches[0]
-    assert border.tolist() == [False, True]
-    assert (patches[0] == (200, 0, 0)).all()  # the red square, centred
-    assert (patches[1][:5, :5] == 255).all() and (patches[1][5:, 5:] == 0).all()
-
-
 def test_her2st_all_sections_for_the_gene_side(data_dir):
     a = read_her2st(data_dir / "her2st")
     assert a.obs["sample"].nunique() == 35 and a.obs["patient"].nunique() == 8
