@@ -281,6 +281,18 @@ class Run:
             tmp.replace(self.path / keys.RUN_GENES_FILE)
         write_json_atomic(self.path / keys.RUN_FILE, self.identity())
 
+    def save(self, module=None) -> None:
+        """Write the run folder: identity (:meth:`write_identity`) and the weights of
+        ``module`` (default: the run's module), e.g. after fine-tuning a loaded run by hand."""
+        from histoxmodal.training.trainer import save_weights
+
+        module = module if module is not None else self._module
+        if module is None:
+            raise ConfigError(f"Run.save: no module to save for {self.path}; pass module=")
+        self.write_identity()
+        save_weights(module, self.path / keys.RUN_WEIGHTS_FILE)
+        self._module = module
+
     # ----------------------------------------------------------------------------- loading
 
     @classmethod

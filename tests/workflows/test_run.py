@@ -41,6 +41,12 @@ def test_create_chooses_the_panel_on_training_rows_and_writes_nothing(tmp_path):
     again = Run.load(tmp_path / "run", require_weights=False)
     assert again.genes == run.genes and again.config == run.config
     run.check_same(again)
+    torch.manual_seed(0)
+    module = run.new_module()
+    run.save(module)  # identity and weights: a run built by hand loads like a trained one
+    loaded = Run.load(tmp_path / "run").module
+    for a, b in zip(module.state_dict().values(), loaded.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
     other = Run.create(tmp_path / "run", config_from_dict({**TINY, "genes": 10}), data=data)
     with pytest.raises(ValueError, match="another genes, config.genes"):
         again.check_same(other)
