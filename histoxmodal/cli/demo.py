@@ -35,7 +35,7 @@ DEMO_CONFIG = {
 
 
 class _Steps:
-    """Numbered step headers with elapsed time, on stderr."""
+    """Numbered step headers with elapsed time, on stderr; ``skipped`` says a step was complete."""
 
     def __init__(self, total: int) -> None:
         self.total, self.i, self.t0 = total, 0, time.perf_counter()
@@ -44,6 +44,9 @@ class _Steps:
         self.i += 1
         elapsed = time.perf_counter() - self.t0
         print(f"[{self.i}/{self.total}] {text}  ({elapsed:.0f} s)", file=sys.stderr, flush=True)
+
+    def skipped(self, why: str) -> None:
+        print(f"[{self.i}/{self.total}] skipped: {why}", file=sys.stderr, flush=True)
 
 
 #: The medical demo: tiny towers over a generated XOR cohort, Symile vs pairwise CLIP.
@@ -89,6 +92,7 @@ def _demo_generated(out: Path, args: argparse.Namespace) -> int:
     if done.exists():
         samples = json.loads(done.read_text())
         slides = [Path(s["slide"]) for s in samples]
+        step.skipped(f"{done} exists")
     else:
         gen = make_synthetic_visium(data, seed=args.seed)
         samples = [
@@ -105,6 +109,8 @@ def _demo_generated(out: Path, args: argparse.Namespace) -> int:
 
         print(format_summary(results))
         return EXIT_FAILED
+    if all(r.status == "skipped" for r in results):
+        step.skipped(f"{len(results)} slides already tiled with these parameters")
 
     step("building the paired dataset (one 112 µm patch per spot)")
     paired = out / "paired"
@@ -116,7 +122,11 @@ def _demo_generated(out: Path, args: argparse.Namespace) -> int:
         )
         for s in samples
     ]
-    build_paired(refs, paired, PairedConfig(patch_um=112.0, patch_px=64), recipe="synthetic")
+    manifest = build_paired(
+        refs, paired, PairedConfig(patch_um=112.0, patch_px=64), recipe="synthetic"
+    )
+    if manifest.get("up_to_date"):
+        step.skipped(f"{paired} is up to date")
     return _train_and_evaluate(
         out,
         paired,
@@ -190,6 +200,8 @@ def _train_and_evaluate(
             max_epochs=max_epochs,
             enable_progress_bar=sys.stderr.isatty(),
         )
+    else:
+        step.skipped(f"{run / RUN_WEIGHTS} exists")
     step("evaluating on the held-out sample and writing the report")
     report = out / "report"
     result = evaluate(run, paired, report, split=split, fold=fold)
