@@ -5,7 +5,7 @@ The AnnData contract (what every spatial reader returns, validated by
 :func:`histoxmodal.io.spatial.validate_spatial`), the scanpy/squidpy layout:
 
 - ``X``: raw integer counts, spots (or cells / pseudo-spots) × genes, sparse CSR. Readers never
-  normalise; a source that only holds normalised values is kept and flagged in
+  normalize; a source that only holds normalized values is kept and flagged in
   ``uns['spatial'][library_id]['metadata']['counts_are_raw'] = False``.
 - ``var_names``: unique gene symbols (duplicates made unique with ``-1``, ``-2`` and a warning);
   ``var['gene_ids']``: stable ids (Ensembl) when the source has them; ``var['feature_types']``.
@@ -49,6 +49,7 @@ COHORT_FAILURES_FILE = "failures.json"
 def split_path(kind: str) -> str:
     """Path of a dataset's split file of ``kind``, relative to the dataset folder."""
     return f"{PAIRED_SPLITS_DIR}/{kind}.json"
+
 
 OBS_PATCH_BORDER = "patch_at_border"
 

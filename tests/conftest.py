@@ -68,8 +68,8 @@ def blank_slide(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def her2st_paired(data_dir, tmp_path_factory):
     """The her2st paired dataset (5 sections with images, no count filter): (folder, manifest)."""
-    from histoxmodal.workflows.build import PairedConfig, build_paired
     from histoxmodal.data.recipes import find_samples, load_recipe
+    from histoxmodal.workflows.build import PairedConfig, build_paired
 
     out = tmp_path_factory.mktemp("paired") / "her2st"
     refs = find_samples(load_recipe("her2st"), [data_dir / "her2st"])

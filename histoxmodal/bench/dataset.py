@@ -3,7 +3,7 @@
 Baseline, in the same process: reading the same patches straight from the memory-mapped store
 (no augmentation, no tensors). Then :class:`~histoxmodal.data.dataset.PairedDataset` through a
 ``DataLoader`` with flips + 90° rotations, with stain (HED) jitter added, and with float
-normalisation in the workers instead of on the device.
+normalization in the workers instead of on the device.
 """
 
 from __future__ import annotations
@@ -48,10 +48,10 @@ def bench_dataset(
     configs = {
         "flips_rot90_uint8": (Augment(), False),
         "flips_rot90_hed_uint8": (Augment(hed_sigma=0.05), False),
-        "flips_rot90_float_normalised": (Augment(), True),
+        "flips_rot90_float_normalized": (Augment(), True),
     }
     for name, (aug, norm) in configs.items():
-        ds = PairedDataset(path, augment=aug, normalise_image=norm)
+        ds = PairedDataset(path, augment=aug, normalize_image=norm)
         dl = DataLoader(
             ds,
             batch_size=batch_size,

@@ -67,7 +67,7 @@ def pathology_from_genes(
     otherwise (transductive: the held-out patient's expression, never its labels, shaped the
     embedding), then embeds every spot of ``adata``. The probe of
     :func:`~histoxmodal.evaluation.probe.spot_label_probe` (multinomial logistic regression on
-    L2-normalised embeddings, :func:`~histoxmodal.evaluation.probe.leave_one_group_out_probe`)
+    L2-normalized embeddings, :func:`~histoxmodal.evaluation.probe.leave_one_group_out_probe`)
     is fitted on the labelled spots of the other patients and scored on ``p``'s: macro
     one-vs-rest AUROC, balanced accuracy, accuracy; ``mean`` over held-out patients, averaged
     over seeds. Spots labelled
@@ -84,7 +84,7 @@ def pathology_from_genes(
     baseline
         Compared on the same folds under its ``name``; default
         :data:`~histoxmodal.encoders.embedders.PCA_BASELINE` (``pca50``: PCA(50) of
-        log-normalised expression); ``None`` for none.
+        log-normalized expression); ``None`` for none.
     pretrain
         Spots the embedders are fitted on (e.g. all 35 her2st sections); must have
         ``obs[group_key]``. Default: ``adata``.
@@ -155,7 +155,7 @@ def pathology_from_genes(
                     else "once per seed on all pretraining spots, held-out "
                     f"{group_key} included (transductive, unsupervised)"
                 )
-                + "; multinomial logistic regression on L2-normalised embeddings "
+                + "; multinomial logistic regression on L2-normalized embeddings "
                 f"(C={c}); macro one-vs-rest AUROC, balanced accuracy, accuracy per held-out "
                 f"{group_key}, unweighted mean, averaged over seeds"
             ),

@@ -204,14 +204,8 @@ def run_tiling_bench(
         print("tiling benchmark (medians over interleaved rounds)", file=sys.stderr)
         sizes = [s for s in (large // 4, large // 2, large) if s > 0]
         generated = {s: _generate(folder, s) for s in sizes}
-        slide = (
-            Path(slide)
-            if slide
-            else generated.get(large) or _generate(folder, 16384)
-        )
-        ext = bench_extraction(
-            slide, repeats=repeats, min_seconds=min_seconds, max_tiles=max_tiles
-        )
+        slide = Path(slide) if slide else generated.get(large) or _generate(folder, 16384)
+        ext = bench_extraction(slide, repeats=repeats, min_seconds=min_seconds, max_tiles=max_tiles)
         report["extraction"] = ext
         tps = ext["tiles_per_s"]
         print(

@@ -355,7 +355,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "dataset",
         help="training-loader throughput of a paired dataset",
         description="Samples/s of the PairedDataset DataLoader (flips + rotations, with stain "
-        "jitter, with float normalisation) against raw reads of the same store.",
+        "jitter, with float normalization) against raw reads of the same store.",
     )
     bds.add_argument("dataset", metavar="DIR", help="a folder written by histoxmodal build")
     bds.add_argument("--workers", type=int, default=2)

@@ -1,4 +1,4 @@
-"""A torch ``Dataset`` over a paired dataset: image tensor, normalised expression, ids."""
+"""A torch ``Dataset`` over a paired dataset: image tensor, normalized expression, ids."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def normalize_images(
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
 ) -> torch.Tensor:
-    """``(B, 3, H, W)`` uint8 -> float32 normalised, on the images' device."""
+    """``(B, 3, H, W)`` uint8 -> float32 normalized, on the images' device."""
     m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1) * 255.0
     s = torch.tensor(std, device=images.device).view(1, 3, 1, 1) * 255.0
     return (images.float() - m) / s
@@ -37,9 +37,9 @@ class PairedDataset(Dataset):
 
     Each item is a dict:
 
-    - ``image``: ``(3, H, W)`` uint8 by default: normalise on the device with
+    - ``image``: ``(3, H, W)`` uint8 by default: normalize on the device with
       :func:`normalize_images` and the encoder's own mean/std (4x less data through the loader,
-      twice the throughput); ``normalize_image=True`` gives float32 normalised with
+      twice the throughput); ``normalize_image=True`` gives float32 normalized with
       ``mean``/``std``;
     - ``expression``: ``(n_genes,)`` float32, ``log1p`` of counts per 10,000 by default;
     - ``gene_mask``: ``(n_genes,)`` bool, False for genes the spot's sample did not measure;
@@ -55,7 +55,7 @@ class PairedDataset(Dataset):
     genes
         Gene names to use, in that order; default the dataset's panel.
     normalization
-        ``log1p_cp10k`` (library-size normalised, log1p), ``log1p`` or ``counts``.
+        ``log1p_cp10k`` (library-size normalized, log1p), ``log1p`` or ``counts``.
     augment
         Augmentations (:class:`~histoxmodal.data.transforms.Augment`); ``None`` for none.
     seed
@@ -141,7 +141,7 @@ class PairedDataset(Dataset):
         self._pid = os.getpid()
 
     def expression(self, row: int) -> np.ndarray:
-        """The normalised expression of dataset row ``row``."""
+        """The normalized expression of dataset row ``row``."""
         out = np.zeros(len(self.genes), np.float32)
         s, e = self._indptr[row], self._indptr[row + 1]
         out[self._cols[s:e]] = self._vals[s:e]

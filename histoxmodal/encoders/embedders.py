@@ -48,14 +48,14 @@ def _restrict(adata, genes: Sequence[str]):
 
 @dataclass
 class PcaEmbedder:
-    """Baseline gene embedding: PCA of log-normalised expression.
+    """Baseline gene embedding: PCA of log-normalized expression.
 
     ``embedder(fit, apply, seed)``: on the spots of ``fit``, counts over the genes shared with
-    ``apply`` are normalised to 10,000 per spot (library size over those shared genes) and
+    ``apply`` are normalized to 10,000 per spot (library size over those shared genes) and
     ``log1p``-transformed; the ``n_top_genes`` of highest variance
     (:func:`~histoxmodal.data.normalize.highly_variable_genes`, ``flavor="variance"``) are kept,
     centred on the ``fit`` mean, and the top ``n_components`` principal axes of ``fit`` project
-    ``apply``, normalised the same way, to ``(n_apply, n_components)``.
+    ``apply``, normalized the same way, to ``(n_apply, n_components)``.
     Deterministic: ``seed`` is ignored.
     """
 
@@ -164,5 +164,5 @@ class ScviEmbedder:
 
 
 #: the default baseline of :func:`~histoxmodal.bench.labels.pathology_from_genes`: PCA(50) of
-#: log-normalised expression
+#: log-normalized expression
 PCA_BASELINE = PcaEmbedder()

@@ -10,7 +10,7 @@ from histoxmodal.errors import ConfigError
 
 
 class ProjectionHead(nn.Module):
-    """Linear or two-layer MLP projection, L2-normalised output.
+    """Linear or two-layer MLP projection, L2-normalized output.
 
     Parameters
     ----------

@@ -285,7 +285,7 @@ class ImageEncoder(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` normalised float -> ``(B, embed_dim)``."""
+        """``(B, 3, H, W)`` normalized float -> ``(B, embed_dim)``."""
         if self.pool == "cls+mean":
             tokens = self.trunk.forward_features(images)
             start = 1 + getattr(self.trunk, "num_reg_tokens", 0)

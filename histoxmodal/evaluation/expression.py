@@ -9,7 +9,7 @@ import numpy as np
 
 
 def top_variable_genes(expression: np.ndarray, genes: Sequence[str], n: int = 50) -> list[str]:
-    """The ``n`` genes with the highest variance of (normalised) training expression."""
+    """The ``n`` genes with the highest variance of (normalized) training expression."""
     var = np.asarray(expression, np.float64).var(axis=0)
     order = np.argsort(-var, kind="stable")[:n]
     return [genes[i] for i in sorted(order)]

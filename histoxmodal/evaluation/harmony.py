@@ -9,7 +9,7 @@ import numpy as np
 def harmony(
     embeddings: np.ndarray, batch: np.ndarray, *, seed: int = 0, max_iter: int = 20
 ) -> np.ndarray:
-    """Batch-corrected copy of ``embeddings`` ``(n, d)``, re-normalised to unit length.
+    """Batch-corrected copy of ``embeddings`` ``(n, d)``, re-normalized to unit length.
 
     Parameters
     ----------

@@ -187,7 +187,7 @@ def spot_label_probe(
 
     Protocol: spots whose label is missing (None, NaN, empty) or listed in ``exclude`` are
     dropped. For each group ``g`` (a section or patient) in turn, a multinomial logistic
-    regression on L2-normalised embeddings (:func:`~histoxmodal.heads.probe.linear_probe`,
+    regression on L2-normalized embeddings (:func:`~histoxmodal.heads.probe.linear_probe`,
     inverse penalty ``c``) is fitted on the labelled spots of every other group and predicts the
     spots of ``g``. Per held-out group: macro AUROC (one-vs-rest, averaged over the classes
     seen in training that occur in ``g`` next to another class), balanced accuracy (mean
@@ -228,7 +228,7 @@ def spot_label_probe(
         "protocol": {
             "description": (
                 "leave-one-group-out linear probe (multinomial logistic regression on "
-                f"L2-normalised embeddings, C={c}); macro one-vs-rest AUROC, balanced accuracy "
+                f"L2-normalized embeddings, C={c}); macro one-vs-rest AUROC, balanced accuracy "
                 "and accuracy per held-out group, unweighted mean over groups, averaged over "
                 "seeds"
             ),

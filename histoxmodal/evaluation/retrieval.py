@@ -2,7 +2,7 @@
 
 The whole-test-set protocol ranks every query against every item: rank = number of items scored
 strictly above the query's own positive (0 = retrieved first). Scores are float32 inner products
-(use L2-normalised embeddings for cosine similarity). Tiles of ``query_chunk`` x ``item_chunk``
+(use L2-normalized embeddings for cosine similarity). Tiles of ``query_chunk`` x ``item_chunk``
 scores are formed with a BLAS matrix product and counted with NumPy, so 100,000 x 100,000
 128-d embeddings take tens of seconds and about 200 MB beyond the embeddings, where a full
 N x N similarity matrix and its argsort would need ~120 GB.

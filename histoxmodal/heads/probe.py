@@ -22,14 +22,14 @@ def _l2(x: np.ndarray) -> np.ndarray:
 @register_head(
     "linear_probe",
     task="classification",
-    input="spot embeddings (n, d), L2-normalised inside",
+    input="spot embeddings (n, d), L2-normalized inside",
     target="one class label per row (n,)",
     output="class probabilities (n, n_classes)",
     backend="scikit-learn (fit), numpy (predict)",
 )
 @dataclass
 class LinearProbeHead(Head):
-    """Multinomial logistic regression on L2-normalised embeddings.
+    """Multinomial logistic regression on L2-normalized embeddings.
 
     Fitted with scikit-learn's ``LogisticRegression`` (L2 penalty, lbfgs); the fitted
     coefficients are kept and prediction is numpy, so a saved probe needs no scikit-learn
@@ -107,7 +107,7 @@ class LinearProbeHead(Head):
 def linear_probe(
     train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *, c: float = 1.0, seed: int = 0
 ) -> np.ndarray:
-    """Fit a :class:`LinearProbeHead` (multinomial logistic regression on L2-normalised
+    """Fit a :class:`LinearProbeHead` (multinomial logistic regression on L2-normalized
     embeddings); returns the class probabilities of ``test_x`` ``(n_test, n_classes)`` in
     ``np.unique(train_y)`` order."""
     return LinearProbeHead(c=c, seed=seed).fit(train_x, train_y).predict_proba(test_x)

@@ -198,7 +198,7 @@ def read_ecg(
         ``"standard12"``: the 12 standard leads in standard order (other leads such as the
         PTB Frank leads ``vx, vy, vz`` are left out and listed in ``metadata["extra_leads"]``);
         ``"all"``: every lead of the file in file order, standard names where they apply;
-        or a sequence of lead names (normalised like the file's).
+        or a sequence of lead names (normalized like the file's).
     missing_leads
         ``"mask"``: a requested lead the record lacks is a zero row with ``lead_mask`` False;
         ``"error"``: raise :class:`MissingLeadsError` instead.

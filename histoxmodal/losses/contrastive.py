@@ -1,6 +1,6 @@
 """CLIP/InfoNCE, SigLIP, CWCL, soft-target CLIP (BLEEP) and Symile.
 
-Conventions: inputs are L2-normalised embeddings ``(n, d)``; row i of each modality is the same
+Conventions: inputs are L2-normalized embeddings ``(n, d)``; row i of each modality is the same
 spot. Every loss holds its own learnable temperature (``logit_scale``, CLIP's parametrisation,
 clamped so the scale stays <= 100) and, for SigLIP, bias.
 
@@ -53,7 +53,9 @@ def describe_loss(name: str) -> dict:
     info = LOSSES.describe(name)
     sig = inspect.signature(LOSSES.get(name))
     info["options"] = {
-        p.name: p.default for p in sig.parameters.values() if p.default is not inspect.Parameter.empty
+        p.name: p.default
+        for p in sig.parameters.values()
+        if p.default is not inspect.Parameter.empty
     }
     return info
 

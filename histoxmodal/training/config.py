@@ -51,7 +51,7 @@ class CorrectionConfig:
     batch_key
         ``obs`` column that defines batches (``batch``, ``sample`` or ``patient``).
     batch_conditioned_genes
-        Condition every layer of the gene tower on the batch: batch-specific normalisation by
+        Condition every layer of the gene tower on the batch: batch-specific normalization by
         default, or one-hot covariates with ``model.gene_kwargs.conditioning=onehot`` (see
         :class:`~histoxmodal.encoders.gene.CovariateMLP` for why that one is not a correction
         on its own).

@@ -18,8 +18,8 @@ from histoxmodal.training.config import TrainConfig
 class ContrastiveModule(L.LightningModule):
     """Aligns an image tower and a gene tower in one embedding space.
 
-    Images arrive as uint8 ``(B, 3, H, W)`` and are resized and normalised on the device with the
-    image tower's own preprocessing; expression arrives normalised with its gene mask.
+    Images arrive as uint8 ``(B, 3, H, W)`` and are resized and normalized on the device with the
+    image tower's own preprocessing; expression arrives normalized with its gene mask.
     """
 
     def __init__(self, config: TrainConfig, genes: list[str], n_batches: int) -> None:
@@ -65,7 +65,7 @@ class ContrastiveModule(L.LightningModule):
         return self.image((x - self.mean) / self.std)
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(B, 3, H, W)`` -> L2-normalised ``(B, embed_dim)``."""
+        """uint8 ``(B, 3, H, W)`` -> L2-normalized ``(B, embed_dim)``."""
         return self.image_head(self.image_features(images))
 
     def embed_genes(
@@ -92,7 +92,7 @@ class ContrastiveModule(L.LightningModule):
         return za, zb
 
     def embed_batch(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``{"image": (B, d), "gene": (B, d)}`` L2-normalised embeddings of a batch."""
+        """``{"image": (B, d), "gene": (B, d)}`` L2-normalized embeddings of a batch."""
         za, zb = self._embed(b)
         return {"image": za, "gene": zb}
 

@@ -135,7 +135,7 @@ class MultimodalModule(L.LightningModule):
         self.loss = create_loss(config.loss.name, **config.loss.kwargs)
 
     def embed_modality(self, name: str, batch: dict[str, Any]) -> torch.Tensor:
-        """L2-normalised ``(B, embed_dim)`` embeddings of one modality (missing rows included:
+        """L2-normalized ``(B, embed_dim)`` embeddings of one modality (missing rows included:
         the tower sees zeros for them); the tower reads the batch keys it declares
         (``tower.inputs``)."""
         return self.heads[name](self.towers[name].forward_batch(batch, self.device))

@@ -45,7 +45,8 @@ def export_parquet(path: str | Path, out: str | Path, *, rows_per_shard: int = 2
     import pyarrow as pa
     import pyarrow.parquet as pq
     import scipy.sparse as sp
-    from histoxmodal.data.paired import load_paired
+
+    from histoxmodal.data.store import load_paired
 
     adata, patches = load_paired(path)
     out = Path(out)
@@ -110,7 +111,8 @@ def export_hest(path: str | Path, out: str | Path) -> list[Path]:
     ``img`` attributes record the patch field of view and pixel size.
     """
     import h5py
-    from histoxmodal.data.paired import load_paired
+
+    from histoxmodal.data.store import load_paired
 
     adata, patches = load_paired(path)
     out = Path(out)

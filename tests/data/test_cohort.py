@@ -14,8 +14,8 @@ h5py = pytest.importorskip("h5py")
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    from histoxmodal.workflows.build import build_cohort
     from histoxmodal.testing.cohort import make_synthetic_cohort
+    from histoxmodal.workflows.build import build_cohort
 
     root = tmp_path_factory.mktemp("cohort")
     gen = make_synthetic_cohort(root / "raw", n_patients=40, missing=0.2, image_px=32, seed=1)

@@ -43,7 +43,7 @@ def test_items_match_the_store(her2st_paired):
 
 def test_float_normalization_matches_device_helper(her2st_paired):
     out, _ = her2st_paired
-    a = PairedDataset(out, normalise_image=True)[5]["image"]
+    a = PairedDataset(out, normalize_image=True)[5]["image"]
     b = normalize_images(PairedDataset(out)[5]["image"][None])[0]
     assert a.dtype == torch.float32
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

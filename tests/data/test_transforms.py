@@ -42,7 +42,7 @@ def _stain_image(seed=0, n=(64, 64)):
 def test_stain_matrices_are_skimages():
     np.testing.assert_allclose(RGB_FROM_HED, rgb_from_hed, rtol=1e-6)
     np.testing.assert_allclose(HED_FROM_RGB, hed_from_rgb, rtol=1e-6)
-    # Ruifrok & Johnston's published vectors, rows H, E, DAB (not renormalised, as skimage)
+    # Ruifrok & Johnston's published vectors, rows H, E, DAB (not renormalized, as skimage)
     want = [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]]
     np.testing.assert_allclose(RGB_FROM_HED, want, rtol=1e-6)
     np.testing.assert_allclose(HED_FROM_RGB @ RGB_FROM_HED, np.eye(3), atol=1e-6)

@@ -335,7 +335,7 @@ def test_batch_specific_norm_removes_a_per_batch_shift():
     assert norm.seen.tolist() == [True, True, False]
     norm.eval()
     torch.testing.assert_close(norm(shifted, batch), y)
-    # batch 2 was never seen in training: its rows are normalised with their own statistics
+    # batch 2 was never seen in training: its rows are normalized with their own statistics
     z = norm(x[:10] * 0.5 - 2.0, torch.full((10,), 2))
     torch.testing.assert_close(z, y[:10], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="outside the 3 batches"):

@@ -21,7 +21,7 @@ def _norm(x):
 
 
 @pytest.mark.parametrize("k", [2, 3])
-def test_linear_probe_equals_sklearn_on_l2_normalised_embeddings(k):
+def test_linear_probe_equals_sklearn_on_l2_normalized_embeddings(k):
     from sklearn.linear_model import LogisticRegression
 
     x, y = _clusters(k=k)

@@ -28,8 +28,8 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def xor_store(tmp_path_factory):
-    from histoxmodal.workflows.build import build_cohort
     from histoxmodal.testing.cohort import make_synthetic_cohort
+    from histoxmodal.workflows.build import build_cohort
 
     root = tmp_path_factory.mktemp("xor")
     gen = make_synthetic_cohort(

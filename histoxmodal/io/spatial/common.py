@@ -223,7 +223,7 @@ def finalize(
         adata.X = to_counts_csr(adata.X)
     else:
         warnings.warn(
-            f"{sample}: X does not hold raw integer counts (normalised data?); kept "
+            f"{sample}: X does not hold raw integer counts (normalized data?); kept "
             f"as is and flagged",
             UserWarning,
             stacklevel=3,

@@ -32,7 +32,7 @@ def read_h5ad(
 ):
     """Read an ``.h5ad`` with ``obsm['spatial']`` (and ideally ``uns['spatial']``).
 
-    Raw counts are taken from ``layers['counts']`` when ``X`` is normalised and that layer
+    Raw counts are taken from ``layers['counts']`` when ``X`` is normalized and that layer
     exists; otherwise ``X`` is kept and flagged. The pixel size comes from ``mpp``, else from
     ``spot_diameter_fullres`` (a Visium-derived file), else it is left unknown.
     """
