@@ -64,3 +64,37 @@ def test_cli_help_is_light(argv: list[str]):
         "sys.exit(main())\n"
     )
     assert _loaded_after(code) == []
+
+
+def _private_imports_across_packages() -> list[str]:
+    """``module: from X import _name`` (or ``import X._mod``) where X is another subpackage."""
+    import ast
+
+    found = []
+    pkg = ROOT / "histoxmodal"
+    for path in sorted(pkg.rglob("*.py")):
+        rel = path.relative_to(ROOT).with_suffix("")
+        parts = rel.parts
+        here = ".".join(parts[:2]) if len(parts) > 2 else parts[0]  # histoxmodal.<subpackage>
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("histoxmodal"):
+                mod = node.module or ""
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                mods = [a.name for a in node.names if a.name.startswith("histoxmodal")]
+                if not mods:
+                    continue
+                mod, names = mods[0], []
+            else:
+                continue
+            if mod == here or mod.startswith(here + "."):
+                continue  # inside its own package
+            private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            private += [p for p in mod.split(".") if p.startswith("_")]
+            if private:
+                found.append(f"{'/'.join(parts)}.py: {mod} {private}")
+    return found
+
+
+def test_no_private_name_is_imported_across_packages():
+    assert _private_imports_across_packages() == []

@@ -1,6 +1,6 @@
 import pytest
 
-from histoxmodal._registry import Registry
+from histoxmodal.registry import Registry
 
 
 def test_register_get_list_describe():

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from histoxmodal import keys
-from histoxmodal._fileutil import write_json_atomic
+from histoxmodal.fileutil import write_json_atomic
 
 #: The contrastive model of the benchmark: ResNet-18 from scratch on 64 px patches of 112 µm.
 BASE_CONFIG = {
@@ -274,7 +274,7 @@ def run_her2st_bench(
     epochs: int = 6,
     seed: int = 0,
 ) -> int:
-    from histoxmodal._deps import require_extra
+    from histoxmodal.deps import require_extra
 
     for extra in ("wsi", "spatial", "torch"):
         require_extra(extra, "histoxmodal bench her2st")

@@ -9,8 +9,8 @@ from histoxmodal.cli.main import EXIT_OK, EXIT_USAGE, format_table
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from histoxmodal._deps import require_extra
     from histoxmodal.data.recipes import list_recipes, load_recipe
+    from histoxmodal.deps import require_extra
     from histoxmodal.errors import ConfigError
     from histoxmodal.workflows.build import build
 

@@ -13,7 +13,7 @@ def _echo(line: str) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from histoxmodal._deps import require_extra
+    from histoxmodal.deps import require_extra
     from histoxmodal.workflows.demo import MEDICAL_LOSSES, demo
 
     extras = ("torch", "medical") if args.medical else ("wsi", "spatial", "torch")

@@ -9,7 +9,7 @@ from histoxmodal.cli.main import EXIT_OK
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from histoxmodal._deps import require_extra
+    from histoxmodal.deps import require_extra
     from histoxmodal.errors import ConfigError
 
     require_extra("torch", "histoxmodal train")

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from histoxmodal import keys
-from histoxmodal._fileutil import write_json_atomic
 from histoxmodal.errors import ConfigError
+from histoxmodal.fileutil import write_json_atomic
 
 SPLIT_KINDS = ("patient", "sample", "random")
 

@@ -343,7 +343,7 @@ class ScviGeneEncoder(nn.Module):
         freeze: bool = False,
     ) -> None:
         super().__init__()
-        from histoxmodal._deps import require_extra
+        from histoxmodal.deps import require_extra
 
         require_extra("scvi", "the scVI gene tower")
         from scvi.nn import Encoder

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from histoxmodal._registry import Registry
+from histoxmodal.registry import Registry
 
 ENCODERS: Registry = Registry("encoder")
 

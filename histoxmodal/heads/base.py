@@ -23,8 +23,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from histoxmodal._fileutil import publish_dir, staging_dir
 from histoxmodal.errors import ConfigError
+from histoxmodal.fileutil import publish_dir, staging_dir
 
 FORMAT_VERSION = 1
 HEAD_FILE = "head.json"
@@ -258,7 +258,7 @@ def _safetensors():
     try:
         import safetensors.numpy
     except ImportError as e:
-        from histoxmodal._deps import MissingDependencyError
+        from histoxmodal.deps import MissingDependencyError
 
         raise MissingDependencyError(
             "saving and loading heads needs safetensors: pip install safetensors "

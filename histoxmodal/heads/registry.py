@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from histoxmodal._registry import Registry
 from histoxmodal.errors import ConfigError
+from histoxmodal.registry import Registry
 
 HEADS: Registry = Registry("head")
 

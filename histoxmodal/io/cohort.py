@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from histoxmodal._deps import require_extra
+from histoxmodal.deps import require_extra
 from histoxmodal.errors import ConfigError, HistoxmodalError
 
 log = logging.getLogger(__name__)

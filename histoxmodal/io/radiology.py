@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from histoxmodal._deps import require_extra
+from histoxmodal.deps import require_extra
 from histoxmodal.errors import ConfigError, HistoxmodalError
 
 log = logging.getLogger(__name__)

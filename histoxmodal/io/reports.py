@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from histoxmodal._deps import require_extra
+from histoxmodal.deps import require_extra
 from histoxmodal.errors import HistoxmodalError
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from typing import Literal
 
 import numpy as np
 
-from histoxmodal._registry import Registry
 from histoxmodal.errors import MppError, SlideOpenError
+from histoxmodal.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ def list_readers() -> list[str]:
 
 
 def _ensure_registered() -> None:
-    from histoxmodal._deps import require_extra
+    from histoxmodal.deps import require_extra
 
     require_extra("wsi", "reading slides")
     import histoxmodal.io.slide_readers  # noqa: F401  (registers the backends)

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from histoxmodal._registry import Registry
 from histoxmodal.errors import ConfigError
 from histoxmodal.losses.distributed import gather_no_grad, gather_with_grad, rank_offset
+from histoxmodal.registry import Registry
 
 LOSSES: Registry[type[nn.Module]] = Registry("loss")
 

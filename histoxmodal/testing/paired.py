@@ -40,9 +40,9 @@ def make_paired_dataset(
     import pandas as pd
     import scipy.sparse as sp
 
-    from histoxmodal._fileutil import write_json_atomic
     from histoxmodal.data.splits import make_split, write_split
     from histoxmodal.data.store import write_store
+    from histoxmodal.fileutil import write_json_atomic
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

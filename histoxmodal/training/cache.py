@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from histoxmodal import keys
-from histoxmodal._fileutil import write_json_atomic
-from histoxmodal._progress import progress
+from histoxmodal.fileutil import write_json_atomic
+from histoxmodal.progress import progress
 
 #: the 8 symmetries of a square: (k quarter turns, flip)
 DIHEDRAL = [(k, f) for k in range(4) for f in (False, True)]

@@ -39,7 +39,7 @@ def embed_dataset(
     """
     from torch.utils.data import DataLoader
 
-    from histoxmodal._progress import progress
+    from histoxmodal.progress import progress
 
     loader = DataLoader(
         dataset,

@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 
 from histoxmodal import keys
-from histoxmodal._fileutil import publish_dir, staging_dir, write_json_atomic
-from histoxmodal._progress import progress
 from histoxmodal.data.cohort import COHORT_FILE, MODALITIES
 from histoxmodal.data.recipes import SampleRef
 from histoxmodal.data.store import file_sha256, load_paired, write_store
 from histoxmodal.errors import ConfigError, HistoxmodalError
+from histoxmodal.fileutil import publish_dir, staging_dir, write_json_atomic
+from histoxmodal.progress import progress
 from histoxmodal.version import __version__
 
 log = logging.getLogger(__name__)
@@ -390,11 +390,11 @@ def build_cohort(
     """
     import h5py
 
-    from histoxmodal._progress import progress
     from histoxmodal.data.splits import digest
     from histoxmodal.io.cohort import pair_cohort
     from histoxmodal.io.ecg import read_ecg
     from histoxmodal.io.radiology import read_radiology
+    from histoxmodal.progress import progress
 
     t0 = time.perf_counter()
     out = Path(out)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from histoxmodal import keys
-from histoxmodal._fileutil import write_json_atomic
+from histoxmodal.fileutil import write_json_atomic
 
 log = logging.getLogger(__name__)
 

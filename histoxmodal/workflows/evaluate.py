@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from histoxmodal import keys
-from histoxmodal._fileutil import write_json_atomic
+from histoxmodal.fileutil import write_json_atomic
 from histoxmodal.workflows.run import Run
 
 

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from histoxmodal import keys
-from histoxmodal._fileutil import write_json_atomic
 from histoxmodal.errors import ConfigError
+from histoxmodal.fileutil import write_json_atomic
 from histoxmodal.version import __version__
 
 #: version of the run folder layout written by this package

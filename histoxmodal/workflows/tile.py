@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from histoxmodal import keys
-from histoxmodal._deps import require_extra
-from histoxmodal._fileutil import clean_stale, publish_dir, staging_dir, write_json_atomic
-from histoxmodal._progress import progress
+from histoxmodal.deps import require_extra
 from histoxmodal.errors import ConfigError, HistoxmodalError
+from histoxmodal.fileutil import clean_stale, publish_dir, staging_dir, write_json_atomic
+from histoxmodal.progress import progress
 from histoxmodal.tiling.spec import TileSpec
 from histoxmodal.tiling.tissue import TissueParams
 from histoxmodal.version import __version__
