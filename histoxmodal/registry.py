@@ -1,4 +1,4 @@
-"""One registry class for every pluggable family (slide readers now; encoders and losses later).
+"""One registry class for every pluggable family: slide readers, encoders, losses and heads.
 
 Modelled on timm's ``register_model`` / ``create_model`` and MONAI's ``look_up_option``: entries are
 registered under a lowercase name, duplicates raise, and an unknown name raises with the close

@@ -491,7 +491,7 @@ def build(
     recipe: str,
     out: str | Path,
     *,
-    src: str | Path | None = None,
+    src: str | Path | list[str | Path] | None = None,
     manifest: str | Path | None = None,
     image: str | None = None,
     alignment: str | None = None,
@@ -507,8 +507,9 @@ def build(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Build a dataset from a recipe (``histoxmodal build --list``): a paired dataset from the
-    samples the recipe finds under ``src``, or a cohort store from ``manifest`` for the
-    ``cohort`` recipe. Options left ``None`` take the recipe's defaults, then the built-in ones.
+    samples the recipe finds under ``src`` (a folder or file, or a list of them), or a cohort
+    store from ``manifest`` for the ``cohort`` recipe. Options left ``None`` take the recipe's
+    defaults, then the built-in ones.
 
     Returns
     -------
@@ -547,5 +548,6 @@ def build(
         in_tissue_only=in_tissue_only,
         allow_lowres=allow_lowres,
     )
-    refs = find_samples(r, src, image=image, alignment=alignment, mpp=mpp)
+    srcs = [src] if isinstance(src, str | Path) else list(src)
+    refs = find_samples(r, srcs, image=image, alignment=alignment, mpp=mpp)
     return build_paired(refs, out, cfg, recipe=r.name, workers=workers, overwrite=overwrite)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from histoxmodal import keys
+from histoxmodal.data.normalize import DEFAULT_NORMALIZATION
 from histoxmodal.errors import ConfigError
 from histoxmodal.fileutil import write_json_atomic
 from histoxmodal.workflows.run import Run
@@ -90,7 +91,7 @@ def fit_expression_head(
     folder = run.save_head(name or f"expression_{head}", fitted)
     write_json_atomic(
         folder / TARGETS_FILE,
-        {"genes": targets, "normalization": "log1p_cp10k", "head": head, "fold": run.fold},
+        {"genes": targets, "normalization": DEFAULT_NORMALIZATION, "head": head, "fold": run.fold},
     )
     return fitted
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from histoxmodal import keys
+from histoxmodal.data.normalize import DEFAULT_NORMALIZATION
 from histoxmodal.errors import ConfigError
 from histoxmodal.fileutil import write_json_atomic
 from histoxmodal.version import __version__
@@ -341,7 +342,7 @@ class Run:
             Path(split),
             fold if fold is not None else 0,
             genes=genes,
-            normalization=ident.get("normalization") or ("log1p_cp10k" if genes else None),
+            normalization=ident.get("normalization") or (DEFAULT_NORMALIZATION if genes else None),
             n_batches=int(ident.get("n_batches") or 1),
             dataset_sha256=ident.get("dataset_sha256", ""),
             split_sha256=ident.get("split_sha256", ""),
@@ -350,7 +351,7 @@ class Run:
             from histoxmodal.encoders import describe_encoder
 
             run.normalization = describe_encoder(config.model.gene_encoder).get(
-                "normalization", "log1p_cp10k"
+                "normalization", DEFAULT_NORMALIZATION
             )
         return run
 
