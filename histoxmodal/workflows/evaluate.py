@@ -32,25 +32,28 @@ class EvalRows:
 
 
 def resolve_rows(
-    run: Run, dataset: Path, split: str | Path | None, fold: int | str | None, n_obs: int
+    run: Run, dataset: Path, split: str | Path | None, fold: int | str | None, obs_names
 ) -> EvalRows:
     """Without ``split`` the whole dataset is the test set and heads are fitted on the run's own
     training rows; with a split file, ``fold``'s test rows are scored and its training rows fit
     the heads (default fold: the run's own when it trained on this split file, else 0)."""
     from histoxmodal.data.splits import Split
 
+    n_obs = len(obs_names)
     if split is not None:
         sp = Split.load(split)
+        sp.check(obs_names, dataset=dataset)  # a split made for other rows is refused
         if fold is None:
             fold = run.fold if Path(split).resolve() == Path(run.split).resolve() else 0
         f = sp.fold(fold)
         return EvalRows(dataset, f.train(n_obs), f.test, str(split), sp.sha256, f.name)
     sp = run.training_split()
+    train_names = _obs_names(run.data)
+    sp.check(train_names, dataset=run.data)  # the training dataset may have been rebuilt
     f = sp.fold(run.fold)
-    n_train = _n_obs(run.data)
     return EvalRows(
         run.data,
-        f.train(n_train),
+        f.train(len(train_names)),
         np.arange(n_obs),
         "whole dataset as test; heads fitted on the run's training spots",
         sp.sha256,
@@ -58,10 +61,10 @@ def resolve_rows(
     )
 
 
-def _n_obs(data: Path) -> int:
+def _obs_names(data: Path) -> list[str]:
     import anndata as ad
 
-    return ad.read_h5ad(Path(data) / keys.PAIRED_ADATA_FILE, backed="r").n_obs
+    return list(ad.read_h5ad(Path(data) / keys.PAIRED_ADATA_FILE, backed="r").obs_names)
 
 
 def evaluate(
@@ -120,7 +123,7 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes)
 
     run.check_genes(dataset)
     adata, patches = load_paired(dataset)
-    rows = resolve_rows(run, dataset, split, fold, adata.n_obs)
+    rows = resolve_rows(run, dataset, split, fold, adata.obs_names)
     train_adata = adata if rows.train_data == dataset else load_paired(rows.train_data)[0]
     tr = run.embed(rows.train_data, rows.train_rows)
     te = run.embed(dataset, rows.test_rows)

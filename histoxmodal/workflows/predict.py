@@ -144,6 +144,7 @@ def predict_expression(
     run.check_genes(dataset)
     adata, _ = load_paired(dataset)
     sp = Split.load(split) if split else Split.of_dataset(dataset, "random")
+    sp.check(adata.obs_names, dataset=dataset)
     chosen = sp.fold(fold)
     if head in run.heads:
         fitted = run.load_head(head)

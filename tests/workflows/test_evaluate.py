@@ -63,3 +63,29 @@ def test_evaluate_writes_metrics_and_report(tmp_path, capsys):
     assert m["expression.ridge.pearson_pooled_mean"] > 0.3  # the states drive both modalities
     page = (tmp_path / "eval" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and "retrieval.full.i2g.recall@5" in page
+
+
+def test_a_split_of_another_dataset_is_refused(tmp_path, capsys):
+    """A smaller dataset's split used to score arbitrary rows with exit 0; a bigger one's gave an
+    IndexError. Both are refused, naming the split and the dataset."""
+    from histoxmodal.cli.main import main
+
+    data = make_paired_dataset(tmp_path / "data", spots_per_sample=32, n_states=3)
+    small = make_paired_dataset(tmp_path / "small", spots_per_sample=16, n_states=3)
+    big = make_paired_dataset(tmp_path / "big", spots_per_sample=48, n_states=3)
+    cfg = config_from_dict(
+        {
+            "genes": None,
+            "model": {"image_encoder": "test_uni", "gene_encoder": "test_gene_mlp", "embed_dim": 8},
+            "optim": {"batch_size": 16, "max_epochs": 1, "num_workers": 0},
+        }
+    )
+    train(cfg, tmp_path / "run", data=data, accelerator="cpu", devices=1)
+    for other, n in ((small, 32), (big, 96)):
+        split = other / "splits" / "random.json"
+        argv = ["evaluate", str(tmp_path / "run"), str(data), "--split", str(split)]
+        assert main([*argv, "--out", str(tmp_path / "eval")]) == 2
+        err = capsys.readouterr().err
+        assert f"made for {n} rows, but {data} has 64" in err, err
+        assert "Traceback" not in err
+    assert not (tmp_path / "eval" / "metrics.json").exists()
