@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -112,36 +116,234 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def build_dataclass(cls: type, data: dict[str, Any], where: str = ""):
-    """Build a frozen config dataclass from a nested dict, rejecting unknown keys (with the
-    close matches) and building nested sections of a :class:`TrainConfig` recursively."""
+#: the precision strings Lightning's ``Trainer(precision=...)`` accepts, and ``auto``
+PRECISIONS = (
+    "auto",
+    "32-true",
+    "32",
+    "16-mixed",
+    "bf16-mixed",
+    "16-true",
+    "bf16-true",
+    "64-true",
+    "64",
+    "transformer-engine",
+)
+
+_SECTIONS = {"model": ModelConfig, "loss": LossConfig, "correction": CorrectionConfig}
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if typing.get_origin(tp) in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    origin = typing.get_origin(tp)
+    if origin is dict:
+        return "a mapping"
+    if origin is tuple or tp is tuple:
+        return "a list"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _bad(key: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(f"{key}={value!r}: expected {expected}")
+
+
+def coerce_value(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as type ``tp`` (a dataclass field's annotation), converted only where nothing
+    is lost (``2.0`` -> ``2``, ``3`` -> ``3.0``, ``"3e-4"`` -> ``0.0003``: YAML 1.1 reads ``3e-4``
+    as a string); anything else raises :class:`ConfigError` naming ``key``."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce_value(value, arg, key)
+            except ConfigError:
+                continue
+        raise _bad(key, value, _type_name(tp))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _bad(key, value, "true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise _bad(key, value, "an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+            return int(value)
+        raise _bad(key, value, "an integer")
+    if tp is float:
+        if isinstance(value, bool):
+            raise _bad(key, value, "a number")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise _bad(key, value, "a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # e.g. precision: 32
+        raise _bad(key, value, "a string")
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise _bad(key, value, "a mapping (key: value, ...)")
+        kt, vt = typing.get_args(tp) or (Any, Any)
+        return {
+            coerce_value(k, kt, f"{key}.{k}"): coerce_value(v, vt, f"{key}.{k}")
+            for k, v in value.items()
+        }
+    if origin is tuple or tp is tuple:
+        if not isinstance(value, list | tuple):
+            raise _bad(key, value, "a list")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce_value(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if args:
+            if len(value) != len(args):
+                raise _bad(key, value, f"a list of {len(args)} values")
+            return tuple(
+                coerce_value(v, a, f"{key}[{i}]")
+                for i, (v, a) in enumerate(zip(value, args, strict=True))
+            )
+        return tuple(value)
+    if origin is list or tp is list:
+        if not isinstance(value, list | tuple):
+            raise _bad(key, value, "a list")
+        (at,) = typing.get_args(tp) or (Any,)
+        return [coerce_value(v, at, f"{key}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def build_dataclass(
+    cls: type, data: dict[str, Any], where: str = "", sections: dict[str, type] | None = None
+):
+    """Build a frozen config dataclass from a nested dict: unknown keys are rejected (with the
+    close matches), each value is checked against its field's annotation (:func:`coerce_value`)
+    and the dataclass sections (``sections``, default those of a :class:`TrainConfig` when
+    ``cls`` is one) are built recursively."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{where.rstrip('.') or 'the config'}={data!r}: expected a mapping (key: value, ...)"
+        )
     names = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    if sections is None:
+        sections = {**_SECTIONS, "optim": OptimConfig} if cls is TrainConfig else {}
     kwargs = {}
-    for key, value in (data or {}).items():
+    for key, value in data.items():
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=2)
+            close = difflib.get_close_matches(str(key), names, n=2)
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
             raise ConfigError(f"unknown key {where}{key!r}{hint} (known: {', '.join(names)})")
-
-        sub = (
-            {
-                "model": ModelConfig,
-                "loss": LossConfig,
-                "correction": CorrectionConfig,
-                "optim": OptimConfig,
-            }.get(key)
-            if cls is TrainConfig
-            else None
-        )
-        kwargs[key] = build_dataclass(sub, value, f"{where}{key}.") if sub else value
+        sub = sections.get(key)
+        if sub:
+            kwargs[key] = build_dataclass(sub, value, f"{where}{key}.")
+        else:
+            kwargs[key] = coerce_value(value, hints[key], f"{where}{key}")
     return cls(**kwargs)
 
 
+def _check_range(key: str, value: float, *, low: float, strict: bool = False, high=None) -> None:
+    ok = value > low if strict else value >= low
+    ok = ok and math.isfinite(value) and (high is None or value < high)
+    if not ok:
+        rng = f"> {low}" if strict else f">= {low}"
+        if high is not None:
+            rng = f"in [{low}, {high})"
+        raise ConfigError(f"{key}={value!r}: expected a number {rng}")
+
+
+def check_optim(o: OptimConfig, where: str = "optim.") -> None:
+    """Refuse loop sizes and rates that cannot train (the types are checked already)."""
+    _check_range(f"{where}lr", o.lr, low=0, strict=True)
+    _check_range(f"{where}weight_decay", o.weight_decay, low=0)
+    _check_range(f"{where}warmup_fraction", o.warmup_fraction, low=0, high=1)
+    for name in ("batch_size", "max_epochs", "accumulate"):
+        if getattr(o, name) < 1:
+            raise ConfigError(f"{where}{name}={getattr(o, name)!r}: expected an integer >= 1")
+    if o.num_workers < 0:
+        raise ConfigError(f"{where}num_workers={o.num_workers!r}: expected an integer >= 0")
+    if not 0 <= o.seed < 2**32:
+        raise ConfigError(f"{where}seed={o.seed!r}: expected an integer in [0, 2**32)")
+    if o.precision not in PRECISIONS:
+        close = difflib.get_close_matches(o.precision, PRECISIONS, n=2)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"{where}precision={o.precision!r}: not a Lightning precision{hint} "
+            f"(expected one of {', '.join(PRECISIONS)})"
+        )
+
+
+def _one_of(key: str, value: str, names: list[str] | tuple[str, ...], what: str) -> None:
+    if value in names:
+        return
+    close = difflib.get_close_matches(value, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise ConfigError(f"{key}={value!r}: unknown {what}{hint} (known: {', '.join(names)})")
+
+
+def check_loss(name: str, key: str = "loss.name") -> None:
+    """Refuse a loss name that is not registered (``list_losses()``)."""
+    from histoxmodal.losses import list_losses
+
+    _one_of(key, name, list_losses(), "loss")
+
+
+def check_encoder(name: str, key: str, *, allow_timm: bool = False) -> None:
+    """Refuse an encoder name that is not registered (``list_encoders()``); image towers also
+    take ``timm:<architecture>``."""
+    from histoxmodal.encoders import list_encoders
+
+    if allow_timm and name.startswith("timm:"):
+        if not name[5:]:
+            raise ConfigError(f"{key}={name!r}: expected timm:<architecture>, e.g. timm:resnet18")
+        return
+    names = list_encoders()
+    extra = " or timm:<architecture>" if allow_timm else ""
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ConfigError(
+            f"{key}={name!r}: unknown encoder{hint} (known: {', '.join(names)}{extra})"
+        )
+
+
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    """Validate a nested dict (parsed YAML) into a :class:`TrainConfig`."""
+    """Validate a nested dict (parsed YAML) into a :class:`TrainConfig`: every key known, every
+    value of its field's type and in range, every registered name (encoders, loss) known."""
     cfg = build_dataclass(TrainConfig, data, "")
     if cfg.kind != "spatial":
         raise ConfigError(f"kind={cfg.kind!r}: a TrainConfig is kind 'spatial' (image + genes)")
+    if cfg.genes is not None and cfg.genes < 1:
+        raise ConfigError(f"genes={cfg.genes!r}: expected an integer >= 1 or null (all genes)")
+    m = cfg.model
+    check_encoder(m.image_encoder, "model.image_encoder", allow_timm=True)
+    check_encoder(m.gene_encoder, "model.gene_encoder")
+    _one_of("model.image_mode", m.image_mode, ("finetune", "frozen", "lora"), "mode")
+    _one_of("model.head", m.head, ("linear", "mlp"), "projection head")
+    if m.embed_dim < 1:
+        raise ConfigError(f"model.embed_dim={m.embed_dim!r}: expected an integer >= 1")
+    if not 1 <= m.cache_views <= 8:
+        raise ConfigError(f"model.cache_views={m.cache_views!r}: expected an integer in 1..8")
+    check_loss(cfg.loss.name)
     c = cfg.correction
     if c.sampler not in ("random", "by_batch", "balanced"):
         raise ConfigError(f"correction.sampler={c.sampler!r}: random, by_batch or balanced")
@@ -150,15 +352,32 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
             raise ConfigError(f"correction.{name}={getattr(c, name)!r}: keep, mask or downweight")
     if c.batch_key not in ("batch", "sample", "patient"):
         raise ConfigError(f"correction.batch_key={c.batch_key!r}: batch, sample or patient")
+    _check_range("correction.adversarial_weight", c.adversarial_weight, low=0)
+    check_optim(cfg.optim)
+    _check_augment(cfg.augment)
     return cfg
+
+
+def _check_augment(augment: dict[str, Any]) -> None:
+    from histoxmodal.data.transforms import Augment
+
+    try:
+        build_dataclass(Augment, augment, "augment.", sections={})
+    except ConfigError as exc:
+        if str(exc).startswith(("augment.", "unknown key")):
+            raise
+        raise ConfigError(f"augment.{exc}") from exc  # Augment's own range checks
 
 
 def set_value(data: dict[str, Any], dotted: str, value: Any) -> None:
     """Apply a ``--set a.b=value`` override to a nested dict."""
     *path, last = dotted.split(".")
     node = data
-    for p in path:
+    for i, p in enumerate(path):
         node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            where = ".".join(path[: i + 1])
+            raise ConfigError(f"--set {dotted}: {where} is {node!r}, not a section with keys")
     node[last] = value
 
 
@@ -190,13 +409,32 @@ def load_config(name_or_path: str, overrides: list[str] | None = None):
                 f"example.{hint} Examples: {', '.join(bundled)}"
             )
         p = bundled[name_or_path]
-    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML{_yaml_where(exc)}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read the config ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of config keys, got {type(data).__name__}")
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. optim.lr=0.0003")
         key, value = item.split("=", 1)
-        set_value(data, key.strip(), yaml.safe_load(value))
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML") from exc
+        set_value(data, key.strip(), parsed)
     return parse_config(data)
+
+
+def _yaml_where(exc) -> str:
+    """`` at line L, column C: problem`` of a YAML error, on one line."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or ""
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{where}: {problem}" if problem else where
 
 
 #: config kinds: what a run trains on (``kind:`` in YAML, ``run.json``)

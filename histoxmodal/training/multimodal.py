@@ -22,7 +22,13 @@ from histoxmodal import keys
 from histoxmodal.encoders import ProjectionHead, create_encoder
 from histoxmodal.errors import ConfigError
 from histoxmodal.losses import create_loss
-from histoxmodal.training.config import LossConfig, OptimConfig, build_dataclass
+from histoxmodal.training.config import (
+    LossConfig,
+    OptimConfig,
+    build_dataclass,
+    check_encoder,
+    check_optim,
+)
 from histoxmodal.training.module import adamw_warmup_cosine
 
 _DEFAULT_MODALITIES = {
@@ -64,39 +70,42 @@ class MultimodalConfig:
 
 
 def multimodal_config_from_dict(data: dict[str, Any]) -> MultimodalConfig:
-    """Validate a nested dict (parsed YAML with a ``modalities:`` section)."""
+    """Validate a nested dict (parsed YAML with a ``modalities:`` section): every key known,
+    every value of its field's type and in range, every encoder and the loss registered."""
     from histoxmodal.data.cohort import MODALITIES
 
-    names = {f.name for f in dataclasses.fields(MultimodalConfig)}
-    kwargs: dict[str, Any] = {}
-    for key, value in (data or {}).items():
-        if key not in names:
-            import difflib
-
-            close = difflib.get_close_matches(key, names, n=2)
-            hint = f"; did you mean {' or '.join(close)}?" if close else ""
-            raise ConfigError(f"unknown key {key!r}{hint} (known: {', '.join(sorted(names))})")
-        if key == "loss":
-            kwargs[key] = build_dataclass(LossConfig, value, "loss.")
-        elif key == "optim":
-            kwargs[key] = build_dataclass(OptimConfig, value, "optim.")
-        else:
-            kwargs[key] = value
-    cfg = MultimodalConfig(**kwargs)
+    cfg = build_dataclass(
+        MultimodalConfig, data, "", sections={"loss": LossConfig, "optim": OptimConfig}
+    )
     if cfg.kind != "cohort":
         raise ConfigError(f"kind={cfg.kind!r}: a config with modalities: is kind 'cohort'")
     if len(cfg.modalities) < 2:
         raise ConfigError("modalities: at least two are needed for contrastive training")
-    for name, spec in cfg.modalities.items():
+    for name in cfg.modalities:
         if name not in MODALITIES:
             raise ConfigError(f"modalities.{name}: the cohort store holds {', '.join(MODALITIES)}")
+    for name, spec in cfg.modalities.items():
         if not isinstance(spec, dict) or "encoder" not in spec:
             raise ConfigError(f"modalities.{name}: give {{encoder: NAME, kwargs: {{...}}}}")
         extra = set(spec) - {"encoder", "kwargs"}
         if extra:
             raise ConfigError(f"modalities.{name}: unknown keys {sorted(extra)}")
+        if not isinstance(spec["encoder"], str):
+            raise ConfigError(
+                f"modalities.{name}.encoder={spec['encoder']!r}: expected an encoder name"
+            )
+        check_encoder(spec["encoder"], f"modalities.{name}.encoder")
+        if not isinstance(spec.get("kwargs", {}), dict):
+            raise ConfigError(
+                f"modalities.{name}.kwargs={spec['kwargs']!r}: expected a mapping (key: value)"
+            )
+    if cfg.embed_dim < 1:
+        raise ConfigError(f"embed_dim={cfg.embed_dim!r}: expected an integer >= 1")
+    if cfg.head not in ("linear", "mlp"):
+        raise ConfigError(f"head={cfg.head!r}: expected linear or mlp")
     if cfg.loss.name not in ("symile", "clip_pairwise"):
         raise ConfigError(f"loss.name={cfg.loss.name!r}: symile or clip_pairwise for a cohort")
+    check_optim(cfg.optim)
     return cfg
 
 

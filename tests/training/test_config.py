@@ -1,0 +1,96 @@
+"""The training config is validated completely, with typed fields, before anything is built."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("torch")
+
+from histoxmodal.errors import ConfigError
+from histoxmodal.training.config import config_from_dict, load_config
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("optim.lr=abc", r"optim\.lr='abc': expected a number"),
+        ("optim.lr=-0.1", r"optim\.lr=-0\.1: expected a number > 0"),
+        ("optim.batch_size=abc", r"optim\.batch_size='abc': expected an integer"),
+        ("optim.batch_size=0", r"optim\.batch_size=0: expected an integer >= 1"),
+        ("optim.max_epochs=1.5", r"optim\.max_epochs=1\.5: expected an integer"),
+        ("optim.max_epochs=0", r"optim\.max_epochs=0: expected an integer >= 1"),
+        ("optim.num_workers=-1", r"optim\.num_workers=-1: expected an integer >= 0"),
+        ("optim.precision=fp7", r"optim\.precision='fp7': not a Lightning precision.*bf16-mixed"),
+        ("genes=many", r"genes='many': expected an integer or null"),
+        ("genes=0", r"genes=0: expected an integer >= 1"),
+        ("loss.name=clp", r"loss\.name='clp': unknown loss; did you mean 'clip'"),
+        ("model.image_encoder=unii", r"model\.image_encoder='unii': unknown encoder.*'uni'"),
+        ("model.gene_encoder=gene_mpl", r"model\.gene_encoder='gene_mpl'.*'gene_mlp'"),
+        ("model.head=conv", r"model\.head='conv'"),
+        ("model.cache_image_features=maybe", r"cache_image_features='maybe': expected true"),
+        ("model.image_kwargs=3", r"model\.image_kwargs=3: expected a mapping"),
+        ("augment.hed_sigma=2", r"augment\.hed_sigma=2"),
+        ("augment.flip=true", r"unknown key augment\.'flip'; did you mean flips"),
+        ("optim=3", r"optim=3: expected a mapping"),
+    ],
+)
+def test_bad_values_name_the_key_the_value_and_what_is_expected(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("her2st_small", [override])
+
+
+def test_values_are_coerced_only_where_lossless():
+    # YAML 1.1 reads 3e-4 as a string; a float field takes it as the number it spells
+    cfg = load_config("her2st_small", ["optim.lr=3e-4", "optim.max_epochs=3.0", "genes=null"])
+    assert cfg.optim.lr == pytest.approx(3e-4) and isinstance(cfg.optim.lr, float)
+    assert cfg.optim.max_epochs == 3 and isinstance(cfg.optim.max_epochs, int)
+    assert cfg.genes is None
+    cfg = config_from_dict({"optim": {"weight_decay": 0, "precision": 32}})
+    assert cfg.optim.weight_decay == 0.0 and isinstance(cfg.optim.weight_decay, float)
+    assert cfg.optim.precision == "32"
+    assert config_from_dict({"model": {"image_encoder": "timm:resnet18"}}).model.image_encoder
+    with pytest.raises(ConfigError, match="expected true or false"):
+        config_from_dict({"model": {"cache_image_features": 1}})
+
+
+@pytest.mark.parametrize("precision", ["32-true", "16-mixed", "bf16-mixed", "64", "auto"])
+def test_lightning_precisions_are_accepted(precision):
+    assert config_from_dict({"optim": {"precision": precision}}).optim.precision == precision
+
+
+def test_malformed_yaml_is_one_line_naming_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("genes: 20\nmodel: {image_encoder: test_uni\noptim: {lr: 1}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(bad))
+    msg = str(err.value)
+    assert str(bad) in msg and "line 3" in msg and "\n" not in msg
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(str(listed))
+
+
+def test_set_into_a_value_that_is_not_a_section():
+    with pytest.raises(ConfigError, match="genes is 256, not a section"):
+        load_config("her2st_small", ["genes.n=3"])
+
+
+def test_multimodal_config_fields_are_typed():
+    from histoxmodal.training.multimodal import multimodal_config_from_dict
+
+    two = {"cxr": {"encoder": "test_cxr"}, "ecg": {"encoder": "test_ecg"}}
+    assert multimodal_config_from_dict({"modalities": two}).optim.lr > 0
+    cases = [
+        ({"embed_dim": "big"}, r"embed_dim='big': expected an integer"),
+        ({"augment": "yes"}, r"augment='yes': expected true or false"),
+        ({"optim": {"lr": "abc"}}, r"optim\.lr='abc'"),
+        ({"optim": {"precision": "fp7"}}, r"optim\.precision='fp7'"),
+        ({"optim": {"max_epochs": 1.5}}, r"optim\.max_epochs=1\.5"),
+        ({"modalities": {**two, "ecg": {"encoder": "ecg_resnet"}}}, r"modalities\.ecg\.encoder"),
+        ({"modalities": "cxr"}, r"modalities='cxr': expected a mapping"),
+        ({"head": "conv"}, r"head='conv'"),
+    ]
+    for extra, match in cases:
+        with pytest.raises(ConfigError, match=match):
+            multimodal_config_from_dict({"modalities": two, **extra})
