@@ -270,6 +270,7 @@ def _read_wfdb(hea: Path) -> _Raw:
     import wfdb
 
     record_path = hea.with_suffix("")
+    _check_wfdb_file_sizes(hea)
     try:
         rec = wfdb.rdrecord(str(record_path))
     except FileNotFoundError as e:
@@ -304,6 +305,68 @@ def _read_wfdb(hea: Path) -> _Raw:
         path=hea,
         metadata={"file_units": file_units, "comments": comments},
     )
+
+
+# Bytes per sample of the WFDB signal formats (the WFDB spec, signal(5)); the FLAC formats 508,
+# 516 and 524 are compressed and have no fixed size, so they are left out.
+_WFDB_BYTES_PER_SAMPLE = {
+    "8": 1.0,
+    "16": 2.0,
+    "24": 3.0,
+    "32": 4.0,
+    "61": 2.0,
+    "80": 1.0,
+    "160": 2.0,
+    "212": 1.5,
+    "310": 4 / 3,
+    "311": 4 / 3,
+}
+
+
+def _check_wfdb_file_sizes(hea: Path) -> None:
+    """Refuse a signal file shorter than its header says, before wfdb fails on it.
+
+    wfdb reads what is there and then fails with a NumPy reshape or broadcast error that names no
+    file; the header gives the sample count, format and byte offset, so the size can be checked.
+    """
+    import math
+
+    import wfdb
+
+    try:
+        head = wfdb.rdheader(str(hea.with_suffix("")))
+    except Exception:  # a malformed header is reported by rdrecord with its own message
+        return
+    if not isinstance(head, wfdb.Record) or not head.sig_len or not head.file_name:
+        return  # multi-segment records, or a header without a length: nothing to compare
+    files: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(head.file_name):
+        fmt = str(head.fmt[i])
+        spf = int((head.samps_per_frame or [1] * len(head.file_name))[i] or 1)
+        entry = files.setdefault(
+            name, {"fmt": fmt, "samples": 0, "leads": 0, "offset": 0, "bytes": 0.0}
+        )
+        entry["samples"] += spf
+        entry["leads"] += 1
+        entry["bytes"] += spf * _WFDB_BYTES_PER_SAMPLE.get(fmt, 0.0)
+        entry["offset"] = int((head.byte_offset or [0] * len(head.file_name))[i] or 0)
+    for name, e in files.items():
+        dat = hea.parent / name
+        frame_bytes = e["bytes"]
+        if frame_bytes <= 0 or not dat.is_file():
+            continue  # compressed (FLAC) formats have no fixed size; a missing file is rdrecord's
+        expected_bytes = e["offset"] + math.ceil(head.sig_len * frame_bytes)
+        size = dat.stat().st_size
+        if size >= expected_bytes:
+            continue
+        found = max(0, math.floor((size - e["offset"]) / frame_bytes))
+        raise ECGReadError(
+            f"{dat}: the signal file is shorter than its header {hea.name} says: "
+            f"{head.sig_len:,} samples per lead expected ({e['leads']} leads in format "
+            f"{e['fmt']}, {expected_bytes:,} bytes), only {found:,} found ({size:,} bytes); "
+            f"was the copy or download interrupted? Copy the record again, or correct the "
+            f"sample count in {hea.name}"
+        )
 
 
 def _ptb_ecg_date(comments: list[str]) -> datetime | None:
@@ -341,14 +404,9 @@ def _convert_to_mv(sig: np.ndarray, units: list[str], where: Path) -> list[str]:
 
 
 def _read_dicom(p: Path, group: int | None) -> _Raw:
-    import pydicom
+    from histoxmodal.io.radiology import dicom_datetime, read_dicom_dataset
 
-    from histoxmodal.io.radiology import dicom_datetime
-
-    try:
-        ds = pydicom.dcmread(p, force=p.suffix.lower() == ".dcm")
-    except Exception as e:  # pydicom raises InvalidDicomError or struct errors on garbage
-        raise ECGReadError(f"{p}: not a readable DICOM file: {type(e).__name__}: {e}") from e
+    ds = read_dicom_dataset(p, error=ECGReadError)
     seq = ds.get("WaveformSequence")
     if not seq:
         sop = ds.get("SOPClassUID")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time
@@ -226,6 +227,72 @@ def _has_dicm_preamble(p: Path) -> bool:
 
 # ------------------------------------------------------------------------------ DICOM helpers
 
+# Elements a real DICOM object carries; a file without the 'DICM' marker is taken as DICOM only
+# when pydicom finds one of them, since force=True "reads" any bytes (a text file gives an empty
+# dataset) and the reader then complains about a SOP class or pixel data the file never had.
+_DICOM_EVIDENCE = ("SOPClassUID", "SOPInstanceUID", "Modality", "PixelData", "WaveformSequence")
+
+
+def read_dicom_dataset(
+    path: str | Path,
+    *,
+    stop_before_pixels: bool = False,
+    error: type[Exception] = RadiologyReadError,
+) -> Any:
+    """Read a DICOM file with pydicom, refusing a file that is not DICOM with a clear message.
+
+    Files with the 128-byte preamble and 'DICM' marker are read as usual; files without it (old
+    ACR-NEMA style datasets) are read with ``force=True`` and accepted only when they hold a SOP
+    class or instance UID, a modality, pixel data or a waveform.
+
+    Parameters
+    ----------
+    path
+        The file.
+    stop_before_pixels
+        Passed to :func:`pydicom.dcmread`.
+    error
+        The exception class raised (the caller's reader error).
+
+    Returns
+    -------
+    pydicom.Dataset
+
+    Raises
+    ------
+    error
+        The file is not DICOM, or pydicom cannot parse it; the message names the file.
+    """
+    import pydicom
+
+    p = Path(path)
+    with p.open("rb") as f:
+        head = f.read(132)
+    marked = len(head) == 132 and head[128:132] == b"DICM"
+    # pydicom warns about the VR it guesses for unmarked bytes; that is noise for a file that
+    # turns out not to be DICOM, so the warnings are held back until the file is accepted
+    with warnings.catch_warnings(record=True) as held:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=stop_before_pixels, force=not marked)
+        except Exception as e:  # InvalidDicomError, struct.error, ... on a damaged file
+            if not marked:
+                raise error(_not_dicom_message(p, head)) from e
+            raise error(f"{p}: not a readable DICOM file: {type(e).__name__}: {e}") from e
+    if not marked and not any(k in ds for k in _DICOM_EVIDENCE):
+        raise error(_not_dicom_message(p, head))
+    for w in held:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return ds
+
+
+def _not_dicom_message(p: Path, head: bytes) -> str:
+    return (
+        f"{p}: not a DICOM file: no 'DICM' marker at byte 128 (pydicom: InvalidDicomError) and "
+        f"no DICOM elements in it; it starts with {head[:24]!r}. Check that it is the exported "
+        f"DICOM and not a report or a renamed file"
+    )
+
 
 def dicom_datetime(
     ds: Any, prefixes: Sequence[str] = ("Acquisition", "Content", "Series", "Study")
@@ -392,12 +459,7 @@ def _dicom_header(ds: Any) -> dict[str, Any]:
 
 
 def _read_dicom_file(p: Path) -> RadiologyImage:
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(p, force=p.suffix.lower() == ".dcm")
-    except Exception as e:  # InvalidDicomError, struct.error, ... on a damaged file
-        raise RadiologyReadError(f"{p}: not a readable DICOM file: {type(e).__name__}: {e}") from e
+    ds = read_dicom_dataset(p)
     pixels, info = _dicom_pixels(ds, p)
     head = _dicom_header(ds)
     spacing, spacing_src = _dicom_spacing(ds)
@@ -434,7 +496,7 @@ def _read_dicom_series(folder: Path) -> RadiologyImage:
         raise RadiologyReadError(
             f"{folder}: a folder with no DICOM files; give a DICOM series folder or one file"
         )
-    heads = [(f, pydicom.dcmread(f, stop_before_pixels=True, force=True)) for f in files]
+    heads = [(f, read_dicom_dataset(f, stop_before_pixels=True)) for f in files]
     series: dict[str, list] = {}
     for f, ds in heads:
         series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((f, ds))
@@ -643,6 +705,7 @@ __all__ = [
     "RadiologyReadError",
     "dicom_datetime",
     "radiology_to_unit",
+    "read_dicom_dataset",
     "read_radiology",
     "window_range",
 ]

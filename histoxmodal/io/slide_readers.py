@@ -68,6 +68,57 @@ def _crop(level_image: np.ndarray, x: int, y: int, w: int, h: int) -> np.ndarray
 
 
 # --------------------------------------------------------------------------- OpenSlide
+_VL_WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
+
+
+def _dicom_wsi_problem(path: Path, openslide_message: str) -> str | None:
+    """What a DICOM WSI series lacks, when OpenSlide refused it; None if not found or not DICOM.
+
+    OpenSlide opens every .dcm file beside the one given and, for a file without ImageType, says
+    only "Couldn't get image flavor", which reads like a damaged file. pydicom (the ``medical``
+    extra) can name the file and the missing attribute; without it the generic message stays.
+    """
+    try:
+        import pydicom
+    except ImportError:
+        return None
+    with path.open("rb") as fh:
+        head = fh.read(132)
+    if head[128:132] != b"DICM":
+        return None
+    # the file OpenSlide names first, then the one given, then the rest of the series folder
+    named = [Path(m) for m in re.findall(r"Reading (.+?\.dcm)\b", openslide_message)]
+    siblings = sorted(path.parent.glob("*.dcm"))
+    seen: set[Path] = set()
+    for f in [*named, path, *siblings]:
+        f = f.resolve()
+        if f in seen or not f.is_file():
+            continue
+        seen.add(f)
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except Exception:  # not DICOM or unreadable: OpenSlide skips those files too
+            continue
+        sop = str(ds.get("SOPClassUID", ""))
+        if sop != _VL_WSI_SOP_CLASS:
+            if f == path.resolve():
+                name = getattr(ds.get("SOPClassUID"), "name", sop) or "none"
+                return (
+                    f"DICOM file {f} is not a whole-slide image (SOP class {name}, modality "
+                    f"{ds.get('Modality', '?')}); give the files of a VL Whole Slide Microscopy "
+                    f"Image series, or read radiology images with histoxmodal.read_radiology"
+                )
+            continue  # another object in the folder (a report, a label): not the series
+        if "ImageType" not in ds:
+            return (
+                f"DICOM file {f} has no ImageType (0008,0008): not a whole-slide image series, "
+                f"or written without the WSI attributes; OpenSlide needs ImageType (e.g. "
+                f"DERIVED\\PRIMARY\\VOLUME\\NONE) in every file of the series. Re-export the "
+                f"slide with a DICOM WSI converter, or move that file out of the folder"
+            )
+    return None
+
+
 @READERS.register("openslide", formats="SVS TIFF NDPI VMS VMU SCN MRXS BIF CZI DICOM-WSI")
 class OpenSlideReader(SlideReader):
     """Every format OpenSlide opens (vendor pyramids, generic tiled TIFF, DICOM WSI)."""
@@ -86,6 +137,9 @@ class OpenSlideReader(SlideReader):
                 f"{path}: OpenSlide does not recognise this file as a slide ({exc})"
             ) from exc
         except (openslide.OpenSlideError, OSError) as exc:
+            why = _dicom_wsi_problem(Path(path), str(exc))
+            if why is not None:
+                raise SlideOpenError(f"{path}: OpenSlide cannot open it ({exc}). {why}") from exc
             raise SlideOpenError(
                 f"{path}: OpenSlide cannot open it ({exc}); the file may be truncated or corrupt"
             ) from exc

@@ -202,3 +202,37 @@ def test_bad_inputs(tmp_path, data_dir):
         read_ecg(tmp_path / "nope", missing_leads="drop")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="leads='twelve'"):
         read_ecg(data_dir / "ecg" / "100", leads="twelve")
+
+
+@pytest.mark.parametrize(
+    ("record", "keep_bytes", "expected", "found"),
+    [
+        # MIT-BIH format 212, 2 leads: 3 bytes a frame; cut mid-frame (NumPy broadcast error)
+        ("100", 300_001, 650_000, 100_000),
+        # PTB format 16, 12 leads in the .dat: 24 bytes a frame (NumPy reshape error)
+        ("s0010_re", 99_990, 38_400, 4_166),
+    ],
+)
+def test_truncated_wfdb_dat_says_shorter_than_header(
+    ecg_dir, tmp_path, record, keep_bytes, expected, found
+):
+    for f in ecg_dir.glob(f"{record}.*"):
+        data = f.read_bytes()
+        (tmp_path / f.name).write_bytes(data[:keep_bytes] if f.suffix == ".dat" else data)
+    with pytest.raises(ECGReadError) as e:
+        read_ecg(tmp_path / record)
+    msg = str(e.value)
+    assert f"{tmp_path / (record + '.dat')}" in msg
+    assert "shorter than its header" in msg
+    assert f"{expected:,} samples" in msg and f"{found:,}" in msg
+    assert "broadcast" not in msg and "reshape" not in msg
+
+
+def test_text_file_named_dcm_is_not_a_dicom_file(tmp_path):
+    p = tmp_path / "notes.dcm"
+    p.write_text("patient 12, resting ECG, see scan\n")
+    with pytest.raises(ECGReadError) as e:
+        read_ecg(p)
+    msg = str(e.value)
+    assert str(p) in msg and "not a DICOM file" in msg and "DICM" in msg
+    assert "SOP class" not in msg

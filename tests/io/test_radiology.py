@@ -169,3 +169,39 @@ def test_bad_inputs(tmp_path, data_dir):
         read_radiology(data_dir / "cxr" / "CT_small.dcm", window=(40,))
     with pytest.raises(ConfigError, match="size="):
         read_radiology(data_dir / "cxr" / "CT_small.dcm", size=(0, 10))
+
+
+def test_text_file_named_dcm_is_not_a_dicom_file(tmp_path):
+    p = tmp_path / "report.dcm"
+    p.write_text("FINDINGS: no acute cardiopulmonary process.\n")
+    with pytest.raises(RadiologyReadError) as e:
+        read_radiology(p)
+    msg = str(e.value)
+    assert str(p) in msg and "not a DICOM file" in msg and "DICM" in msg
+    assert "pixel data" not in msg
+
+
+def test_text_file_named_dcm_in_a_series_folder_is_named(cxr, tmp_path):
+    (tmp_path / "a.dcm").write_bytes((cxr / "CT_small.dcm").read_bytes())
+    (tmp_path / "b.dcm").write_text("not an image\n")
+    with pytest.raises(RadiologyReadError) as e:
+        read_radiology(tmp_path)
+    assert str(tmp_path / "b.dcm") in str(e.value) and "not a DICOM file" in str(e.value)
+
+
+def test_dicom_without_preamble_still_read_as_dicom(cxr, tmp_path):
+    """A dataset without preamble and file meta is still DICOM; only non-DICOM is refused."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    from histoxmodal.io.radiology import read_dicom_dataset
+
+    ds = pydicom.dcmread(cxr / "CT_small.dcm")
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, True
+    write_dataset(buf, ds)
+    p = tmp_path / "raw.dcm"
+    p.write_bytes(buf.getvalue())
+    assert p.read_bytes()[128:132] != b"DICM"
+    back = read_dicom_dataset(p, stop_before_pixels=True)
+    assert back.Modality == "CT" and back.SOPInstanceUID == ds.SOPInstanceUID

@@ -211,3 +211,21 @@ def test_truncated_jpeg(tmp_path, data_dir):
 def test_unknown_reader_name_suggests(cmu_svs):
     with pytest.raises(KeyError, match="Did you mean 'openslide'"):
         open_slide(cmu_svs, reader="opneslide")
+
+
+@pytest.mark.parametrize("bad", ["boxes_0.dcm", "boxes_1.dcm"])
+def test_dicom_wsi_without_image_type_says_what_is_missing(data_dir, tmp_path, bad):
+    """OpenSlide says "Couldn't get image flavor"; the message names the file and the tag."""
+    pydicom = pytest.importorskip("pydicom")
+    fx = data_dir / "wsi" / "openslide-fixtures"
+    for name in ("boxes_0.dcm", "boxes_1.dcm"):
+        ds = pydicom.dcmread(fx / name)
+        if name == bad:
+            del ds.ImageType
+        ds.save_as(tmp_path / name)
+    with pytest.raises(SlideOpenError) as e:
+        open_slide(tmp_path / "boxes_0.dcm")
+    msg = str(e.value)
+    assert f"DICOM file {tmp_path / bad} has no ImageType (0008,0008)" in msg
+    assert "whole-slide" in msg and "truncated or corrupt" not in msg
+    assert "\n" not in msg
