@@ -304,3 +304,51 @@ def test_her2st_pathology_counts_match_the_tsv(data_dir):
     assert a.n_obs == 346 and set(a.obs["patient"]) == {"A"}
     with pytest.raises(ConfigError, match="B4 has no pathology"):
         read_her2st_pathology(root, ["B4"])
+
+
+def _her2st_copy(data_dir, dst, sections=("C3",)):
+    """A her2st-layout folder in ``dst`` with ``sections`` copied from the shared data."""
+    import shutil
+
+    root = data_dir / "her2st"
+    for d in ("counts", "spots", "images"):
+        (dst / d).mkdir(parents=True, exist_ok=True)
+    for s in sections:
+        shutil.copy(root / "counts" / f"{s}.tsv.gz", dst / "counts")
+        shutil.copy(root / "spots" / f"{s}_selection.tsv", dst / "spots")
+    return dst
+
+
+def test_truncated_counts_file_names_itself(data_dir, tmp_path):
+    root = _her2st_copy(data_dir, tmp_path / "h")
+    f = root / "counts" / "C3.tsv.gz"
+    raw = f.read_bytes()
+    f.write_bytes(raw[: len(raw) // 2])  # cut mid-row, inside the gzip stream
+    with pytest.raises(ConfigError, match=r"C3\.tsv\.gz: unreadable counts table.*truncated"):
+        read_her2st(root, "C3")
+
+
+def test_non_numeric_count_names_file_and_cell(data_dir, tmp_path):
+    import gzip
+
+    root = _her2st_copy(data_dir, tmp_path / "h")
+    f = root / "counts" / "C3.tsv.gz"
+    lines = gzip.decompress(f.read_bytes()).decode().split("\n")
+    cells = lines[2].split("\t")
+    cells[5] = "abc"
+    lines[2] = "\t".join(cells)
+    f.write_bytes(gzip.compress("\n".join(lines).encode()))
+    with pytest.raises(ConfigError, match=rf"C3\.tsv\.gz: non-numeric.*{cells[0]}.*'abc'"):
+        read_her2st(root, "C3")
+
+
+def test_ragged_uncompressed_counts_names_itself(data_dir, tmp_path):
+    import gzip
+
+    root = _her2st_copy(data_dir, tmp_path / "h")
+    gz = root / "counts" / "C3.tsv.gz"
+    text = gzip.decompress(gz.read_bytes()).decode()
+    gz.unlink()
+    (root / "counts" / "C3.tsv").write_text(text[: len(text) // 2])  # killed copy, mid-row
+    with pytest.raises(ConfigError, match=r"C3\.tsv: .*missing counts"):
+        read_her2st(root, "C3")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import gzip
 import logging
 import re
+import warnings
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -57,6 +59,43 @@ def pitch_px_per_unit(array_xy: np.ndarray, pixel_xy: np.ndarray) -> list[float]
     return out
 
 
+def _read_counts_table(counts: Path):
+    """The ``spots × genes`` table of ``counts``, all cells numeric, or a
+    :class:`SpatialFormatError` naming the file (truncated gzip, ragged rows, a word in a
+    count cell) instead of an ``EOFError`` or ``TypeError`` naming nothing."""
+    import pandas as pd
+
+    try:
+        with warnings.catch_warnings():
+            # a word in a count column gives mixed types: reported below, naming the cell
+            warnings.simplefilter("ignore", pd.errors.DtypeWarning)
+            df = pd.read_csv(counts, sep="\t", index_col=0)
+    except (EOFError, OSError, zlib.error, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise SpatialFormatError(
+            f"{counts}: unreadable counts table ({type(exc).__name__}: {exc}); the file is "
+            f"truncated or corrupt, download or copy it again"
+        ) from exc
+    df.index = df.index.astype(str)
+    bad = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
+    if bad:
+        col = bad[0]
+        num = pd.to_numeric(df[col], errors="coerce")
+        row = df.index[num.isna() & df[col].notna()]
+        where = f"spot {row[0]!r}, value {df.at[row[0], col]!r}" if len(row) else "a cell"
+        raise SpatialFormatError(
+            f"{counts}: non-numeric count in gene column {col!r} ({where}; {len(bad)} column(s) "
+            f"affected); counts must be numbers"
+        )
+    if df.isna().to_numpy().any():
+        n_rows = int(df.isna().any(axis=1).sum())
+        first = df.index[df.isna().any(axis=1)][0]
+        raise SpatialFormatError(
+            f"{counts}: {n_rows} row(s) with missing counts (first: spot {first!r}); the table "
+            f"is truncated or ragged, copy it again"
+        )
+    return df
+
+
 def read_st(
     counts: str | Path,
     spots: str | Path,
@@ -97,14 +136,18 @@ def read_st(
     sample = sample or counts.name.split(".")[0]
     m = _SECTION.match(sample)
     patient = patient or (m.group(1) if m else sample)
-    df = pd.read_csv(counts, sep="\t", index_col=0)
-    df.index = df.index.astype(str)
+    df = _read_counts_table(counts)
     # pandas renames repeated headers (GAPDH.1); keep the file's own names to report them
     with gzip.open(counts, "rt") if counts.suffix == ".gz" else open(counts) as fh:
         header = fh.readline().rstrip("\n").split("\t")[1:]
     if len(header) == df.shape[1]:
         df.columns = header
-    sel = pd.read_csv(spots, sep="\t")
+    try:
+        sel = pd.read_csv(spots, sep="\t")
+    except (EOFError, OSError, zlib.error, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise SpatialFormatError(
+            f"{spots}: unreadable spot table ({type(exc).__name__}: {exc}); copy it again"
+        ) from exc
     missing = {"x", "y", "pixel_x", "pixel_y"} - set(sel.columns)
     if missing:
         raise SpatialFormatError(
