@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from histoxmodal.cli.main import EXIT_OK, EXIT_USAGE, format_table
+from histoxmodal.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, format_table
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -70,17 +70,30 @@ def run_build(args: argparse.Namespace) -> int:
             )
         )
     print(format_table(rows))
+    failed = m.get("failed") or {}
     by_reason: dict[str, list[str]] = {}
     for s, why in m["skipped"].items():
-        by_reason.setdefault(why, []).append(s)
+        if s not in failed:
+            by_reason.setdefault(why, []).append(s)
     for why, names in by_reason.items():
         print(f"skipped {len(names)}: {', '.join(names)}: {why}")
+    for s, why in failed.items():
+        print(f"failed {s}: {why}")
     state = "up to date" if m.get("up_to_date") else "built"
     print(
         f"{state}: {m['n_spots']} spots x {m['n_genes']} genes ({m['params']['genes']}) in "
         f"{Path(args.out).resolve()}"
     )
-    return EXIT_OK if m["samples"] else EXIT_USAGE
+    if not m["samples"]:
+        return EXIT_USAGE
+    if failed:
+        # the dataset is usable, but lacks samples that were meant to be in it
+        print(
+            f"{len(failed)} sample(s) failed and are not in the dataset; fix the files named "
+            f"above and rebuild with --overwrite"
+        )
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _print_cohort(m: dict) -> int:

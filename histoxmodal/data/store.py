@@ -93,8 +93,89 @@ def open_patches(path: str | Path) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
 
 
-def load_paired(path: str | Path):
+def file_record(path: Path) -> dict[str, object]:
+    """What a manifest records of an output file: ``{"sha256": ..., "size": bytes}``."""
+    return {"sha256": file_sha256(path), "size": path.stat().st_size}
+
+
+def _damaged(path: Path, what: str) -> ConfigError:
+    return ConfigError(
+        f"{path}: {what}; the dataset was changed or only partly rewritten after it was "
+        f"built; rebuild it (`histoxmodal build ... --overwrite`)"
+    )
+
+
+def check_files(path: str | Path, manifest: dict, *, verify: bool = False) -> None:
+    """Check the files of the dataset in ``path`` against its ``manifest``.
+
+    Sizes always (cheap); content hashes when ``verify`` or when a file is newer than the
+    manifest, which is written last and so is normally the newest file.
+
+    Raises
+    ------
+    ConfigError
+        Naming the first file that is missing or differs, and saying to rebuild.
+    """
+    path = Path(path)
+    manifest_mtime = (path / keys.PAIRED_MANIFEST_FILE).stat().st_mtime_ns
+    for name, rec in (manifest.get("files") or {}).items():
+        f = path / name
+        if not f.is_file():
+            raise _damaged(f, "missing")
+        # older manifests recorded the hash alone
+        rec = {"sha256": rec} if isinstance(rec, str) else rec
+        st = f.stat()
+        if rec.get("size") is not None and st.st_size != rec["size"]:
+            raise _damaged(f, f"{st.st_size} bytes, the manifest records {rec['size']}")
+        hash_it = verify or st.st_mtime_ns > manifest_mtime
+        if hash_it and rec.get("sha256") and file_sha256(f) != rec["sha256"]:
+            raise _damaged(f, "content differs from the sha256 in the manifest")
+
+
+def _check_shapes(path: Path, m: dict, n_obs: int, n_vars: int, patch_shape: tuple) -> None:
+    """``adata`` ``(n_obs, n_vars)`` and ``patches`` ``patch_shape`` against the manifest."""
+    n, px = m.get("n_spots"), (m.get("params") or {}).get("patch_px")
+    adata_file = path / keys.PAIRED_ADATA_FILE
+    if n is not None and n_obs != n:
+        raise _damaged(adata_file, f"{n_obs} spots, the manifest records {n}")
+    if m.get("n_genes") is not None and n_vars != m["n_genes"]:
+        raise _damaged(adata_file, f"{n_vars} genes, the manifest records {m['n_genes']}")
+    want = (n_obs, px, px, 3) if px is not None else (n_obs, *patch_shape[1:])
+    if tuple(patch_shape) != want:
+        raise _damaged(
+            path / keys.PAIRED_PATCHES_FILE,
+            f"patches of shape {tuple(patch_shape)}, expected {want} "
+            f"({n_obs} spots, patch_px={px} in the manifest)",
+        )
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The manifest of the paired dataset in ``path``, if its build completed."""
+    path = Path(path)
+    manifest = path / keys.PAIRED_MANIFEST_FILE
+    if not manifest.exists():
+        raise FileNotFoundError(
+            f"{path}: no {keys.PAIRED_MANIFEST_FILE}; build the dataset with "
+            f"`histoxmodal build` (an interrupted build has no manifest)"
+        )
+    try:
+        m = json.loads(manifest.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{manifest}: not valid JSON ({exc}); rebuild the dataset") from exc
+    if not isinstance(m, dict) or m.get("status") != "complete":
+        raise ConfigError(
+            f"{path}: the build did not complete (it was interrupted or is still running); "
+            f"run `histoxmodal build` again"
+        )
+    return m
+
+
+def load_paired(path: str | Path, *, verify: bool = False):
     """Open a paired dataset built by ``histoxmodal build``.
+
+    The files are checked against the manifest first: sizes and the array shapes (``n_spots``,
+    ``patch_px``) always, content hashes when ``verify`` is true or a file is newer than the
+    manifest. A mismatch raises a :class:`ConfigError` naming the file.
 
     Returns
     -------
@@ -107,17 +188,35 @@ def load_paired(path: str | Path):
     import anndata as ad
 
     path = Path(path)
-    manifest = path / keys.PAIRED_MANIFEST_FILE
-    if not manifest.exists():
-        raise FileNotFoundError(
-            f"{path}: no {keys.PAIRED_MANIFEST_FILE}; build the dataset with "
-            f"`histoxmodal build` (an interrupted build has no manifest)"
-        )
-    m = json.loads(manifest.read_text(encoding="utf-8"))
-    if m.get("status") != "complete":
-        raise ConfigError(f"{path}: the build did not complete; run `histoxmodal build` again")
-    adata = ad.read_h5ad(path / keys.PAIRED_ADATA_FILE)
-    patches = open_patches(path / keys.PAIRED_PATCHES_FILE)
-    if len(patches) != adata.n_obs:
-        raise ConfigError(f"{path}: {len(patches)} patches for {adata.n_obs} spots; rebuild")
+    m = read_manifest(path)
+    check_files(path, m, verify=verify)
+    f = path / keys.PAIRED_ADATA_FILE
+    try:
+        adata = ad.read_h5ad(f)
+        f = path / keys.PAIRED_PATCHES_FILE
+        patches = open_patches(f)
+    except (OSError, KeyError) as exc:
+        raise _damaged(f, f"unreadable ({type(exc).__name__}: {exc})") from exc
+    _check_shapes(path, m, adata.n_obs, adata.n_vars, patches.shape)
     return adata, patches
+
+
+def check_paired(path: str | Path, *, verify: bool = False) -> dict:
+    """:func:`load_paired`'s checks without keeping the data; returns the manifest."""
+    import h5py
+
+    path = Path(path)
+    m = read_manifest(path)
+    check_files(path, m, verify=verify)
+    name = path / keys.PAIRED_ADATA_FILE
+    try:
+        with h5py.File(name, "r") as f:
+            n_obs = len(f["obs"][f["obs"].attrs.get("_index", "_index")])
+            n_vars = len(f["var"][f["var"].attrs.get("_index", "_index")])
+        name = path / keys.PAIRED_PATCHES_FILE
+        with h5py.File(name, "r") as f:
+            shape = f["patches"].shape
+    except (OSError, KeyError) as exc:
+        raise _damaged(name, f"unreadable ({type(exc).__name__}: {exc})") from exc
+    _check_shapes(path, m, n_obs, n_vars, shape)
+    return m

@@ -14,15 +14,24 @@ The paired dataset's layout is described in :mod:`histoxmodal.data.store`; in sh
 
 Building is resumable: each sample is first written to ``DIR/.parts/<sample>/`` (atomically); a
 restarted build reuses finished parts whose inputs and parameters are unchanged.
+
+One build at a time writes ``DIR``: it holds ``DIR/.build.lock`` (a ``filelock``, released by the
+kernel when the process dies), and a second build waits for it. Before the final files are
+replaced the manifest is set to ``status: building``, so a build killed while it writes them
+leaves a dataset that :func:`load_paired` refuses and that the next run rebuilds, never new files
+under the old "complete" manifest. Partial files left by killed builds are removed on the next run.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -33,9 +42,9 @@ import numpy as np
 from histoxmodal import keys
 from histoxmodal.data.cohort import COHORT_FILE, MODALITIES
 from histoxmodal.data.recipes import SampleRef
-from histoxmodal.data.store import file_sha256, load_paired, write_store
+from histoxmodal.data.store import check_paired, file_record, file_sha256, load_paired, write_store
 from histoxmodal.errors import ConfigError, HistoxmodalError
-from histoxmodal.fileutil import publish_dir, staging_dir, write_json_atomic
+from histoxmodal.fileutil import clean_stale, publish_dir, staging_dir, write_json_atomic
 from histoxmodal.progress import progress
 from histoxmodal.version import __version__
 
@@ -246,41 +255,125 @@ def build_paired(
     recipe: str = "",
     workers: int = 1,
     overwrite: bool = False,
+    wait: bool = True,
 ) -> dict:
     """Build the paired dataset in ``out_dir`` from the samples a recipe found.
 
-    Samples that cannot be used (no image, unreadable) are recorded in the manifest with the
-    reason and the others go on; the build fails only when no sample is usable.
+    Samples that cannot be used are recorded in the manifest's ``skipped`` with the reason and
+    the others go on; those that failed while being read or cut (a truncated or malformed file,
+    an image too coarse, no spot passing QC), as opposed to those the recipe found without an
+    image, are also listed in ``failed``. The build fails only when no sample is usable.
+
+    ``wait``: when another build holds the folder's lock, wait for it (True) or raise a
+    :class:`ConfigError` at once (False).
 
     Returns
     -------
     dict
         The manifest.
     """
-    from histoxmodal.data.splits import SPLIT_KINDS, make_split, write_split
-
     cfg = config or PairedConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with _dataset_lock(out, wait=wait):
+        _clean_partials(out)
+        return _build_paired_locked(
+            samples, out, cfg, recipe=recipe, workers=workers, overwrite=overwrite
+        )
+
+
+@contextmanager
+def _dataset_lock(out: Path, *, wait: bool) -> Iterator[None]:
+    """Hold the lock of dataset folder ``out``: one build writes it at a time."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(out / ".build.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if not wait:
+            raise ConfigError(
+                f"{out}: another build is writing this dataset (it holds {lock.lock_file}); "
+                f"wait for it to finish, or choose another --out"
+            ) from None
+        log.warning("%s: another build is writing this dataset; waiting for it", out)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _clean_partials(out: Path) -> None:
+    """Remove what killed builds left in ``out`` (called under the lock, so none is live)."""
+    for name in (keys.PAIRED_ADATA_FILE, keys.PAIRED_PATCHES_FILE):
+        (out / f".{name}.partial").unlink(missing_ok=True)
+    for d in (out, out / keys.PAIRED_SPLITS_DIR):
+        for tmp in d.glob(".*.tmp") if d.is_dir() else []:
+            tmp.unlink(missing_ok=True)
+    parts = out / ".parts"
+    if parts.is_dir():
+        for p in parts.iterdir():
+            if p.name.startswith("."):
+                clean_stale(parts, p.name[1:].split(".partial-")[0].split(".old-")[0])
+
+
+#: exceptions that make one sample unusable without stopping the build: the readers' own
+#: errors, missing and unreadable files (truncated gzip: EOFError)
+_SAMPLE_ERRORS = (HistoxmodalError, FileNotFoundError, ValueError, OSError, EOFError)
+
+
+def _reason(ref: SampleRef, exc: BaseException) -> str:
+    """Why ``ref`` failed, naming its files when the message does not already name one."""
+    msg = str(exc) or type(exc).__name__
+    if isinstance(exc, HistoxmodalError | FileNotFoundError) or any(
+        str(p) in msg for p in ref.inputs
+    ):
+        return msg
+    files = ", ".join(str(p) for p in ref.inputs) or "its inputs"
+    return f"{type(exc).__name__}: {msg} (reading {files})"
+
+
+def _build_paired_locked(
+    samples: list[SampleRef],
+    out: Path,
+    cfg: PairedConfig,
+    *,
+    recipe: str,
+    workers: int,
+    overwrite: bool,
+) -> dict:
+    from histoxmodal.data.splits import SPLIT_KINDS, make_split, write_split
+
     manifest_path = out / keys.PAIRED_MANIFEST_FILE
     t0 = time.perf_counter()
     inputs = {r.sample: {str(p): file_sha256(p) for p in r.inputs if p.exists()} for r in samples}
     params = asdict(cfg)
     previous = None
     if manifest_path.exists():
-        previous = json.loads(manifest_path.read_text(encoding="utf-8"))
-    if previous and previous.get("status") == "complete" and not overwrite:
+        try:
+            previous = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            log.warning("%s: unreadable manifest; rebuilding", manifest_path)
+    if isinstance(previous, dict) and previous.get("status") == "complete" and not overwrite:
         if previous.get("params") == params and previous.get("inputs") == inputs:
-            log.info("%s is up to date", out)
-            return {**previous, "up_to_date": True}
-        raise ConfigError(
-            f"{out} holds a dataset built from other inputs or parameters; pass "
-            f"--overwrite to rebuild it, or choose another --out"
-        )
+            try:
+                check_paired(out)
+            except ConfigError as exc:
+                log.warning("%s; rebuilding", exc)
+            else:
+                log.info("%s is up to date", out)
+                return {**previous, "up_to_date": True}
+        else:
+            raise ConfigError(
+                f"{out} holds a dataset built from other inputs or parameters; pass "
+                f"--overwrite to rebuild it, or choose another --out"
+            )
     parts_dir = out / ".parts"
     parts_dir.mkdir(exist_ok=True)
     per_sample: dict[str, dict] = {}
     skipped: dict[str, str] = {}
+    failed: dict[str, str] = {}
     parts: list[tuple[str, Path]] = []
     for ref in progress(samples, total=len(samples), desc="samples", unit="sample"):
         if ref.skip_reason:
@@ -298,17 +391,18 @@ def build_paired(
         tmp = staging_dir(final)
         try:
             counts = _build_part(ref, cfg, tmp, workers)
-        except (HistoxmodalError, FileNotFoundError, ValueError, OSError) as exc:
+        except _SAMPLE_ERRORS as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            skipped[ref.sample] = str(exc)
-            log.warning("%s: skipped: %s", ref.sample, exc)
+            skipped[ref.sample] = failed[ref.sample] = _reason(ref, exc)
+            log.warning("%s: skipped: %s", ref.sample, failed[ref.sample])
             continue
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         if counts["n_spots"] == 0:
             shutil.rmtree(tmp, ignore_errors=True)
-            skipped[ref.sample] = "no spot passed QC"
+            skipped[ref.sample] = failed[ref.sample] = "no spot passed QC"
+            log.warning("%s: skipped: no spot passed QC", ref.sample)
             continue
         write_json_atomic(tmp / "part.json", {"stamp": stamp, "counts": counts})
         publish_dir(tmp, final)
@@ -316,6 +410,17 @@ def build_paired(
         parts.append((ref.sample, final))
     if not parts:
         raise ConfigError("no usable sample: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    # From here the final files are replaced one by one: first say so, so that a kill leaves a
+    # dataset that is refused and rebuilt, never new files under the old "complete" manifest.
+    write_json_atomic(
+        manifest_path,
+        {
+            "status": "building",
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "pid": os.getpid(),
+            "params": params,
+        },
+    )
     totals, obs = _assemble(parts, cfg, out)
     (out / keys.PAIRED_SPLITS_DIR).mkdir(exist_ok=True)
     splits = {}
@@ -337,10 +442,11 @@ def build_paired(
         "inputs": inputs,
         "samples": per_sample,
         "skipped": skipped,
+        "failed": failed,
         **totals,
         "files": {
-            keys.PAIRED_ADATA_FILE: file_sha256(out / keys.PAIRED_ADATA_FILE),
-            keys.PAIRED_PATCHES_FILE: file_sha256(out / keys.PAIRED_PATCHES_FILE),
+            name: file_record(out / name)
+            for name in (keys.PAIRED_ADATA_FILE, keys.PAIRED_PATCHES_FILE)
         },
         "splits": splits,
         "seconds": round(time.perf_counter() - t0, 2),

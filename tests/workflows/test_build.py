@@ -159,3 +159,141 @@ def test_split_paths_are_confined_to_the_dataset(her2st_paired, tmp_path):
     )
     with pytest.raises(ConfigError, match="leaves the dataset folder"):
         split_file(fake, "patient")
+
+
+def _small_refs(data_dir):
+    vis = data_dir / "visium" / "squidpy"
+    return find_samples(load_recipe("h5ad"), [vis / "test_data.h5ad"], image=vis / "test_img.jpg")
+
+
+def _quiet_build(*args, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_paired(*args, **kw)
+
+
+def test_killed_overwrite_is_refused_then_rebuilt(data_dir, tmp_path, monkeypatch):
+    import histoxmodal.data.splits as splits
+
+    refs, out = _small_refs(data_dir), tmp_path / "ds"
+    _quiet_build(refs, out, PairedConfig(patch_px=32))
+    real = splits.write_split
+
+    def killed(*a, **k):  # the process dies after the new data files are in place
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(splits, "write_split", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _quiet_build(refs, out, PairedConfig(patch_px=16), overwrite=True)
+    monkeypatch.setattr(splits, "write_split", real)
+    with pytest.raises(ConfigError, match="did not complete"):
+        load_paired(out)
+    m = _quiet_build(refs, out, PairedConfig(patch_px=16))
+    assert not m.get("up_to_date") and m["params"]["patch_px"] == 16
+    assert load_paired(out)[1].shape == (49, 16, 16, 3)
+
+
+def test_up_to_date_only_when_the_files_match(data_dir, tmp_path):
+    refs, out = _small_refs(data_dir), tmp_path / "ds"
+    m = _quiet_build(refs, out, PairedConfig(patch_px=16))
+    assert m["files"][keys.PAIRED_PATCHES_FILE]["size"] == (out / "patches.h5").stat().st_size
+    with open(out / keys.PAIRED_PATCHES_FILE, "ab") as fh:  # a file replaced behind its back
+        fh.write(b"\0" * 100)
+    again = _quiet_build(refs, out, PairedConfig(patch_px=16))
+    assert not again.get("up_to_date")
+    assert _quiet_build(refs, out, PairedConfig(patch_px=16)).get("up_to_date")
+
+
+def test_second_build_on_one_folder_waits_or_refuses(data_dir, tmp_path):
+    import subprocess
+    import sys
+
+    refs, out = _small_refs(data_dir), tmp_path / "ds"
+    out.mkdir()
+    # another process holds the folder's lock for 2 s, as a running build does
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from filelock import FileLock; l = FileLock(sys.argv[1]); "
+            "l.acquire(); print('held', flush=True); time.sleep(2)",
+            str(out / ".build.lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match="another build is writing"):
+            _quiet_build(refs, out, PairedConfig(patch_px=16), wait=False)
+        assert not (out / keys.PAIRED_MANIFEST_FILE).exists()
+        m = _quiet_build(refs, out, PairedConfig(patch_px=16))  # waits for the holder
+        assert holder.poll() is not None and m["status"] == "complete"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_stale_partial_files_are_cleaned(data_dir, tmp_path):
+    refs, out = _small_refs(data_dir), tmp_path / "ds"
+    out.mkdir()
+    stale = [out / ".adata.h5ad.partial", out / ".patches.h5.partial"]
+    for p in stale:
+        p.write_bytes(b"\0" * 1000)
+    dead = out / ".parts" / ".test_data.partial-1-dead"
+    dead.mkdir(parents=True)
+    (dead / "patches.h5").write_bytes(b"\0")
+    _quiet_build(refs, out, PairedConfig(patch_px=16))
+    assert not any(p.exists() for p in stale) and not (out / ".parts").exists()
+    left = sorted(p.name for p in out.iterdir())
+    assert left == [".build.lock", "adata.h5ad", "manifest.json", "patches.h5", "splits"]
+
+
+def _bad_her2st(data_dir, dst):
+    """C3 intact, C4 with a truncated counts file, C5 with a word in a count cell, B4 with a
+    spot table missing its pixel columns (a copy; the shared data stay untouched)."""
+    import gzip
+
+    import pandas as pd
+
+    root = data_dir / "her2st"
+    for d in ("counts", "spots", "images"):
+        (dst / d).mkdir(parents=True)
+    for s in ("B4", "C3", "C4", "C5"):
+        shutil.copy(root / "counts" / f"{s}.tsv.gz", dst / "counts")
+        shutil.copy(root / "spots" / f"{s}_selection.tsv", dst / "spots")
+        (dst / "images" / f"{s}.jpg").symlink_to(root / "images" / f"{s}.jpg")
+    c4 = dst / "counts" / "C4.tsv.gz"
+    raw = c4.read_bytes()
+    c4.write_bytes(raw[: len(raw) // 2])
+    c5 = dst / "counts" / "C5.tsv.gz"
+    lines = gzip.decompress(c5.read_bytes()).decode().split("\n")
+    cells = lines[3].split("\t")
+    cells[7] = "n/a?"
+    lines[3] = "\t".join(cells)
+    c5.write_bytes(gzip.compress("\n".join(lines).encode()))
+    b4 = dst / "spots" / "B4_selection.tsv"
+    pd.read_csv(b4, sep="\t").drop(columns=["pixel_x"]).to_csv(b4, sep="\t", index=False)
+    return dst
+
+
+def test_bad_samples_are_recorded_and_the_rest_built(data_dir, tmp_path, capsys):
+    from histoxmodal.cli.main import main
+
+    src = _bad_her2st(data_dir, tmp_path / "her2st")
+    out = tmp_path / "ds"
+    args = ["build", "--recipe", "her2st", "--src", str(src), "--out", str(out)]
+    rc = main([*args, "--patch-px", "16"])
+    text = capsys.readouterr().out
+    assert rc == 1
+    m = json.loads((out / keys.PAIRED_MANIFEST_FILE).read_text())
+    assert m["status"] == "complete" and list(m["samples"]) == ["C3"]
+    assert set(m["failed"]) == {"B4", "C4", "C5"} and set(m["skipped"]) == {"B4", "C4", "C5"}
+    assert "C4.tsv.gz" in m["failed"]["C4"] and "truncated" in m["failed"]["C4"]
+    assert "C5.tsv.gz" in m["failed"]["C5"] and "'n/a?'" in m["failed"]["C5"]
+    assert "B4_selection.tsv" in m["failed"]["B4"] and "pixel_x" in m["failed"]["B4"]
+    for s in ("B4", "C4", "C5"):
+        assert f"failed {s}: " in text
+    assert load_paired(out)[0].n_obs == m["samples"]["C3"]["n_spots"] > 170
+    # the rerun is up to date but still says the dataset lacks those samples
+    assert main([*args, "--patch-px", "16"]) == 1 and "up to date" in capsys.readouterr().out
