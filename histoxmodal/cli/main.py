@@ -28,6 +28,17 @@ def format_table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (batch sizes, node counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _add_tile_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tile geometry")
     g.add_argument(
@@ -262,7 +273,13 @@ def _build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--list", action="store_true", help="list the bundled example configs")
     tr.add_argument("--data", metavar="DIR", help="paired dataset (histoxmodal build)")
     tr.add_argument("--out", metavar="RUN_DIR", help="run folder")
-    tr.add_argument("--max-epochs", type=int, default=None, metavar="N")
+    tr.add_argument(
+        "--max-epochs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="epochs to train, >= 1 (default: the config's optim.max_epochs)",
+    )
     tr.add_argument(
         "--set",
         action="append",
@@ -285,13 +302,15 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--accelerator", default="auto", help="cpu, gpu, ... (Lightning)")
     tr.add_argument("--devices", default="auto", help="devices per node (Lightning)")
-    tr.add_argument("--num-nodes", type=int, default=1, help="nodes (Lightning; SLURM detected)")
+    tr.add_argument(
+        "--num-nodes", type=_positive_int, default=1, help="nodes (Lightning; SLURM detected)"
+    )
 
     em = sub.add_parser("embed", help="image and gene embeddings of a dataset with a trained run")
     em.add_argument("run", metavar="RUN", help="run folder written by histoxmodal train")
     em.add_argument("dataset", metavar="DATASET", help="paired dataset folder")
     em.add_argument("--out", required=True, metavar="FILE", help="output .h5ad (+ .npy beside)")
-    em.add_argument("--batch-size", type=int, default=128)
+    em.add_argument("--batch-size", type=_positive_int, default=128)
 
     ev = sub.add_parser(
         "evaluate",
@@ -312,7 +331,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="fold of --split (default: the run's own fold when it trained on that split, else 0)",
     )
     ev.add_argument("--out", required=True, metavar="DIR")
-    ev.add_argument("--in-batch-size", type=int, default=128, metavar="B")
+    ev.add_argument("--in-batch-size", type=_positive_int, default=128, metavar="B")
 
     b = sub.add_parser("bench", help="performance benchmarks on this machine")
     bsub = b.add_subparsers(dest="bench", metavar="BENCH")

@@ -24,8 +24,15 @@ def run_train(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not args.config or not args.out:
         raise ConfigError("histoxmodal train needs CONFIG and --out (see --list for examples)")
+    if args.max_epochs is not None and args.max_epochs < 1:
+        raise ConfigError(f"--max-epochs must be >= 1 (got {args.max_epochs})")
+    from histoxmodal.training.trainer import check_devices
+
+    try:
+        devices = check_devices(args.devices)
+    except ConfigError as exc:
+        raise ConfigError(f"--{exc}") from exc
     cfg = load_config(args.config, args.set)
-    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
     from histoxmodal.workflows.train import train
 
     train(

@@ -152,19 +152,28 @@ class Split:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"split file {p} not found; `histoxmodal build` writes splits/")
-        data = json.loads(p.read_text(encoding="utf-8"))
+        not_split = f"{p} is not a split file written by `histoxmodal build` (its splits/ folder)"
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{not_split}: not JSON ({exc})") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("folds"), list):
+            raise ConfigError(f"{not_split}: it has no list of folds")
         want = data.pop("sha256", None)
         if want != digest(data):
             raise ConfigError(f"{p}: content does not match its sha256; the split file was edited")
-        folds = tuple(
-            Fold(
-                f["name"],
-                np.asarray(f["test"], np.int64),
-                np.asarray(f["val"], np.int64),
-                list(f["held_out"]),
+        try:
+            folds = tuple(
+                Fold(
+                    f["name"],
+                    np.asarray(f["test"], np.int64),
+                    np.asarray(f["val"], np.int64),
+                    list(f["held_out"]),
+                )
+                for f in data["folds"]
             )
-            for f in data["folds"]
-        )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{not_split}: a fold lacks name, test, val or held_out") from exc
         return cls(
             p,
             folds,

@@ -6,10 +6,14 @@ this module only runs Lightning inside it (its logs and checkpoints) and writes 
 
 from __future__ import annotations
 
+import csv
 import os
+import re
+import warnings
 from pathlib import Path
 
 from histoxmodal import keys
+from histoxmodal.errors import ConfigError
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -23,6 +27,49 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "32-true"
 
 
+def check_max_epochs(max_epochs: int | None, optim) -> int:
+    """The epochs a run trains: ``max_epochs``, or the config's when it is ``None``; zero,
+    negative or fractional counts are refused."""
+    epochs = optim.max_epochs if max_epochs is None else max_epochs
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        where = "max_epochs" if max_epochs is not None else "optim.max_epochs"
+        raise ConfigError(f"{where}={epochs!r}: expected an integer >= 1 (epochs to train)")
+    return epochs
+
+
+def check_devices(devices: int | str) -> int | str:
+    """``devices`` as Lightning takes it: ``"auto"``, a count ``>= 1``, ``-1`` (all) or a list
+    of device indices such as ``"0,1"``; digits given as a string become an int."""
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        if devices >= 1 or devices == -1:
+            return devices
+    elif isinstance(devices, str):
+        d = devices.strip()
+        if d == "auto":
+            return d
+        if d.lstrip("-").isdigit():
+            return check_devices(int(d))
+        if re.fullmatch(r"\d+(\s*,\s*\d+)*\s*,?", d):
+            return d
+    raise ConfigError(
+        f"devices={devices!r}: expected auto, a number of devices >= 1, -1 (all) or device "
+        "indices such as 0,1"
+    )
+
+
+def _check_accelerator(accelerator: str) -> None:
+    import torch
+
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        mps = getattr(torch.backends, "mps", None)
+        if accelerator == "gpu" and mps is not None and mps.is_available():
+            return
+        raise ConfigError(
+            f"accelerator={accelerator!r}: this machine has no usable GPU "
+            "(torch.cuda.is_available() is False); use --accelerator cpu or auto"
+        )
+
+
 def make_trainer(
     root: Path,
     optim,
@@ -32,31 +79,88 @@ def make_trainer(
     devices: int | str = "auto",
     num_nodes: int = 1,
     enable_progress_bar: bool = False,
+    resume: bool = False,
 ):
     """The Lightning ``Trainer`` of every training run: CSV and TensorBoard logs under ``root``,
     checkpoints in ``root/checkpoints`` (``last.ckpt`` for resuming), precision and gradient
-    accumulation from ``optim`` (:class:`~histoxmodal.training.config.OptimConfig`)."""
+    accumulation from ``optim`` (:class:`~histoxmodal.training.config.OptimConfig`).
+
+    ``max_epochs=None`` trains the config's epochs. With ``resume`` the rows already in
+    ``csv/metrics.csv`` are kept and the resumed epochs appended. Options Lightning cannot use
+    here (no GPU, bad ``devices``) raise :class:`~histoxmodal.errors.ConfigError`; nothing is
+    written under ``root`` until ``fit``.
+    """
     import lightning as L
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    return L.Trainer(
-        default_root_dir=root,
-        max_epochs=max_epochs or optim.max_epochs,
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=num_nodes,
-        precision=resolve_precision(optim.precision, accelerator),
-        accumulate_grad_batches=optim.accumulate,
-        log_every_n_steps=1,
-        logger=[
-            CSVLogger(root, name="csv", version=""),
-            TensorBoardLogger(root, name="tensorboard", version=""),
-        ],
-        callbacks=[ModelCheckpoint(dirpath=root / keys.RUN_CHECKPOINT_DIR, save_last=True)],
-        enable_progress_bar=enable_progress_bar,
-        enable_model_summary=False,
+    epochs = check_max_epochs(max_epochs, optim)
+    devices = check_devices(devices)
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
+        raise ConfigError(f"num_nodes={num_nodes!r}: expected an integer >= 1")
+    _check_accelerator(accelerator)
+    csv_logger = (_appending_csv_logger() if resume else CSVLogger)(root, name="csv", version="")
+    try:
+        return L.Trainer(
+            default_root_dir=root,
+            max_epochs=epochs,
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=num_nodes,
+            precision=resolve_precision(optim.precision, accelerator),
+            accumulate_grad_batches=optim.accumulate,
+            log_every_n_steps=1,
+            logger=[csv_logger, TensorBoardLogger(root, name="tensorboard", version="")],
+            callbacks=[ModelCheckpoint(dirpath=root / keys.RUN_CHECKPOINT_DIR, save_last=True)],
+            enable_progress_bar=enable_progress_bar,
+            enable_model_summary=False,
+        )
+    except (MisconfigurationException, ValueError, TypeError, ImportError) as exc:
+        raise _lightning_error(exc, accelerator, devices, num_nodes) from exc
+
+
+def _lightning_error(exc: Exception, accelerator, devices, num_nodes) -> ConfigError:
+    msg = " ".join(str(exc).split())
+    return ConfigError(
+        f"Lightning cannot train with accelerator={accelerator!r}, devices={devices!r}, "
+        f"num_nodes={num_nodes}: {msg}"
     )
+
+
+def _appending_csv_logger():
+    """A ``CSVLogger`` that keeps the rows already in ``metrics.csv`` (Lightning's deletes
+    the file when it opens the folder): a resumed run appends its epochs to the earlier ones."""
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+    from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+    class AppendingWriter(ExperimentWriter):
+        def __init__(self, log_dir: str) -> None:
+            path = Path(log_dir) / self.NAME_METRICS_FILE
+            rows = []
+            if path.is_file():
+                with path.open(newline="", encoding="utf-8") as f:
+                    rows = [{k: v for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+            with warnings.catch_warnings():
+                # "previous log files will be deleted": they are written back just below
+                warnings.filterwarnings("ignore", message=".*log files in this directory")
+                super().__init__(log_dir)
+            if rows:
+                # written back at once, so a resume killed before its first flush loses nothing
+                self.metrics = rows
+                self.save()
+
+    class AppendingCSVLogger(CSVLogger):
+        @property
+        @rank_zero_experiment
+        def experiment(self):
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = AppendingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return AppendingCSVLogger
 
 
 def last_checkpoint(root: str | Path) -> Path:
@@ -64,10 +168,14 @@ def last_checkpoint(root: str | Path) -> Path:
     return Path(root) / keys.RUN_CHECKPOINT_DIR / keys.RUN_LAST_CHECKPOINT
 
 
-def fit_module(module, train_dl, val_dl, root: Path, optim, *, resume: bool, **trainer_kw) -> bool:
-    """Fit ``module`` with :func:`make_trainer` in ``root``, continuing its last checkpoint when
-    ``resume``. Returns whether this process is the main one (the one that writes outputs)."""
-    trainer = make_trainer(root, optim, **trainer_kw)
+def fit_module(
+    module, train_dl, val_dl, root: Path, optim, *, resume: bool, trainer=None, **trainer_kw
+) -> bool:
+    """Fit ``module`` with ``trainer`` (default a new :func:`make_trainer` in ``root``),
+    continuing its last checkpoint when ``resume``. Returns whether this process is the main
+    one (the one that writes outputs)."""
+    if trainer is None:
+        trainer = make_trainer(root, optim, resume=resume, **trainer_kw)
     ckpt = str(last_checkpoint(root)) if resume else None
     trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt)
     return bool(trainer.is_global_zero)
@@ -86,7 +194,23 @@ def save_weights(module, path: str | Path) -> None:
 
 def load_weights(module, path: str | Path):
     """Load a safetensors state dict written by :func:`save_weights` into ``module``."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    module.load_state_dict(load_file(str(path)))
+    path = Path(path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{path}: not a readable safetensors file ({' '.join(str(exc).split())}); the run "
+            "is incomplete or corrupt: train it again (or --resume it from its checkpoint)"
+        ) from exc
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(
+            f"{path}: the weights do not fit the run's config.json ({first}); the run is "
+            "incomplete or corrupt"
+        ) from exc
     return module

@@ -138,6 +138,19 @@ def dataset_digest(data: str | Path) -> str:
     return digest(m)
 
 
+def _read_run_json(file: Path, run: Path) -> dict[str, Any]:
+    """A JSON object of a run folder; unreadable files name the file and the run."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(
+            f"{file}: not valid JSON ({exc}); the run {run} is incomplete or corrupt"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: expected a JSON object; the run {run} is incomplete or corrupt")
+    return data
+
+
 # ------------------------------------------------------------------------------------ the Run
 
 
@@ -307,17 +320,25 @@ class Run:
         for f in need:
             if not f.exists():
                 raise FileNotFoundError(f"{f} not found: is {path} a finished training run?")
-        raw = json.loads(cfg_file.read_text(encoding="utf-8"))
+        raw = _read_run_json(cfg_file, path)
         if run_file.exists():
-            ident = json.loads(run_file.read_text(encoding="utf-8"))
+            ident = _read_run_json(run_file, path)
         else:  # run folders written before run.json kept the identity inside config.json
             ident = {k: raw.pop(k, None) for k in ("n_batches", "split", "fold")}
             ident["kind"] = "cohort" if "modalities" in raw else "spatial"
             ident["data"] = raw.get("data")
         for k in ("n_batches", "split", "fold"):
             raw.pop(k, None)
+        if ident.get("kind") not in KINDS:
+            raise ConfigError(
+                f"{run_file}: kind={ident.get('kind')!r} is not one of {', '.join(KINDS)}; the "
+                "run is incomplete or corrupt"
+            )
         raw["kind"] = ident["kind"]
-        config = parse_config(raw)
+        try:
+            config = parse_config(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{cfg_file}: {exc}; the run's config is not valid") from exc
         if ident["kind"] == "spatial":
             # the towers' original weight files are not needed: model.safetensors has them all
             config = dataclasses.replace(

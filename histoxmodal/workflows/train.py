@@ -48,9 +48,10 @@ def train(
         split has none (leave-one-out). Default: the dataset's random split (spatial) or
         patient split (cohort), fold 0.
     max_epochs
-        Overrides ``config.optim.max_epochs``.
+        Overrides ``config.optim.max_epochs`` (``None``: the config's); must be ``>= 1``.
     resume
-        Continue ``out``'s last checkpoint; refused when ``out`` holds another run.
+        Continue ``out``'s last checkpoint; refused when ``out`` holds another run. The rows
+        already in ``csv/metrics.csv`` are kept and the resumed epochs appended.
     accelerator, devices, num_nodes, enable_progress_bar
         Passed to Lightning's ``Trainer``.
 
@@ -61,9 +62,16 @@ def train(
     """
     import lightning as L
 
-    from histoxmodal.training.trainer import fit_module, last_checkpoint, save_weights
+    from histoxmodal.training.trainer import (
+        check_max_epochs,
+        fit_module,
+        last_checkpoint,
+        make_trainer,
+        save_weights,
+    )
 
     out = Path(out)
+    check_max_epochs(max_epochs, config.optim)
     run = Run.create(out, config, data=data, split=split, fold=fold)
     last = last_checkpoint(out)
     if resume:
@@ -74,19 +82,23 @@ def train(
         raise ConfigError(
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
         )
-    else:
+    # Lightning's checks (accelerator, devices) pass before anything is written
+    trainer = make_trainer(
+        out,
+        config.optim,
+        max_epochs=max_epochs,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        enable_progress_bar=enable_progress_bar,
+        resume=resume,
+    )
+    if not resume:
         run.write_identity()
     L.seed_everything(config.optim.seed, workers=True)
     module = run.new_module()
     train_dl, val_dl = _loaders(run, module)
-    kw = {
-        "max_epochs": max_epochs,
-        "accelerator": accelerator,
-        "devices": devices,
-        "num_nodes": num_nodes,
-        "enable_progress_bar": enable_progress_bar,
-    }
-    if fit_module(module, train_dl, val_dl, out, config.optim, resume=resume, **kw):
+    if fit_module(module, train_dl, val_dl, out, config.optim, resume=resume, trainer=trainer):
         save_weights(module, out / keys.RUN_WEIGHTS_FILE)
     run._module = module.eval()
     return run

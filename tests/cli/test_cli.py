@@ -158,3 +158,16 @@ def test_build_her2st_from_the_command_line(data_dir, tmp_path, capsys):
     assert "Did you mean 'visium'" in capsys.readouterr().err
     assert main(["build", "--list"]) == 0
     assert "her2st" in capsys.readouterr().out
+
+
+def test_batch_sizes_and_node_counts_must_be_positive(capsys):
+    for argv in (
+        ["embed", "run", "data", "--out", "e.h5ad", "--batch-size", "0"],
+        ["evaluate", "run", "data", "--out", "ev", "--in-batch-size", "-3"],
+        ["train", "cfg", "--out", "r", "--num-nodes", "abc"],
+    ):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert ">= 1" in err and "Traceback" not in err

@@ -242,3 +242,169 @@ def test_fit_on_a_named_fold(tmp_path):
     saved = json.loads((tmp_path / "run" / "run.json").read_text())
     assert saved["fold"] == "sample=S1" and saved["split"] == str(split.resolve())
     assert saved["kind"] == "spatial" and saved["n_batches"] == 3
+
+
+# ------------------------------------------------------------- run integrity and bad options
+
+TINY = (
+    "genes: 20\nmodel: {image_encoder: test_uni, gene_encoder: test_gene_mlp, "
+    "embed_dim: 8}\noptim: {batch_size: 16, num_workers: 0}\n"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Two datasets, a tiny config and a finished one-epoch run on the first dataset."""
+    from histoxmodal.cli.main import main
+
+    root = tmp_path_factory.mktemp("tiny")
+    a = make_paired_dataset(root / "A", spots_per_sample=48, seed=0)
+    b = make_paired_dataset(root / "B", spots_per_sample=48, seed=1)
+    cfg = root / "tiny.yaml"
+    cfg.write_text(TINY)
+    run = root / "run"
+    argv = ["train", str(cfg), "--data", str(a), "--out", str(run), "--accelerator", "cpu"]
+    assert main([*argv, "--devices", "1", "--max-epochs", "1"]) == 0
+    return {"root": root, "A": a, "B": b, "cfg": cfg, "run": run}
+
+
+def _train_argv(tiny, out, data=None, *extra):
+    return [
+        "train",
+        str(tiny["cfg"]),
+        "--data",
+        str(data or tiny["A"]),
+        "--out",
+        str(out),
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "1",
+        *extra,
+    ]
+
+
+def _snapshot(run):
+    return {n: (run / n).read_bytes() for n in ("genes.txt", "config.json", "run.json")}
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    assert err.startswith("histoxmodal: error: "), err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def test_a_refused_train_or_resume_leaves_the_run_identity_byte_identical(tiny, capsys):
+    from histoxmodal.cli.main import main
+
+    run = tiny["run"]
+    before = _snapshot(run)
+    # another dataset into a folder that holds a run: refused, nothing rewritten
+    assert main(_train_argv(tiny, run, tiny["B"], "--max-epochs", "1")) == 2
+    _one_line_error(capsys, "already holds a run")
+    assert _snapshot(run) == before
+    # --resume on another dataset: refused (it would re-select the genes)
+    assert main(_train_argv(tiny, run, tiny["B"], "--max-epochs", "2", "--resume")) == 2
+    _one_line_error(capsys, "another data")
+    assert _snapshot(run) == before
+    # --resume with another config on a finished run: refused, config.json unchanged
+    assert main(_train_argv(tiny, run, None, "--resume", "--set", "optim.lr=0.5")) == 2
+    _one_line_error(capsys, "another config.optim")
+    assert _snapshot(run) == before
+
+
+def test_resume_appends_to_the_metrics_of_the_earlier_epochs(tiny, tmp_path):
+    import csv
+    import shutil
+
+    from histoxmodal.cli.main import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny["run"], run)
+    metrics = run / "csv" / "metrics.csv"
+    first = list(csv.DictReader(metrics.open()))
+    assert {r["epoch"] for r in first} == {"0"}
+    assert main(_train_argv(tiny, run, None, "--max-epochs", "2", "--resume")) == 0
+    rows = list(csv.DictReader(metrics.open()))
+    assert {r["epoch"] for r in rows} == {"0", "1"}
+    assert [r for r in rows if r["epoch"] == "0"] == [
+        {k: r.get(k, "") for k in rows[0]} for r in first
+    ]
+    assert sum(bool(r.get("val/loss")) for r in rows) == 2  # one validation per epoch
+
+
+def test_max_epochs_zero_or_negative_is_a_usage_error(tiny, tmp_path, capsys):
+    from histoxmodal.cli.main import main
+    from histoxmodal.errors import ConfigError
+    from histoxmodal.training.config import load_config
+
+    for n in ("0", "-1"):
+        out = tmp_path / f"r{n}"
+        assert main(_train_argv(tiny, out, None, "--max-epochs", n)) == 2
+        _one_line_error(capsys, "--max-epochs must be >= 1")
+        assert not out.exists()
+    cfg = load_config(str(tiny["cfg"]))
+    with pytest.raises(ConfigError, match="max_epochs=0: expected an integer >= 1"):
+        train(cfg, tmp_path / "lib", data=tiny["A"], max_epochs=0, accelerator="cpu")
+    assert not (tmp_path / "lib").exists()
+
+
+def test_bad_lightning_options_are_one_line_and_write_nothing(tiny, tmp_path, capsys):
+    from histoxmodal.cli.main import main
+
+    out = tmp_path / "r"
+    argv = _train_argv(tiny, out, None, "--max-epochs", "1")
+    assert main([*argv, "--devices", "abc"]) == 2
+    _one_line_error(capsys, "--devices='abc'", "expected auto")
+    assert main([*argv[:-4], "--accelerator", "cpu", "--devices", "0"]) == 2
+    _one_line_error(capsys, "devices=0")
+    if not torch.cuda.is_available():
+        for acc in ("gpu", "cuda"):
+            assert main([*argv, "--accelerator", acc]) == 2
+            _one_line_error(capsys, f"accelerator={acc!r}", "no usable GPU")
+    assert main([*argv, "--set", "optim.precision=fp7"]) == 2
+    _one_line_error(capsys, "optim.precision='fp7'")
+    assert not out.exists()
+
+
+def test_bad_split_or_fold_is_one_line(tiny, tmp_path, capsys):
+    from histoxmodal.cli.main import main
+    from histoxmodal.data.splits import make_split, write_split
+    from histoxmodal.data.store import load_paired
+
+    out = tmp_path / "r"
+    argv = _train_argv(tiny, out, None, "--max-epochs", "1")
+    split = tmp_path / "sample.json"
+    write_split(make_split(load_paired(tiny["A"])[0].obs, "sample"), split)
+    assert main([*argv, "--split", str(split), "--fold", "7"]) == 2
+    _one_line_error(capsys, "fold 7 out of range", "2 folds")
+    text = tmp_path / "passwd"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    assert main([*argv, "--split", str(text)]) == 2
+    _one_line_error(capsys, str(text), "not a split file")
+    obj = tmp_path / "obj.json"
+    obj.write_text('{"kind": "random"}')
+    assert main([*argv, "--split", str(obj)]) == 2
+    _one_line_error(capsys, str(obj), "no list of folds")
+    assert not out.exists()
+
+
+def test_a_truncated_weights_file_is_one_line_for_embed_and_evaluate(tiny, tmp_path, capsys):
+    import shutil
+
+    from histoxmodal.cli.main import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny["run"], run)
+    weights = run / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert main(["embed", str(run), str(tiny["A"]), "--out", str(tmp_path / "e.h5ad")]) == 2
+    _one_line_error(capsys, str(weights), "incomplete or corrupt")
+    assert main(["evaluate", str(run), str(tiny["A"]), "--out", str(tmp_path / "ev")]) == 2
+    _one_line_error(capsys, str(weights), "incomplete or corrupt")
+    (run / "config.json").write_text("{not json")
+    assert main(["embed", str(run), str(tiny["A"]), "--out", str(tmp_path / "e.h5ad")]) == 2
+    _one_line_error(capsys, "config.json", "not valid JSON")
