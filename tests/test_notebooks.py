@@ -171,8 +171,9 @@ def test_02_paired_dataset(data_dir, monkeypatch, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["n_spots"] == n
     assert {s: v["n_spots"] for s, v in manifest["samples"].items()} == want
-    for name, digest in manifest["files"].items():
-        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
+    for name, rec in manifest["files"].items():
+        assert (out / name).stat().st_size == rec["size"]
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == rec["sha256"]
     with h5py.File(out / "patches.h5") as h:
         shapes = [d.shape for d in h.values() if isinstance(d, h5py.Dataset) and d.ndim == 4]
     assert shapes == [(n, 224, 224, 3)]

@@ -26,15 +26,13 @@ def run_train(args: argparse.Namespace) -> int:
         raise ConfigError("histoxmodal train needs CONFIG and --out (see --list for examples)")
     if args.max_epochs is not None and args.max_epochs < 1:
         raise ConfigError(f"--max-epochs must be >= 1 (got {args.max_epochs})")
-    from histoxmodal.training.trainer import check_devices
+    from histoxmodal.workflows.train import check_devices, train
 
     try:
         devices = check_devices(args.devices)
     except ConfigError as exc:
         raise ConfigError(f"--{exc}") from exc
     cfg = load_config(args.config, args.set)
-    from histoxmodal.workflows.train import train
-
     train(
         cfg,
         args.out,

@@ -12,7 +12,10 @@ from pathlib import Path
 
 from histoxmodal import keys
 from histoxmodal.errors import ConfigError
+from histoxmodal.training.trainer import check_devices
 from histoxmodal.workflows.run import KINDS, Run
+
+__all__ = ["check_devices", "train"]
 
 
 def train(
