@@ -64,6 +64,32 @@ def _ours_pass(path: Path, geometry, coords: np.ndarray, workers: int) -> float:
     return dt
 
 
+def check_bench_slide(path: str | Path) -> Path:
+    """Make sure ``path`` is a slide OpenSlide opens, before anything is generated.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing, not a slide, or not one OpenSlide reads.
+    """
+    from histoxmodal.errors import ConfigError, HistoxmodalError
+    from histoxmodal.io.slide import open_slide
+
+    path = Path(path).expanduser()
+    try:
+        with open_slide(path) as slide:
+            backend = slide.name
+    except (HistoxmodalError, OSError) as exc:
+        raise ConfigError(f"bench tiling: {exc}") from exc
+    if backend != "openslide":
+        raise ConfigError(
+            f"bench tiling: {path} is read by the {backend} reader; the extraction benchmark "
+            "compares against OpenSlide, so give a slide OpenSlide opens (.svs, .ndpi, "
+            "a tiled pyramidal .tif, ...)"
+        )
+    return path
+
+
 def bench_extraction(
     path: Path, *, repeats: int = 5, min_seconds: float = 1.0, max_tiles: int = 2000
 ) -> dict[str, object]:
@@ -199,6 +225,8 @@ def run_tiling_bench(
 ) -> int:
     """Run the benchmark and print a report; returns the CLI exit code."""
     report: dict[str, object] = {"machine": {"python": sys.version.split()[0]}}
+    if slide:
+        slide = check_bench_slide(slide)  # before minutes of generating slides
     with tempfile.TemporaryDirectory(prefix="histoxmodal-bench-") as td:
         folder = Path(td)
         print("tiling benchmark (medians over interleaved rounds)", file=sys.stderr)

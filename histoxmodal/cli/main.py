@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -534,11 +535,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (HistoxmodalError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         print(f"histoxmodal: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM during tiling (SLURM preemption)
+        signum = getattr(exc, "signum", 2)
         print(
-            "histoxmodal: interrupted; finished slides are kept, rerun to resume", file=sys.stderr
+            f"histoxmodal: interrupted ({signal.Signals(signum).name}); finished work is kept, "
+            "rerun to resume",
+            file=sys.stderr,
         )
-        return 130
+        return 128 + signum
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USAGE
 

@@ -4,16 +4,28 @@
 optionally one shard of a SLURM array. Every slide's folder is built in a hidden staging folder
 and renamed into place when complete, so a killed run never leaves an output that looks finished,
 and a restarted run skips the slides whose ``manifest.json`` says ``ok`` with the same parameters.
-A slide that fails gets a ``manifest.json`` with ``status: failed`` and the reason; the others
-go on.
+A slide that fails gets a ``manifest.json`` with ``status: failed`` and the reason (and nothing
+else); the others go on.
+
+A slide is identified by the path given, its size and modification time (``source`` in the
+manifest): a different file under an old name is refused, not skipped. One process at a time
+tiles a slide (a lock ``OUT/.locks/<name>.lock``); a second one skips it with a clear line.
+SIGINT and SIGTERM stop the run (:class:`Interrupted`): worker processes are terminated, the
+slides in progress leave nothing behind, and a rerun resumes. Workers also exit by themselves
+when the parent dies (``kill -9``).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
 import shutil
+import signal
+import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -56,6 +68,9 @@ SLIDE_SUFFIXES = (
 #: longest side of ``overlay.png`` in pixels
 OVERLAY_MAX_SIDE = 1536
 
+#: folder of ``OUT`` that holds one lock file per slide being tiled
+LOCK_DIR = ".locks"
+
 #: ``status`` values of a slide's manifest; ``empty`` means read fine but no tissue found
 STATUS_OK, STATUS_EMPTY, STATUS_FAILED, STATUS_SKIPPED = "ok", "empty", "failed", "skipped"
 
@@ -79,13 +94,125 @@ class SlideResult:
         return self.status == STATUS_FAILED
 
 
+#: characters an output name may not hold (path separators, NUL and control characters)
+_UNSAFE = re.compile(r"[\x00-\x1f/\\]+")
+
+
+def safe_name(name: str) -> str:
+    """``name`` made safe as one folder inside ``--out``: separators and control characters
+    become ``_``, leading dots are dropped (no hidden names, never ``.`` or ``..``), and an empty
+    result becomes ``slide``."""
+    return _UNSAFE.sub("_", name).lstrip(".").strip() or "slide"
+
+
 def output_name(path: str | Path) -> str:
-    """The output folder name of a slide: its file name without suffix (``x.ome.tif`` -> ``x``)."""
+    """The output folder name of a slide: its file name (the path given, not a symlink's target)
+    without suffix (``x.ome.tif`` -> ``x``), made safe with :func:`safe_name` (``..svs`` ->
+    ``slide``)."""
     name = Path(path).name
     for suf in (".ome.tiff", ".ome.tif"):
         if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return Path(name).stem
+            return safe_name(name[: -len(suf)])
+    return safe_name(Path(name).stem)
+
+
+def slide_identity(path: str | Path) -> dict[str, object]:
+    """What identifies a slide file between runs: the absolute path given, the file it resolves
+    to, its size and modification time (ns)."""
+    p = Path(os.path.abspath(Path(path).expanduser()))
+    st = p.stat()
+    return {
+        "path": str(p),
+        "resolved": str(p.resolve()),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+    }
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a tiling run; ``signum`` says which (exit code 128 + signum)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+#: set by the signal handlers of :func:`tile_slides`; an error raised while it is set is an
+#: interruption, never a failed slide
+_stop = threading.Event()
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    _stop.set()
+    raise Interrupted(signum)
+
+
+class _StopOnSignals:
+    """SIGINT/SIGTERM raise :class:`Interrupted` in the main thread while tiling runs."""
+
+    def __enter__(self) -> _StopOnSignals:
+        _stop.clear()
+        self.saved = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, _on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+
+def _worker_init() -> None:
+    """In each pool worker: leave SIGINT to the parent (which terminates the pool), and exit as
+    soon as the parent is gone, so a ``kill -9`` of the parent leaves no worker behind."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="histoxmodal-parent-watch").start()
+
+
+def _terminate(pool) -> None:
+    """Stop a ``ProcessPoolExecutor`` now: its workers are terminated, not waited for."""
+    stop = getattr(pool, "terminate_workers", None)  # Python >= 3.14
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    if stop is not None:
+        stop()
+    else:
+        for proc in procs:
+            proc.terminate()
+    for proc in procs:
+        proc.join(timeout=5)
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def check_out_dir(out_dir: str | Path) -> Path:
+    """Create ``out_dir`` if needed and make sure files can be written there.
+
+    Raises
+    ------
+    ConfigError
+        ``out_dir`` is a file, cannot be created, or is not writable.
+    """
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder (it is created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(
+            f"--out {out}: cannot write there ({exc.strerror or exc}); choose a writable folder"
+        ) from exc
+    return out
 
 
 def find_slides(inputs: Iterable[str | Path]) -> tuple[list[Path], list[SlideResult]]:
@@ -97,7 +224,7 @@ def find_slides(inputs: Iterable[str | Path]) -> tuple[list[Path], list[SlideRes
     Returns
     -------
     slides
-        Slide paths, resolved.
+        Absolute slide paths as given (a symlink stays a symlink, so it names its own output).
     missing
         A failed :class:`SlideResult` for each input path that does not exist.
     """
@@ -124,7 +251,7 @@ def find_slides(inputs: Iterable[str | Path]) -> tuple[list[Path], list[SlideRes
     # one representative per DICOM folder: OpenSlide reads the whole series from any file
     out: list[Path] = []
     dicom_dirs: set[Path] = set()
-    for p in sorted({q.resolve() for q in found}):
+    for p in sorted({Path(os.path.abspath(q)) for q in found}):
         if p.suffix.lower() == ".dcm":
             if p.parent in dicom_dirs:
                 continue
@@ -224,28 +351,102 @@ def tile_slide(
     -------
     SlideResult
         ``status`` is ``ok``, ``empty`` (no tissue), ``skipped`` (already done) or ``failed``
-        (``reason`` says why). Known errors are recorded, not raised.
+        (``reason`` says why). Known errors are recorded, not raised; ``skipped`` also when
+        another process holds the slide's lock.
+
+    Raises
+    ------
+    Interrupted
+        SIGINT or SIGTERM arrived (under :func:`tile_slides`); the slide leaves nothing behind.
     """
+    from filelock import FileLock, Timeout
+
+    spec = spec or TileSpec()
+    tissue = tissue or TissueParams()
+    t0 = time.perf_counter()
+    slide = Path(slide).expanduser()
+    name = safe_name(name) if name else output_name(slide)
+    out_dir = Path(out_dir)
+    final = out_dir / name
+    params = _params(spec, tissue, mpp, save_tiles, reader)
+    try:
+        source = slide_identity(slide)
+    except OSError:
+        source = None  # reported as failed below, by the reader
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / LOCK_DIR).mkdir(exist_ok=True)
+    lock = FileLock(out_dir / LOCK_DIR / f"{name}.lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return SlideResult(
+            str(slide),
+            name,
+            STATUS_SKIPPED,
+            reason=f"another process is tiling it now (lock {lock.lock_file}); left to that one",
+            out_dir=str(final),
+        )
+    try:
+        return _tile_locked(
+            slide, name, out_dir, spec, tissue, params, source, t0,
+            mpp=mpp, allow_implausible_mpp=allow_implausible_mpp, save_tiles=save_tiles,
+            workers=workers, overwrite=overwrite, reader=reader,
+        )  # fmt: skip
+    finally:
+        lock.release()
+
+
+def _same_source(previous: dict, source: dict | None) -> bool:
+    recorded = previous.get("source")
+    if recorded is None:  # written before slides were identified: the resolved path only
+        return source is not None and previous.get("slide") == source["resolved"]
+    keys_ = ("path", "size", "mtime_ns")
+    return source is not None and all(recorded.get(k) == source[k] for k in keys_)
+
+
+def _tile_locked(
+    slide: Path,
+    name: str,
+    out_dir: Path,
+    spec: TileSpec,
+    tissue: TissueParams,
+    params: dict,
+    source: dict | None,
+    t0: float,
+    *,
+    mpp: float | None,
+    allow_implausible_mpp: bool,
+    save_tiles: bool,
+    workers: int,
+    overwrite: bool,
+    reader: str | None,
+) -> SlideResult:
     from histoxmodal.io.slide import open_slide
     from histoxmodal.tiling.extract import iter_tiles
     from histoxmodal.tiling.grid import tile_grid
     from histoxmodal.tiling.outputs import coords_attrs, write_coords, write_overlay, write_tiles
     from histoxmodal.tiling.tissue import detect_tissue
 
-    spec = spec or TileSpec()
-    tissue = tissue or TissueParams()
-    t0 = time.perf_counter()
-    slide = Path(slide).expanduser()
-    name = name or output_name(slide)
-    out_dir = Path(out_dir)
     final = out_dir / name
-    params = _params(spec, tissue, mpp, save_tiles, reader)
     previous = _read_manifest(final)
     if (
         previous is not None
         and not overwrite
         and previous.get("status") in (STATUS_OK, STATUS_EMPTY)
     ):
+        if not _same_source(previous, source):
+            was = previous.get("source") or {"path": previous.get("slide")}
+            return SlideResult(
+                str(slide),
+                name,
+                STATUS_FAILED,
+                reason=(
+                    f"{final} holds the tiles of another slide, or of this file before it "
+                    f"changed ({was.get('path')}, {was.get('size', '?')} bytes); pass "
+                    f"--overwrite (overwrite=True) to replace it, or choose another --out"
+                ),
+                out_dir=str(final),
+            )
         if previous.get("params") == params:
             return SlideResult(
                 str(slide),
@@ -268,11 +469,11 @@ def tile_slide(
             ),
             out_dir=str(final),
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
     clean_stale(out_dir, name)
     tmp = staging_dir(final)
     manifest: dict[str, object] = {
-        "slide": str(slide.resolve()) if slide.exists() else str(slide),
+        "slide": source["resolved"] if source else str(slide),
+        "source": source,
         "name": name,
         "status": STATUS_FAILED,
         "histoxmodal_version": __version__,
@@ -287,6 +488,13 @@ def tile_slide(
             manifest.update(s.describe())
             result.mpp, result.mpp_source = s.mpp, s.mpp_info.source
             geom = spec.resolve(s)
+            w, h = s.dimensions
+            if geom.tile_px_level0 > min(w, h):
+                raise ConfigError(
+                    f"a tile is {geom.tile_px_level0} px at level 0 "
+                    f"({geom.tile_px_level0 * geom.mpp:.0f} µm), larger than the slide "
+                    f"({w} x {h} px); choose a smaller --tile-px or --tile-um"
+                )
             mask = detect_tissue(s, tissue)
             coords, frac = tile_grid(s.dimensions, geom, mask)
             attrs = coords_attrs(s, geom, name)
@@ -332,21 +540,36 @@ def tile_slide(
                 )
             result.status, result.n_tiles = status, len(coords)
             result.reason = str(manifest.get("reason", ""))
-    except (KeyboardInterrupt, SystemExit):
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except Exception as exc:  # recorded in the manifest; the batch carries on
-        known = isinstance(exc, HistoxmodalError | FileNotFoundError)
+    except BaseException as exc:
+        if _stop.is_set() or not isinstance(exc, Exception):
+            # an interruption (also when a library turned it into another error): nothing is
+            # recorded for this slide, and the run stops
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, Exception):
+                raise Interrupted(signal.SIGINT) from exc
+            raise
+        known = isinstance(exc, HistoxmodalError | OSError)
         reason = str(exc) if known else f"{type(exc).__name__}: {exc}"
         manifest.update({"status": STATUS_FAILED, "reason": reason})
         result.status, result.reason = STATUS_FAILED, reason
+        # a failed slide leaves its manifest (and the traceback of an unexpected error) only
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         if not known:
             (tmp / keys.TILE_ERROR_LOG).write_text(traceback.format_exc(), encoding="utf-8")
             log.error("%s: unexpected error, traceback in %s", slide, final / keys.TILE_ERROR_LOG)
     result.seconds = time.perf_counter() - t0
     manifest["seconds"] = round(result.seconds, 3)
-    write_json_atomic(tmp / keys.TILE_MANIFEST_FILE, manifest)
-    publish_dir(tmp, final)
+    try:
+        write_json_atomic(tmp / keys.TILE_MANIFEST_FILE, manifest)
+        publish_dir(tmp, final)
+    except OSError as exc:  # e.g. the disk is full: keep what was there, report the slide
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno == errno.ENOSPC or result.status != STATUS_FAILED:
+            result.status = STATUS_FAILED
+            result.reason = f"could not write {final}: {exc}"
+        else:
+            result.reason += f" (and its manifest could not be written: {exc})"
     return result
 
 
@@ -402,6 +625,7 @@ def tile_slides(
             f"no slides found in {', '.join(map(str, inputs))}; give slide files or folders "
             f"holding files with suffixes {' '.join(SLIDE_SUFFIXES)}"
         )
+    out_dir = check_out_dir(out_dir)
     if shard is not None:
         k, n = shard
         slides = slides[k::n]
@@ -410,47 +634,83 @@ def tile_slides(
         other = names.setdefault(output_name(p), p)
         if other != p:
             raise ConfigError(
-                f"{other} and {p} would both write to {Path(out_dir) / output_name(p)}; "
+                f"{other} and {p} would both write to {out_dir / output_name(p)}; "
                 f"rename one or tile them into different --out folders"
             )
     for r in results:
         if on_result:
             on_result(r)
-    if workers <= 1 or len(slides) <= 1:
-        for p in progress(slides, total=len(slides), desc="slides", unit="slide"):
-            r = tile_slide(p, out_dir, spec, workers=max(1, workers), **kwargs)
-            results.append(r)
-            if on_result:
-                on_result(r)
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        from concurrent.futures.process import BrokenProcessPool
-
-        n_proc = min(workers, len(slides))
-        threads = max(1, workers // n_proc)
-        ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(n_proc, mp_context=ctx) as pool:
-            futs = {
-                pool.submit(_tile_one, (p, out_dir, spec, {**kwargs, "workers": threads})): p
-                for p in slides
-            }
-            for fut in progress(as_completed(futs), total=len(futs), desc="slides", unit="slide"):
-                p = futs[fut]
-                try:
-                    r = fut.result()
-                except BrokenProcessPool:
-                    r = SlideResult(
-                        str(p),
-                        output_name(p),
-                        STATUS_FAILED,
-                        reason="the worker process died (out of memory or a crash "
-                        "in a decoder); rerun to retry this slide",
-                    )
+    with _StopOnSignals():
+        if workers <= 1 or len(slides) <= 1:
+            for p in progress(slides, total=len(slides), desc="slides", unit="slide"):
+                r = tile_slide(p, out_dir, spec, workers=max(1, workers), **kwargs)
                 results.append(r)
                 if on_result:
                     on_result(r)
+        else:
+            results.extend(_tile_in_processes(slides, out_dir, spec, workers, on_result, kwargs))
     results.sort(key=lambda r: (r.name, r.slide))
+    return results
+
+
+def _clean_if_free(out_dir: Path, name: str) -> None:
+    """Remove the staging folders of ``name`` unless another process holds its lock."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(out_dir / LOCK_DIR / f"{name}.lock", timeout=0)
+    try:
+        with lock:
+            clean_stale(out_dir, name)
+    except Timeout:
+        pass
+
+
+def _tile_in_processes(
+    slides: list[Path],
+    out_dir: Path,
+    spec: TileSpec,
+    workers: int,
+    on_result: Callable[[SlideResult], None] | None,
+    kwargs: dict,
+) -> list[SlideResult]:
+    """Slides in worker processes. On an interruption or error the workers are terminated at
+    once and the staging folders of the unfinished slides removed."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    n_proc = min(workers, len(slides))
+    threads = max(1, workers // n_proc)
+    pool = ProcessPoolExecutor(n_proc, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+    results: list[SlideResult] = []
+    futs = {
+        pool.submit(_tile_one, (p, out_dir, spec, {**kwargs, "workers": threads})): p
+        for p in slides
+    }
+    try:
+        for fut in progress(as_completed(futs), total=len(futs), desc="slides", unit="slide"):
+            p = futs[fut]
+            try:
+                r = fut.result()
+            except BrokenProcessPool:
+                r = SlideResult(
+                    str(p),
+                    output_name(p),
+                    STATUS_FAILED,
+                    reason="the worker process died (out of memory or a crash "
+                    "in a decoder); rerun to retry this slide",
+                )
+            results.append(r)
+            if on_result:
+                on_result(r)
+    except BaseException:
+        _terminate(pool)
+        done = {r.name for r in results}
+        for p in slides:
+            if output_name(p) not in done:
+                _clean_if_free(out_dir, output_name(p))
+        raise
+    pool.shutdown()
     return results
 
 

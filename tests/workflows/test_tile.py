@@ -104,7 +104,7 @@ def test_resume_skips_finished_and_ignores_half_written(small_slide, tmp_path):
     redo = tile_slide(small_slide.path, tmp_path, spec)
     assert redo.status == "ok" and redo.n_tiles == first.n_tiles
     assert not stale.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["small"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".locks", "small"]
     # other parameters: refused without overwrite, redone with it
     other = tile_slide(small_slide.path, tmp_path, TileSpec(tile_px=64, target_mpp=0.5))
     assert other.status == "failed" and "--overwrite" in other.reason
