@@ -11,34 +11,57 @@ from histoxmodal import open_slide
 from histoxmodal.tiling.tissue import TissueParams, detect_tissue, mask_from_image, mask_polygons
 
 
-def _scores(tm, truth_mask):
+def _truth(tm, truth_mask):
     import cv2
 
-    truth = cv2.resize(
+    return cv2.resize(
         truth_mask.astype(np.uint8), tm.mask.shape[::-1], interpolation=cv2.INTER_NEAREST
     ).astype(bool)
+
+
+def _scores(tm, truth_mask):
+    truth = _truth(tm, truth_mask)
     inter = (tm.mask & truth).sum()
     return inter / (tm.mask | truth).sum(), inter / tm.mask.sum()
+
+
+def _recall(tm, truth_mask):
+    truth = _truth(tm, truth_mask)
+    return (tm.mask & truth).sum() / truth.sum()
 
 
 def test_detection_matches_ground_truth(small_slide):
     s = open_slide(small_slide.path)
     # thresholding alone recovers the generator's mask
     raw = TissueParams(close_um=0, open_um=0, min_area_um2=0, max_hole_um2=0)
-    iou, precision = _scores(detect_tissue(s, raw), small_slide.tissue_mask)
+    iou, precision = _scores(
+        detect_tissue(s, raw, method="saturation-otsu"), small_slide.tissue_mask
+    )
     assert iou > 0.95 and precision > 0.97
+    # the default grows into weak tissue: it takes the generator's soft edges (alpha ramps
+    # around its coarse cells), about one mask pixel wider (measured iou 0.91, recall 0.999)
+    tm = detect_tissue(s, raw)
+    iou, precision = _scores(tm, small_slide.tissue_mask)
+    assert iou > 0.88 and precision > 0.88
+    assert _recall(tm, small_slide.tissue_mask) > 0.99
     # the default clean-up drops the generator's specks and small holes: still mostly right
+    # (measured iou 0.80, precision 0.88; saturation-otsu 0.83, 0.93)
     tm = detect_tissue(s)
     iou, precision = _scores(tm, small_slide.tissue_mask)
-    assert iou > 0.8 and precision > 0.9
+    assert iou > 0.78 and precision > 0.85
     assert tm.downsample[0] == pytest.approx(3072 / tm.mask.shape[1])
     assert tm.thumbnail.shape[:2] == tm.mask.shape
 
 
-def test_blank_slide_has_no_tissue(blank_slide):
-    tm = detect_tissue(open_slide(blank_slide.path))
+@pytest.mark.parametrize(
+    ("method", "floor"),
+    [("background-hysteresis", "min_contrast"), ("saturation-otsu", "min_saturation")],
+)
+def test_blank_slide_has_no_tissue(blank_slide, method, floor):
+    tm = detect_tissue(open_slide(blank_slide.path), method=method)
     assert tm.mask.sum() == 0 and tm.polygons == []
-    assert tm.threshold >= TissueParams().min_saturation
+    assert tm.threshold >= getattr(TissueParams(), floor)
+    assert tm.provenance["method"] == method and tm.provenance["threshold"] == tm.threshold
 
 
 def test_real_svs_tissue_and_geojson(cmu_svs):
@@ -58,13 +81,16 @@ def test_real_svs_tissue_and_geojson(cmu_svs):
             assert pts[:, 1].min() >= 0 and pts[:, 1].max() <= 2967
 
 
-def test_small_holes_filled_large_holes_kept_specks_removed():
+@pytest.mark.parametrize("method", ["background-hysteresis", "saturation-otsu"])
+def test_small_holes_filled_large_holes_kept_specks_removed(method):
     img = np.full((400, 400, 3), 245, np.uint8)
     img[50:350, 50:350] = (200, 110, 170)  # tissue, 300 x 300 px
     img[100:104, 100:104] = 245  # a 4 x 4 px hole
     img[180:280, 180:280] = 245  # a 100 x 100 px lumen
     img[10:13, 380:383] = (90, 50, 140)  # a speck of dust
-    params = TissueParams(close_um=0, open_um=0, min_area_um2=100, max_hole_um2=1000)
+    params = TissueParams(
+        method=method, close_um=0, open_um=0, smooth_um=0, min_area_um2=100, max_hole_um2=1000
+    )
     mask, _ = mask_from_image(img, 1.0, params)
     assert mask[101, 101] and not mask[230, 230] and not mask[11, 381]
     assert mask.sum() == 300 * 300 - 100 * 100
