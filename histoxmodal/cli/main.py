@@ -418,6 +418,16 @@ def _build_parser() -> argparse.ArgumentParser:
     bh.add_argument("--out", default="bench_her2st", metavar="DIR")
     bh.add_argument("--epochs", type=int, default=6)
     bh.add_argument("--seed", type=int, default=0)
+    bti = bsub.add_parser(
+        "tissue",
+        help="tissue detection recall/specificity against real spot tables",
+        description="Recall (share of on-tissue spot centres inside the mask) and specificity "
+        "(share of off-tissue spots outside it) of each tissue method on the her2st sections "
+        "with an image and the Visium heart of the shared data.",
+    )
+    bti.add_argument("--data", required=True, metavar="PATH", help="the shared data folder")
+    bti.add_argument("--methods", default=None, metavar="M1,M2", help="tissue methods to compare")
+    bti.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
     return parser
 
 
@@ -450,6 +460,11 @@ def _run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
         from histoxmodal.bench.her2st import run_her2st_bench
 
         return run_her2st_bench(args.data, out=args.out, epochs=args.epochs, seed=args.seed)
+    if args.bench == "tissue":
+        from histoxmodal.bench.tissue import BENCH_METHODS, run_tissue_bench
+
+        methods = args.methods.split(",") if args.methods else BENCH_METHODS
+        return run_tissue_bench(args.data, methods=methods, json_path=args.json)
     if args.bench == "dataset":
         from histoxmodal.bench.dataset import run_dataset_bench
 
