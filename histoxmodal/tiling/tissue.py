@@ -4,9 +4,9 @@ Methods, selected by name (``detect_tissue(slide, method=...)`` or ``TissueParam
 
 ``"background-hysteresis"`` (the default)
     The glass colour is estimated at the slide border; each pixel's colour distance from it
-    (CIELAB ΔE) is smoothed at a physical scale and thresholded with hysteresis: strong seeds (Otsu's
-    threshold, floored at ``min_contrast`` and at the border's noise) grow into connected weak
-    tissue (``hysteresis_low`` of the strong threshold), so pale stroma joins the section.
+    (CIELAB ΔE) is smoothed at a physical scale and thresholded with hysteresis: strong seeds
+    (Otsu's threshold, floored at ``min_contrast`` and at the border's noise) grow into weak
+    connected tissue (``hysteresis_low`` of the strong threshold), so pale stroma joins the section.
     Pen marks (strongly saturated green/blue, near-black) are removed; closing, hole filling
     (fat enclosed by tissue is tissue) and small-object removal work in µm and µm².
 ``"saturation-otsu"``
@@ -472,12 +472,16 @@ def mask_polygons(mask: np.ndarray, downsample: tuple[float, float]) -> list[dic
     return polys
 
 
-def _mask_grid(slide: SlideReader, mpp_target: float, max_side: int) -> tuple[np.ndarray, float]:
-    """The thumbnail tissue is detected on, and its level-0 downsample."""
+def _mask_grid(
+    slide: SlideReader, mpp_target: float, max_side: int, *, exact: bool = False
+) -> tuple[np.ndarray, float]:
+    """The thumbnail tissue is detected on, and its level-0 downsample (``exact``: at
+    ``mpp_target`` even on a small slide, as a model trained at that scale needs)."""
     mpp = slide.require_mpp()
     W, H = slide.dimensions
     # coarse enough to be fast, fine enough that small slides still get a ~1,000 px mask
-    ds = max(1.0, min(mpp_target / mpp, max(W, H) / 1024), max(W, H) / max_side)
+    coarse = mpp_target / mpp if exact else min(mpp_target / mpp, max(W, H) / 1024)
+    ds = max(1.0, coarse, max(W, H) / max_side)
     return slide.get_thumbnail(mpp=ds * mpp), ds
 
 
@@ -568,7 +572,7 @@ def detect_tissue(
     mpp = slide.require_mpp()
     W, H = slide.dimensions
     target = segmenter.mpp if segmenter is not None else params.detect_mpp
-    thumb, _ = _mask_grid(slide, target, params.max_side)
+    thumb, _ = _mask_grid(slide, target, params.max_side, exact=segmenter is not None)
     th, tw = thumb.shape[:2]
     downsample = (W / tw, H / th)
     mask_mpp = math.sqrt(downsample[0] * downsample[1]) * mpp
