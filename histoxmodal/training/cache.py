@@ -12,7 +12,6 @@ import torch
 
 from histoxmodal import keys
 from histoxmodal.fileutil import write_json_atomic
-from histoxmodal.progress import progress
 
 #: the 8 symmetries of a square: (k quarter turns, flip)
 DIHEDRAL = [(k, f) for k in range(4) for f in (False, True)]
@@ -26,7 +25,22 @@ def _views(x: torch.Tensor, n_views: int) -> list[torch.Tensor]:
     return out
 
 
-@torch.no_grad()
+class _Views(torch.nn.Module):
+    """The module's frozen-tower features of every view of a batch: ``{"views": (B, V, d)}``."""
+
+    def __init__(self, module, n_views: int) -> None:
+        super().__init__()
+        self.module, self.n_views = module, n_views
+
+    def embed_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = batch[keys.BATCH_IMAGE]
+        return {
+            "views": torch.stack(
+                [self.module.image_features(v) for v in _views(x, self.n_views)], 1
+            )
+        }
+
+
 def image_features(
     module,
     dataset_dir: str | Path,
@@ -34,14 +48,19 @@ def image_features(
     n_views: int = 8,
     batch_size: int = 64,
     cache_dir: str | Path | None = None,
+    device: str | torch.device | None = "auto",
+    precision: str = "auto",
 ) -> np.ndarray:
     """Features ``(n_spots, n_views, dim)`` of the frozen image tower for every spot.
 
+    The patches are read in slices of ``batch_size`` and embedded by the package's one loop
+    (:func:`~histoxmodal.training.embedding.embed_batches`) on ``device`` with ``precision``.
     With ``cache_dir``, features are stored as ``.npy`` under a key made of the tower's weights
     checksum, its name and preprocessing, the number of views and the dataset's ``patches.h5``
     checksum, and reused when the key matches.
     """
     from histoxmodal.data.store import open_patches
+    from histoxmodal.training.embedding import embed_batches
 
     dataset_dir = Path(dataset_dir)
     manifest = json.loads((dataset_dir / keys.PAIRED_MANIFEST_FILE).read_text())
@@ -59,13 +78,25 @@ def image_features(
         if f.exists():
             return np.load(f, mmap_mode="r")
     patches = open_patches(dataset_dir / keys.PAIRED_PATCHES_FILE)
-    image = module.image.eval()
-    feats = np.empty((len(patches), n_views, image.embed_dim), np.float32)
     starts = range(0, len(patches), batch_size)
-    for i in progress(starts, total=len(starts), desc="caching", unit="batch"):
-        x = torch.from_numpy(np.array(patches[i : i + batch_size])).permute(0, 3, 1, 2)
-        for v, view in enumerate(_views(x, n_views)):
-            feats[i : i + len(x), v] = module.image_features(view).numpy()
+    batches = (
+        {
+            keys.BATCH_IMAGE: torch.from_numpy(np.array(patches[i : i + batch_size])).permute(
+                0, 3, 1, 2
+            )
+        }
+        for i in starts
+    )
+    out = embed_batches(
+        _Views(module, n_views),
+        batches,
+        device=device,
+        precision=precision,
+        total=len(starts),
+        desc="caching",
+    )
+    dim = module.image.embed_dim
+    feats = out.get("views", np.empty((0, n_views, dim), np.float32)).astype(np.float32)
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         tmp = Path(cache_dir) / f".image_features_{key}.partial.npy"
