@@ -293,7 +293,12 @@ class ImageEncoder(nn.Module):
         return self.trunk(images)
 
 
-def _register(name: str, arch: ImageArch, summary: str) -> None:
+def _register(
+    name: str, arch: ImageArch, summary: str, *, dim: int, licence: str = "", weights: str = ""
+) -> None:
+    """Register an image tower: ``dim`` is its output size, ``licence`` the weights' licence and
+    ``weights`` where to get them (shown by ``histoxmodal models``)."""
+
     def factory(
         *,
         weights: str | Path | None = None,
@@ -330,6 +335,9 @@ def _register(name: str, arch: ImageArch, summary: str) -> None:
         source=arch.source,
         input_size=arch.preprocess.input_size,
         mpp=arch.preprocess.mpp,
+        dim=dim,
+        licence=licence,
+        weights=weights or arch.source or "random initialisation (no published weights)",
     )(factory)
 
 
@@ -343,6 +351,9 @@ def _foundation_models() -> None:
             source="MahmoodLab/UNI (pytorch_model.bin)",
         ),
         "UNI (ViT-L/16, 1024-d), Chen et al. 2024; 0.5 µm/px, ImageNet mean/std.",
+        dim=1024,
+        licence="CC-BY-NC-ND-4.0",
+        weights="https://huggingface.co/MahmoodLab/UNI (gated; pytorch_model.bin)",
     )
     _register(
         "uni2_h",
@@ -363,6 +374,9 @@ def _foundation_models() -> None:
             source="MahmoodLab/UNI2-h (pytorch_model.bin)",
         ),
         "UNI2-h (ViT-H/14 with SwiGLU and 8 register tokens, 1536-d).",
+        dim=1536,
+        licence="CC-BY-NC-ND-4.0",
+        weights="https://huggingface.co/MahmoodLab/UNI2-h (gated; pytorch_model.bin)",
     )
     _register(
         "conch",
@@ -374,6 +388,9 @@ def _foundation_models() -> None:
             source="MahmoodLab/CONCH (pytorch_model.bin; the visual.trunk.* keys)",
         ),
         "CONCH vision trunk (ViT-B/16 at 448 px, 768-d), Lu et al. 2024; CLIP mean/std.",
+        dim=768,
+        licence="CC-BY-NC-ND-4.0",
+        weights="https://huggingface.co/MahmoodLab/CONCH (gated; pytorch_model.bin)",
     )
     _register(
         "virchow2",
@@ -391,6 +408,9 @@ def _foundation_models() -> None:
             source="paige-ai/Virchow2 (model.safetensors)",
         ),
         "Virchow2 (ViT-H/14, SwiGLU, 4 register tokens); class token + mean patch token, 2560-d.",
+        dim=2560,
+        licence="CC-BY-NC-ND-4.0",
+        weights="https://huggingface.co/paige-ai/Virchow2 (gated; model.safetensors)",
     )
     _register(
         "h_optimus_0",
@@ -406,6 +426,9 @@ def _foundation_models() -> None:
             source="bioptimus/H-optimus-0 (model.safetensors)",
         ),
         "H-optimus-0 (ViT-g/14 with 4 registers, 1536-d); its own mean/std.",
+        dim=1536,
+        licence="Apache-2.0",
+        weights="https://huggingface.co/bioptimus/H-optimus-0 (gated; model.safetensors)",
     )
     _register(
         "gigapath",
@@ -423,6 +446,9 @@ def _foundation_models() -> None:
             source="prov-gigapath/prov-gigapath (pytorch_model.bin, tile encoder)",
         ),
         "Prov-GigaPath tile encoder (ViT-g/16, 1536-d), Xu et al. 2024.",
+        dim=1536,
+        licence="Apache-2.0",
+        weights="https://huggingface.co/prov-gigapath/prov-gigapath (gated; pytorch_model.bin)",
     )
     _register(
         "phikon",
@@ -433,6 +459,9 @@ def _foundation_models() -> None:
             source="owkin/phikon (Hugging Face ViTModel; keys remapped)",
         ),
         "Phikon (ViT-B/16, iBOT on TCGA, 768-d); Hugging Face ViT keys remapped to timm.",
+        dim=768,
+        licence="Owkin non-commercial",
+        weights="https://huggingface.co/owkin/phikon (model.safetensors)",
     )
     _register(
         "phikon_v2",
@@ -443,6 +472,9 @@ def _foundation_models() -> None:
             source="owkin/phikon-v2 (Hugging Face Dinov2Model; keys remapped)",
         ),
         "Phikon-v2 (ViT-L/16, DINOv2, 1024-d); Hugging Face Dinov2 keys remapped to timm.",
+        dim=1024,
+        licence="Owkin non-commercial",
+        weights="https://huggingface.co/owkin/phikon-v2 (model.safetensors)",
     )
     _register(
         "ctranspath",
@@ -453,6 +485,9 @@ def _foundation_models() -> None:
             source="CTransPath (ctranspath.pth, {'model': ...}, timm 0.5 names)",
         ),
         "CTransPath (Swin-T with a convolutional stem, 768-d), Wang et al. 2022.",
+        dim=768,
+        licence="GPL-3.0",
+        weights="https://github.com/Xiyue-Wang/TransPath (ctranspath.pth, Google Drive link)",
     )
     # tiny variants of each family, same code paths, for tests on CPU
     tiny = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -461,6 +496,7 @@ def _foundation_models() -> None:
         "test_uni",
         ImageArch("vit_large_patch16_224", {**tiny, **vit_ls}, small),
         "Tiny UNI-family ViT with layer scale (tests).",
+        dim=32,
     )
     _register(
         "test_virchow2",
@@ -478,11 +514,13 @@ def _foundation_models() -> None:
             pool="cls+mean",
         ),
         "Tiny Virchow2-family ViT (SwiGLU, registers; tests).",
+        dim=64,
     )
     _register(
         "test_phikon",
         ImageArch("vit_base_patch16_224", dict(tiny), small, remap=hf_vit_to_timm),
         "Tiny Phikon-family ViT loading Hugging Face ViT keys (tests).",
+        dim=32,
     )
     _register(
         "test_phikon_v2",
@@ -490,6 +528,7 @@ def _foundation_models() -> None:
             "vit_large_patch16_224", {**tiny, "init_values": 1e-5}, small, remap=hf_dinov2_to_timm
         ),
         "Tiny Phikon-v2-family ViT loading Hugging Face Dinov2 keys (tests).",
+        dim=32,
     )
     _register(
         "test_conch",
@@ -497,6 +536,7 @@ def _foundation_models() -> None:
             "vit_base_patch16_224", {**tiny, "global_pool": "token"}, small, remap=conch_trunk
         ),
         "Tiny CONCH-family trunk loading visual.trunk.* keys (tests).",
+        dim=32,
     )
     _register(
         "test_ctranspath",
@@ -514,11 +554,13 @@ def _foundation_models() -> None:
             remap=old_swin_to_timm,
         ),
         "Tiny CTransPath-family Swin with the convolutional stem (tests).",
+        dim=64,
     )
     _register(
         "test_image_resnet",
         ImageArch("resnet18", {}, small),
         "ResNet-18 from scratch: the small image tower of CPU examples and tests.",
+        dim=512,
     )
 
 
