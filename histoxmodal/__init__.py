@@ -3,10 +3,11 @@
 ``import histoxmodal as hx`` gives one surface: the readers (``hx.open_slide``,
 ``hx.read_spatial``, ...), tile geometry (``hx.TileSpec``, ``hx.detect_tissue``), the workflows
 the command line runs (``hx.tile``, ``hx.build``, ``hx.train``, ``hx.embed``, ``hx.evaluate``,
-``hx.predict``), the run folder (``hx.Run``), and the registries (``hx.create_encoder`` /
-``list_encoders`` / ``describe_encoder``, and the same for losses and heads). The namespace is
-lazy: heavy subpackages (OpenSlide, OpenCV, h5py, torch) are imported only when one of their
-names is first used, so ``import histoxmodal`` and ``histoxmodal --help`` stay fast.
+``hx.predict``, ``hx.features``), the run folder (``hx.Run``), and the registries
+(``hx.create_encoder`` / ``list_encoders`` / ``describe_encoder``, and the same for losses and
+heads). The namespace is lazy: heavy subpackages (OpenSlide, OpenCV, h5py, torch) are imported
+only when one of their names is first used, so ``import histoxmodal`` and ``histoxmodal --help``
+stay fast.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ _LAZY = {
     "evaluate": ("histoxmodal.workflows.evaluate", "evaluate"),
     "predict": ("histoxmodal.workflows.predict", "predict_expression"),
     "fit_expression_head": ("histoxmodal.workflows.predict", "fit_expression_head"),
+    "features": ("histoxmodal.workflows.features", "extract_features"),
+    "extract_features": ("histoxmodal.workflows.features", "extract_features"),
+    "read_features": ("histoxmodal.workflows.features", "read_features"),
+    "list_models": ("histoxmodal.workflows.features", "list_models"),
     # registries
     "create_encoder": ("histoxmodal.encoders", "create_encoder"),
     "list_encoders": ("histoxmodal.encoders", "list_encoders"),
@@ -106,6 +111,10 @@ __all__ = [  # noqa: RUF022 - in the order of the flow, as in _LAZY
     "evaluate",
     "predict",
     "fit_expression_head",
+    "features",
+    "extract_features",
+    "read_features",
+    "list_models",
     "create_encoder",
     "list_encoders",
     "describe_encoder",
@@ -144,6 +153,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from histoxmodal.workflows.build import build, build_paired
     from histoxmodal.workflows.embed import embed
     from histoxmodal.workflows.evaluate import evaluate
+    from histoxmodal.workflows.features import extract_features, list_models, read_features
+    from histoxmodal.workflows.features import extract_features as features
     from histoxmodal.workflows.predict import fit_expression_head
     from histoxmodal.workflows.predict import predict_expression as predict
     from histoxmodal.workflows.run import Run

@@ -334,8 +334,27 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, metavar="DIR")
     ev.add_argument("--in-batch-size", type=_positive_int, default=128, metavar="B")
 
+    from histoxmodal.cli.features import add_features_parser
+
+    add_features_parser(sub)
+
     b = sub.add_parser("bench", help="performance benchmarks on this machine")
     bsub = b.add_subparsers(dest="bench", metavar="BENCH")
+    bf = bsub.add_parser(
+        "features",
+        help="tiles/s of histoxmodal features against the encoder's forward pass alone",
+        description="Tiles/s of the whole features command on a generated slide (open, tissue, "
+        "grid, decode, resize, encode, write) against the encoder's forward pass alone on the "
+        "same number of pre-decoded tiles, in the same process, and their ratio.",
+    )
+    bf.add_argument("--encoder", default="timm:resnet18", help="encoder (default timm:resnet18)")
+    bf.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    bf.add_argument("--precision", default="auto")
+    bf.add_argument("--batch-size", type=_positive_int, default=32)
+    bf.add_argument("--workers", type=_positive_int, default=2, help="decoding threads")
+    bf.add_argument("--side", type=_positive_int, default=32768, help="slide side in px (32768)")
+    bf.add_argument("--repeats", type=_positive_int, default=3, help="interleaved rounds (3)")
+    bf.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
     bt = bsub.add_parser(
         "tiling",
         help="tile extraction vs a plain OpenSlide loop; tissue detection speed",
@@ -465,6 +484,19 @@ def _run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
 
         methods = args.methods.split(",") if args.methods else BENCH_METHODS
         return run_tissue_bench(args.data, methods=methods, json_path=args.json)
+    if args.bench == "features":
+        from histoxmodal.bench.features import run_features_bench
+
+        return run_features_bench(
+            encoder=args.encoder,
+            device=args.device,
+            precision=args.precision,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            side=args.side,
+            repeats=args.repeats,
+            json_path=args.json,
+        )
     if args.bench == "dataset":
         from histoxmodal.bench.dataset import run_dataset_bench
 
@@ -512,6 +544,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from histoxmodal.cli.train import run_train
 
             return run_train(args)
+        if args.command in ("features", "models"):
+            from histoxmodal.cli.features import run_features, run_models
+
+            return run_features(args) if args.command == "features" else run_models(args)
         if args.command == "embed":
             from histoxmodal.workflows.embed import embed
 

@@ -1,0 +1,151 @@
+"""``histoxmodal features`` and ``histoxmodal models``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from histoxmodal.cli.main import EXIT_FAILED, EXIT_OK, format_table
+
+
+def add_features_parser(sub) -> None:
+    """Register ``features`` and ``models`` on the top-level sub-parsers."""
+    from histoxmodal.cli.main import _positive_int
+
+    f = sub.add_parser(
+        "features",
+        help="tile features of slides with an image encoder (TRIDENT/CLAM layout)",
+        description="Tile slides on the fly at the encoder's own µm/px and input size (or read "
+        "a `histoxmodal tile` output) and write DIR/<slide>.h5 with datasets features (n_tiles, "
+        "dim) and coords (n_tiles, 2, level-0 x, y) and attributes naming the encoder, weights "
+        "checksum, mpp and tile size; --format anndata writes DIR/<slide>.h5ad. A rerun skips "
+        "finished slides; a failed slide is recorded in DIR/<slide>.json and the rest go on.",
+    )
+    f.add_argument(
+        "inputs", nargs="+", metavar="SLIDE|TILES_DIR",
+        help="slide files, folders of slides, or folders written by histoxmodal tile",
+    )  # fmt: skip
+    f.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    e = f.add_argument_group("encoder (one of --encoder or --run)")
+    e.add_argument(
+        "--encoder", metavar="NAME",
+        help="registered image encoder (histoxmodal models) or timm:<architecture>",
+    )  # fmt: skip
+    e.add_argument(
+        "--weights", metavar="PATH",
+        help="local weights of --encoder (file or snapshot folder; default random, seeded)",
+    )  # fmt: skip
+    e.add_argument("--run", metavar="RUN", help="a trained run folder: its image tower")
+    e.add_argument("--projection", action="store_true", help="with --run: the projected embedding")
+    r = f.add_argument_group("run")
+    r.add_argument("--batch-size", type=_positive_int, default=64, metavar="B")
+    r.add_argument(
+        "--workers", type=_positive_int, default=2, metavar="N",
+        help="threads decoding and resizing tiles (default 2)",
+    )  # fmt: skip
+    r.add_argument(
+        "--device", default="auto", help="cuda, cuda:N, cpu or auto (default: a GPU if any)"
+    )
+    r.add_argument(
+        "--precision", default="auto",
+        help="auto (bf16/fp16 autocast on a GPU, fp32 on CPU), 32, bf16 or 16",
+    )  # fmt: skip
+    r.add_argument(
+        "--shard", default=None, metavar="K/N",
+        help="process shard K of N (0-based) of the sorted slide list, or 'auto' from SLURM",
+    )  # fmt: skip
+    r.add_argument("--format", choices=("h5", "anndata"), default="h5")
+    r.add_argument(
+        "--overwrite", action="store_true",
+        help="replace features made from another file or with another encoder",
+    )  # fmt: skip
+    s = f.add_argument_group("slides tiled here")
+    s.add_argument(
+        "--mpp", type=float, default=None, metavar="UM",
+        help="level-0 µm/px of the slides, overriding their metadata",
+    )  # fmt: skip
+    s.add_argument(
+        "--min-tissue", type=float, default=0.5, metavar="FRAC",
+        help="least tissue fraction of a kept tile (default 0.5)",
+    )  # fmt: skip
+
+    m = sub.add_parser(
+        "models",
+        help="list the registered image encoders (dim, mpp, input size, weights, licence)",
+        description="The image encoders histoxmodal features can run. Weights are read from "
+        "local files only: download them once from the source shown, then pass --weights.",
+    )
+    m.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'uni*'")
+    m.add_argument("--tests", action="store_true", help="also list the tiny test_* towers")
+
+
+def format_summary(results) -> str:
+    """A plain-text table of the slides' results, then the reason of each one not ``ok``."""
+    rows = [("slide", "status", "tiles", "mpp", "time", "tiles/s")]
+    for r in results:
+        n = "-" if r.n_tiles is None else str(r.n_tiles)
+        rate = f"{r.n_tiles / r.seconds:.0f}" if r.n_tiles and r.seconds > 0 else "-"
+        mpp = f"{r.mpp:.3g}" if r.mpp else "-"
+        rows.append((r.name, r.status, n, mpp, f"{r.seconds:.1f}s", rate))
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    total = sum(r.n_tiles or 0 for r in results if r.status == "ok")
+    lines = [format_table(rows)]
+    lines.append(
+        f"{len(results)} slides: "
+        + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        + f"; {total} tiles extracted"
+    )
+    lines += [
+        f"{r.status}: {r.name}: {r.reason}" for r in results if r.status in ("failed", "empty")
+    ]
+    return "\n".join(lines)
+
+
+def run_features(args: argparse.Namespace) -> int:
+    """``histoxmodal features``: the workflow, then the summary table; exit 1 when a slide
+    failed."""
+    from histoxmodal.workflows.features import extract_features
+
+    results = extract_features(
+        args.inputs,
+        args.out,
+        encoder=args.encoder,
+        weights=args.weights,
+        run=args.run,
+        projection=args.projection,
+        format=args.format,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        precision=args.precision,
+        shard=args.shard,
+        mpp=args.mpp,
+        min_tissue=args.min_tissue,
+        overwrite=args.overwrite,
+    )
+    print(format_summary(results))
+    print(f"features in {Path(args.out).resolve()}")
+    return EXIT_FAILED if any(r.failed for r in results) else EXIT_OK
+
+
+def run_models(args: argparse.Namespace) -> int:
+    """``histoxmodal models``: one row per registered image encoder."""
+    from histoxmodal.workflows.features import list_models
+
+    models = list_models(args.pattern, include_tests=args.tests)
+    rows = [("name", "architecture", "dim", "mpp", "input", "licence", "weights")]
+    for m in models:
+        rows.append(
+            (
+                m["name"], m["architecture"], str(m["dim"] or "?"), f"{m['mpp']:g}",
+                str(m["input_size"]), m["licence"] or "-", m["weights"],
+            )
+        )  # fmt: skip
+    print(format_table(rows))
+    print(
+        "Any timm architecture also works: --encoder timm:<name> (random or --weights). "
+        "Weights are read from local files only."
+    )
+    return EXIT_OK
