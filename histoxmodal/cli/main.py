@@ -307,6 +307,44 @@ def _build_parser() -> argparse.ArgumentParser:
         "--num-nodes", type=_positive_int, default=1, help="nodes (Lightning; SLURM detected)"
     )
 
+    pr = sub.add_parser(
+        "predict",
+        help="whole-slide expression maps of new slides with a trained run",
+        description="Detect tissue, lay pseudo-spots (the run's field of view every --grid-um) "
+        "over it, embed them with the run's image tower and predict every gene of the run's "
+        "saved expression head. Writes OUT/<slide>/prediction.h5ad (scanpy/squidpy-ready), a "
+        "heatmap PNG per --genes gene and manifest.json; a rerun skips finished slides.",
+    )
+    pr.add_argument("run", metavar="RUN", help="run folder written by histoxmodal train")
+    pr.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files or folders")
+    pr.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    pr.add_argument(
+        "--grid-um", type=float, default=None, metavar="UM",
+        help="pseudo-spot pitch in µm (default: the run's patch field of view)",
+    )  # fmt: skip
+    pr.add_argument(
+        "--genes", default=None, metavar="G1,G2", help="genes to draw as heatmaps (default: "
+        "the 4 most variable predicted); every gene is predicted either way",
+    )  # fmt: skip
+    pr.add_argument("--mpp", type=float, default=None, metavar="UM", help="level-0 µm/px")
+    pr.add_argument("--head", default=None, help="saved head name (default expression_ridge)")
+    pr.add_argument(
+        "--min-tissue", type=float, default=0.5, help="least tissue fraction of a pseudo-spot"
+    )
+    pr.add_argument("--batch-size", type=_positive_int, default=64, help="patches per pass")
+    pr.add_argument("--overwrite", action="store_true", help="redo finished slides")
+
+    fh = sub.add_parser(
+        "fit-head",
+        help="fit and save a run's expression head (for histoxmodal predict)",
+        description="Fit an expression head on the run's training spots, for every gene of its "
+        "panel, and save it in RUN/heads/expression_<head>.",
+    )
+    fh.add_argument("run", metavar="RUN", help="run folder written by histoxmodal train")
+    fh.add_argument(
+        "--head", default="ridge", choices=("ridge", "mlp", "retrieval"), help="head type"
+    )
+
     em = sub.add_parser("embed", help="image and gene embeddings of a dataset with a trained run")
     em.add_argument("run", metavar="RUN", help="run folder written by histoxmodal train")
     em.add_argument("dataset", metavar="DATASET", help="paired dataset folder")
@@ -544,6 +582,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from histoxmodal.cli.train import run_train
 
             return run_train(args)
+        if args.command in ("predict", "fit-head"):
+            from histoxmodal.cli.predict import run_fit_head, run_predict
+
+            return run_predict(args) if args.command == "predict" else run_fit_head(args)
         if args.command in ("features", "models"):
             from histoxmodal.cli.features import run_features, run_models
 

@@ -81,6 +81,22 @@ class CorrectionConfig:
 
 
 @dataclass(frozen=True)
+class HeadConfig:
+    """The expression head fitted at the end of training on the run's training spots, for every
+    gene of the run's panel, and saved with the run (``RUN/heads/expression_<name>``), so
+    ``histoxmodal predict`` maps new slides without the training data.
+
+    Attributes
+    ----------
+    expression
+        ``ridge`` (default), ``mlp``, ``retrieval`` or ``null`` (none; fit one later with
+        ``histoxmodal fit-head``).
+    """
+
+    expression: str | None = "ridge"
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     """AdamW with linear warm-up and cosine decay, and the loop's sizes.
 
@@ -111,10 +127,14 @@ class TrainConfig:
     correction: CorrectionConfig = field(default_factory=CorrectionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: dict[str, Any] = field(default_factory=lambda: {"flips": True, "rot90": True})
+    head: HeadConfig = field(default_factory=HeadConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+
+#: heads that predict expression from image embeddings (registered head names)
+EXPRESSION_HEADS = ("ridge", "mlp", "retrieval")
 
 #: the precision strings Lightning's ``Trainer(precision=...)`` accepts, and ``auto``
 PRECISIONS = (
@@ -130,7 +150,12 @@ PRECISIONS = (
     "transformer-engine",
 )
 
-_SECTIONS = {"model": ModelConfig, "loss": LossConfig, "correction": CorrectionConfig}
+_SECTIONS = {
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "correction": CorrectionConfig,
+    "head": HeadConfig,
+}
 
 
 def _type_name(tp: Any) -> str:
@@ -355,6 +380,8 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     _check_range("correction.adversarial_weight", c.adversarial_weight, low=0)
     check_optim(cfg.optim)
     _check_augment(cfg.augment)
+    if cfg.head.expression is not None:
+        _one_of("head.expression", cfg.head.expression, EXPRESSION_HEADS, "expression head")
     return cfg
 
 

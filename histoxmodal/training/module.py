@@ -92,7 +92,10 @@ class ContrastiveModule(L.LightningModule):
         return za, zb
 
     def embed_batch(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``{"image": (B, d), "gene": (B, d)}`` L2-normalized embeddings of a batch."""
+        """``{"image": (B, d), "gene": (B, d)}`` L2-normalized embeddings of a batch; a batch of
+        images only (patches of a slide, no expression) gives ``{"image"}``."""
+        if keys.BATCH_EXPRESSION not in b and keys.BATCH_IMAGE in b:
+            return {"image": self.embed_images(b[keys.BATCH_IMAGE])}
         za, zb = self._embed(b)
         return {"image": za, "gene": zb}
 

@@ -19,10 +19,9 @@ from histoxmodal import keys
 from histoxmodal.data.normalize import DEFAULT_NORMALIZATION
 from histoxmodal.errors import ConfigError
 from histoxmodal.fileutil import write_json_atomic
+from histoxmodal.training.config import EXPRESSION_HEADS
 from histoxmodal.workflows.run import Run
 
-#: heads that predict expression (registered names)
-EXPRESSION_HEADS = ("ridge", "mlp", "retrieval")
 #: written beside a saved expression head: the genes it predicts and how they were normalized
 TARGETS_FILE = "targets.json"
 

@@ -179,3 +179,84 @@ def spatial_figures(
         axes[1].legend(fontsize=7, markerscale=2)
         figs["Embeddings (PCA) coloured by sample"] = figure_png(fig)
     return figs
+
+
+def _nice_length(um: float) -> float:
+    """A round scale-bar length (1, 2 or 5 x 10^k µm) close to ``um``."""
+    k = 10 ** np.floor(np.log10(max(um, 1e-9)))
+    return float(max(m * k for m in (1, 2, 5) if m * k <= um) if um >= k else k)
+
+
+def expression_map_figure(
+    thumb: np.ndarray,
+    xy: np.ndarray,
+    values: np.ndarray,
+    spot_px: float,
+    *,
+    title: str,
+    um_per_px: float,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    label: str = "log1p-CP10k",
+    ax=None,
+):
+    """Values drawn as squares of ``spot_px`` over an H&E thumbnail, with a colour bar and a
+    scale bar in µm.
+
+    Parameters
+    ----------
+    thumb
+        ``(h, w, 3)`` uint8 thumbnail.
+    xy
+        ``(n, 2)`` centres in thumbnail pixels.
+    values
+        ``(n,)`` one value per centre.
+    spot_px
+        Side of each square in thumbnail pixels.
+    um_per_px
+        µm per thumbnail pixel, for the scale bar.
+    vmin, vmax
+        Colour limits (give the same to compare maps of one gene); default the 1st-99th
+        percentiles of ``values``.
+    ax
+        Draw into this axes; default a new figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    values = np.asarray(values, np.float64)
+    if vmin is None or vmax is None:
+        lo, hi = np.percentile(values, [1, 99]) if len(values) else (0.0, 1.0)
+        vmin = lo if vmin is None else vmin
+        vmax = (hi if hi > lo else lo + 1e-6) if vmax is None else vmax
+    if ax is None:
+        h, w = thumb.shape[:2]
+        fig, ax = plt.subplots(figsize=(7, 7 * h / w + 0.4))
+    else:
+        fig = ax.figure
+    ax.imshow(thumb)
+    half = spot_px / 2.0
+    squares = [
+        [(x - half, y - half), (x + half, y - half), (x + half, y + half), (x - half, y + half)]
+        for x, y in np.asarray(xy, np.float64)
+    ]
+    coll = PolyCollection(squares, array=values, cmap="magma", alpha=0.75, edgecolors="none")
+    coll.set_clim(vmin, vmax)
+    ax.add_collection(coll)
+    fig.colorbar(coll, ax=ax, fraction=0.035, pad=0.02, label=label)
+    bar_um = _nice_length(0.2 * thumb.shape[1] * um_per_px)
+    bar_px = bar_um / um_per_px
+    x0, y0 = 0.04 * thumb.shape[1], 0.95 * thumb.shape[0]
+    ax.plot([x0, x0 + bar_px], [y0, y0], color="black", lw=3)
+    ax.text(x0 + bar_px / 2, y0 - 0.015 * thumb.shape[0], f"{bar_um:g} µm", ha="center",
+            va="bottom", fontsize=8)  # fmt: skip
+    ax.set_title(title, fontsize=10)
+    ax.set_axis_off()
+    return fig

@@ -128,6 +128,17 @@ KINDS = {
 }
 
 
+def dataset_patch(data: str | Path) -> dict[str, float]:
+    """``{"patch_um", "patch_px"}`` of a paired dataset's patches (``patches.h5``)."""
+    import h5py
+
+    with h5py.File(Path(data) / keys.PAIRED_PATCHES_FILE, "r") as f:
+        d = f["patches"]
+        if "patch_um" not in d.attrs:
+            return {}
+        return {"patch_um": float(d.attrs["patch_um"]), "patch_px": int(d.shape[1])}
+
+
 def dataset_digest(data: str | Path) -> str:
     """A cheap identity of a built dataset: the SHA-256 of its manifest's recorded file hashes
     and parameters (the build time left out)."""
@@ -178,6 +189,9 @@ class Run:
         The gene panel and the normalization its tower reads (spatial runs; empty for cohorts).
     n_batches
         Number of batches (``correction.batch_key`` categories) the towers were built for.
+    patch
+        The field of view of the image tower's patches, ``{"patch_um", "patch_px"}`` from the
+        training dataset (spatial runs): a new slide is cut the same way.
     """
 
     path: Path
@@ -191,6 +205,7 @@ class Run:
     n_batches: int = 1
     dataset_sha256: str = ""
     split_sha256: str = ""
+    patch: dict[str, float] = field(default_factory=dict)
     _module: Any = field(default=None, repr=False)
 
     # ---------------------------------------------------------------------------- creating
@@ -232,6 +247,7 @@ class Run:
         )
         if config.kind == "spatial":
             run._choose_genes(chosen)
+            run.patch = dataset_patch(data)
         return run
 
     def _choose_genes(self, fold) -> None:
@@ -262,6 +278,7 @@ class Run:
             "n_genes": len(self.genes),
             "normalization": self.normalization,
             "n_batches": self.n_batches,
+            "patch": self.patch,
         }
 
     def check_same(self, other: Run) -> None:
@@ -367,7 +384,10 @@ class Run:
             n_batches=int(ident.get("n_batches") or 1),
             dataset_sha256=ident.get("dataset_sha256", ""),
             split_sha256=ident.get("split_sha256", ""),
+            patch=ident.get("patch") or {},
         )
+        if not run.patch and ident["kind"] == "spatial" and _is_paired(data):
+            run.patch = dataset_patch(data)  # run folders written before run.json held it
         if ident.get("normalization") is None and genes:
             from histoxmodal.encoders import describe_encoder
 

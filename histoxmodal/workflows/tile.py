@@ -528,6 +528,7 @@ def _tile_locked(
                     "min_tissue": spec.min_tissue,
                     "n_tiles": len(coords),
                     "tissue_threshold": mask.threshold,
+                    "tissue": mask.provenance,
                     "tissue_area_mm2": mask.area_um2(geom.mpp) / 1e6,
                     "tissue_regions": len(mask.polygons),
                     "files": files,

@@ -104,6 +104,13 @@ def train(
     if fit_module(module, train_dl, val_dl, out, config.optim, resume=resume, trainer=trainer):
         save_weights(module, out / keys.RUN_WEIGHTS_FILE)
     run._module = module.eval()
+    head = getattr(config, "head", None)
+    expression = head.expression if head is not None and run.kind == "spatial" else None
+    if expression and f"expression_{expression}" not in run.heads:
+        from histoxmodal.workflows.predict import fit_expression_head
+
+        # every gene of the panel, so `histoxmodal predict` maps new slides on its own
+        fit_expression_head(run, head=expression, genes=list(run.genes))
     return run
 
 

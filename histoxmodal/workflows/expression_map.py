@@ -1,0 +1,378 @@
+"""``histoxmodal predict``: whole-slide expression maps ("virtual ST") from a trained run.
+
+For each slide: detect tissue, lay a grid of pseudo-spots (the run's field of view at a chosen
+pitch) over it, embed each pseudo-spot's patch with the run's image tower, and predict every gene
+of the run's saved expression head. The patches are cut exactly as ``histoxmodal build`` cuts
+spot patches (:class:`~histoxmodal.data.slide.SlidePatches`), so a map read at a section's spot
+centres reproduces what ``histoxmodal evaluate`` scores on that section.
+
+Writes ``OUT/<slide>/``:
+
+- ``prediction.h5ad``: ``X`` the predicted log1p-CP10k expression ``(n_pseudo_spots, n_genes)``,
+  ``obsm['spatial']`` the centres in level-0 pixels, ``obs['tissue_fraction']``,
+  ``uns['spatial'][<slide>]`` a hires thumbnail with scale factors (``scanpy.pl.spatial`` and
+  squidpy work unchanged), ``uns['prediction']`` naming the run, head, slide and version;
+- ``<gene>.png``: a heatmap per requested gene over the H&E thumbnail, colour bar and scale bar;
+- ``manifest.json``: status, the slide's identity and the parameters (a rerun skips a slide done
+  with the same run, head and parameters).
+
+Like ``histoxmodal tile``, a slide that fails is recorded and the others go on, outputs are
+published atomically, and a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from histoxmodal import keys
+from histoxmodal.errors import ConfigError, HistoxmodalError
+from histoxmodal.fileutil import clean_stale, publish_dir, staging_dir, write_json_atomic
+from histoxmodal.version import __version__
+from histoxmodal.workflows.run import Run
+from histoxmodal.workflows.tile import (
+    STATUS_FAILED,
+    STATUS_OK,
+    STATUS_SKIPPED,
+    SlideResult,
+    check_out_dir,
+    find_slides,
+    output_name,
+    slide_identity,
+)
+
+log = logging.getLogger(__name__)
+
+PREDICTION_FILE = "prediction.h5ad"
+MANIFEST_FILE = "manifest.json"
+#: longest side of the thumbnail stored in ``uns['spatial']`` and drawn under the maps
+THUMB_MAX_SIDE = 2000
+#: genes drawn when none are asked for: the most variable predicted ones
+N_DEFAULT_MAPS = 4
+
+
+def expression_head(run: Run, head: str | None = None) -> str:
+    """The name of the saved expression head to use: ``head``, or the run's only or ridge one.
+
+    Raises
+    ------
+    ConfigError
+        The run has no saved expression head (or not the one named).
+    """
+    saved = [h for h in run.heads if (run.path / keys.RUN_HEADS_DIR / h / "targets.json").exists()]
+    if head is not None:
+        if head not in saved:
+            raise ConfigError(
+                f"{run.path} has no expression head {head!r} (saved: {', '.join(saved) or 'none'})"
+                f"; fit one with `histoxmodal fit-head {run.path}`"
+            )
+        return head
+    if not saved:
+        raise ConfigError(
+            f"{run.path} has no saved expression head; fit one with "
+            f"`histoxmodal fit-head {run.path}` (runs trained now fit one at the end)"
+        )
+    return "expression_ridge" if "expression_ridge" in saved else saved[0]
+
+
+def pseudo_spots(
+    slide, mask, *, patch_um: float, grid_um: float, min_tissue: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centres of a square grid of pseudo-spots over the tissue.
+
+    Windows of ``patch_um`` are laid every ``grid_um`` from the slide's corner; those whose
+    tissue fraction (in ``mask``) reaches ``min_tissue`` are kept.
+
+    Returns
+    -------
+    centres
+        ``(n, 2)`` float64 level-0 ``(x, y)``.
+    tissue_fraction
+        ``(n,)`` float32.
+    """
+    from histoxmodal.tiling.grid import grid_coords
+
+    mpp = slide.require_mpp()
+    side = max(1, round(patch_um / mpp))
+    step = max(1, round(grid_um / mpp))
+    corners = grid_coords(slide.dimensions, side, step)
+    frac = mask.fraction(corners, side) if len(corners) else np.zeros(0, np.float32)
+    keep = frac >= min_tissue
+    return corners[keep] + side / 2.0, frac[keep].astype(np.float32)
+
+
+def _params(run: Run, head: str, grid_um, min_tissue, mpp, genes) -> dict[str, object]:
+    return {
+        "run": str(run.path.resolve()),
+        "run_dataset_sha256": run.dataset_sha256,
+        "weights_mtime_ns": (run.path / keys.RUN_WEIGHTS_FILE).stat().st_mtime_ns,
+        "head": head,
+        "grid_um": grid_um,
+        "min_tissue": min_tissue,
+        "mpp": mpp,
+        "maps": list(genes) if genes else None,
+        "patch": run.patch,
+    }
+
+
+def predict_slide(
+    run: str | Path | Run,
+    slide: str | Path,
+    out_dir: str | Path,
+    *,
+    head: str | None = None,
+    grid_um: float | None = None,
+    min_tissue: float = 0.5,
+    genes: Sequence[str] | None = None,
+    mpp: float | None = None,
+    centres: np.ndarray | None = None,
+    batch_size: int = 64,
+    overwrite: bool = False,
+    name: str | None = None,
+) -> SlideResult:
+    """Predict the expression map of one slide; see the module docstring for the outputs.
+
+    Parameters
+    ----------
+    run
+        A spatial run folder (or :class:`Run`) with a saved expression head.
+    slide
+        The slide (any format ``open_slide`` reads).
+    out_dir
+        Receives ``<name>/``.
+    head
+        Saved head name (default ``expression_ridge``, or the run's only one).
+    grid_um
+        Pitch of the pseudo-spot grid in µm; default the run's field of view (``patch_um``:
+        adjacent, non-overlapping patches).
+    min_tissue
+        Least tissue fraction of a pseudo-spot's window.
+    genes
+        Genes to draw as heatmaps (all genes are predicted); default the most variable ones.
+    mpp
+        Level-0 µm/px, overriding (or supplying) the slide's metadata.
+    centres
+        ``(n, 2)`` level-0 centres to predict instead of the grid (e.g. a section's measured
+        spots, to compare with its measured expression).
+    batch_size
+        Patches per forward pass.
+    overwrite
+        Redo a slide already predicted with these settings.
+    name
+        Output folder name; default the slide's file stem.
+
+    Returns
+    -------
+    SlideResult
+        ``ok``, ``skipped`` or ``failed`` (``reason`` says why); errors are recorded, not raised.
+    """
+    t0 = time.perf_counter()
+    run = run if isinstance(run, Run) else Run.load(run)
+    if run.kind != "spatial":
+        raise ConfigError(f"{run.path}: a {run.kind} run has no image-to-expression path")
+    if not run.patch:
+        raise ConfigError(
+            f"{run.path}: the run does not record its patch size (patch_um, patch_px); "
+            f"its training dataset {run.data} is needed once to read it"
+        )
+    head = expression_head(run, head)
+    patch_um = float(run.patch["patch_um"])
+    grid_um = float(grid_um) if grid_um is not None else patch_um
+    if not grid_um > 0:
+        raise ConfigError(f"--grid-um {grid_um}: must be a positive number of µm")
+    slide = Path(slide).expanduser()
+    name = name or output_name(slide)
+    out_dir = Path(out_dir)
+    final = out_dir / name
+    params = _params(run, head, grid_um, min_tissue, mpp, genes)
+    if centres is not None:
+        params["centres_sha256"] = _digest(np.asarray(centres, np.float64))
+    try:
+        source = slide_identity(slide)
+    except OSError as exc:
+        return SlideResult(str(slide), name, STATUS_FAILED, reason=f"{slide}: {exc.strerror}")
+    previous = _read(final / MANIFEST_FILE)
+    done = previous is not None and previous.get("status") == STATUS_OK and not overwrite
+    if done and previous.get("params") == params and previous.get("source") == source:
+        return SlideResult(
+                str(slide), name, STATUS_SKIPPED, previous.get("n_spots"), reason="already done",
+                out_dir=str(final),
+            )  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale(out_dir, name)
+    tmp = staging_dir(final)
+    manifest: dict[str, object] = {
+        "slide": str(slide),
+        "source": source,
+        "status": STATUS_FAILED,
+        "histoxmodal_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "params": params,
+    }
+    result = SlideResult(str(slide), name, STATUS_FAILED, out_dir=str(final))
+    try:
+        n, maps, slide_mpp = _predict_into(
+            run, head, slide, tmp, name, mpp, grid_um, min_tissue, genes, centres, batch_size
+        )
+        manifest.update(
+            {"status": STATUS_OK, "n_spots": n, "maps": maps, "mpp": slide_mpp, "files": None}
+        )
+        manifest["files"] = sorted(p.name for p in tmp.iterdir())
+        result.status, result.n_tiles, result.mpp = STATUS_OK, n, slide_mpp
+    except (KeyboardInterrupt, SystemExit):
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except Exception as exc:  # recorded; the batch goes on
+        known = isinstance(exc, HistoxmodalError | OSError)
+        reason = str(exc) if known else f"{type(exc).__name__}: {exc}"
+        if not known:
+            log.exception("%s: unexpected error", slide)
+        manifest.update({"status": STATUS_FAILED, "reason": reason})
+        result.reason = reason
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    result.seconds = time.perf_counter() - t0
+    manifest["seconds"] = round(result.seconds, 3)
+    write_json_atomic(tmp / MANIFEST_FILE, manifest)
+    publish_dir(tmp, final)
+    return result
+
+
+def _predict_into(run, head, slide, tmp, name, mpp, grid_um, min_tissue, genes, centres, bs):
+    import anndata as ad
+    import pandas as pd
+
+    from histoxmodal.data.slide import SlidePatches
+    from histoxmodal.io.slide import open_slide
+    from histoxmodal.tiling.tissue import detect_tissue
+    from histoxmodal.training.embedding import embed_dataset
+
+    fitted = run.load_head(head)
+    targets = json.loads((run.path / keys.RUN_HEADS_DIR / head / "targets.json").read_text())
+    all_genes = list(targets["genes"])
+    wanted = list(genes) if genes else []
+    unknown = [g for g in wanted if g not in all_genes]
+    if unknown:
+        raise ConfigError(
+            f"--genes {','.join(unknown[:5])}: not predicted by head {head!r} "
+            f"({len(all_genes)} genes, e.g. {', '.join(all_genes[:5])})"
+        )
+    patch_um, patch_px = float(run.patch["patch_um"]), int(run.patch["patch_px"])
+    with open_slide(slide, mpp=mpp) as s:
+        slide_mpp = s.require_mpp()
+        if centres is None:
+            mask = detect_tissue(s)
+            xy, frac = pseudo_spots(
+                s, mask, patch_um=patch_um, grid_um=grid_um, min_tissue=min_tissue
+            )
+            if not len(xy):
+                raise ConfigError(
+                    f"{slide}: no pseudo-spot reaches {min_tissue:.0%} tissue; check the tissue "
+                    "mask (`histoxmodal tile` writes overlay.png) or lower --min-tissue"
+                )
+        else:
+            xy = np.asarray(centres, np.float64).reshape(-1, 2)
+            frac = np.full(len(xy), np.nan, np.float32)
+        z = embed_dataset(
+            run.module,
+            SlidePatches(s, xy, patch_um=patch_um, patch_px=patch_px),
+            batch_size=bs,
+            desc=name,
+        )["image"]
+        thumb = s.get_thumbnail(max_size=min(THUMB_MAX_SIDE, max(s.dimensions)))
+        scale = thumb.shape[1] / s.dimensions[0]
+    y = np.asarray(fitted.predict(z), np.float32)
+    obs = pd.DataFrame({"tissue_fraction": frac}, index=[f"{name}_{i}" for i in range(len(xy))])
+    a = ad.AnnData(X=y, obs=obs, var=pd.DataFrame(index=all_genes))
+    a.obsm[keys.OBSM_SPATIAL] = xy
+    a.obsm["X_image"] = z
+    spot_px = patch_um / slide_mpp
+    a.uns["spatial"] = {
+        name: {
+            "images": {"hires": thumb},
+            "scalefactors": {
+                "tissue_hires_scalef": float(scale),
+                "spot_diameter_fullres": float(spot_px),
+            },
+            "metadata": {"source": str(slide), "mpp": float(slide_mpp)},
+        }
+    }
+    a.uns["prediction"] = {
+        "run": str(run.path.resolve()),
+        "head": head,
+        "normalization": targets.get("normalization"),
+        "slide": str(slide),
+        "mpp": float(slide_mpp),
+        "patch_um": patch_um,
+        "patch_px": patch_px,
+        "grid_um": None if centres is not None else grid_um,
+        "histoxmodal_version": __version__,
+    }
+    a.write_h5ad(tmp / PREDICTION_FILE)
+    if not wanted:
+        var = y.var(axis=0) if len(y) > 1 else np.zeros(len(all_genes))
+        wanted = [all_genes[i] for i in np.argsort(-var)[:N_DEFAULT_MAPS]]
+    from histoxmodal.workflows.report import expression_map_figure
+
+    for g in wanted:
+        fig = expression_map_figure(
+            thumb, xy * scale, y[:, all_genes.index(g)], spot_px * scale,
+            title=f"{g}: predicted log1p-CP10k ({name})", um_per_px=slide_mpp / scale,
+        )  # fmt: skip
+        fig.savefig(tmp / f"{_file_safe(g)}.png", dpi=110, bbox_inches="tight")
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return len(xy), wanted, float(slide_mpp)
+
+
+def _file_safe(gene: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in gene)
+
+
+def _digest(a: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def predict_slides(
+    run: str | Path | Run,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    **kwargs: object,
+) -> list[SlideResult]:
+    """Expression maps of many slides (files or folders of slides); see :func:`predict_slide`.
+
+    One slide failing is recorded in its ``manifest.json`` and the others go on.
+
+    Raises
+    ------
+    ConfigError
+        The run cannot predict (no expression head), no slide was found, or ``out_dir`` is not
+        a writable folder.
+    """
+    from histoxmodal.progress import progress
+
+    run = run if isinstance(run, Run) else Run.load(run)
+    expression_head(run, kwargs.get("head"))  # type: ignore[arg-type]
+    slides, results = find_slides(inputs)
+    if not slides and not results:
+        raise ConfigError(f"no slides found in {', '.join(map(str, inputs))}")
+    out = check_out_dir(out_dir)
+    for p in progress(slides, total=len(slides), desc="slides", unit="slide"):
+        results.append(predict_slide(run, p, out, **kwargs))  # type: ignore[arg-type]
+    return results

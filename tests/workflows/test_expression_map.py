@@ -1,0 +1,174 @@
+"""Whole-slide expression maps: pseudo-spots over the tissue, the run's saved head, outputs
+scanpy reads, resume and failures; on a real held-out her2st section the slide path gives the
+same per-gene Pearson as ``evaluate``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("lightning")
+
+TINY = {
+    "genes": None,
+    "model": {"image_encoder": "test_image_resnet", "gene_encoder": "test_gene_mlp"},
+    "optim": {"batch_size": 16, "max_epochs": 1, "num_workers": 0},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from histoxmodal.testing import make_synthetic_slide
+    from histoxmodal.testing.paired import make_paired_dataset
+    from histoxmodal.training.config import config_from_dict
+    from histoxmodal.workflows.train import train
+
+    tmp = tmp_path_factory.mktemp("map")
+    data = make_paired_dataset(tmp / "data", spots_per_sample=32, n_states=3)
+    run = train(config_from_dict(TINY), tmp / "run", data=data, accelerator="cpu", devices=1)
+    (tmp / "slides").mkdir()
+    slide = make_synthetic_slide(
+        tmp / "slides" / "new.tif", width=2048, height=1536, seed=3, min_level_size=256
+    )
+    return tmp, run, slide.path
+
+
+def test_training_saves_an_expression_head_for_the_whole_panel(tiny_run):
+    _, run, _ = tiny_run
+    assert run.heads == ["expression_ridge"]
+    targets = json.loads((run.path / "heads" / "expression_ridge" / "targets.json").read_text())
+    assert targets["genes"] == run.genes and targets["head"] == "ridge"
+    assert run.patch == {"patch_um": 16.0, "patch_px": 32}
+
+
+def test_slide_map_pixels_grid_and_values(tiny_run):
+    import anndata as ad
+    import torch
+    from PIL import Image
+
+    from histoxmodal.io.slide import open_slide
+    from histoxmodal.tiling.tissue import detect_tissue
+    from histoxmodal.workflows.expression_map import predict_slide
+
+    tmp, run, slide = tiny_run
+    out = tmp / "maps"
+    r = predict_slide(run, slide, out, grid_um=40, genes=run.genes[:2])
+    assert r.status == "ok", r.reason
+    a = ad.read_h5ad(out / "new" / "prediction.h5ad")
+    # the grid, computed with plain loops: 16 µm windows every 40 µm (0.25 µm/px: 64 px, 160 px)
+    with open_slide(slide) as s:
+        mask = detect_tissue(s)
+        want, fracs = [], []
+        for y in range(0, 1536 - 64 + 1, 160):
+            for x in range(0, 2048 - 64 + 1, 160):
+                f = mask.fraction(np.array([[x, y]]), 64)[0]
+                if f >= 0.5:
+                    want.append((x + 32.0, y + 32.0))
+                    fracs.append(f)
+        assert r.n_tiles == a.n_obs == len(want) > 10
+        np.testing.assert_array_equal(a.obsm["spatial"], np.array(want))
+        np.testing.assert_allclose(a.obs["tissue_fraction"], fracs, rtol=1e-6)
+        # values: the saved head on the run's image embedding of the same window, read directly
+        i = a.n_obs // 2
+        x, y = (int(v) - 32 for v in a.obsm["spatial"][i])
+        patch = s.read_region_at_mpp((x, y), 32, 0.5)
+    with torch.no_grad():
+        z = run.module.embed_images(torch.from_numpy(patch.transpose(2, 0, 1)[None].copy()))
+    head = run.load_head("expression_ridge")
+    np.testing.assert_allclose(a.X[i], head.predict(z.numpy())[0], rtol=1e-4, atol=1e-5)
+    assert list(a.var_names) == run.genes
+    # scanpy reads it as a Visium-like section
+    lib = a.uns["spatial"]["new"]
+    thumb = lib["images"]["hires"]
+    assert lib["scalefactors"]["tissue_hires_scalef"] == pytest.approx(thumb.shape[1] / 2048)
+    assert lib["scalefactors"]["spot_diameter_fullres"] == pytest.approx(64)
+    assert a.uns["prediction"]["head"] == "expression_ridge"
+    import scanpy as sc
+
+    sc.pl.spatial(a, color=run.genes[0], library_id="new", show=False)
+    # one heatmap per requested gene, a real PNG
+    for g in run.genes[:2]:
+        assert Image.open(out / "new" / f"{g}.png").size[0] > 300
+    m = json.loads((out / "new" / "manifest.json").read_text())
+    assert m["status"] == "ok" and m["n_spots"] == a.n_obs and m["maps"] == run.genes[:2]
+    # a rerun skips it; other settings redo it
+    assert predict_slide(run, slide, out, grid_um=40, genes=run.genes[:2]).status == "skipped"
+    assert predict_slide(run, slide, out, grid_um=80, genes=run.genes[:2]).status == "ok"
+
+
+def test_cli_predict_records_a_bad_slide_and_goes_on(tiny_run, capsys):
+    from histoxmodal.cli.main import main
+
+    tmp, run, slide = tiny_run
+    bad = tmp / "slides" / "broken.tif"
+    bad.write_bytes(b"not a tiff")
+    out = tmp / "cli"
+    rc = main(["predict", str(run.path), str(slide), str(bad), "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 1
+    assert json.loads((out / "new" / "manifest.json").read_text())["status"] == "ok"
+    m = json.loads((out / "broken" / "manifest.json").read_text())
+    assert m["status"] == "failed" and "broken.tif" in m["reason"]
+    assert [p.name for p in (out / "broken").iterdir()] == ["manifest.json"]
+    assert "failed: broken:" in text
+    # asking for a gene the head does not predict: one line, before any work
+    assert main(["predict", str(run.path), str(slide), "--out", str(out), "--genes", "NOPE"]) == 1
+    assert "NOPE" in json.loads((out / "new" / "manifest.json").read_text())["reason"]
+
+
+def test_a_run_without_a_head_says_how_to_fit_one(tiny_run, tmp_path, capsys):
+    import shutil
+
+    from histoxmodal.cli.main import main
+
+    _, run, slide = tiny_run
+    bare = tmp_path / "bare"
+    shutil.copytree(run.path, bare)
+    shutil.rmtree(bare / "heads")
+    assert main(["predict", str(bare), str(slide), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no saved expression head" in err and f"histoxmodal fit-head {bare}" in err
+    assert main(["fit-head", str(bare)]) == 0
+    assert (bare / "heads" / "expression_ridge" / "targets.json").exists()
+    assert main(["predict", str(bare), str(slide), "--out", str(tmp_path / "o")]) == 0
+
+
+def test_held_out_her2st_section_slide_path_matches_evaluate(her2st_paired, data_dir, tmp_path):
+    """B4 never seen in training (patient split, fold B): its expression predicted from the H&E
+    image alone at its spot centres scores as `evaluate` scores the paired dataset."""
+    import anndata as ad
+
+    from histoxmodal.data.normalize import expression_matrix
+    from histoxmodal.data.splits import Split
+    from histoxmodal.training.config import config_from_dict
+    from histoxmodal.workflows.evaluate import evaluate
+    from histoxmodal.workflows.expression_map import predict_slide
+    from histoxmodal.workflows.predict import fit_expression_head
+    from histoxmodal.workflows.train import train
+
+    data, manifest = her2st_paired
+    split = data / manifest["splits"]["patient"]["file"]
+    cfg = config_from_dict({**TINY, "genes": 64, "optim": {**TINY["optim"], "batch_size": 64}})
+    run = train(cfg, tmp_path / "run", data=data, split=split, fold="patient=B",
+                accelerator="cpu", devices=1)  # fmt: skip
+    res = evaluate(run, data, tmp_path / "eval", split=split, fold="patient=B", n_genes=20)
+    genes = res["protocol"]["genes"]
+    fit_expression_head(run, genes=genes, name="eval20")
+    adata = ad.read_h5ad(data / "adata.h5ad")
+    rows = Split.load(split).fold("patient=B").test
+    b4 = adata[rows]
+    assert set(b4.obs["sample"]) == {"B4"}
+    mpp = float(b4.obs["patch_source_mpp"].iloc[0])
+    assert mpp == pytest.approx(0.6877, abs=1e-3)
+    r = predict_slide(run, data_dir / "her2st" / "images" / "B4.jpg", tmp_path / "maps",
+                      head="eval20", mpp=mpp, centres=b4.obsm["spatial"])  # fmt: skip
+    assert r.status == "ok" and r.n_tiles == 283  # every B4 spot (min_counts=0)
+    pred = ad.read_h5ad(tmp_path / "maps" / "B4" / "prediction.h5ad")
+    measured = expression_matrix(adata, genes, rows=rows)
+    p = np.asarray(pred[:, genes].X, np.float64)
+    mine = np.array([np.corrcoef(measured[:, j], p[:, j])[0, 1] for j in range(len(genes))])
+    theirs = np.array([res["per_gene_pearson"][g] for g in genes])
+    np.testing.assert_allclose(mine, theirs, atol=0.03)
+    assert np.abs(mine - theirs).max() < 1e-3  # in fact the same pixels, so the same numbers
