@@ -10,7 +10,7 @@ from histoxmodal.cli.main import EXIT_FAILED, EXIT_OK, format_table
 
 def add_features_parser(sub) -> None:
     """Register ``features`` and ``models`` on the top-level sub-parsers."""
-    from histoxmodal.cli.main import _positive_int
+    from histoxmodal.cli.main import positive_int
 
     f = sub.add_parser(
         "features",
@@ -38,9 +38,9 @@ def add_features_parser(sub) -> None:
     e.add_argument("--run", metavar="RUN", help="a trained run folder: its image tower")
     e.add_argument("--projection", action="store_true", help="with --run: the projected embedding")
     r = f.add_argument_group("run")
-    r.add_argument("--batch-size", type=_positive_int, default=64, metavar="B")
+    r.add_argument("--batch-size", type=positive_int, default=64, metavar="B")
     r.add_argument(
-        "--workers", type=_positive_int, default=2, metavar="N",
+        "--workers", type=positive_int, default=2, metavar="N",
         help="threads decoding and resizing tiles (default 2)",
     )  # fmt: skip
     r.add_argument(

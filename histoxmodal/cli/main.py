@@ -29,7 +29,7 @@ def format_table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1 (batch sizes, node counts)."""
     try:
         value = int(text)
@@ -304,7 +304,7 @@ def _build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--accelerator", default="auto", help="cpu, gpu, ... (Lightning)")
     tr.add_argument("--devices", default="auto", help="devices per node (Lightning)")
     tr.add_argument(
-        "--num-nodes", type=_positive_int, default=1, help="nodes (Lightning; SLURM detected)"
+        "--num-nodes", type=positive_int, default=1, help="nodes (Lightning; SLURM detected)"
     )
 
     pr = sub.add_parser(
@@ -331,7 +331,7 @@ def _build_parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--min-tissue", type=float, default=0.5, help="least tissue fraction of a pseudo-spot"
     )
-    pr.add_argument("--batch-size", type=_positive_int, default=64, help="patches per pass")
+    pr.add_argument("--batch-size", type=positive_int, default=64, help="patches per pass")
     pr.add_argument("--overwrite", action="store_true", help="redo finished slides")
 
     fh = sub.add_parser(
@@ -349,7 +349,7 @@ def _build_parser() -> argparse.ArgumentParser:
     em.add_argument("run", metavar="RUN", help="run folder written by histoxmodal train")
     em.add_argument("dataset", metavar="DATASET", help="paired dataset folder")
     em.add_argument("--out", required=True, metavar="FILE", help="output .h5ad (+ .npy beside)")
-    em.add_argument("--batch-size", type=_positive_int, default=128)
+    em.add_argument("--batch-size", type=positive_int, default=128)
 
     ev = sub.add_parser(
         "evaluate",
@@ -370,7 +370,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="fold of --split (default: the run's own fold when it trained on that split, else 0)",
     )
     ev.add_argument("--out", required=True, metavar="DIR")
-    ev.add_argument("--in-batch-size", type=_positive_int, default=128, metavar="B")
+    ev.add_argument("--in-batch-size", type=positive_int, default=128, metavar="B")
 
     from histoxmodal.cli.features import add_features_parser
 
@@ -388,10 +388,10 @@ def _build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--encoder", default="timm:resnet18", help="encoder (default timm:resnet18)")
     bf.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     bf.add_argument("--precision", default="auto")
-    bf.add_argument("--batch-size", type=_positive_int, default=32)
-    bf.add_argument("--workers", type=_positive_int, default=2, help="decoding threads")
-    bf.add_argument("--side", type=_positive_int, default=32768, help="slide side in px (32768)")
-    bf.add_argument("--repeats", type=_positive_int, default=3, help="interleaved rounds (3)")
+    bf.add_argument("--batch-size", type=positive_int, default=32)
+    bf.add_argument("--workers", type=positive_int, default=2, help="decoding threads")
+    bf.add_argument("--side", type=positive_int, default=32768, help="slide side in px (32768)")
+    bf.add_argument("--repeats", type=positive_int, default=3, help="interleaved rounds (3)")
     bf.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
     bt = bsub.add_parser(
         "tiling",
