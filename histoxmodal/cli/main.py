@@ -95,15 +95,14 @@ def _add_tile_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole ``histoxmodal`` argument parser (cheap: nothing heavy is imported)."""
     parser = argparse.ArgumentParser(
         prog="histoxmodal",
         description="Spatial transcriptomics and medical multimodal learning toolkit.",
     )
     parser.add_argument("--version", action="version", version=f"histoxmodal {__version__}")
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)"
-    )
+    _add_verbosity(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser(
@@ -485,12 +484,52 @@ def _build_parser() -> argparse.ArgumentParser:
     bti.add_argument("--data", required=True, metavar="PATH", help="the shared data folder")
     bti.add_argument("--methods", default=None, metavar="M1,M2", help="tissue methods to compare")
     bti.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    for p in _subparsers(parser):
+        _add_verbosity(p, top=False)
     return parser
 
 
+def _add_verbosity(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """``-v``/``-q`` on ``p``; a sub-command's own counts are added to the top-level ones."""
+    prefix = "" if top else "sub_"
+    default = 0 if top else argparse.SUPPRESS
+    p.add_argument(
+        "-v", "--verbose", action="count", default=default, dest=f"{prefix}verbose",
+        help="more logging: -v info and library tips, -vv debug",
+    )  # fmt: skip
+    p.add_argument(
+        "-q", "--quiet", action="count", default=default, dest=f"{prefix}quiet",
+        help="less logging: -q errors only, -qq nothing but critical errors",
+    )  # fmt: skip
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every sub-command parser below ``parser``, depth first, each once (aliases share one)."""
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found.append(child)
+                found.extend(_subparsers(child))
+    return found
+
+
+def verbosity(args: argparse.Namespace) -> int:
+    """The net ``-v`` count minus the ``-q`` count, wherever on the line they were given."""
+    v = getattr(args, "verbose", 0) + getattr(args, "sub_verbose", 0)
+    return v - getattr(args, "quiet", 0) - getattr(args, "sub_quiet", 0)
+
+
+def log_level(verbosity: int) -> int:
+    """Root logging level of a net verbosity: 0 WARNING, 1 INFO, 2+ DEBUG, -1 ERROR, -2 CRITICAL."""
+    if verbosity >= 2:
+        return logging.DEBUG
+    return {1: logging.INFO, 0: logging.WARNING, -1: logging.ERROR}.get(verbosity, logging.CRITICAL)
+
+
 def _setup_logging(verbosity: int) -> None:
-    level = logging.WARNING - 10 * min(verbosity, 2)
-    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(format="%(levelname)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(log_level(verbosity))
 
 
 def _run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -561,9 +600,9 @@ def _run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 some work failed, 2 bad usage)."""
-    parser = _build_parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(verbosity(args))
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
