@@ -107,3 +107,28 @@ def in_batch_recall(
         "batch_size": batch_size,
         **{k: v / n for k, v in hits.items()},
     }
+
+
+def retrieval_chance(n: int, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """What embeddings unrelated to their partners score on average, in the keys of
+    :func:`rank_metrics`: Recall@k is ``min(k, n) / n`` and the mean and median rank (1-based)
+    are ``(n + 1) / 2``, the true partner's rank being uniform over ``1..n``."""
+    if n < 1:
+        raise ValueError(f"n={n}: need at least one query")
+    out = {f"R@{k}": min(k, n) / n for k in ks}
+    out["mean_rank"] = out["median_rank"] = (n + 1) / 2
+    return out
+
+
+def in_batch_chance(n: int, *, batch_size: int, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Chance level of :func:`in_batch_recall` in its keys: a query of a batch of ``b`` items
+    finds its partner among the top ``k`` with probability ``min(k, b) / b`` (the last batch may
+    be partial), averaged over the ``n`` queries."""
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"n={n}, batch_size={batch_size}: both must be at least 1")
+    sizes = [min(batch_size, n - s) for s in range(0, n, batch_size)]
+    return {
+        f"{d}:R@{k}": sum(min(k, b) for b in sizes) / n
+        for d in ("image_to_gene", "gene_to_image")
+        for k in ks
+    }

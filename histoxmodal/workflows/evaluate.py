@@ -16,7 +16,14 @@ import numpy as np
 
 from histoxmodal import keys
 from histoxmodal.fileutil import write_json_atomic
+from histoxmodal.version import __version__
 from histoxmodal.workflows.run import Run
+
+#: suffixes of the keys beside a metric in ``metrics.json``: what unrelated embeddings score
+#: (``retrieval.full.i2g.recall@5_chance`` = 5 / n; the mean predictor's MSE; Pearson 0), and
+#: the hand-crafted colour/texture features + ridge baseline on the same split and genes
+CHANCE_SUFFIX = "_chance"
+BASELINE_SUFFIX = "_baseline"
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,19 @@ def resolve_rows(
     )
 
 
+def _take(patches, rows: np.ndarray) -> np.ndarray:
+    """``patches[rows]`` in the order of ``rows`` (h5py wants increasing indices)."""
+    rows = np.asarray(rows)
+    order = np.argsort(rows, kind="stable")
+    out = np.empty((len(rows), *patches.shape[1:]), np.uint8)
+    out[order] = patches[rows[order]]
+    return out
+
+
+def _standardise(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    return (x - ref.mean(0)) / np.maximum(ref.std(0), 1e-6)
+
+
 def _obs_names(data: Path) -> list[str]:
     import anndata as ad
 
@@ -101,7 +121,10 @@ def evaluate(
     -------
     dict
         ``{"metrics": {flat dotted keys: float}, "protocol": {...}}`` (spatial results also
-        carry ``per_gene_pearson``), as written to ``metrics.json``.
+        carry ``per_gene_pearson``), as written to ``metrics.json``. A metric with a chance
+        level is followed by ``<key>_chance`` (Recall@k: k/n; zero-shot accuracy: 1/k;
+        correlations: 0; MSE: the training mean's), and spatial metrics by ``<key>_baseline``,
+        hand-crafted colour/texture features + ridge on the same split and genes.
     """
     run = run if isinstance(run, Run) else Run.load(run)
     dataset, out = Path(dataset), Path(out)
@@ -115,16 +138,24 @@ def evaluate(
 def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes):
     from histoxmodal.data.normalize import expression_matrix, top_variable_genes
     from histoxmodal.data.store import load_paired
+    from histoxmodal.evaluation.baselines import handcrafted_features, ridge_to_expression_space
     from histoxmodal.evaluation.expression import expression_metrics
     from histoxmodal.evaluation.mixing import batch_mixing
-    from histoxmodal.evaluation.retrieval import cross_modal_retrieval, in_batch_recall
+    from histoxmodal.evaluation.retrieval import (
+        cross_modal_retrieval,
+        in_batch_chance,
+        in_batch_recall,
+        retrieval_chance,
+    )
     from histoxmodal.heads import MLPHead, RetrievalHead, RidgeHead
     from histoxmodal.workflows.report import spatial_figures, write_report
 
     run.check_genes(dataset)
     adata, patches = load_paired(dataset)
     rows = resolve_rows(run, dataset, split, fold, adata.obs_names)
-    train_adata = adata if rows.train_data == dataset else load_paired(rows.train_data)[0]
+    train_adata, train_patches = (
+        (adata, patches) if rows.train_data == dataset else load_paired(rows.train_data)
+    )
     tr = run.embed(rows.train_data, rows.train_rows)
     te = run.embed(dataset, rows.test_rows)
     za_tr, zb_tr, za, zb = tr["image"], tr["gene"], te["image"], te["gene"]
@@ -141,20 +172,55 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes)
 
     ridge = RidgeHead(pca=256 if za.shape[1] > 256 else None).fit(za_tr, y_tr, groups=groups_tr)
     y_pred = ridge.predict(za)
-    ret = cross_modal_retrieval(za, zb)
+    n = len(rows.test_rows)
+    # the hand-crafted baseline on the same rows and genes: colour/texture features of the
+    # patches, ridge to expression, and ridge to expression's PCs for retrieval
+    hc_tr = handcrafted_features(_take(train_patches, rows.train_rows))
+    hc_te = handcrafted_features(_take(patches, rows.test_rows))
+    hc_pred = (
+        RidgeHead()
+        .fit(_standardise(hc_tr, hc_tr), y_tr, groups=groups_tr)
+        .predict(_standardise(hc_te, hc_tr))
+    )
+    pa, pb = ridge_to_expression_space(hc_tr, y_tr, hc_te, y_true, groups=groups_tr)
+    ret, ret_base = cross_modal_retrieval(za, zb), cross_modal_retrieval(pa, pb)
+    ret_chance = retrieval_chance(n)
     inb = in_batch_recall(za, zb, batch_size=in_batch_size)
+    inb_base = in_batch_recall(pa, pb, batch_size=in_batch_size)
+    inb_chance = in_batch_chance(n, batch_size=in_batch_size)
     expr = expression_metrics(y_true, y_pred, top, samples=samples)
+    base = expression_metrics(y_true, hc_pred, top, samples=samples)
+    # the mean predictor (the training spots' mean expression) knows nothing of the image
+    mean_mse = float(((y_true - y_tr.mean(axis=0)) ** 2).mean())
     m: dict[str, object] = {}
+
+    def put(key: str, value, chance=None, baseline=None) -> None:
+        m[key] = value
+        if chance is not None:
+            m[f"{key}{CHANCE_SUFFIX}"] = float(chance)
+        if baseline is not None:
+            m[f"{key}{BASELINE_SUFFIX}"] = float(baseline)
+
     for d, short in (("image_to_gene", "i2g"), ("gene_to_image", "g2i")):
         for key, v in ret[d].items():
-            m[f"retrieval.full.{short}.{key.lower().replace('r@', 'recall@')}"] = v
+            name = f"retrieval.full.{short}.{key.lower().replace('r@', 'recall@')}"
+            put(name, v, ret_chance[key], ret_base[d][key])
         for kk in (1, 5, 10):
-            m[f"retrieval.in_batch_B{in_batch_size}.{short}.recall@{kk}"] = inb[f"{d}:R@{kk}"]
-    m["expression.ridge.pearson_pooled_mean"] = expr["pooled"]["pearson"]
-    m["expression.ridge.spearman_pooled_mean"] = expr["pooled"]["spearman"]
-    m["expression.ridge.mse_pooled"] = expr["pooled"]["mse"]
-    if "per_sample_mean" in expr:
-        m["expression.ridge.pearson_per_sample_mean"] = expr["per_sample_mean"]["pearson"]
+            k_ = f"{d}:R@{kk}"
+            put(f"retrieval.in_batch_B{in_batch_size}.{short}.recall@{kk}", inb[k_],
+                inb_chance[k_], inb_base[k_])  # fmt: skip
+
+    def put_expression(name: str, e: dict) -> None:
+        put(f"expression.{name}.pearson_pooled_mean", e["pooled"]["pearson"], 0.0,
+            base["pooled"]["pearson"])  # fmt: skip
+        put(f"expression.{name}.spearman_pooled_mean", e["pooled"]["spearman"], 0.0,
+            base["pooled"]["spearman"])  # fmt: skip
+        put(f"expression.{name}.mse_pooled", e["pooled"]["mse"], mean_mse, base["pooled"]["mse"])
+        if "per_sample_mean" in e:
+            put(f"expression.{name}.pearson_per_sample_mean", e["per_sample_mean"]["pearson"],
+                0.0, base["per_sample_mean"]["pearson"])  # fmt: skip
+
+    put_expression("ridge", expr)
     m["expression.ridge.alpha"] = ridge.alpha_
     for name, head, x_fit in (
         ("retrieval", RetrievalHead(k=50), zb_tr),
@@ -164,13 +230,19 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes)
             head.fit(x_fit, y_tr)
         else:
             head.fit(x_fit, y_tr, groups=groups_tr)
-        e = expression_metrics(y_true, head.predict(za), top, samples=samples)
-        m[f"expression.{name}.pearson_pooled_mean"] = e["pooled"]["pearson"]
-        m[f"expression.{name}.mse_pooled"] = e["pooled"]["mse"]
+        put_expression(name, expression_metrics(y_true, head.predict(za), top, samples=samples))
+    put_expression("handcrafted_ridge", base)
     if len(set(batch)) > 1:
+        _, counts = np.unique(batch, return_counts=True)
+        mixed = {  # what random neighbours give (iLISI: the inverse Simpson index of batches)
+            "ilisi": 1.0 / float(((counts / counts.sum()) ** 2).sum()),
+            "knn_batch_purity": 1.0,
+        }
+        hc_mix = batch_mixing(_standardise(hc_te, hc_tr), batch)
         for name, z in (("image", za), ("gene", zb)):
             for key, v in batch_mixing(z, batch).items():
-                m[f"batch_mixing.{name}.{key}"] = v
+                put(f"batch_mixing.{name}.{key}", v, mixed.get(key),
+                    hc_mix[key] if name == "image" else None)  # fmt: skip
     cfg = run.config.to_dict()
     protocol = {
         "run": str(run.path),
@@ -182,6 +254,16 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes)
         "in_batch_size": in_batch_size,
         "genes": top,
         "seed": seed,
+        "histoxmodal_version": __version__,
+        "baseline": (
+            "hand-crafted colour/texture features of the same patches (35 per patch) + ridge, "
+            "fitted on the same training rows; for retrieval, ridge onto the first 50 principal "
+            "components of the training expression"
+        ),
+        "chance": (
+            "unrelated embeddings: Recall@k = k/n, rank (n+1)/2; correlation 0; MSE of the "
+            "training mean; batch mixing of random neighbours"
+        ),
         "model": cfg["model"],
         "loss": cfg["loss"],
         "correction": cfg["correction"],
@@ -219,6 +301,24 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes)
     return result
 
 
+def _with_cohort_chance(m: dict, names: list[str], present: np.ndarray, k: int) -> dict:
+    """Each cohort metric followed by its ``_chance`` key: 1 / k for zero-shot accuracy among k
+    candidates, min(r, n) / n for Recall@r over the n rows where both modalities are present."""
+    import re
+
+    out: dict[str, float] = {}
+    for key, v in m.items():
+        out[key] = v
+        if key.startswith("zero_shot."):
+            out[f"{key}{CHANCE_SUFFIX}"] = 1.0 / k
+        hit = re.fullmatch(r"retrieval\.[^.]+\.(\w+)_to_(\w+)\.recall@(\d+)", key)
+        if hit and hit[1] in names and hit[2] in names:
+            both = present[:, [names.index(hit[1]), names.index(hit[2])]].all(axis=1)
+            n = int(both.sum())
+            out[f"{key}{CHANCE_SUFFIX}"] = min(int(hit[3]), n) / n if n else float("nan")
+    return out
+
+
 def _evaluate_cohort(run: Run, dataset: Path, out: Path, *, k: int, seed: int):
     from histoxmodal.data.splits import Split
     from histoxmodal.evaluation.zeroshot import cohort_metrics
@@ -230,6 +330,7 @@ def _evaluate_cohort(run: Run, dataset: Path, out: Path, *, k: int, seed: int):
     present = z.pop(keys.BATCH_PRESENT)
     loss = run.config.loss.name
     m, scorer = cohort_metrics(z, present, loss=loss, k=k, seed=seed)
+    m = _with_cohort_chance(m, list(z), np.asarray(present, bool), k)
     protocol = {
         "run": str(run.path),
         "dataset": str(dataset),
@@ -238,6 +339,7 @@ def _evaluate_cohort(run: Run, dataset: Path, out: Path, *, k: int, seed: int):
         "k": k,
         "chance": 1.0 / k,
         "scorer": scorer,
+        "histoxmodal_version": __version__,
         "seed": seed,
         "config": run.config.to_dict(),
     }

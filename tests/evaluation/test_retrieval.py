@@ -50,3 +50,24 @@ def test_in_batch_protocol_matches_a_loop():
     # smaller batches are easier: in-batch recall is not the whole-set recall
     whole = rank_metrics(retrieval_ranks(a, b))["R@5"]
     assert got["image_to_gene:R@5"] > whole
+
+
+def test_chance_levels_are_exact_and_match_random_embeddings():
+    from histoxmodal.evaluation.retrieval import in_batch_chance, retrieval_chance
+
+    c = retrieval_chance(179, ks=(1, 5, 10))
+    assert c["R@5"] == 5 / 179 and c["R@1"] == 1 / 179 and c["median_rank"] == 90.0
+    assert retrieval_chance(3, ks=(5,))["R@5"] == 1.0
+    # 103 queries in batches 25, 25, 25, 25, 3: the last batch's 3 queries always hit at k = 5
+    ib = in_batch_chance(103, batch_size=25, ks=(5,))
+    assert ib["image_to_gene:R@5"] == (4 * 5 + 3) / 103
+    # unrelated embeddings average to the chance level (500 draws of 60 pairs)
+    rng = np.random.default_rng(0)
+    got = [
+        rank_metrics(retrieval_ranks(rng.standard_normal((60, 8)), rng.standard_normal((60, 8))))
+        for _ in range(500)
+    ]
+    assert np.mean([g["R@5"] for g in got]) == pytest.approx(5 / 60, abs=0.005)
+    assert np.mean([g["mean_rank"] for g in got]) == pytest.approx(30.5, abs=0.5)
+    with pytest.raises(ValueError, match="n=0"):
+        retrieval_chance(0)
