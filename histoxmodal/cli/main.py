@@ -528,8 +528,9 @@ def log_level(verbosity: int) -> int:
 
 
 def _setup_logging(verbosity: int) -> None:
-    logging.basicConfig(format="%(levelname)s: %(message)s", stream=sys.stderr)
-    logging.getLogger().setLevel(log_level(verbosity))
+    from histoxmodal.cli.logs import setup_logging
+
+    setup_logging(verbosity, log_level(verbosity))
 
 
 def _run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -50,3 +50,61 @@ def test_verbosity_after_a_nested_subcommand(root_logging):
 
     args = build_parser().parse_args(["bench", "retrieval", "--n", "10", "-vv"])
     assert verbosity(args) == 2 and log_level(verbosity(args)) == logging.DEBUG
+
+
+# ------------------------------------------------------------------ Lightning's output, once
+
+TINY = (
+    "genes: 20\nmodel: {image_encoder: test_uni, gene_encoder: test_gene_mlp, "
+    "embed_dim: 8}\noptim: {batch_size: 16, num_workers: 0}\n"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_train(tmp_path_factory):
+    """A paired dataset and a tiny config; ``argv(out)`` trains one epoch into ``out``."""
+    pytest.importorskip("lightning")
+    from histoxmodal.testing.paired import make_paired_dataset
+
+    root = tmp_path_factory.mktemp("tiny_train")
+    data = make_paired_dataset(root / "data", spots_per_sample=32)
+    cfg = root / "tiny.yaml"
+    cfg.write_text(TINY)
+
+    def argv(out, *extra):
+        return [
+            "train", str(cfg), "--data", str(data), "--out", str(out),
+            "--accelerator", "cpu", "--devices", "1", "--max-epochs", "1", *extra,
+        ]  # fmt: skip
+
+    return argv
+
+
+def test_lightning_lines_once_without_adverts_or_deprecations(tiny_train, tmp_path):
+    # a fresh process: Lightning is imported after the command line set up logging
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "histoxmodal.cli.main", *tiny_train(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "HISTOXMODAL_PROGRESS": "0"},
+    )
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.splitlines()
+    assert lines.count("INFO: GPU available: False, used: False") == 1, res.stderr
+    assert sum("`Trainer.fit` stopped" in ln for ln in lines) == 1, res.stderr
+    assert "Tip" not in res.stderr and "deprecated" not in res.stderr.lower(), res.stderr
+
+
+def test_lightning_advert_only_with_verbose(tiny_train, tmp_path, root_logging, capsys):
+    # in this process Lightning may already be imported with its own handler: it is removed
+    assert main(tiny_train(tmp_path / "a")) == 0
+    err = capsys.readouterr().err
+    assert err.count("GPU available: False, used: False") == 1 and "Tip" not in err, err
+    assert main(tiny_train(tmp_path / "b", "-v")) == 0
+    err = capsys.readouterr().err
+    assert err.count("GPU available: False, used: False") == 1 and "💡 Tip" in err, err
+    assert main(tiny_train(tmp_path / "c", "-q")) == 0
+    assert "GPU available" not in capsys.readouterr().err
