@@ -289,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")
     tr.add_argument(
+        "--print-config", nargs="?", const="yaml", choices=("yaml", "json"), default=None,
+        metavar="yaml|json",
+        help="print the resolved config (CONFIG + --set, --data, --max-epochs) and exit",
+    )  # fmt: skip
+    tr.add_argument(
         "--split",
         default=None,
         metavar="FILE",

@@ -8,6 +8,26 @@ from pathlib import Path
 from histoxmodal.cli.main import EXIT_OK
 
 
+def format_config(cfg, args: argparse.Namespace) -> str:
+    """The config a ``train`` command line would run, as YAML or JSON (``--print-config``).
+
+    ``--set`` is already applied by the loader; ``--data`` and ``--max-epochs`` are folded in
+    here, so the output, saved as a file, trains the same run.
+    """
+    import json
+
+    data = json.loads(json.dumps(cfg.to_dict(), default=str))  # tuples -> lists, paths -> str
+    if args.data is not None:
+        data["data"] = args.data
+    if args.max_epochs is not None:
+        data["optim"]["max_epochs"] = args.max_epochs
+    if args.print_config == "json":
+        return json.dumps(data, indent=2) + "\n"
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
 def run_train(args: argparse.Namespace) -> int:
     from histoxmodal.deps import require_extra
     from histoxmodal.errors import ConfigError
@@ -21,6 +41,11 @@ def run_train(args: argparse.Namespace) -> int:
                 (ln[2:] for ln in path.read_text().splitlines() if ln.startswith("# ")), ""
             )
             print(f"{name:<20} {first}")
+        return EXIT_OK
+    if getattr(args, "print_config", None):
+        if not args.config:
+            raise ConfigError("--print-config needs CONFIG (a YAML file or an example of --list)")
+        print(format_config(load_config(args.config, args.set), args), end="")
         return EXIT_OK
     if not args.config or not args.out:
         raise ConfigError("histoxmodal train needs CONFIG and --out (see --list for examples)")

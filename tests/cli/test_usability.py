@@ -108,3 +108,32 @@ def test_lightning_advert_only_with_verbose(tiny_train, tmp_path, root_logging, 
     assert err.count("GPU available: False, used: False") == 1 and "💡 Tip" in err, err
     assert main(tiny_train(tmp_path / "c", "-q")) == 0
     assert "GPU available" not in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ train --print-config
+
+
+def test_print_config_prints_the_resolved_config_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    import json
+
+    import yaml
+
+    from histoxmodal.training.config import load_config
+
+    pytest.importorskip("torch")
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "her2st_small", "--set", "optim.lr=0.01", "--max-epochs", "3"]
+    assert main([*argv, "--out", "run", "--data", "ds", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["optim"]["lr"] == 0.01 and printed["optim"]["max_epochs"] == 3
+    assert printed["data"] == "ds" and printed["kind"] == "spatial"
+    assert list(tmp_path.iterdir()) == []  # no run folder, nothing else
+    # the printed YAML, saved as a file, is the same config
+    (tmp_path / "saved.yaml").write_text(yaml.safe_dump(printed))
+    again = load_config(str(tmp_path / "saved.yaml")).to_dict()
+    assert json.loads(json.dumps(again)) == printed
+    assert main([*argv, "--print-config", "json"]) == 0
+    as_json = json.loads(capsys.readouterr().out)
+    assert as_json == {**printed, "data": None}
+    assert main(["train", "--print-config"]) == 2
+    assert "--print-config needs CONFIG" in capsys.readouterr().err
