@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from histoxmodal.io.spatial.common import SpatialFormatError, library_id
+from histoxmodal.io.spatial.common import MissingSpatialFileError, SpatialFormatError, library_id
 from histoxmodal.io.spatial.h5ad import read_h5ad
 from histoxmodal.io.spatial.st import (
     PATHOLOGY_SECTIONS,
@@ -19,7 +19,7 @@ from histoxmodal.io.spatial.st import (
     read_st,
     st_sections,
 )
-from histoxmodal.io.spatial.visium import read_visium
+from histoxmodal.io.spatial.visium import find_visium_outs, read_mtx_folder, read_visium
 from histoxmodal.io.spatial.xenium import read_xenium
 
 FORMATS = ("visium", "her2st", "xenium", "h5ad")
@@ -27,12 +27,15 @@ FORMATS = ("visium", "her2st", "xenium", "h5ad")
 __all__ = [
     "FORMATS",
     "PATHOLOGY_SECTIONS",
+    "MissingSpatialFileError",
     "SpatialFormatError",
     "detect_format",
+    "find_visium_outs",
     "library_id",
     "read_h5ad",
     "read_her2st",
     "read_her2st_pathology",
+    "read_mtx_folder",
     "read_spatial",
     "read_st",
     "read_visium",
@@ -44,8 +47,9 @@ __all__ = [
 def detect_format(path: str | Path) -> str:
     """The spatial format of a file or folder, from its contents.
 
-    ``.h5ad`` file -> ``h5ad``; ``cell_feature_matrix.h5`` -> ``xenium``; ``spatial/`` with
-    tissue positions -> ``visium``; ``counts/`` with ``spots/`` -> ``her2st``.
+    ``.h5ad`` file -> ``h5ad``; ``cell_feature_matrix.h5`` -> ``xenium``; ``spatial/`` (or
+    ``outs/spatial/``, a Space Ranger run folder) -> ``visium``; ``counts/`` with ``spots/`` ->
+    ``her2st``.
     """
     p = Path(path)
     if not p.exists():
@@ -60,12 +64,13 @@ def detect_format(path: str | Path) -> str:
     names = {q.name for q in p.iterdir()}
     if "cell_feature_matrix.h5" in names or "cell_feature_matrix" in names:
         return "xenium"
-    if "spatial" in names and (p / "spatial").is_dir():
+    if (p / "spatial").is_dir() or (p / "outs" / "spatial").is_dir():
         return "visium"
     if "counts" in names and "spots" in names:
         return "her2st"
     raise SpatialFormatError(
-        f"{p}: cannot tell the format (expected a Space Ranger folder with spatial/, a Xenium "
+        f"{p}: cannot tell the format (expected a Space Ranger folder with spatial/ or "
+        f"outs/spatial/, a Xenium "
         f"folder with cell_feature_matrix.h5, a her2st folder with counts/ and spots/, or an "
         f".h5ad); pass format= one of {', '.join(FORMATS)}"
     )
@@ -77,8 +82,9 @@ def read_spatial(path: str | Path, format: str | None = None, **kwargs):
     Parameters
     ----------
     path
-        Space Ranger output folder, Xenium output folder, ``.h5ad`` file, or a her2st-layout
-        folder (then pass ``section=``, e.g. ``"B4"``).
+        Space Ranger output folder (``outs/`` or the run folder above it), Xenium output
+        folder, ``.h5ad`` file, or a her2st-layout folder (then pass ``section=``, e.g.
+        ``"B4"``).
     format
         One of :data:`FORMATS`.
     **kwargs

@@ -27,6 +27,11 @@ class SpatialFormatError(ConfigError):
     """A spatial-omics input is malformed; the message names the file and the fix."""
 
 
+class MissingSpatialFileError(SpatialFormatError, FileNotFoundError):
+    """A file or folder of a spatial-omics layout is missing; the message names the folder, what
+    is missing and the layouts accepted. Also a ``FileNotFoundError``."""
+
+
 def require_file(path: Path, what: str, hint: str = "") -> Path:
     """``path`` if it exists, else a ``FileNotFoundError`` naming what it should hold."""
     if not path.exists():
