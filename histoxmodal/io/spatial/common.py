@@ -83,8 +83,17 @@ def counts_are_raw(x: Any) -> bool:
 
 
 def is_blank(img: np.ndarray) -> bool:
-    """A placeholder image: (almost) one flat value everywhere."""
-    return bool(img.size == 0 or float(np.asarray(img, np.float32).std()) < 1.0)
+    """A placeholder image: (almost) one flat value everywhere (std under one 8-bit level).
+
+    Float images in ``[0, 1]`` (as scanpy stores them in ``uns['spatial']``) are measured in
+    the same 8-bit levels, so a real float image is not taken for a blank one.
+    """
+    if img.size == 0:
+        return True
+    a = np.asarray(img, np.float32)
+    if np.issubdtype(np.asarray(img).dtype, np.floating) and float(np.nanmax(a)) <= 1.0:
+        a = a * 255.0
+    return bool(float(a.std()) < 1.0)
 
 
 def shrink(img: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:

@@ -10,12 +10,14 @@ import numpy as np
 
 from histoxmodal import keys
 from histoxmodal.io.spatial.common import (
+    MissingSpatialFileError,
     SpatialFormatError,
     check_coords_in_image,
     finalize,
     images_from_full,
     reconcile_mpp,
     require_file,
+    to_counts_csr,
     unique_gene_names,
 )
 
@@ -74,12 +76,14 @@ def read_xenium(
     patient: str | None = None,
     batch: str | None = None,
 ):
-    """Read a Xenium output folder: ``cell_feature_matrix.h5`` + ``cells.csv.gz``/``.parquet``.
+    """Read a Xenium output folder: the cell-feature matrix and the cell centroids.
 
     Parameters
     ----------
     path
-        The Xenium output folder.
+        The Xenium output folder: ``cell_feature_matrix.h5`` (or the ``cell_feature_matrix/``
+        folder: ``matrix.mtx.gz``, ``features.tsv.gz``, ``barcodes.tsv.gz``, plain or gzipped)
+        and ``cells.parquet``, ``cells.csv.gz`` or ``cells.csv``.
     pseudo_spot_um
         Pool cells into square pseudo-spots of this side (µm) on a grid; ``None`` keeps cells.
     min_cells
@@ -107,24 +111,39 @@ def read_xenium(
     if not path.is_dir():
         raise FileNotFoundError(f"Xenium folder not found: {path}")
     sample = sample or path.name
-    mfile = require_file(
-        path / "cell_feature_matrix.h5",
-        "Xenium cell-feature matrix",
-        "Xenium Ranger writes cell_feature_matrix.h5 in the output folder",
-    )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Variable names are not unique")
-        full = sc.read_10x_h5(mfile, gex_only=False)
+    mfile = path / "cell_feature_matrix.h5"
+    if mfile.is_file():
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Variable names are not unique")
+            full = sc.read_10x_h5(mfile, gex_only=False)
+    elif (path / "cell_feature_matrix").is_dir():
+        from histoxmodal.io.spatial.visium import read_mtx_folder
+
+        mfile = path / "cell_feature_matrix"
+        full = read_mtx_folder(mfile, gex_only=False)
+    else:
+        raise MissingSpatialFileError(
+            f"{path}: no Xenium cell-feature matrix; expected cell_feature_matrix.h5 or a "
+            f"cell_feature_matrix/ folder (matrix.mtx.gz, features.tsv.gz, barcodes.tsv.gz), "
+            f"as Xenium Ranger writes them in the output folder"
+        )
+    # the same dtype whatever the file: int32 counts (the .h5 stores them as float32)
+    full.X = to_counts_csr(full.X)
     cells_file = next(
-        (path / n for n in ("cells.parquet", "cells.csv.gz", "cells.csv") if (path / n).exists()),
+        (path / n for n in ("cells.parquet", "cells.csv.gz", "cells.csv") if (path / n).is_file()),
         None,
     )
     if cells_file is None:
-        raise FileNotFoundError(f"{path}: no cells.parquet or cells.csv.gz (cell centroids)")
+        raise MissingSpatialFileError(
+            f"{path}: no cell centroids; expected cells.parquet, cells.csv.gz or cells.csv"
+        )
     cells = (
         pd.read_parquet(cells_file) if cells_file.suffix == ".parquet" else pd.read_csv(cells_file)
     )
-    cells.index = cells["cell_id"].astype(str)
+    # cells.parquet of some Xenium Ranger versions stores the ids as bytes
+    cells.index = pd.Index(
+        [c.decode() if isinstance(c, bytes) else str(c) for c in cells["cell_id"]]
+    )
     missing = full.obs_names.difference(cells.index)
     if len(missing):
         raise SpatialFormatError(
