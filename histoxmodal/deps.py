@@ -13,6 +13,7 @@ EXTRAS = {
     "torch": ("torch", "timm", "safetensors"),
     "scvi": ("scvi",),
     "medical": ("pydicom", "wfdb", "nibabel", "monai"),
+    "spatialdata": ("spatialdata",),
 }
 
 

@@ -256,11 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="export a paired dataset (Parquet for Hugging Face datasets, HEST h5)",
         description="Parquet: one row per spot with the patch as PNG, raw counts and metadata "
         "(load with datasets.load_dataset('parquet', data_dir='OUT/data')). "
-        "hest: patches/<sample>.h5 (img, coords, barcode) and st/<sample>.h5ad.",
+        "hest: patches/<sample>.h5 (img, coords, barcode) and st/<sample>.h5ad. "
+        "spatialdata: one OUT.zarr (images, spot circles, table) for spatialdata.read_zarr.",
     )
     ex.add_argument("dataset", metavar="DIR", help="a folder written by histoxmodal build")
-    ex.add_argument("--to", choices=["parquet", "hest"], required=True)
+    ex.add_argument("--to", choices=["parquet", "hest", "spatialdata"], required=True)
     ex.add_argument("--out", required=True, metavar="OUT")
+    ex.add_argument(
+        "--no-full-res", dest="full_res", action="store_false",
+        help="spatialdata: only the hires/lowres images, not the full-resolution H&E",
+    )  # fmt: skip
+    ex.add_argument("--overwrite", action="store_true", help="spatialdata: replace OUT")
 
     tr = sub.add_parser(
         "train",
@@ -659,9 +665,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "export":
             from histoxmodal.workflows.export import export_hest, export_parquet
 
-            files = (export_parquet if args.to == "parquet" else export_hest)(
-                args.dataset, args.out
-            )
+            if args.to == "spatialdata":
+                from histoxmodal.workflows.export import export_spatialdata
+
+                files = export_spatialdata(
+                    args.dataset, args.out, full_res=args.full_res, overwrite=args.overwrite
+                )
+            else:
+                exp = export_parquet if args.to == "parquet" else export_hest
+                files = exp(args.dataset, args.out)
             print(f"wrote {len(files)} files to {args.out}")
             return EXIT_OK
         if args.command == "demo":

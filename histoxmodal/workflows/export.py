@@ -5,18 +5,26 @@
   layout HESCAPE distributes. ``datasets.load_dataset("parquet", data_dir=OUT)`` loads it.
 - :func:`export_hest`: HEST-1k style ``patches/<sample>.h5`` (datasets ``img``, ``coords``,
   ``barcode``) and ``st/<sample>.h5ad`` per sample.
+- :func:`export_spatialdata`: one SpatialData zarr store, written by ``spatialdata``'s own
+  writer, that ``spatialdata.read_zarr`` (napari-spatialdata, LazySlide, squidpy) and
+  :func:`histoxmodal.io.read_spatial` open; :func:`to_spatialdata` builds the object from any
+  AnnData in the package's layout.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
 from histoxmodal import keys
+from histoxmodal.errors import ConfigError
 from histoxmodal.fileutil import write_json_atomic
+
+log = logging.getLogger(__name__)
 
 
 def _png(img: np.ndarray) -> bytes:
@@ -145,3 +153,257 @@ def export_hest(path: str | Path, out: str | Path) -> list[Path]:
         {"source": str(Path(path).resolve()), "samples": [p.stem for p in files]},
     )
     return files
+
+
+#: region and instance columns of the table written by :func:`to_spatialdata`
+SD_REGION_KEY = "region"
+SD_INSTANCE_KEY = "instance_id"
+SD_TABLE = "table"
+#: the full-resolution pyramid stops before its longer side falls below this
+_PYRAMID_MIN_SIDE = 1024
+_CHUNK = 2048
+
+
+def _lazy_full_image(path: str, mpp: float | None):
+    """``(3, H, W)`` uint8 dask array reading the slide at ``path`` chunk by chunk."""
+    import threading
+
+    import dask
+    import dask.array as da
+
+    from histoxmodal.io.slide import open_slide
+
+    slide = open_slide(path, mpp=mpp, allow_implausible_mpp=True)
+    lock = threading.Lock()  # slide readers are not all thread-safe
+
+    def read(x: int, y: int, w: int, h: int) -> np.ndarray:
+        with lock:
+            return np.moveaxis(slide.read_region((x, y), 0, (w, h)), -1, 0)
+
+    W, H = slide.dimensions
+    rows = []
+    for y in range(0, H, _CHUNK):
+        h = min(_CHUNK, H - y)
+        row = [
+            da.from_delayed(
+                dask.delayed(read)(x, y, min(_CHUNK, W - x), h),
+                shape=(3, h, min(_CHUNK, W - x)),
+                dtype=np.uint8,
+            )
+            for x in range(0, W, _CHUNK)
+        ]
+        rows.append(da.concatenate(row, axis=2))
+    return da.concatenate(rows, axis=1), slide
+
+
+def _pyramid(h: int, w: int) -> list[int]:
+    """Scale factors of 2 while the next level keeps its longer side >= the pyramid minimum."""
+    out, side = [], max(h, w)
+    while side // 2 >= _PYRAMID_MIN_SIDE:
+        out.append(2)
+        side //= 2
+    return out
+
+
+def _image_element(img: np.ndarray, scale: float, *, pyramid: bool):
+    """An ``Image2DModel`` of an ``(h, w, 3)`` image at ``scale`` full-res px per image px."""
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Identity, Scale
+
+    arr = np.moveaxis(np.asarray(img), -1, 0)
+    factors = _pyramid(*arr.shape[1:]) if pyramid else None
+    t = Identity() if scale == 1.0 else Scale([scale, scale], axes=("y", "x"))
+    return Image2DModel.parse(
+        arr, dims=("c", "y", "x"), c_coords=["r", "g", "b"][: arr.shape[0]],
+        scale_factors=factors or None, transformations={"global": t},
+    )  # fmt: skip
+
+
+def _jsonable(d: dict) -> dict:
+    """``d`` without ``None`` values (zarr attributes of AnnData's ``uns`` cannot hold them)."""
+    return {k: _jsonable(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
+
+
+def to_spatialdata(adata, *, full_res: bool = True):
+    """A ``spatialdata.SpatialData`` of an AnnData in the package's layout.
+
+    For each library of ``uns['spatial']`` (rows by ``obs['sample']`` when there are several),
+    in the coordinate system ``"global"`` in full-resolution pixels:
+
+    - images ``<lib>_hires_image`` (multiscale) and ``<lib>_lowres_image``, scaled by
+      ``1 / tissue_*_scalef``; with ``full_res`` and the source image recorded in the
+      library's metadata (``image_path``), also ``<lib>_full_image``, a multiscale pyramid read
+      chunk by chunk (never the whole image in memory at once);
+    - shapes ``<lib>_spots``: circles at ``obsm['spatial']`` with radius
+      ``spot_diameter_fullres / 2``, indexed by ``instance_id`` ``0 .. n - 1``;
+    - one table ``table`` with ``X``, ``obs``, ``var``, ``obsm['spatial']`` and the libraries'
+      scale factors and metadata (``uns['histoxmodal_spatial']``), annotating the shapes by
+      ``obs['region']`` and ``obs['instance_id']``.
+
+    Returns
+    -------
+    spatialdata.SpatialData
+        Plus the open slides the lazy full-resolution images read from, as
+        ``(sdata, slides)``; close the slides after writing.
+    """
+    import anndata as ad
+    import pandas as pd
+
+    from histoxmodal.io.spatial.spatialdata_zarr import (
+        UNS_LIBRARIES,
+        element_name,
+        import_spatialdata,
+    )
+
+    sd = import_spatialdata()
+    from spatialdata.models import Image2DModel, ShapesModel, TableModel
+    from spatialdata.transformations import Identity
+
+    libs = dict(adata.uns.get(keys.UNS_SPATIAL, {}))
+    if not libs:
+        raise ValueError(
+            "adata has no uns['spatial'] entry: the spots need scale factors "
+            "(spot_diameter_fullres); read the data with histoxmodal.io.read_spatial"
+        )
+    if keys.OBSM_SPATIAL not in adata.obsm:
+        raise ValueError("adata has no obsm['spatial'] (spot centres in full-resolution pixels)")
+    xy = np.asarray(adata.obsm[keys.OBSM_SPATIAL], np.float64)
+    sample_of = (
+        adata.obs[keys.OBS_SAMPLE].astype(str).to_numpy()
+        if keys.OBS_SAMPLE in adata.obs
+        else np.full(adata.n_obs, next(iter(libs)))
+    )
+    if len(libs) == 1:
+        sample_of = np.full(adata.n_obs, next(iter(libs)))
+    images, shapes, slides = {}, {}, []
+    region = np.empty(adata.n_obs, object)
+    instance = np.zeros(adata.n_obs, np.int64)
+    stored = {}
+    for lib, entry in libs.items():
+        name = element_name(lib)
+        rows = np.flatnonzero(sample_of == str(lib))
+        scal = {k: float(v) for k, v in entry.get("scalefactors", {}).items()}
+        meta = dict(entry.get("metadata", {}))
+        if not scal.get(keys.SPOT_DIAMETER):
+            raise ValueError(
+                f"uns['spatial'][{lib!r}]['scalefactors'] has no spot_diameter_fullres; set it "
+                f"(the spot diameter in full-resolution pixels) to draw the spots"
+            )
+        for key, sf in (("hires", keys.SCALEF_HIRES), ("lowres", keys.SCALEF_LOWRES)):
+            img = entry.get("images", {}).get(key)
+            if img is not None and scal.get(sf):
+                images[f"{name}_{key}_image"] = _image_element(
+                    img, 1.0 / scal[sf], pyramid=key == "hires"
+                )
+        src = meta.get("image_path")
+        if full_res and src and Path(src).is_file():
+            full, slide = _lazy_full_image(src, meta.get("mpp"))
+            slides.append(slide)
+            images[f"{name}_full_image"] = Image2DModel.parse(
+                full, dims=("c", "y", "x"), c_coords=["r", "g", "b"],
+                scale_factors=_pyramid(*full.shape[1:]) or None,
+                chunks=(3, 1024, 1024), transformations={"global": Identity()},
+            )  # fmt: skip
+        elif full_res and src:
+            log.warning(
+                "%s: full-resolution image %s not found; only hires/lowres written", lib, src
+            )
+        shapes[f"{name}_spots"] = ShapesModel.parse(
+            xy[rows], geometry=0, radius=np.full(len(rows), scal[keys.SPOT_DIAMETER] / 2.0),
+            index=pd.Index(np.arange(len(rows)), name=SD_INSTANCE_KEY),
+            transformations={"global": Identity()},
+        )  # fmt: skip
+        region[rows] = f"{name}_spots"
+        instance[rows] = np.arange(len(rows))
+        stored[str(lib)] = _jsonable({"scalefactors": scal, "metadata": meta})
+    if (region == None).any():  # noqa: E711 - an object array compared elementwise
+        raise ValueError(
+            f"{int((region == None).sum())} spots belong to no library of uns['spatial'] "  # noqa: E711
+            f"(obs['sample'] values {sorted(set(sample_of) - set(map(str, libs)))})"
+        )
+    obs = adata.obs.copy()
+    obs[SD_REGION_KEY] = pd.Categorical(region.astype(str), categories=sorted(shapes))
+    obs[SD_INSTANCE_KEY] = instance
+    uns = {k: v for k, v in adata.uns.items() if k != keys.UNS_SPATIAL}
+    uns[UNS_LIBRARIES] = stored
+    table = ad.AnnData(
+        adata.X, obs=obs, var=adata.var.copy(), obsm={keys.OBSM_SPATIAL: xy}, uns=uns
+    )
+    regions = sorted(shapes)
+    table = TableModel.parse(
+        table,
+        region=regions[0] if len(regions) == 1 else regions,
+        region_key=SD_REGION_KEY,
+        instance_key=SD_INSTANCE_KEY,
+    )
+    return sd.SpatialData(images=images, shapes=shapes, tables={SD_TABLE: table}), slides
+
+
+def write_spatialdata(adata, out: str | Path, *, full_res: bool = True, overwrite: bool = False):
+    """Write :func:`to_spatialdata` of ``adata`` to the zarr store ``out`` with
+    ``SpatialData.write``, atomically (a staging folder renamed into place).
+
+    Returns
+    -------
+    Path
+        The store.
+    """
+    import shutil
+
+    from histoxmodal.fileutil import clean_stale, publish_dir, staging_dir
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"--out {out} exists; pass --overwrite (overwrite=True) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(out.parent, out.name)
+    sdata, slides = to_spatialdata(adata, full_res=full_res)
+    tmp = staging_dir(out)
+    tmp.rmdir()  # SpatialData.write creates the store itself
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            # zarr's notice about a future default, once per array written
+            warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)
+            sdata.write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        for s in slides:
+            s.close()
+    publish_dir(tmp, out)
+    return out
+
+
+def export_spatialdata(
+    path: str | Path,
+    out: str | Path,
+    *,
+    full_res: bool = True,
+    overwrite: bool = False,
+    **read_kwargs: object,
+) -> list[Path]:
+    """Write a paired dataset (or any spatial input :func:`histoxmodal.io.read_spatial` reads)
+    as one SpatialData zarr store ``out``; see :func:`to_spatialdata` for its elements.
+
+    ``histoxmodal.io.read_spatial(out, sample=...)`` reads a sample back with the same counts,
+    spot names, genes and coordinates. ``read_kwargs`` go to ``read_spatial`` when ``path`` is
+    not a paired dataset (e.g. ``section="C3"`` for a her2st folder).
+
+    Returns
+    -------
+    list[Path]
+        ``[out]``.
+    """
+    path = Path(path)
+    if (path / keys.PAIRED_MANIFEST_FILE).is_file():
+        from histoxmodal.data.store import load_paired
+
+        adata, _ = load_paired(path)
+    else:
+        from histoxmodal.io.spatial import read_spatial
+
+        adata = read_spatial(path, **read_kwargs)
+    return [write_spatialdata(adata, out, full_res=full_res, overwrite=overwrite)]

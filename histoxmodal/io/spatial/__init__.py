@@ -3,7 +3,8 @@
 ``read_spatial(path)`` detects the format from the folder's contents; each format also has its
 own reader: :func:`read_visium`, :func:`read_her2st` / :func:`read_st` (legacy ST; the her2st
 sections with pathologist labels: :func:`read_her2st_pathology`), :func:`read_xenium`,
-:func:`read_h5ad`.
+:func:`read_h5ad`, :func:`read_spatialdata` (a SpatialData zarr store; needs the ``spatialdata``
+extra).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from histoxmodal.io.spatial.common import MissingSpatialFileError, SpatialFormatError, library_id
 from histoxmodal.io.spatial.h5ad import read_h5ad
+from histoxmodal.io.spatial.spatialdata_zarr import is_spatialdata_store, read_spatialdata
 from histoxmodal.io.spatial.st import (
     PATHOLOGY_SECTIONS,
     read_her2st,
@@ -22,7 +24,7 @@ from histoxmodal.io.spatial.st import (
 from histoxmodal.io.spatial.visium import find_visium_outs, read_mtx_folder, read_visium
 from histoxmodal.io.spatial.xenium import read_xenium
 
-FORMATS = ("visium", "her2st", "xenium", "h5ad")
+FORMATS = ("visium", "her2st", "xenium", "h5ad", "spatialdata")
 
 __all__ = [
     "FORMATS",
@@ -31,12 +33,14 @@ __all__ = [
     "SpatialFormatError",
     "detect_format",
     "find_visium_outs",
+    "is_spatialdata_store",
     "library_id",
     "read_h5ad",
     "read_her2st",
     "read_her2st_pathology",
     "read_mtx_folder",
     "read_spatial",
+    "read_spatialdata",
     "read_st",
     "read_visium",
     "read_xenium",
@@ -49,7 +53,8 @@ def detect_format(path: str | Path) -> str:
 
     ``.h5ad`` file -> ``h5ad``; ``cell_feature_matrix.h5`` -> ``xenium``; ``spatial/`` (or
     ``outs/spatial/``, a Space Ranger run folder) -> ``visium``; ``counts/`` with ``spots/`` ->
-    ``her2st``.
+    ``her2st``; a zarr folder (``zarr.json`` or ``.zattrs``) with ``images/``, ``shapes/`` or
+    ``tables/`` -> ``spatialdata``.
     """
     p = Path(path)
     if not p.exists():
@@ -61,6 +66,8 @@ def detect_format(path: str | Path) -> str:
             f"{p}: a single file must be an .h5ad; give the output folder "
             f"of Space Ranger / Xenium or a her2st-layout folder"
         )
+    if is_spatialdata_store(p):
+        return "spatialdata"
     names = {q.name for q in p.iterdir()}
     if "cell_feature_matrix.h5" in names or "cell_feature_matrix" in names:
         return "xenium"
@@ -71,8 +78,8 @@ def detect_format(path: str | Path) -> str:
     raise SpatialFormatError(
         f"{p}: cannot tell the format (expected a Space Ranger folder with spatial/ or "
         f"outs/spatial/, a Xenium "
-        f"folder with cell_feature_matrix.h5, a her2st folder with counts/ and spots/, or an "
-        f".h5ad); pass format= one of {', '.join(FORMATS)}"
+        f"folder with cell_feature_matrix.h5, a her2st folder with counts/ and spots/, a "
+        f"SpatialData .zarr, or an .h5ad); pass format= one of {', '.join(FORMATS)}"
     )
 
 
@@ -83,8 +90,8 @@ def read_spatial(path: str | Path, format: str | None = None, **kwargs):
     ----------
     path
         Space Ranger output folder (``outs/`` or the run folder above it), Xenium output
-        folder, ``.h5ad`` file, or a her2st-layout folder (then pass ``section=``, e.g.
-        ``"B4"``).
+        folder, ``.h5ad`` file, SpatialData ``.zarr`` store (``sample=`` when it holds
+        several), or a her2st-layout folder (then pass ``section=``, e.g. ``"B4"``).
     format
         One of :data:`FORMATS`.
     **kwargs
@@ -97,6 +104,8 @@ def read_spatial(path: str | Path, format: str | None = None, **kwargs):
         return read_xenium(path, **kwargs)
     if fmt == "h5ad":
         return read_h5ad(path, **kwargs)
+    if fmt == "spatialdata":
+        return read_spatialdata(path, **kwargs)
     if fmt == "her2st":
         section = kwargs.pop("section", None)
         if section is None:
