@@ -1,4 +1,4 @@
-"""``histoxmodal bench dataset DIR``: training-loader throughput of a paired dataset.
+"""``histoxmodal bench dataset --data DIR``: training-loader throughput of a paired dataset.
 
 Baseline, in the same process: reading the same patches straight from the memory-mapped store
 (no augmentation, no tensors). Then :class:`~histoxmodal.data.dataset.PairedDataset` through a

@@ -66,7 +66,7 @@ def _build(src: Path, out: Path, sections: tuple[str, ...]) -> Path:
     if missing:
         from histoxmodal.errors import ConfigError
 
-        raise ConfigError(f"--data {src}: sections {missing} are missing or have no image")
+        raise ConfigError(f"--src {src}: sections {missing} are missing or have no image")
     build_paired(refs, out, PairedConfig(patch_um=112.0, patch_px=64), recipe="her2st")
     return out
 

@@ -125,7 +125,7 @@ def tissue_cases(data: str | Path) -> list[TissueCase]:
         cases.append(visium_case(heart))
     if not cases:
         raise ConfigError(
-            f"--data {data}: no her2st/images/*.jpg with spot tables and no "
+            f"--src {data}: no her2st/images/*.jpg with spot tables and no "
             f"visium/scanpy-heart/1.0.0/spatial; give the shared data folder"
         )
     return cases

@@ -1,5 +1,5 @@
-"""``histoxmodal bench train DIR``: training steps/s and pairs/s, end to end with a frozen image
-tower versus with its cached features, on this machine."""
+"""``histoxmodal bench train --data DIR``: training steps/s and pairs/s, end to end with a
+frozen image tower versus with its cached features, on this machine."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ def run_demo(args: argparse.Namespace) -> int:
         require_extra(extra, "the demo")
     r = demo(
         args.out,
-        data=args.data,
+        data=args.src,
         medical=args.medical,
         seed=args.seed,
         workers=args.workers,

@@ -40,6 +40,68 @@ def positive_int(text: str) -> int:
     return value
 
 
+#: the release that drops the deprecated spellings below
+ALIASES_REMOVED_IN = "0.2"
+
+
+def warn_deprecated(old: str, new: str) -> None:
+    """One line on stderr: ``old`` still works this release; ``new`` is the spelling to use."""
+    print(
+        f"histoxmodal: warning: {old} is deprecated and goes in {ALIASES_REMOVED_IN}; use {new}",
+        file=sys.stderr,
+    )
+
+
+class DeprecatedOption(argparse.Action):
+    """An old option spelling: stores into the new option's destination and warns."""
+
+    def __init__(self, option_strings, dest, *, new: str, **kwargs) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        warn_deprecated(f"{parser.prog} {option_string}", self.new)
+        setattr(namespace, self.dest, values)
+
+
+def _add_src(p: argparse.ArgumentParser, help: str, *, required: bool = False) -> None:
+    """``--src PATH`` (raw source data), with ``--data`` as its deprecated spelling."""
+    p.add_argument("--src", metavar="PATH", default=None, help=help)
+    p.add_argument(
+        "--data", dest="src", action=DeprecatedOption, new="--src", help=argparse.SUPPRESS
+    )
+    if required:
+        p.set_defaults(_requires=("src", "--src PATH"))
+
+
+def _add_data(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
+    """``--data DIR`` (a paired dataset); the positional DATASET of before is deprecated."""
+    p.add_argument(
+        "--data", metavar="DIR", default=None,
+        help="paired dataset: a folder written by histoxmodal build",
+    )  # fmt: skip
+    if positional:
+        p.add_argument("dataset_positional", nargs="?", default=None, help=argparse.SUPPRESS)
+    p.set_defaults(_requires=("data", "--data DIR"))
+
+
+def _check_aliases(args: argparse.Namespace) -> str | None:
+    """Fold a deprecated positional DATASET into ``--data``; the error of a missing one."""
+    where = f"histoxmodal {args.command}" + (
+        f" {args.bench}" if getattr(args, "bench", None) else ""
+    )
+    pos = getattr(args, "dataset_positional", None)
+    if pos is not None:
+        if args.data is not None:
+            return f"{where}: error: the dataset is given twice ({pos}, --data {args.data})"
+        warn_deprecated(f"{where} DATASET (positional)", f"--data {pos}")
+        args.data = pos
+    required = getattr(args, "_requires", None)
+    if required and getattr(args, required[0], None) is None:
+        return f"{where}: error: {required[1]} is required"
+    return None
+
+
 def _add_tile_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tile geometry")
     g.add_argument(
@@ -145,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate slides with typed tissue regions and Visium-like spots whose "
         "expression follows the tissue, then tile, build the paired dataset, train a small "
         "contrastive model and evaluate it on a held-out sample, writing DIR/report/report.html "
-        "(a few minutes on a CPU; rerunning resumes). With --data PATH the same path runs on a "
+        "(a few minutes on a CPU; rerunning resumes). With --src PATH the same path runs on a "
         "her2st folder.",
     )
     d.add_argument(
@@ -154,9 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="output folder (default ./histoxmodal_demo)",
     )
-    d.add_argument(
-        "--data", metavar="PATH", help="a her2st-layout folder instead of generated data"
-    )
+    _add_src(d, "a her2st-layout folder instead of generated data")
     d.add_argument(
         "--medical",
         action="store_true",
@@ -259,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         "hest: patches/<sample>.h5 (img, coords, barcode) and st/<sample>.h5ad. "
         "spatialdata: one OUT.zarr (images, spot circles, table) for spatialdata.read_zarr.",
     )
-    ex.add_argument("dataset", metavar="DIR", help="a folder written by histoxmodal build")
+    _add_data(ex)
     ex.add_argument("--to", choices=["parquet", "hest", "spatialdata"], required=True)
     ex.add_argument("--out", required=True, metavar="OUT")
     ex.add_argument(
@@ -357,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     em = sub.add_parser("embed", help="image and gene embeddings of a dataset with a trained run")
     em.add_argument("run", metavar="RUN", help="run folder written by histoxmodal train")
-    em.add_argument("dataset", metavar="DATASET", help="paired dataset folder")
+    _add_data(em)
     em.add_argument("--out", required=True, metavar="FILE", help="output .h5ad (+ .npy beside)")
     em.add_argument("--batch-size", type=positive_int, default=128)
 
@@ -371,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
         "of each modality given the others and Recall@k per pair, on the held-out patients.",
     )
     ev.add_argument("run", metavar="RUN")
-    ev.add_argument("dataset", metavar="DATASET")
+    _add_data(ev)
     ev.add_argument("--split", default=None, metavar="FILE", help="split file with the test rows")
     ev.add_argument(
         "--fold",
@@ -403,6 +463,19 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--side", type=positive_int, default=32768, help="slide side in px (32768)")
     bf.add_argument("--repeats", type=positive_int, default=3, help="interleaved rounds (3)")
     bf.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    bp = bsub.add_parser(
+        "predict",
+        help="seconds and peak memory of a whole-slide expression map (100k x 100k px)",
+        description="histoxmodal predict with a tiny trained run on a generated slide, timed, "
+        "with its peak resident memory, against the run's image tower alone on the same "
+        "number of pseudo-spots, in the same process.",
+    )
+    bp.add_argument("--side", type=positive_int, default=100_000, help="slide side in px")
+    bp.add_argument("--slide", default=None, metavar="SLIDE", help="an existing slide instead")
+    bp.add_argument("--grid-um", type=float, default=100.0, help="pseudo-spot pitch (100 µm)")
+    bp.add_argument("--batch-size", type=positive_int, default=64)
+    bp.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    bp.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
     bt = bsub.add_parser(
         "tiling",
         help="tile extraction vs a plain OpenSlide loop; tissue detection speed",
@@ -444,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Samples/s of the PairedDataset DataLoader (flips + rotations, with stain "
         "jitter, with float normalization) against raw reads of the same store.",
     )
-    bds.add_argument("dataset", metavar="DIR", help="a folder written by histoxmodal build")
+    _add_data(bds)
     bds.add_argument("--workers", type=int, default=2)
     bds.add_argument("--batch-size", type=int, default=64)
     bds.add_argument("--min-seconds", type=float, default=5.0)
@@ -466,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
         "every step, against the same model training from cached tower features, "
         "and the time of one epoch from the cache.",
     )
-    btr.add_argument("dataset", metavar="DIR", help="a folder written by histoxmodal build")
+    _add_data(btr)
     btr.add_argument("--encoder", default="timm:resnet18")
     btr.add_argument("--input-size", type=int, default=112)
     btr.add_argument("--batch-size", type=int, default=64)
@@ -481,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
         "each batch correction; Recall@5 both ways, Pearson top-50, batch purity. Writes "
         "OUT/her2st_bench.{json,md}; a killed run resumes.",
     )
-    bh.add_argument("--data", required=True, metavar="PATH", help="a her2st-layout folder")
+    _add_src(bh, "a her2st-layout folder, e.g. ../shared/data/her2st", required=True)
     bh.add_argument("--out", default="bench_her2st", metavar="DIR")
     bh.add_argument("--epochs", type=int, default=6)
     bh.add_argument("--seed", type=int, default=0)
@@ -492,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(share of off-tissue spots outside it) of each tissue method on the her2st sections "
         "with an image and the Visium heart of the shared data.",
     )
-    bti.add_argument("--data", required=True, metavar="PATH", help="the shared data folder")
+    _add_src(bti, "the shared data folder (her2st/, visium/ ...)", required=True)
     bti.add_argument("--methods", default=None, metavar="M1,M2", help="tissue methods to compare")
     bti.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
     for p in _subparsers(parser):
@@ -556,7 +629,7 @@ def _run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
         from histoxmodal.bench.train import run_train_bench
 
         return run_train_bench(
-            args.dataset,
+            args.data,
             encoder=args.encoder,
             input_size=args.input_size,
             batch_size=args.batch_size,
@@ -567,12 +640,12 @@ def _run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     if args.bench == "her2st":
         from histoxmodal.bench.her2st import run_her2st_bench
 
-        return run_her2st_bench(args.data, out=args.out, epochs=args.epochs, seed=args.seed)
+        return run_her2st_bench(args.src, out=args.out, epochs=args.epochs, seed=args.seed)
     if args.bench == "tissue":
         from histoxmodal.bench.tissue import BENCH_METHODS, run_tissue_bench
 
         methods = args.methods.split(",") if args.methods else BENCH_METHODS
-        return run_tissue_bench(args.data, methods=methods, json_path=args.json)
+        return run_tissue_bench(args.src, methods=methods, json_path=args.json)
     if args.bench == "features":
         from histoxmodal.bench.features import run_features_bench
 
@@ -586,11 +659,18 @@ def _run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
             repeats=args.repeats,
             json_path=args.json,
         )
+    if args.bench == "predict":
+        from histoxmodal.bench.predict import run_predict_bench
+
+        return run_predict_bench(
+            side=args.side, grid_um=args.grid_um, batch_size=args.batch_size,
+            device=args.device, slide=args.slide, json_path=args.json,
+        )  # fmt: skip
     if args.bench == "dataset":
         from histoxmodal.bench.dataset import run_dataset_bench
 
         return run_dataset_bench(
-            args.dataset,
+            args.data,
             workers=args.workers,
             batch_size=args.batch_size,
             min_seconds=args.min_seconds,
@@ -618,6 +698,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    usage_error = _check_aliases(args)
+    if usage_error:
+        print(usage_error, file=sys.stderr)
+        return EXIT_USAGE
     from histoxmodal.errors import HistoxmodalError
 
     try:
@@ -644,7 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "embed":
             from histoxmodal.workflows.embed import embed
 
-            a = embed(args.run, args.dataset, args.out, batch_size=args.batch_size)
+            a = embed(args.run, args.data, args.out, batch_size=args.batch_size)
             print(f"wrote {a.n_obs} image and gene embeddings to {args.out}")
             return EXIT_OK
         if args.command == "evaluate":
@@ -652,7 +736,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             r = evaluate(
                 args.run,
-                args.dataset,
+                args.data,
                 args.out,
                 split=args.split,
                 fold=args.fold,
@@ -669,11 +753,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from histoxmodal.workflows.export import export_spatialdata
 
                 files = export_spatialdata(
-                    args.dataset, args.out, full_res=args.full_res, overwrite=args.overwrite
+                    args.data, args.out, full_res=args.full_res, overwrite=args.overwrite
                 )
             else:
                 exp = export_parquet if args.to == "parquet" else export_hest
-                files = exp(args.dataset, args.out)
+                files = exp(args.data, args.out)
             print(f"wrote {len(files)} files to {args.out}")
             return EXIT_OK
         if args.command == "demo":

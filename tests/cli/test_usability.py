@@ -137,3 +137,85 @@ def test_print_config_prints_the_resolved_config_and_writes_nothing(tmp_path, mo
     assert as_json == {**printed, "data": None}
     assert main(["train", "--print-config"]) == 2
     assert "--print-config needs CONFIG" in capsys.readouterr().err
+
+
+# ------------------------------------------- one name for one thing: --data dataset, --src raw
+
+
+def _record(monkeypatch, module: str, name: str, result=None):
+    """Replace ``module.name`` by a function recording its arguments; returns the record."""
+    import importlib
+
+    calls = []
+
+    def fake(*args, **kwargs):
+        calls.append((args, kwargs))
+        return result
+
+    monkeypatch.setattr(importlib.import_module(module), name, fake)
+    return calls
+
+
+class _Obs:
+    n_obs = 3
+
+
+WF = "histoxmodal.workflows."
+
+
+@pytest.mark.parametrize(
+    ("command", "module", "name", "result", "tail"),
+    [
+        ("embed", WF + "embed", "embed", _Obs(), ["--out", "e.h5ad"]),
+        ("evaluate", WF + "evaluate", "evaluate", {"metrics": {}}, ["--out", "ev"]),
+        ("export", WF + "export", "export_parquet", [], ["--to", "parquet", "--out", "pq"]),
+    ],
+)
+def test_paired_dataset_is_data_and_the_positional_is_a_deprecated_alias(
+    command, module, name, result, tail, monkeypatch, capsys
+):
+    calls = _record(monkeypatch, module, name, result)
+    run = [] if command == "export" else ["RUN"]
+    assert main([command, *run, "--data", "DS", *tail]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    assert main([command, *run, "DS", *tail]) == 0  # the 0.1 spelling still works
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "DATASET (positional) is deprecated" in err, err
+    assert "use --data DS" in err
+    assert calls[0] == calls[1] and "DS" in calls[0][0]
+    assert main([command, *run, "DS", "--data", "DS2", *tail]) == 2
+    assert "the dataset is given twice" in capsys.readouterr().err
+    assert main([command, *run, *tail]) == 2
+    assert f"histoxmodal {command}: error: --data DIR is required" in capsys.readouterr().err
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "module", "name"),
+    [
+        (["bench", "her2st"], "histoxmodal.bench.her2st", "run_her2st_bench"),
+        (["bench", "tissue"], "histoxmodal.bench.tissue", "run_tissue_bench"),
+    ],
+)
+def test_raw_source_is_src_and_data_is_a_deprecated_alias(argv, module, name, monkeypatch, capsys):
+    calls = _record(monkeypatch, module, name, 0)
+    assert main([*argv, "--src", "raw"]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    assert main([*argv, "--data", "raw"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"histoxmodal {' '.join(argv)} --data is deprecated" in err
+    assert "use --src" in err
+    assert calls[0] == calls[1] and calls[0][0][0] == "raw"
+    assert main(argv) == 2
+    assert "--src PATH is required" in capsys.readouterr().err
+
+
+def test_demo_takes_the_her2st_folder_as_src(capsys):
+    from histoxmodal.cli.main import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["demo", "--src", "her2st"]).src == "her2st"
+    assert "deprecated" not in capsys.readouterr().err
+    assert parser.parse_args(["demo", "--data", "her2st"]).src == "her2st"
+    assert "histoxmodal demo --data is deprecated" in capsys.readouterr().err
+    assert parser.parse_args(["demo"]).src is None  # generated data

@@ -118,7 +118,7 @@ def test_cli_train_resume_and_embed(tmp_path, capsys):
     assert main([*args[:-4], "--max-epochs", "2", "--set", "optim.lr=0.002", "--resume"]) == 0
     rows = (run / "csv" / "metrics.csv").read_text().splitlines()
     assert any(r.startswith("1,") for r in rows)  # epoch 1 ran after resuming
-    assert main(["embed", str(run), str(data), "--out", str(tmp_path / "emb.h5ad")]) == 0
+    assert main(["embed", str(run), "--data", str(data), "--out", str(tmp_path / "emb.h5ad")]) == 0
     emb = ad.read_h5ad(tmp_path / "emb.h5ad")
     assert emb.obsm["X_image"].shape == (96, 8) and emb.obsm["X_gene"].shape == (96, 8)
     assert np.allclose(np.linalg.norm(emb.obsm["X_gene"], axis=1), 1, atol=1e-5)
@@ -401,10 +401,16 @@ def test_a_truncated_weights_file_is_one_line_for_embed_and_evaluate(tiny, tmp_p
     shutil.copytree(tiny["run"], run)
     weights = run / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    assert main(["embed", str(run), str(tiny["A"]), "--out", str(tmp_path / "e.h5ad")]) == 2
+    assert (
+        main(["embed", str(run), "--data", str(tiny["A"]), "--out", str(tmp_path / "e.h5ad")]) == 2
+    )
     _one_line_error(capsys, str(weights), "incomplete or corrupt")
-    assert main(["evaluate", str(run), str(tiny["A"]), "--out", str(tmp_path / "ev")]) == 2
+    assert (
+        main(["evaluate", str(run), "--data", str(tiny["A"]), "--out", str(tmp_path / "ev")]) == 2
+    )
     _one_line_error(capsys, str(weights), "incomplete or corrupt")
     (run / "config.json").write_text("{not json")
-    assert main(["embed", str(run), str(tiny["A"]), "--out", str(tmp_path / "e.h5ad")]) == 2
+    assert (
+        main(["embed", str(run), "--data", str(tiny["A"]), "--out", str(tmp_path / "e.h5ad")]) == 2
+    )
     _one_line_error(capsys, "config.json", "not valid JSON")
