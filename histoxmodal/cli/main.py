@@ -476,6 +476,19 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--batch-size", type=positive_int, default=64)
     bp.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     bp.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    bp = bsub.add_parser(
+        "predict",
+        help="seconds and peak memory of a whole-slide expression map (100k x 100k px)",
+        description="histoxmodal predict with a tiny trained run on a generated slide, timed, "
+        "with its peak resident memory, against the run's image tower alone on the same "
+        "number of pseudo-spots, in the same process.",
+    )
+    bp.add_argument("--side", type=positive_int, default=100_000, help="slide side in px")
+    bp.add_argument("--slide", default=None, metavar="SLIDE", help="an existing slide instead")
+    bp.add_argument("--grid-um", type=float, default=100.0, help="pseudo-spot pitch (100 µm)")
+    bp.add_argument("--batch-size", type=positive_int, default=64)
+    bp.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    bp.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
     bt = bsub.add_parser(
         "tiling",
         help="tile extraction vs a plain OpenSlide loop; tissue detection speed",
@@ -659,6 +672,13 @@ def _run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
             repeats=args.repeats,
             json_path=args.json,
         )
+    if args.bench == "predict":
+        from histoxmodal.bench.predict import run_predict_bench
+
+        return run_predict_bench(
+            side=args.side, grid_um=args.grid_um, batch_size=args.batch_size,
+            device=args.device, slide=args.slide, json_path=args.json,
+        )  # fmt: skip
     if args.bench == "predict":
         from histoxmodal.bench.predict import run_predict_bench
 

@@ -367,17 +367,25 @@ def background_hysteresis(
     """Colour distance from the border's glass colour, with hysteresis; the default."""
     from skimage import color, filters
 
-    lab = color.rgb2lab(rgb)
+    # Lab and the colour difference in row stripes of about 1 Mpx: rgb2lab's float64
+    # temporaries stay small (whole-image, they peaked at ~100 bytes per mask pixel: 1 GB for
+    # a 25 mm slide at 8 µm/px); only the distance image is kept
+    step = max(1, 1_000_000 // max(1, rgb.shape[1]))
     pen = pen_mask(rgb) if params.remove_pen else np.zeros(rgb.shape[:2], bool)
-    border = border_pixels(lab)[~border_pixels(pen[..., None])[:, 0]]
+    # rgb2lab is per pixel: the border's Lab values need only the border's pixels
+    ring = color.rgb2lab(border_pixels(rgb)[:, None, :])[:, 0, :]
+    border = ring[~border_pixels(pen[..., None])[:, 0]]
     if len(border) == 0:
-        border = border_pixels(lab)
+        border = ring
     # the brighter half of the border: tissue or a label cut by the border does not shift it
     bright = border[border[:, 0] >= np.median(border[:, 0])]
     bg = np.median(bright, axis=0)
-    diff = lab - bg
-    diff[..., 0] *= params.lightness_weight
-    dist = np.sqrt((diff * diff).sum(axis=-1))
+    weight = np.array([params.lightness_weight, 1.0, 1.0])
+    dist = np.empty(rgb.shape[:2], np.float64)
+    for r in range(0, rgb.shape[0], step):
+        diff = (color.rgb2lab(rgb[r : r + step]) - bg) * weight
+        dist[r : r + step] = np.sqrt((diff * diff).sum(axis=-1))
+    del diff
     dist[pen] = 0.0
     sigma = params.smooth_um / mask_mpp / 2.0
     if sigma > 0.3:

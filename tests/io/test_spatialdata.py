@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
-pytest.importorskip("spatialdata")
+needs_spatialdata = pytest.mark.skipif(
+    importlib.util.find_spec("spatialdata") is None, reason="the [spatialdata] extra"
+)
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +23,7 @@ def c3_store(data_dir, tmp_path_factory):
     return a, out
 
 
+@needs_spatialdata
 def test_round_trip_of_a_her2st_section(c3_store):
     from histoxmodal.io.spatial import detect_format, read_spatial
 
@@ -41,6 +46,7 @@ def test_round_trip_of_a_her2st_section(c3_store):
     assert sb["metadata"]["format"] == "spatialdata"
 
 
+@needs_spatialdata
 def test_the_store_opens_with_spatialdata(c3_store):
     import spatialdata as sd
     from PIL import Image
@@ -76,6 +82,7 @@ def test_the_store_opens_with_spatialdata(c3_store):
     assert list(t.obs["instance_id"]) == list(range(180)) and set(t.obs["region"]) == {"C3_spots"}
 
 
+@needs_spatialdata
 def test_paired_dataset_export_from_the_cli(her2st_paired, tmp_path):
     from histoxmodal.cli.main import main
     from histoxmodal.data.store import load_paired
@@ -98,9 +105,25 @@ def test_paired_dataset_export_from_the_cli(her2st_paired, tmp_path):
     np.testing.assert_array_equal(b.obsm["spatial"], adata.obsm["spatial"][rows])
 
 
+@needs_spatialdata
 def test_not_a_store(tmp_path):
     from histoxmodal.io.spatial import SpatialFormatError, read_spatialdata
 
     (tmp_path / "x.zarr").mkdir()
     with pytest.raises(SpatialFormatError, match="not a SpatialData zarr store"):
         read_spatialdata(tmp_path / "x.zarr")
+
+
+def test_missing_extra_is_one_clear_error(tmp_path, monkeypatch):
+    import histoxmodal.deps
+    from histoxmodal.deps import MissingDependencyError
+    from histoxmodal.io.spatial import read_spatialdata
+
+    real = histoxmodal.deps.importlib.util.find_spec
+    monkeypatch.setattr(
+        histoxmodal.deps.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "spatialdata" else real(name, *a),
+    )
+    with pytest.raises(MissingDependencyError, match=r"pip install 'histoxmodal\[spatialdata\]'"):
+        read_spatialdata(tmp_path)
