@@ -17,6 +17,18 @@ import numpy as np
 from histoxmodal import keys
 from histoxmodal.fileutil import write_json_atomic
 from histoxmodal.version import __version__
+from histoxmodal.workflows.report import (
+    Figure,
+    Report,
+    embedding_figure,
+    embedding_warnings,
+    expression_maps_figure,
+    figure_png,
+    metric_tables,
+    pearson_histogram,
+    provenance,
+    retrieval_figure,
+)
 from histoxmodal.workflows.run import Run
 
 #: suffixes of the keys beside a metric in ``metrics.json``: what unrelated embeddings score
@@ -148,7 +160,7 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes)
         retrieval_chance,
     )
     from histoxmodal.heads import MLPHead, RetrievalHead, RidgeHead
-    from histoxmodal.workflows.report import spatial_figures, write_report
+    from histoxmodal.workflows.report import LABEL_COLUMNS, write_report
 
     run.check_genes(dataset)
     adata, patches = load_paired(dataset)
@@ -275,30 +287,115 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes)
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / keys.METRICS_FILE, result)
-    figs = spatial_figures(
-        za,
-        zb,
-        patches,
-        rows.test_rows,
-        y_true,
-        y_pred,
-        top,
-        result["per_gene_pearson"],
-        samples,
-        np.asarray(adata.obsm[keys.OBSM_SPATIAL])[rows.test_rows],
-    )
-    write_report(
-        out / keys.REPORT_FILE,
-        title=f"Evaluation of {run.path.name} on {dataset.name}",
-        summary=(
-            f"{protocol['split']}; {protocol['n_test']} test spots; split sha256 "
-            f"{rows.split_sha256[:16]}…"
-        ),
-        columns=["value"],
-        rows=[(k, [v]) for k, v in m.items()],
-        figures=figs,
-    )
+    xy = np.asarray(adata.obsm[keys.OBSM_SPATIAL], np.float64)[rows.test_rows]
+    labels = {
+        c: np.asarray(adata.obs[c].astype(str))[rows.test_rows]
+        for c in LABEL_COLUMNS
+        if c in adata.obs and adata.obs[c].iloc[rows.test_rows].nunique() > 1
+    }
+    report = _spatial_report(
+        run, dataset, rows, m, result["per_gene_pearson"], za, zb, patches, y_true, y_pred,
+        top, samples, xy, labels, adata.uns.get(keys.UNS_SPATIAL, {}),
+    )  # fmt: skip
+    write_report(out / keys.REPORT_FILE, report)
     return result
+
+
+def _section_image(spatial: dict, sample: str, xy: np.ndarray):
+    """The H&E of ``sample`` from ``uns['spatial']`` (hires, else lowres) with the spots mapped
+    onto it: ``(image, xy in its pixels, spot side in its pixels, µm per pixel)``; without an
+    image, a blank canvas over the spots' extent (no scale bar unless the pixel size is known)."""
+    entry = spatial.get(sample) or {}
+    images, scal = entry.get("images", {}), entry.get("scalefactors", {})
+    mpp = (entry.get("metadata") or {}).get("mpp")
+    d = np.sqrt(((xy[:, None] - xy[None]) ** 2).sum(-1)) if 1 < len(xy) <= 5000 else None
+    pitch = float(np.median(np.where(d > 0, d, np.inf).min(1))) if d is not None else 10.0
+    diameter = float(scal.get(keys.SPOT_DIAMETER) or 0.8 * pitch)
+    for key, sf in (("hires", keys.SCALEF_HIRES), ("lowres", keys.SCALEF_LOWRES)):
+        if key in images and scal.get(sf):
+            f = float(scal[sf])
+            return np.asarray(images[key]), xy * f, diameter * f, (mpp / f if mpp else None)
+    lo = xy.min(0) - pitch
+    span = xy.max(0) + pitch - lo
+    f = 800.0 / max(float(span.max()), 1e-9)
+    w, h = (np.ceil(span * f).astype(int) + 1).tolist()
+    canvas = np.full((h, w, 3), 245, np.uint8)
+    return canvas, (xy - lo) * f, diameter * f, (mpp / f if mpp else None)
+
+
+def _spatial_report(
+    run, dataset, rows, m, per_gene, za, zb, patches, y_true, y_pred, top, samples, xy, labels,
+    spatial,
+) -> Report:  # fmt: skip
+    """The spatial report: grouped tables with chance and baseline, warnings, figures."""
+    n = len(rows.test_rows)
+    figures = [
+        Figure(
+            "Retrieval examples",
+            figure_png(retrieval_figure(za, zb, patches, rows.test_rows)),
+            "Each row: an image query, the spots whose gene embedding scores highest for it "
+            "(drawn as their images; the query's own spot in green) and the rank of its true "
+            f"match among the {n} test spots (chance: a uniform rank, median {(n + 1) / 2:g}).",
+        )
+    ]
+    first = str(samples[0])
+    sel = samples == first
+    best = sorted(top, key=lambda g: -np.nan_to_num(per_gene[g], nan=-2.0))[:3]
+    idx = [top.index(g) for g in best]
+    thumb, sxy, spot_px, um_px = _section_image(spatial, first, xy[sel])
+    fig = expression_maps_figure(
+        thumb, sxy, y_true[sel][:, idx], y_pred[sel][:, idx], best, spot_px,
+        um_per_px=um_px, section=first,
+    )  # fmt: skip
+    figures.append(
+        Figure(
+            "Measured and predicted expression",
+            figure_png(fig),
+            f"The 3 best-predicted genes (ridge head) on section {first}"
+            + (", over its H&E" if thumb.std() > 0 else " (no image in the dataset)")
+            + "; each gene's two maps share one colour scale.",
+        )
+    )
+    figures.append(
+        Figure(
+            "Per-gene Pearson",
+            figure_png(pearson_histogram(per_gene)),
+            "Correlation of predicted with measured expression, per gene, over all test spots "
+            "(chance: 0).",
+        )
+    )
+    colourings = ({"sample": samples} if len(set(samples)) > 1 else {}) | labels
+    if len(za) >= 3 and za.shape[1] >= 2:
+        figures.append(
+            Figure(
+                "Embeddings (PCA)",
+                figure_png(embedding_figure(za, zb, colourings or {"sample": samples})),
+                "Image and gene embeddings of the test spots in one PCA projection, coloured by "
+                "section" + (" and by label" if labels else "") + ".",
+            )
+        )
+    warnings = embedding_warnings({"image": za, "gene": zb}, m, n)
+    cfg = run.config.to_dict()
+    return Report(
+        title=f"Evaluation of {run.path.name} on {Path(dataset).name}",
+        summary=(
+            f"{rows.split} (fold {rows.fold}); {n} test spots; heads fitted on "
+            f"{len(rows.train_rows)} training spots; expression on the {len(top)} most variable "
+            "genes of the training spots. Chance: what embeddings unrelated to their partners "
+            "score; baseline: hand-crafted colour/texture features of the same patches + ridge."
+        ),
+        tables=metric_tables({"value": m}),
+        figures=figures,
+        warnings=warnings,
+        provenance=provenance(
+            run=run.path,
+            dataset=dataset,
+            split=f"{rows.split}, fold {rows.fold}",
+            split_sha256=rows.split_sha256,
+            training_dataset=str(Path(rows.train_data).resolve()),
+        ),
+        config=cfg,
+    )
 
 
 def _with_cohort_chance(m: dict, names: list[str], present: np.ndarray, k: int) -> dict:

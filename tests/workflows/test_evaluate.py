@@ -62,7 +62,7 @@ def test_evaluate_writes_metrics_and_report(tmp_path, capsys):
     assert m["retrieval.in_batch_B16.i2g.recall@5"] >= m["retrieval.full.i2g.recall@5"]
     assert m["expression.ridge.pearson_pooled_mean"] > 0.3  # the states drive both modalities
     page = (tmp_path / "eval" / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4 and "retrieval.full.i2g.recall@5" in page
+    assert page.count("data:image/png;base64,") == 4 and "image → gene Recall@5" in page
 
 
 def test_a_split_of_another_dataset_is_refused(tmp_path, capsys):

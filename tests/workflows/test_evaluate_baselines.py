@@ -4,6 +4,7 @@ the same split."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ pytest.importorskip("lightning")
 from histoxmodal.testing.paired import make_paired_dataset
 from histoxmodal.training.config import config_from_dict
 from histoxmodal.workflows.train import train
+from tests.workflows.test_report import decode_images, parse_report
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +76,36 @@ def test_chance_and_baseline_keys(evaluated):
     assert m["batch_mixing.image.knn_batch_purity_chance"] == 1.0
     assert m["batch_mixing.image.ilisi_chance"] == pytest.approx(1 / ((counts / n) ** 2).sum())
     assert "batch_mixing.image.ilisi_baseline" in m
+
+
+def test_report_parses_names_chance_and_every_image_decodes(evaluated):
+    _, _, out, r = evaluated
+    m, n = r["metrics"], r["protocol"]["n_test"]
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.lower().startswith("<!doctype html>")
+    tags, text, images = parse_report(page)
+    # grouped tables, each metric beside its chance level and the hand-crafted baseline
+    for heading in ("Retrieval", "Expression", "Batch mixing", "Provenance"):
+        assert f"<h2>{heading}</h2>" in page
+    assert tags.count("table") == 4 and "chance" in text
+    assert "baseline: hand-crafted + ridge" in text
+    assert "image → gene Recall@5 (all test spots)" in text
+    row = re.search(r"image → gene Recall@5 \(all test spots\)</td>(.*?)</tr>", page, re.S)[1]
+    cells = re.findall(r'<td class="num">([^<]*)</td>', row)
+    assert cells == [
+        f"{m['retrieval.full.i2g.recall@5']:.4f}",
+        f"{5 / n:.4f}",
+        f"{m['retrieval.full.i2g.recall@5_baseline']:.4f}",
+    ]
+    # no raw key is a row label
+    assert "retrieval.full.i2g.recall@5" not in text
+    # figures: retrieval examples, expression maps, Pearson histogram, embeddings
+    sizes = decode_images(images)
+    assert len(sizes) == 4 and all(w > 100 and h > 100 for w, h in sizes)
+    assert "true match" in text
+    # provenance
+    from histoxmodal.version import __version__
+
+    for what in ("histoxmodal version", "split sha256", "dataset", "machine", "date"):
+        assert what in text
+    assert __version__ in text and r["protocol"]["split_sha256"] in text and "GPU" in text

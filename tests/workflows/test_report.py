@@ -1,0 +1,124 @@
+"""The one report writer: grouped tables beside chance and baseline, inline images, warnings,
+provenance; the page parses and every image decodes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("jinja2")
+pytest.importorskip("matplotlib")
+
+
+def parse_report(page: str):
+    """Tags (checked balanced), text, and the inline images of an HTML page."""
+    from html.parser import HTMLParser
+
+    void = {"meta", "img", "br", "hr", "link", "input"}
+
+    class P(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.stack, self.text, self.images, self.tags = [], [], [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            if tag == "img":
+                self.images.append(dict(attrs)["src"])
+            elif tag not in void:
+                self.stack.append(tag)
+
+        def handle_endtag(self, tag):
+            assert self.stack and self.stack[-1] == tag, (tag, self.stack[-5:])
+            self.stack.pop()
+
+        def handle_data(self, data):
+            self.text.append(data)
+
+    p = P()
+    p.feed(page)
+    p.close()
+    assert p.stack == [], p.stack
+    return p.tags, " ".join(p.text), p.images
+
+
+def decode_images(srcs):
+    import base64
+    import io
+
+    from PIL import Image
+
+    sizes = []
+    for src in srcs:
+        assert src.startswith("data:image/png;base64,")
+        im = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1], validate=True)))
+        im.load()
+        sizes.append(im.size)
+    return sizes
+
+
+def test_warnings_for_collapsed_embeddings_and_chance_retrieval(caplog):
+    from histoxmodal.workflows.report import embedding_warnings, first_component_fraction
+
+    rng = np.random.default_rng(0)
+    healthy = rng.standard_normal((50, 8))
+    collapsed = np.outer(rng.standard_normal(50), np.ones(8)) + 0.1 * healthy
+    assert first_component_fraction(collapsed) > 0.99 > 0.3 > first_component_fraction(healthy)
+    metrics = {"retrieval.full.i2g.recall@10": 0.2, "retrieval.full.g2i.recall@10": 0.9}
+    with caplog.at_level("WARNING"):
+        w = embedding_warnings({"image": healthy, "gene": collapsed}, metrics, 50)
+    assert len(w) == 2 and "gene embeddings have collapsed" in w[0] and "99.3 %" in w[0]
+    assert "image → gene retrieval is at chance" in w[1] and "10/50" in w[1]
+    assert [rec.getMessage() for rec in caplog.records] == w
+    assert embedding_warnings({"image": healthy}, {"retrieval.full.i2g.recall@10": 0.6}, 50) == []
+
+
+def test_cohort_report_pivots_losses_beside_chance(tmp_path):
+    from histoxmodal.workflows.report import write_cohort_report
+
+    def result(loss, acc, rec):
+        return {
+            "metrics": {
+                f"zero_shot.{loss}.report.accuracy@k10": acc,
+                f"zero_shot.{loss}.report.accuracy@k10_chance": 0.1,
+                f"retrieval.{loss}.cxr_to_ecg.recall@5": rec,
+                f"retrieval.{loss}.cxr_to_ecg.recall@5_chance": 5 / 24,
+            },
+            "protocol": {
+                "run": str(tmp_path / f"run_{loss}"), "dataset": str(tmp_path / "cohort"),
+                "split_sha256": "ab" * 32, "n_test": 24, "k": 10, "chance": 0.1, "seed": 0,
+                "config": {"loss": {"name": loss}},
+            },
+        }  # fmt: skip
+
+    write_cohort_report(
+        tmp_path / "r.html", [result("symile", 0.4583, 0.5), result("clip_pairwise", 0.125, 0.25)]
+    )
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    tags, text, images = parse_report(page)
+    assert images == [] and tags.count("table") == 3  # zero-shot, retrieval, provenance
+    assert "<th>symile</th><th>clip_pairwise</th><th>chance</th>" in page
+    assert "report given the others, accuracy among 10" in text
+    assert '<td class="num">0.4583</td><td class="num">0.1250</td><td class="num">0.1000</td>' in (
+        page
+    )
+    assert f'<td class="num">{5 / 24:.4f}</td>' in page and "ab" * 32 in text
+    # clip_pairwise at 0.125 among 10 on 24 patients is within chance: warned
+    assert "clip_pairwise: zero-shot accuracy is at chance" in text
+    assert "symile: zero-shot" not in text
+
+
+def test_html_is_escaped(tmp_path):
+    from histoxmodal.workflows.report import Report, Row, Table, write_report
+
+    write_report(
+        tmp_path / "r.html",
+        Report(
+            "<script>x</script>", "a & b",
+            tables=[Table("T", "e", ["value"], [Row("<b>", [float("nan")])])],
+        ),
+    )  # fmt: skip
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<script>" not in page and "&lt;script&gt;" in page and "a &amp; b" in page
+    assert '<td class="num">n/a</td>' in page
+    parse_report(page)
