@@ -65,6 +65,10 @@ class Head:
         """Constructor params (dataclass init fields) as they are now."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
 
+    def get_params(self) -> dict[str, Any]:
+        """The constructor params as they are now (as scikit-learn's ``get_params``)."""
+        return self._params()
+
     @property
     def is_fitted(self) -> bool:
         return all(hasattr(self, a) for a in self._fitted_attrs)

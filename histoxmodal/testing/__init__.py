@@ -1,12 +1,23 @@
 """Public synthetic data generators for tests, demos and benchmarks (no downloads)."""
 
-from histoxmodal.testing.slides import TISSUE_TYPES, SyntheticSlide, make_synthetic_slide
+from histoxmodal.testing.mil import SyntheticMILCohort, make_mil_cohort
+from histoxmodal.testing.slides import (
+    LESION,
+    LESION_TYPE,
+    TISSUE_TYPES,
+    SyntheticSlide,
+    make_synthetic_slide,
+)
 from histoxmodal.testing.spatial import SyntheticSpatial, make_synthetic_visium
 
 __all__ = [
+    "LESION",
+    "LESION_TYPE",
     "TISSUE_TYPES",
+    "SyntheticMILCohort",
     "SyntheticSlide",
     "SyntheticSpatial",
+    "make_mil_cohort",
     "make_synthetic_slide",
     "make_synthetic_visium",
 ]

@@ -54,7 +54,19 @@ class SyntheticSlide:
 
     @property
     def tissue_fraction(self) -> float:
+        """Share of the slide's mask cells on tissue."""
         return float(self.tissue_mask.mean())
+
+    def region_at(self, xy: np.ndarray) -> np.ndarray:
+        """``(n,)`` tissue type (``regions`` value, -1 on glass) under level-0 points ``(n, 2)``
+        ``(x, y)``; needs ``regions``."""
+        if self.regions is None:
+            raise ValueError("region_at needs a slide made with regions=K")
+        xy = np.asarray(xy, np.float64).reshape(-1, 2)
+        rows, cols = self.regions.shape
+        c = np.clip((xy[:, 0] // self.mask_cell).astype(int), 0, cols - 1)
+        r = np.clip((xy[:, 1] // self.mask_cell).astype(int), 0, rows - 1)
+        return self.regions[r, c]
 
 
 #: Tissue types of ``make_synthetic_slide(regions=K)``: stroma colour, nucleus density (x the
@@ -90,6 +102,19 @@ TISSUE_TYPES: tuple[dict, ...] = (
     },
 )
 
+#: The morphology of ``make_synthetic_slide(lesion=...)``: a patch of the tumour with large,
+#: crowded, hyperchromatic nuclei (its type index in ``SyntheticSlide.regions`` is
+#: :data:`LESION`). Generated MIL cohorts put it on the positive slides only.
+LESION_TYPE: dict = {
+    "name": "lesion",
+    "stroma": (196, 128, 188),
+    "density": 5.0,
+    "size": 2.2,
+    "hema": (52, 18, 104),
+}
+LESION = len(TISSUE_TYPES)
+_TYPE_TABLE = (*TISSUE_TYPES, LESION_TYPE)
+
 
 def _region_field(mask: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """Tissue type per mask cell: a Voronoi partition of the tissue with noisy borders."""
@@ -112,6 +137,20 @@ def _region_field(mask: np.ndarray, k: int, rng: np.random.Generator) -> np.ndar
         closer = d < best
         best[closer], out[closer] = d[closer], kind
     out[~mask] = -1
+    return out
+
+
+def _add_lesion(types: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """``types`` with the ``share`` of tumour cells nearest a random tumour cell set to
+    :data:`LESION` (one contiguous patch confined to the tumour)."""
+    ys, xs = np.nonzero(types == 1)
+    if len(ys) == 0:
+        raise ValueError("lesion: this slide's regions have no tumour cells; change the seed")
+    c = rng.integers(len(ys))
+    d = (ys - ys[c]) ** 2 + (xs - xs[c]) ** 2
+    keep = np.argsort(d, kind="stable")[: max(1, round(share * len(ys)))]
+    out = types.copy()
+    out[ys[keep], xs[keep]] = LESION
     return out
 
 
@@ -205,7 +244,7 @@ def _render_typed_tile(
         return np.clip(tile, 0, 255).astype(np.uint8)
     tmap = cv2.resize(types.astype(np.int16), (tw, th), interpolation=cv2.INTER_NEAREST)
     tmap = np.maximum(tmap, 0)  # glass cells under soft edges take type 0's colours
-    table = TISSUE_TYPES
+    table = _TYPE_TABLE
     stroma = np.array([t["stroma"] for t in table], np.float32)[tmap]
     hema = np.array([t["hema"] for t in table], np.float32)[tmap]
     tex = rng.normal(0, 1, (max(2, th // 8), max(2, tw // 8))).astype(np.float32)
@@ -247,6 +286,7 @@ def make_synthetic_slide(
     texture_variants: int = 0,
     tissue: bool = True,
     regions: int = 0,
+    lesion: float = 0.0,
     seed: int = 0,
 ) -> SyntheticSlide:
     """Write a realistic synthetic whole-slide image as a pyramidal TIFF.
@@ -278,6 +318,10 @@ def make_synthetic_slide(
         ``K > 0`` divides the tissue into regions of ``K`` types (:data:`TISSUE_TYPES`: stroma,
         tumour, immune infiltrate, adipose) with their own colour and nuclear density and size;
         the type map is returned, so spot expression can follow the tissue.
+    lesion
+        With ``regions >= 2``: the share of the tumour (type 1) turned into one contiguous
+        :data:`LESION_TYPE` patch (the tumour cells nearest a random tumour cell), marked
+        :data:`LESION` in ``regions``. 0 (default) leaves the tumour alone.
     seed
         Seed; the same arguments give the same file.
 
@@ -296,6 +340,10 @@ def make_synthetic_slide(
     if not 0 <= regions <= len(TISSUE_TYPES):
         raise ValueError(f"regions={regions}: expected 0 to {len(TISSUE_TYPES)}")
     types = _region_field(mask, regions, rng) if regions else None
+    if lesion:
+        if types is None or regions < 2 or not 0 < lesion < 1:
+            raise ValueError(f"lesion={lesion} needs regions >= 2 and 0 < lesion < 1")
+        types = _add_lesion(types, lesion, rng)
     dims = [(width, height)]
     while max(dims[-1]) // level_downsample >= min_level_size:
         w, h = dims[-1]
