@@ -38,7 +38,13 @@ def add_features_parser(sub) -> None:
     e.add_argument("--run", metavar="RUN", help="a trained run folder: its image tower")
     e.add_argument("--projection", action="store_true", help="with --run: the projected embedding")
     r = f.add_argument_group("run")
-    r.add_argument("--batch-size", type=positive_int, default=64, metavar="B")
+    r.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=64,
+        metavar="B",
+        help="tiles per forward pass (default 64)",
+    )
     r.add_argument(
         "--workers", type=positive_int, default=2, metavar="N",
         help="threads decoding and resizing tiles (default 2)",
@@ -54,7 +60,12 @@ def add_features_parser(sub) -> None:
         "--shard", default=None, metavar="K/N",
         help="process shard K of N (0-based) of the sorted slide list, or 'auto' from SLURM",
     )  # fmt: skip
-    r.add_argument("--format", choices=("h5", "anndata"), default="h5")
+    r.add_argument(
+        "--format",
+        choices=("h5", "anndata"),
+        default="h5",
+        help="h5: DIR/<slide>.h5 (TRIDENT/CLAM layout), anndata: DIR/<slide>.h5ad",
+    )
     r.add_argument(
         "--overwrite", action="store_true",
         help="replace features made from another file or with another encoder",

@@ -78,7 +78,7 @@ def _add_data(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
     """``--data DIR`` (a paired dataset); the positional DATASET of before is deprecated."""
     p.add_argument(
         "--data", metavar="DIR", default=None,
-        help="paired dataset: a folder written by histoxmodal build",
+        help="paired dataset (required): a folder written by histoxmodal build",
     )  # fmt: skip
     if positional:
         p.add_argument("dataset_positional", nargs="?", default=None, help=argparse.SUPPRESS)
@@ -320,8 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
         "spatialdata: one OUT.zarr (images, spot circles, table) for spatialdata.read_zarr.",
     )
     _add_data(ex)
-    ex.add_argument("--to", choices=["parquet", "hest", "spatialdata"], required=True)
-    ex.add_argument("--out", required=True, metavar="OUT")
+    ex.add_argument(
+        "--to",
+        choices=["parquet", "hest", "spatialdata"],
+        required=True,
+        help="format: parquet (Hugging Face datasets), hest (HEST h5 + h5ad) or spatialdata (zarr)",
+    )
+    ex.add_argument(
+        "--out", required=True, metavar="OUT", help="output folder (spatialdata: the .zarr store)"
+    )
     ex.add_argument(
         "--no-full-res", dest="full_res", action="store_false",
         help="spatialdata: only the hires/lowres images, not the full-resolution H&E",
@@ -419,7 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("run", metavar="RUN", help="run folder written by histoxmodal train")
     _add_data(em)
     em.add_argument("--out", required=True, metavar="FILE", help="output .h5ad (+ .npy beside)")
-    em.add_argument("--batch-size", type=positive_int, default=128)
+    em.add_argument(
+        "--batch-size", type=positive_int, default=128, help="spots per forward pass (default 128)"
+    )
 
     ev = sub.add_parser(
         "evaluate",
@@ -430,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         "training spots. On a cohort dataset (radiograph/ECG/report): zero-shot accuracy "
         "of each modality given the others and Recall@k per pair, on the held-out patients.",
     )
-    ev.add_argument("run", metavar="RUN")
+    ev.add_argument("run", metavar="RUN", help="run folder written by histoxmodal train")
     _add_data(ev)
     ev.add_argument("--split", default=None, metavar="FILE", help="split file with the test rows")
     ev.add_argument(
@@ -439,8 +448,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K|NAME",
         help="fold of --split (default: the run's own fold when it trained on that split, else 0)",
     )
-    ev.add_argument("--out", required=True, metavar="DIR")
-    ev.add_argument("--in-batch-size", type=positive_int, default=128, metavar="B")
+    ev.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder: metrics.json and report.html"
+    )
+    ev.add_argument(
+        "--in-batch-size",
+        type=positive_int,
+        default=128,
+        metavar="B",
+        help="batch size of the in-batch retrieval metrics (default 128)",
+    )
 
     from histoxmodal.cli.features import add_features_parser
 
@@ -457,8 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bf.add_argument("--encoder", default="timm:resnet18", help="encoder (default timm:resnet18)")
     bf.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    bf.add_argument("--precision", default="auto")
-    bf.add_argument("--batch-size", type=positive_int, default=32)
+    bf.add_argument("--precision", default="auto", help="auto, 32, bf16 or 16 (default auto)")
+    bf.add_argument(
+        "--batch-size", type=positive_int, default=32, help="tiles per forward pass (default 32)"
+    )
     bf.add_argument("--workers", type=positive_int, default=2, help="decoding threads")
     bf.add_argument("--side", type=positive_int, default=32768, help="slide side in px (32768)")
     bf.add_argument("--repeats", type=positive_int, default=3, help="interleaved rounds (3)")
@@ -473,20 +492,12 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--side", type=positive_int, default=100_000, help="slide side in px")
     bp.add_argument("--slide", default=None, metavar="SLIDE", help="an existing slide instead")
     bp.add_argument("--grid-um", type=float, default=100.0, help="pseudo-spot pitch (100 µm)")
-    bp.add_argument("--batch-size", type=positive_int, default=64)
-    bp.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    bp.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
-    bp = bsub.add_parser(
-        "predict",
-        help="seconds and peak memory of a whole-slide expression map (100k x 100k px)",
-        description="histoxmodal predict with a tiny trained run on a generated slide, timed, "
-        "with its peak resident memory, against the run's image tower alone on the same "
-        "number of pseudo-spots, in the same process.",
+    bp.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=64,
+        help="pseudo-spots per forward pass (default 64)",
     )
-    bp.add_argument("--side", type=positive_int, default=100_000, help="slide side in px")
-    bp.add_argument("--slide", default=None, metavar="SLIDE", help="an existing slide instead")
-    bp.add_argument("--grid-um", type=float, default=100.0, help="pseudo-spot pitch (100 µm)")
-    bp.add_argument("--batch-size", type=positive_int, default=64)
     bp.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     bp.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
     bt = bsub.add_parser(
@@ -531,20 +542,32 @@ def build_parser() -> argparse.ArgumentParser:
         "jitter, with float normalization) against raw reads of the same store.",
     )
     _add_data(bds)
-    bds.add_argument("--workers", type=int, default=2)
-    bds.add_argument("--batch-size", type=int, default=64)
-    bds.add_argument("--min-seconds", type=float, default=5.0)
-    bds.add_argument("--json", default=None, metavar="FILE")
+    bds.add_argument(
+        "--workers", type=int, default=2, help="DataLoader worker processes (default 2)"
+    )
+    bds.add_argument("--batch-size", type=int, default=64, help="samples per batch (default 64)")
+    bds.add_argument(
+        "--min-seconds",
+        type=float,
+        default=5.0,
+        help="minimum duration of one measurement (default 5.0)",
+    )
+    bds.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
     brt = bsub.add_parser(
         "retrieval",
         help="tiled whole-test-set retrieval vs a full N x N argsort",
         description="Ranks of 100,000 x 100,000 embeddings in tiles (time and memory), and "
         "against the full similarity matrix + argsort at a size where it fits.",
     )
-    brt.add_argument("--n", type=int, default=100_000)
-    brt.add_argument("--dim", type=int, default=128)
-    brt.add_argument("--baseline-n", type=int, default=10_000)
-    brt.add_argument("--json", default=None, metavar="FILE")
+    brt.add_argument("--n", type=int, default=100_000, help="embeddings per side (default 100000)")
+    brt.add_argument("--dim", type=int, default=128, help="embedding dimension (default 128)")
+    brt.add_argument(
+        "--baseline-n",
+        type=int,
+        default=10_000,
+        help="size of the full N x N argsort comparison (default 10000)",
+    )
+    brt.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
     btr = bsub.add_parser(
         "train",
         help="training steps/s: frozen tower end to end vs cached features",
@@ -553,12 +576,18 @@ def build_parser() -> argparse.ArgumentParser:
         "and the time of one epoch from the cache.",
     )
     _add_data(btr)
-    btr.add_argument("--encoder", default="timm:resnet18")
-    btr.add_argument("--input-size", type=int, default=112)
-    btr.add_argument("--batch-size", type=int, default=64)
-    btr.add_argument("--steps", type=int, default=10)
-    btr.add_argument("--workers", type=int, default=2)
-    btr.add_argument("--json", default=None, metavar="FILE")
+    btr.add_argument(
+        "--encoder", default="timm:resnet18", help="frozen image tower (default timm:resnet18)"
+    )
+    btr.add_argument(
+        "--input-size", type=int, default=112, help="tower input side in px (default 112)"
+    )
+    btr.add_argument("--batch-size", type=int, default=64, help="pairs per step (default 64)")
+    btr.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
+    btr.add_argument(
+        "--workers", type=int, default=2, help="DataLoader worker processes (default 2)"
+    )
+    btr.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
     bh = bsub.add_parser(
         "her2st",
         help="the her2st benchmark: baselines vs contrastive training and batch corrections",
@@ -568,9 +597,19 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT/her2st_bench.{json,md}; a killed run resumes.",
     )
     _add_src(bh, "a her2st-layout folder, e.g. ../shared/data/her2st", required=True)
-    bh.add_argument("--out", default="bench_her2st", metavar="DIR")
-    bh.add_argument("--epochs", type=int, default=6)
-    bh.add_argument("--seed", type=int, default=0)
+    bh.add_argument(
+        "--out",
+        default="bench_her2st",
+        metavar="DIR",
+        help="output folder (default ./bench_her2st)",
+    )
+    bh.add_argument(
+        "--epochs",
+        type=int,
+        default=6,
+        help="training epochs of each contrastive model (default 6)",
+    )
+    bh.add_argument("--seed", type=int, default=0, help="seed of splits and training (default 0)")
     bti = bsub.add_parser(
         "tissue",
         help="tissue detection recall/specificity against real spot tables",
@@ -581,8 +620,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_src(bti, "the shared data folder (her2st/, visium/ ...)", required=True)
     bti.add_argument("--methods", default=None, metavar="M1,M2", help="tissue methods to compare")
     bti.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    from histoxmodal.cli.examples import add_examples
+
+    add_examples(parser, "")
     for p in _subparsers(parser):
         _add_verbosity(p, top=False)
+        add_examples(p, p.prog.removeprefix(parser.prog).strip())
     return parser
 
 
@@ -672,13 +715,6 @@ def _run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
             repeats=args.repeats,
             json_path=args.json,
         )
-    if args.bench == "predict":
-        from histoxmodal.bench.predict import run_predict_bench
-
-        return run_predict_bench(
-            side=args.side, grid_um=args.grid_um, batch_size=args.batch_size,
-            device=args.device, slide=args.slide, json_path=args.json,
-        )  # fmt: skip
     if args.bench == "predict":
         from histoxmodal.bench.predict import run_predict_bench
 

@@ -219,3 +219,53 @@ def test_demo_takes_the_her2st_folder_as_src(capsys):
     assert parser.parse_args(["demo", "--data", "her2st"]).src == "her2st"
     assert "histoxmodal demo --data is deprecated" in capsys.readouterr().err
     assert parser.parse_args(["demo"]).src is None  # generated data
+
+
+# ------------------------------------------------------------------- help text and examples
+
+
+def _all_parsers():
+    import argparse
+
+    from histoxmodal.cli.main import build_parser
+
+    def walk(p):
+        yield p
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for child in dict.fromkeys(a.choices.values()):
+                    yield from walk(child)
+
+    return list(walk(build_parser()))
+
+
+def test_every_command_and_option_has_help_and_every_command_examples():
+    import argparse
+
+    parsers = _all_parsers()
+    assert len(parsers) > 20  # every command, bench ones included
+    missing, no_examples = [], []
+    for p in parsers:
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                missing += [f"{p.prog} {c.dest}" for c in a._choices_actions if not c.help]
+            elif a.help != argparse.SUPPRESS and not (a.help or "").strip():
+                missing.append(f"{p.prog} {'/'.join(a.option_strings) or a.dest}")
+        epilog = p.epilog or ""
+        lines = epilog.splitlines()[1:]
+        if not epilog.startswith("Examples:") or not 2 <= len(lines) <= 4:
+            no_examples.append(p.prog)
+        elif not all(ln.strip().startswith(p.prog) for ln in lines):
+            no_examples.append(f"{p.prog} (an example of another command)")
+        elif "Examples:\n  histoxmodal" not in p.format_help():
+            no_examples.append(f"{p.prog} (examples not kept line by line)")
+    assert missing == [], f"options without help: {missing}"
+    assert no_examples == [], f"commands without 2-4 examples (cli/examples.py): {no_examples}"
+
+
+def test_descriptions_are_still_wrapped(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    out = capsys.readouterr().out
+    head = out.split("Examples:")[0]
+    assert max(len(ln) for ln in head.splitlines()) <= 100 and "Retrieval (whole test" in head
