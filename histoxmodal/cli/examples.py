@@ -20,6 +20,15 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "histoxmodal tile B4.jpg --mpp 1.0 --out tiles/ --save-tiles   # a JPEG has no pixel size",
         "histoxmodal tile slides/ --out tiles/ --shard auto   # one task of a SLURM array",
     ),
+    "mil": (
+        "histoxmodal mil train feats/ --labels labels.csv --target KRAS --out mil_kras",
+        "histoxmodal mil predict mil_kras new_feats/ --out calls.csv",
+    ),
+    "mil train": (
+        "histoxmodal mil train feats/ --labels labels.csv --target KRAS --out mil_kras",
+        "histoxmodal mil train feats/ --labels labels.csv --target KRAS --model mean --out m",
+    ),
+    "mil predict": ("histoxmodal mil predict mil_kras new_feats/ --out calls.csv",),
     "demo": (
         "histoxmodal demo                                  # generated slides, ~3 min on a CPU",
         "histoxmodal demo --src ../shared/data/her2st --out demo_her2st",
