@@ -422,6 +422,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--head", default="ridge", choices=("ridge", "mlp", "retrieval"), help="head type"
     )
 
+    mi = sub.add_parser(
+        "mil",
+        help="slide-level mutation/clinical heads on tile features (train, predict)",
+        description="Multiple-instance learning on histoxmodal features output: cross-validation "
+        "grouped by patient and stratified by label (AUROC, balanced accuracy, 95 %% CI over "
+        "folds x seeds), a head fitted on every slide, attention maps; then calls on new slides.",
+    )
+    msub = mi.add_subparsers(dest="mil", required=True, metavar="ACTION")
+    mt = msub.add_parser("train", help="cross-validate and fit a MIL head on labelled slides")
+    mt.add_argument("features", metavar="FEATURES_DIR", help="histoxmodal features --out folder")
+    mt.add_argument("--labels", required=True, metavar="CSV", help="CSV: slide, patient, targets")
+    mt.add_argument("--target", required=True, help="the label column to learn, e.g. KRAS")
+    mt.add_argument("--out", required=True, metavar="MIL_RUN", help="MIL run folder to create")
+    mt.add_argument("--model", default="abmil", choices=("abmil", "mean"),
+                    help="gated-attention MIL or mean pooling (default abmil)")  # fmt: skip
+    mt.add_argument("--folds", type=positive_int, default=5, help="CV folds (default 5)")
+    mt.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S",
+                    help="CV repeats, one per seed (default 0 1 2)")  # fmt: skip
+    mt.add_argument("--epochs", type=positive_int, default=None, help="training epochs")
+    mt.add_argument("--lr", type=float, default=None, help="learning rate")
+    mt.add_argument("--overwrite", action="store_true", help="replace an existing MIL run")
+    mp = msub.add_parser("predict", help="call new slides with a trained MIL run")
+    mp.add_argument("run", metavar="MIL_RUN", help="folder written by histoxmodal mil train")
+    mp.add_argument("features", metavar="FEATURES_DIR", help="features of the slides to call")
+    mp.add_argument("--out", required=True, metavar="CSV",
+                    help="calls CSV (attention maps in <stem>_attention/)")  # fmt: skip
+
     em = sub.add_parser("embed", help="image and gene embeddings of a dataset with a trained run")
     em.add_argument("run", metavar="RUN", help="run folder written by histoxmodal train")
     _add_data(em)
@@ -781,6 +808,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from histoxmodal.cli.features import run_features, run_models
 
             return run_features(args) if args.command == "features" else run_models(args)
+        if args.command == "mil":
+            from histoxmodal.cli.mil import run_mil
+
+            return run_mil(args)
         if args.command == "embed":
             from histoxmodal.workflows.embed import embed
 
