@@ -62,6 +62,10 @@ _LAZY = {
     "extract_features": ("histoxmodal.workflows.features", "extract_features"),
     "read_features": ("histoxmodal.workflows.features", "read_features"),
     "list_models": ("histoxmodal.workflows.features", "list_models"),
+    "predict_slides": ("histoxmodal.workflows.expression_map", "predict_slides"),
+    "train_mil": ("histoxmodal.workflows.mil", "train_mil"),
+    "predict_mil": ("histoxmodal.workflows.mil", "predict_mil"),
+    "MILRun": ("histoxmodal.workflows.mil", "MILRun"),
     # registries
     "create_encoder": ("histoxmodal.encoders", "create_encoder"),
     "list_encoders": ("histoxmodal.encoders", "list_encoders"),
@@ -115,6 +119,10 @@ __all__ = [  # noqa: RUF022 - in the order of the flow, as in _LAZY
     "extract_features",
     "read_features",
     "list_models",
+    "predict_slides",
+    "train_mil",
+    "predict_mil",
+    "MILRun",
     "create_encoder",
     "list_encoders",
     "describe_encoder",
@@ -153,8 +161,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from histoxmodal.workflows.build import build, build_paired
     from histoxmodal.workflows.embed import embed
     from histoxmodal.workflows.evaluate import evaluate
+    from histoxmodal.workflows.expression_map import predict_slides
     from histoxmodal.workflows.features import extract_features, list_models, read_features
     from histoxmodal.workflows.features import extract_features as features
+    from histoxmodal.workflows.mil import MILRun, predict_mil, train_mil
     from histoxmodal.workflows.predict import fit_expression_head
     from histoxmodal.workflows.predict import predict_expression as predict
     from histoxmodal.workflows.run import Run
