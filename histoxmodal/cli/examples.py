@@ -18,7 +18,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "tile": (
         "histoxmodal tile slides/*.svs --out tiles/ --mpp-target 0.5 --workers 4",
         "histoxmodal tile B4.jpg --mpp 1.0 --out tiles/ --save-tiles   # a JPEG has no pixel size",
-        "histoxmodal tile slides/ --out tiles/ --shard auto   # one task of a SLURM array",
+        "histoxmodal tile slides/ --mpp-csv mpp.csv --out tiles/ --shard auto   # SLURM array",
     ),
     "mil": (
         "histoxmodal mil train feats/ --labels labels.csv --target KRAS --out mil_kras",

@@ -141,8 +141,20 @@ def _add_tile_options(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="UM",
-        help="level-0 µm per pixel of the slides, overriding their metadata "
-        "(needed for JPEG/PNG and files without a pixel size)",
+        help="level-0 µm per pixel of slides without a pixel size in their metadata "
+        "(JPEG/PNG, stripped TIFFs); slides with one keep it unless --mpp-override",
+    )
+    s.add_argument(
+        "--mpp-override",
+        action="store_true",
+        help="--mpp replaces the metadata of every slide, not only of slides without one",
+    )
+    s.add_argument(
+        "--mpp-csv",
+        default=None,
+        metavar="FILE",
+        help="CSV with columns slide,mpp (file name, stem or path; as TRIDENT): the pixel "
+        "size of the slides it lists, over their metadata and --mpp",
     )
     s.add_argument(
         "--allow-implausible-mpp",

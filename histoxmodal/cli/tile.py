@@ -48,7 +48,7 @@ def format_summary(results) -> str:
 
 
 def run_tile(args: argparse.Namespace) -> int:
-    from histoxmodal.workflows.tile import parse_shard, tile_slides
+    from histoxmodal.workflows.tile import parse_shard, tile_slides, user_mpp
 
     if args.workers < 1:
         from histoxmodal.errors import ConfigError
@@ -61,7 +61,7 @@ def run_tile(args: argparse.Namespace) -> int:
         spec,
         workers=args.workers,
         shard=parse_shard(args.shard),
-        mpp=args.mpp,
+        mpp=user_mpp(args.mpp, override=args.mpp_override, csv=args.mpp_csv),
         allow_implausible_mpp=args.allow_implausible_mpp,
         save_tiles=args.save_tiles,
         overwrite=args.overwrite,

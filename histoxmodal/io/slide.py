@@ -18,12 +18,15 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from histoxmodal.errors import MppError, SlideOpenError
 from histoxmodal.registry import Registry
+
+if TYPE_CHECKING:
+    from histoxmodal.io.mpp import MppChoice, SlideMpp
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +283,16 @@ def _ensure_registered() -> None:
     import histoxmodal.io.slide_readers  # noqa: F401  (registers the backends)
 
 
-def _resolve_mpp(slide: SlideReader, mpp: float | None, allow_implausible_mpp: bool) -> MppInfo:
+def _resolve_mpp(slide: SlideReader, mpp, allow_implausible_mpp: bool) -> MppInfo:
+    from histoxmodal.io.mpp import MppChoice, SlideMpp
+
     meta_mpp, detail = slide._metadata_mpp()
+    if isinstance(mpp, SlideMpp):
+        mpp = mpp.for_slide(slide.path)
+    user_detail = "mpp argument"
+    if isinstance(mpp, MppChoice):
+        user_detail = mpp.detail
+        mpp = mpp.mpp if (mpp.override or meta_mpp is None) else None
     if mpp is not None:
         if not (isinstance(mpp, int | float) and math.isfinite(mpp) and mpp > 0):
             raise MppError(f"mpp={mpp!r} must be a positive number of µm per pixel, e.g. 0.5")
@@ -293,7 +304,7 @@ def _resolve_mpp(slide: SlideReader, mpp: float | None, allow_implausible_mpp: b
                 meta_mpp,
                 detail,
             )
-        info = MppInfo(float(mpp), "user", "mpp argument", meta_mpp)
+        info = MppInfo(float(mpp), "user", user_detail, meta_mpp)
     elif meta_mpp is not None:
         info = MppInfo(meta_mpp, "metadata", detail, meta_mpp)
     else:
@@ -313,7 +324,7 @@ def _resolve_mpp(slide: SlideReader, mpp: float | None, allow_implausible_mpp: b
 def open_slide(
     path: str | Path,
     *,
-    mpp: float | None = None,
+    mpp: float | MppChoice | SlideMpp | None = None,
     reader: str | None = None,
     allow_implausible_mpp: bool = False,
 ) -> SlideReader:
@@ -325,7 +336,10 @@ def open_slide(
         The slide file. For a DICOM WSI, any of its ``.dcm`` files or the folder holding them.
     mpp
         Level-0 µm per pixel given by the user; overrides the file's metadata (which is still
-        recorded in ``slide.mpp_info.metadata_mpp``).
+        recorded in ``slide.mpp_info.metadata_mpp``). An :class:`~histoxmodal.io.mpp.MppChoice`
+        can instead fill in only a missing pixel size, and a :class:`~histoxmodal.io.mpp.SlideMpp`
+        chooses per slide (a CSV, a fallback); where the value came from is kept in
+        ``slide.mpp_info.detail``.
     reader
         Force a backend (see :func:`list_readers`); by default it is chosen from the file:
         Pillow for JPEG/PNG, tifffile for OME-TIFF, OpenSlide for what it recognises, and tifffile

@@ -38,6 +38,7 @@ from histoxmodal import keys
 from histoxmodal.deps import require_extra
 from histoxmodal.errors import ConfigError, HistoxmodalError
 from histoxmodal.fileutil import clean_stale, publish_dir, staging_dir, write_json_atomic
+from histoxmodal.io.mpp import SlideMpp, mpp_params
 from histoxmodal.progress import progress
 from histoxmodal.tiling.spec import TileSpec
 from histoxmodal.tiling.tissue import TissueParams
@@ -284,13 +285,28 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return k, n
 
 
+def user_mpp(
+    mpp: float | None = None, *, override: bool = False, csv: str | Path | None = None
+) -> SlideMpp | None:
+    """The pixel sizes a user gives for a set of slides, for ``tile_slides(mpp=...)``.
+
+    ``mpp`` fills in slides without a pixel size (all slides with ``override``); ``csv`` (columns
+    ``slide, mpp``) names single slides, over their metadata. ``None`` when nothing is given.
+    """
+    if override and mpp is None:
+        raise ConfigError("--mpp-override needs --mpp UM, the pixel size that replaces metadata")
+    if csv is not None:
+        return SlideMpp.from_csv(csv, default=mpp, override=override)
+    return None if mpp is None else SlideMpp(mpp, override)
+
+
 def _params(
     spec: TileSpec, tissue: TissueParams, mpp: float | None, save_tiles: bool, reader: str | None
 ) -> dict[str, object]:
     return {
         "spec": spec.as_dict(),
         "tissue": asdict(tissue),
-        "mpp": mpp,
+        "mpp": mpp_params(mpp),
         "save_tiles": save_tiles,
         "reader": reader,
     }
@@ -308,7 +324,7 @@ def tile_slide(
     out_dir: str | Path,
     spec: TileSpec | None = None,
     *,
-    mpp: float | None = None,
+    mpp: float | SlideMpp | None = None,
     allow_implausible_mpp: bool = False,
     tissue: TissueParams | None = None,
     save_tiles: bool = False,
@@ -331,7 +347,10 @@ def tile_slide(
     spec
         Tile geometry; default ``TileSpec()`` (224 px at 0.5 µm/px, 50 % tissue).
     mpp
-        Level-0 µm/px, overriding the slide's metadata.
+        Level-0 µm/px, overriding the slide's metadata; or a
+        :class:`~histoxmodal.io.mpp.SlideMpp` (per slide from a CSV; a fallback that fills in
+        only slides without a pixel size unless ``override``). ``manifest.json`` records the
+        value used and where it came from (``mpp_source``, ``mpp_detail``).
     allow_implausible_mpp
         Accept a pixel size outside 0.1-10 µm/px.
     tissue
