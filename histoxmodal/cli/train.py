@@ -8,6 +8,43 @@ from pathlib import Path
 from histoxmodal.cli.main import EXIT_OK
 
 
+def config_description(path: Path) -> str:
+    """The prose of a config's leading ``# `` comment, as one paragraph (example command lines,
+    indented further in the comment, are left out)."""
+    words = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        text = line[1:]
+        if text.startswith("   ") or not text.strip():  # an example command, or a blank
+            continue
+        words.append(text.strip())
+    return " ".join(words)
+
+
+def format_config_list(configs: dict[str, Path], width: int | None = None) -> str:
+    """Name and whole description of each config, wrapped to ``width`` (the terminal's, at
+    most 100) under a hanging indent, never cut."""
+    import shutil
+    import textwrap
+
+    width = width or min(shutil.get_terminal_size((100, 24)).columns, 100)
+    pad = max([len(n) for n in configs] + [12]) + 2
+    blocks = []
+    for name, path in configs.items():
+        blocks.append(
+            textwrap.fill(
+                config_description(path) or "-",
+                width=max(width, pad + 20),
+                initial_indent=f"{name:<{pad}}",
+                subsequent_indent=" " * pad,
+                break_on_hyphens=False,
+                break_long_words=False,
+            )
+        )
+    return "\n".join(blocks)
+
+
 def format_config(cfg, args: argparse.Namespace) -> str:
     """The config a ``train`` command line would run, as YAML or JSON (``--print-config``).
 
@@ -36,11 +73,7 @@ def run_train(args: argparse.Namespace) -> int:
     from histoxmodal.training.config import bundled_configs, load_config
 
     if args.list:
-        for name, path in bundled_configs().items():
-            first = next(
-                (ln[2:] for ln in path.read_text().splitlines() if ln.startswith("# ")), ""
-            )
-            print(f"{name:<20} {first}")
+        print(format_config_list(bundled_configs()))
         return EXIT_OK
     if getattr(args, "print_config", None):
         if not args.config:

@@ -269,3 +269,24 @@ def test_descriptions_are_still_wrapped(capsys):
     out = capsys.readouterr().out
     head = out.split("Examples:")[0]
     assert max(len(ln) for ln in head.splitlines()) <= 100 and "Retrieval (whole test" in head
+
+
+# ---------------------------------------------------------------------------- train --list
+
+
+def test_train_list_shows_whole_descriptions_wrapped(capsys):
+    pytest.importorskip("torch")
+    from histoxmodal.training.config import bundled_configs
+
+    assert main(["train", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert max(len(ln) for ln in out.splitlines()) <= 100
+    for name, path in bundled_configs().items():
+        assert out.count(f"\n{name} ") + out.startswith(f"{name} ") == 1
+        prose = " ".join(
+            ln[1:].strip()
+            for ln in path.read_text().splitlines()[:10]
+            if ln.startswith("# ") and not ln.startswith("#   ")
+        )
+        assert prose.endswith(".") and prose in " ".join(out.split()), name  # nothing cut
+    assert "Two epochs take a few minutes on 2 CPU cores." in " ".join(out.split())
