@@ -135,6 +135,14 @@ def _add_tile_options(p: argparse.ArgumentParser) -> None:
         metavar="FRAC",
         help="minimum tissue fraction of a kept tile (default 0.5; 0 keeps all)",
     )
+    g.add_argument(
+        "--geojson-in",
+        default=None,
+        metavar="FILE",
+        help="tile only inside these annotations instead of the detected tissue: a GeoJSON of "
+        "Polygon/MultiPolygon features in level-0 pixels (QuPath's export, or an edited "
+        "tissue.geojson); a tile is kept when its centre falls inside one",
+    )
     s = p.add_argument_group("slide")
     s.add_argument(
         "--mpp",

@@ -66,6 +66,7 @@ def run_tile(args: argparse.Namespace) -> int:
         save_tiles=args.save_tiles,
         overwrite=args.overwrite,
         reader=args.reader,
+        geojson_in=args.geojson_in,
     )
     print(format_summary(results))
     print(f"outputs in {Path(args.out).resolve()}")

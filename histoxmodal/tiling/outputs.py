@@ -93,10 +93,71 @@ def write_tiles(
     return i
 
 
-def write_overlay(
-    path: Path, thumbnail: np.ndarray, tissue: TissueMask, coords: np.ndarray, size_level0: int
-) -> None:
-    """A PNG of ``thumbnail`` with the tissue mask tinted green and the kept tiles outlined.
+#: overlay colours (RGB): tissue tint and outline, kept tiles, tiles left out
+TISSUE_RGB = (0, 170, 80)
+TILE_RGB = (30, 70, 230)
+EXCLUDED_RGB = (240, 130, 0)
+#: opacity of the tissue tint: the H&E stays visible under it
+TISSUE_ALPHA = 0.3
+
+
+def _font(size: int):
+    """A font that has µ and ²: DejaVu Sans from the system or matplotlib, else Pillow's own
+    (whose missing glyphs :func:`_text` replaces)."""
+    from PIL import ImageFont
+
+    candidates = ["DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"]
+    try:
+        import matplotlib
+
+        candidates.append(str(Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf"))
+    except ImportError:
+        pass
+    for c in candidates:
+        try:
+            return ImageFont.truetype(c, size), True
+        except OSError:
+            continue
+    try:
+        return ImageFont.load_default(size=size), False
+    except TypeError:  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default(), False
+
+
+def _text(text: str, unicode_ok: bool) -> str:
+    return text if unicode_ok else text.replace("µ", "u").replace("²", "2")
+
+
+def _nice_um(um: float) -> float:
+    """A round scale-bar length (1, 2 or 5 x 10^k µm) at most ``um``."""
+    k = 10 ** np.floor(np.log10(max(um, 1e-9)))
+    return float(max(m * k for m in (1, 2, 5) if m * k <= um))
+
+
+def caption_height(width: int) -> int:
+    """Height in pixels of the caption band :func:`write_overlay` adds below an image of
+    ``width`` pixels (two lines of text)."""
+    return 2 * (_font_px(width) + 6) + 8
+
+
+def _font_px(width: int) -> int:
+    return int(np.clip(width / 70, 11, 18))
+
+
+def render_overlay(
+    thumbnail: np.ndarray,
+    tissue: TissueMask,
+    coords: np.ndarray,
+    size_level0: int,
+    *,
+    excluded: np.ndarray | None = None,
+    mpp: float | None = None,
+    caption: str = "",
+) -> np.ndarray:
+    """The overlay image: ``thumbnail`` with the tissue mask tinted at :data:`TISSUE_ALPHA`
+    (the morphology shows through) and outlined, kept tiles outlined in blue, ``excluded``
+    tiles in orange, a legend, a scale bar in µm (when ``mpp`` is known) and ``caption`` in a
+    band below.
 
     Parameters
     ----------
@@ -106,22 +167,91 @@ def write_overlay(
         The mask, whose ``downsample`` maps it to level 0.
     coords, size_level0
         Kept tiles, level-0 ``(x, y)`` and side.
+    excluded
+        ``(m, 2)`` level-0 origins of grid tiles touching tissue but left out.
+    mpp
+        Level-0 µm per pixel.
+    caption
+        Up to two lines of text (``\\n``-separated).
+
+    Returns
+    -------
+    np.ndarray
+        ``(h + caption_height(w), w, 3)`` uint8.
     """
     import cv2
+    from PIL import Image, ImageDraw
 
-    img = thumbnail.copy()
+    img = np.asarray(thumbnail, np.uint8)[..., :3].astype(np.float32)
     oh, ow = img.shape[:2]
     mask = cv2.resize(tissue.mask.astype(np.uint8), (ow, oh), interpolation=cv2.INTER_NEAREST)
-    green = np.array([0, 200, 90], np.float32)
     sel = mask.astype(bool)
-    img[sel] = (img[sel] * 0.65 + green * 0.35).astype(np.uint8)
+    img[sel] = img[sel] * (1 - TISSUE_ALPHA) + np.float32(TISSUE_RGB) * TISSUE_ALPHA
+    out = img.astype(np.uint8)
     contours, _ = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(img, contours, -1, (0, 140, 60), 2)
+    cv2.drawContours(out, contours, -1, TISSUE_RGB, 2)
     mh, mw = tissue.mask.shape
     sx, sy = ow / (mw * tissue.downsample[0]), oh / (mh * tissue.downsample[1])
-    for x, y in np.asarray(coords).reshape(-1, 2):
-        p0 = (int(x * sx), int(y * sy))
-        p1 = (int((x + size_level0) * sx), int((y + size_level0) * sy))
-        cv2.rectangle(img, p0, p1, (30, 60, 220), 1)
-    if not cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write the overlay PNG {path}")
+    for tiles, colour in ((excluded, EXCLUDED_RGB), (coords, TILE_RGB)):
+        for x, y in np.asarray(tiles if tiles is not None else [], np.int64).reshape(-1, 2):
+            p0 = (int(x * sx), int(y * sy))
+            p1 = (int((x + size_level0) * sx), int((y + size_level0) * sy))
+            cv2.rectangle(out, p0, p1, colour, 1)
+    band = caption_height(ow)
+    canvas = Image.new("RGB", (ow, oh + band), "white")
+    canvas.paste(Image.fromarray(out), (0, 0))
+    draw = ImageDraw.Draw(canvas, "RGBA")
+    fpx = _font_px(ow)
+    font, uni = _font(fpx)
+    # legend, top right
+    items = (("tissue", TISSUE_RGB), ("tiles", TILE_RGB), ("excluded", EXCLUDED_RGB))
+    text_w = max(draw.textlength(t, font=font) for t, _ in items)
+    lw, lh = int(text_w + 2.2 * fpx + 12), len(items) * (fpx + 6) + 8
+    x0, y0 = ow - lw - 6, 6
+    draw.rectangle((x0, y0, x0 + lw, y0 + lh), fill=(255, 255, 255, 215), outline=(90, 90, 90))
+    for i, (text, colour) in enumerate(items):
+        y = y0 + 6 + i * (fpx + 6)
+        box = (x0 + 6, y + 1, x0 + 6 + int(1.4 * fpx), y + fpx - 1)
+        if text == "tissue":
+            draw.rectangle(box, fill=(*colour, 110), outline=colour, width=2)
+        else:
+            draw.rectangle(box, outline=colour, width=2)
+        draw.text((x0 + 12 + 1.4 * fpx, y - 1), text, fill="black", font=font)
+    # scale bar, bottom left of the image
+    if mpp:
+        um_px = mpp * (tissue.mask.shape[1] * tissue.downsample[0]) / ow
+        bar_um = _nice_um(0.2 * ow * um_px)
+        bar_px = round(bar_um / um_px)
+        bx, by = 10, oh - 12
+        label = _text(f"{bar_um:g} µm", uni)
+        tw = draw.textlength(label, font=font)
+        draw.rectangle((bx - 5, by - fpx - 10, bx + max(bar_px, tw) + 5, by + 6),
+                       fill=(255, 255, 255, 200))  # fmt: skip
+        draw.rectangle((bx, by - 1, bx + bar_px, by + 3), fill="black")
+        draw.text((bx + (bar_px - tw) / 2, by - fpx - 6), label, fill="black", font=font)
+    for i, line in enumerate(caption.splitlines()[:2]):
+        draw.text((6, oh + 4 + i * (fpx + 6)), _text(line, uni), fill="black", font=font)
+    return np.asarray(canvas)
+
+
+def write_overlay(
+    path: Path,
+    thumbnail: np.ndarray,
+    tissue: TissueMask,
+    coords: np.ndarray,
+    size_level0: int,
+    *,
+    excluded: np.ndarray | None = None,
+    mpp: float | None = None,
+    caption: str = "",
+) -> None:
+    """Write :func:`render_overlay` as a PNG at ``path``."""
+    from PIL import Image
+
+    img = render_overlay(
+        thumbnail, tissue, coords, size_level0, excluded=excluded, mpp=mpp, caption=caption
+    )
+    try:
+        Image.fromarray(img).save(path, format="PNG")
+    except OSError as exc:
+        raise OSError(f"could not write the overlay PNG {path}: {exc}") from exc

@@ -301,15 +301,25 @@ def user_mpp(
 
 
 def _params(
-    spec: TileSpec, tissue: TissueParams, mpp: float | None, save_tiles: bool, reader: str | None
+    spec: TileSpec,
+    tissue: TissueParams,
+    mpp: float | None,
+    save_tiles: bool,
+    reader: str | None,
+    geojson_in: Path | None = None,
 ) -> dict[str, object]:
-    return {
+    from histoxmodal.tiling.annotations import file_digest
+
+    params: dict[str, object] = {
         "spec": spec.as_dict(),
         "tissue": asdict(tissue),
         "mpp": mpp_params(mpp),
         "save_tiles": save_tiles,
         "reader": reader,
     }
+    if geojson_in is not None:  # only then, so earlier manifests still match
+        params["geojson_in"] = {"path": str(geojson_in), "sha256": file_digest(geojson_in)}
+    return params
 
 
 def _read_manifest(folder: Path) -> dict | None:
@@ -332,6 +342,7 @@ def tile_slide(
     overwrite: bool = False,
     reader: str | None = None,
     name: str | None = None,
+    geojson_in: str | Path | None = None,
 ) -> SlideResult:
     """Detect tissue, lay the tile grid and write the outputs of one slide.
 
@@ -365,6 +376,10 @@ def tile_slide(
         Force a slide-reader backend.
     name
         Output folder name; default the slide's file stem.
+    geojson_in
+        A GeoJSON of annotations in level-0 pixels (QuPath's export, or an edited
+        ``tissue.geojson``): instead of tissue detection, the grid tiles whose centres fall
+        inside a Polygon/MultiPolygon are kept (:mod:`histoxmodal.tiling.annotations`).
 
     Returns
     -------
@@ -387,7 +402,13 @@ def tile_slide(
     name = safe_name(name) if name else output_name(slide)
     out_dir = Path(out_dir)
     final = out_dir / name
-    params = _params(spec, tissue, mpp, save_tiles, reader)
+    annotations = None
+    if geojson_in is not None:
+        from histoxmodal.tiling.annotations import read_geojson_polygons
+
+        geojson_in = Path(geojson_in).expanduser().resolve()
+        annotations = read_geojson_polygons(geojson_in)  # a malformed file is a usage error
+    params = _params(spec, tissue, mpp, save_tiles, reader, geojson_in)
     try:
         source = slide_identity(slide)
     except OSError:
@@ -410,6 +431,7 @@ def tile_slide(
             slide, name, out_dir, spec, tissue, params, source, t0,
             mpp=mpp, allow_implausible_mpp=allow_implausible_mpp, save_tiles=save_tiles,
             workers=workers, overwrite=overwrite, reader=reader,
+            annotations=(annotations, geojson_in),
         )  # fmt: skip
     finally:
         lock.release()
@@ -439,10 +461,12 @@ def _tile_locked(
     workers: int,
     overwrite: bool,
     reader: str | None,
+    annotations: tuple[list | None, Path | None] = (None, None),
 ) -> SlideResult:
     from histoxmodal.io.slide import open_slide
+    from histoxmodal.tiling.annotations import annotation_mask, points_in_polygons
     from histoxmodal.tiling.extract import iter_tiles
-    from histoxmodal.tiling.grid import tile_grid
+    from histoxmodal.tiling.grid import grid_coords, tile_grid
     from histoxmodal.tiling.outputs import coords_attrs, write_coords, write_overlay, write_tiles
     from histoxmodal.tiling.tissue import detect_tissue
 
@@ -514,13 +538,40 @@ def _tile_locked(
                     f"({geom.tile_px_level0 * geom.mpp:.0f} µm), larger than the slide "
                     f"({w} x {h} px); choose a smaller --tile-px or --tile-um"
                 )
-            mask = detect_tissue(s, tissue)
-            coords, frac = tile_grid(s.dimensions, geom, mask)
+            polygons, geojson_path = annotations
+            size0 = geom.tile_px_level0
+            grid = grid_coords(s.dimensions, size0, geom.step_level0)
+            if polygons is None:
+                mask = detect_tissue(s, tissue)
+                coords, frac = tile_grid(s.dimensions, geom, mask)
+                grid_frac = mask.fraction(grid, size0)
+                left_out = (grid_frac > 0) & ~(grid_frac >= spec.min_tissue)
+            else:
+                mask = annotation_mask(polygons, s.dimensions, source=geojson_path)
+                inside = points_in_polygons(grid + size0 / 2.0, polygons)
+                coords = grid[inside]
+                frac = mask.fraction(coords, size0).astype(np.float32)
+                left_out = ~inside & (mask.fraction(grid, size0) > 0)
             attrs = coords_attrs(s, geom, name)
             write_coords(tmp / keys.TILE_COORDS_FILE, coords, frac, attrs)
             mask.write_geojson(tmp / keys.TILE_GEOJSON_FILE)
             thumb = s.get_thumbnail(max_size=min(OVERLAY_MAX_SIDE, max(s.dimensions)))
-            write_overlay(tmp / keys.TILE_OVERLAY_FILE, thumb, mask, coords, geom.tile_px_level0)
+            rule = (
+                f"centres inside {len(polygons)} annotations of {geojson_path.name}"
+                if polygons is not None
+                else f"min tissue {spec.min_tissue:.0%}, {mask.provenance.get('method')}"
+            )
+            caption = (
+                f"{name}: {len(coords)} tiles of {spec.tile_px} px at {geom.effective_mpp:.3g} "
+                f"µm/px ({size0 * geom.mpp:.0f} µm); level-0 {geom.mpp:.4g} µm/px "
+                f"({s.mpp_info.source})\n"
+                f"tissue {mask.area_um2(geom.mpp) / 1e6:.2f} mm²; tiles kept: {rule}; "
+                f"{int(left_out.sum())} touching tissue excluded"
+            )
+            write_overlay(
+                tmp / keys.TILE_OVERLAY_FILE, thumb, mask, coords, size0,
+                excluded=grid[left_out], mpp=geom.mpp, caption=caption,
+            )  # fmt: skip
             files = [keys.TILE_COORDS_FILE, keys.TILE_GEOJSON_FILE, keys.TILE_OVERLAY_FILE]
             if save_tiles:
                 batches = iter_tiles(s, geom, coords, workers=workers)
@@ -546,7 +597,7 @@ def _tile_locked(
                     "read_px": geom.read_px,
                     "min_tissue": spec.min_tissue,
                     "n_tiles": len(coords),
-                    "tissue_threshold": mask.threshold,
+                    "tissue_threshold": (mask.threshold if np.isfinite(mask.threshold) else None),
                     "tissue": mask.provenance,
                     "tissue_area_mm2": mask.area_um2(geom.mpp) / 1e6,
                     "tissue_regions": len(mask.polygons),
@@ -639,6 +690,10 @@ def tile_slides(
     """
     require_extra("wsi", "tiling")
     spec = spec or TileSpec()
+    if kwargs.get("geojson_in") is not None:
+        from histoxmodal.tiling.annotations import read_geojson_polygons
+
+        read_geojson_polygons(kwargs["geojson_in"])  # a bad file stops the run before any slide
     slides, results = find_slides(inputs)
     if not slides and not results:
         raise ConfigError(

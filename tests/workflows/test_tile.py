@@ -61,8 +61,11 @@ def test_cmu_outputs_match_independent_computation(cmu_svs, tmp_path):
     assert gj["type"] == "FeatureCollection" and gj["features"]
     from PIL import Image
 
+    from histoxmodal.tiling.outputs import caption_height
+
     with Image.open(folder / "overlay.png") as im:
-        assert im.size == (1149, 1536)  # longest side 1536, aspect of the slide
+        # longest side 1536, aspect of the slide, and the caption band below
+        assert im.size == (1149, 1536 + caption_height(1149))
     # stored tile pixels are exactly what OpenSlide returns for those coordinates
     osr = openslide.OpenSlide(str(cmu_svs))
     with load_tiles(folder) as ts:
