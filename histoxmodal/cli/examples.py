@@ -28,7 +28,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "histoxmodal mil train feats/ --labels labels.csv --target KRAS --out mil_kras",
         "histoxmodal mil train feats/ --labels labels.csv --target KRAS --model mean --out m",
     ),
-    "mil predict": ("histoxmodal mil predict mil_kras new_feats/ --out calls.csv",),
+    "mil predict": (
+        "histoxmodal mil predict mil_kras new_feats/ --out calls.csv",
+        "histoxmodal mil predict mil_kras feats_a/ feats_b/ --out calls.csv -v",
+    ),
     "demo": (
         "histoxmodal demo                                  # generated slides, ~3 min on a CPU",
         "histoxmodal demo --src ../shared/data/her2st --out demo_her2st",

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from histoxmodal.errors import ConfigError
-from histoxmodal.fileutil import publish_dir, staging_dir
+from histoxmodal.fileutil import apply_umask, publish_dir, staging_dir
 
 FORMAT_VERSION = 1
 HEAD_FILE = "head.json"
@@ -116,6 +116,8 @@ class Head:
                     str(tmp / WEIGHTS_FILE),
                 )
             (tmp / HEAD_FILE).write_text(text, encoding="utf-8")
+            for f in tmp.iterdir():  # safetensors creates files 0600
+                apply_umask(f)
             publish_dir(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from histoxmodal import keys
 from histoxmodal.errors import ConfigError
+from histoxmodal.fileutil import apply_umask
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -189,6 +190,7 @@ def save_weights(module, path: str | Path) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     tmp = path.with_name(f".{path.name}.partial")
     save_file(state, tmp)
+    apply_umask(tmp)  # safetensors creates files 0600
     os.replace(tmp, path)
 
 
