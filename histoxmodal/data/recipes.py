@@ -3,6 +3,7 @@ they find under a source path."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from histoxmodal.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def recipe_dirs() -> list[Path]:
@@ -101,6 +104,37 @@ class SampleRef:
     skip_reason: str | None = None
 
 
+def _visium_samples(src: Path) -> list[tuple[str, Path, str]]:
+    """``(sample, outs folder, why)`` for each Space Ranger output at or one level below ``src``.
+
+    ``src`` may be ``outs/``, the run folder above it, or a folder of runs (each given at its
+    run folder or its ``outs/``). A sample is named after its run folder, never ``outs``.
+    """
+    from histoxmodal.io.spatial import MissingSpatialFileError, find_visium_outs
+
+    def name_of(outs: Path) -> str:
+        return outs.parent.name if outs.name == "outs" else outs.name
+
+    try:
+        outs, why = find_visium_outs(src)
+        return [(name_of(outs), outs, why)]
+    except MissingSpatialFileError:
+        pass
+    found = []
+    for p in sorted(q for q in src.iterdir() if q.is_dir()) if src.is_dir() else []:
+        try:
+            outs, why = find_visium_outs(p)
+        except MissingSpatialFileError:
+            continue
+        found.append((name_of(outs), outs, why))
+    if not found:
+        raise ConfigError(
+            f"--src {src}: no Space Ranger output here or one level down (a folder with "
+            f"spatial/ and a count matrix, given at outs/ or at the run folder above it)"
+        )
+    return found
+
+
 def find_samples(
     recipe: Recipe,
     sources: list[str | Path],
@@ -119,6 +153,8 @@ def find_samples(
         read_visium,
         read_xenium,
         st_sections,
+        visium_input_files,
+        xenium_input_files,
     )
 
     if (image or alignment) and len(sources) != 1:
@@ -154,35 +190,26 @@ def find_samples(
                     )
                 )
         elif recipe.format == "visium":
-            folders = (
-                [src]
-                if (src / "spatial").is_dir()
-                else sorted(p for p in src.iterdir() if (p / "spatial").is_dir())
-            )
-            if not folders:
-                raise ConfigError(f"--src {src}: no Space Ranger output (a folder with spatial/)")
-            for f in folders:
-                files = sorted(q for q in f.rglob("*") if q.is_file())
+            for name, outs, why in _visium_samples(src):
+                log.info("--src %s: sample %s reads %s (%s)", src, name, outs, why)
                 refs.append(
                     SampleRef(
-                        f.name,
-                        (lambda f=f: read_visium(f, image=image, mpp=mpp, **kw)),
-                        [*files, *([Path(image)] if image else [])],
+                        name,
+                        (lambda f=outs: read_visium(f, image=image, mpp=mpp, **kw)),
+                        [*visium_input_files(outs), *([Path(image)] if image else [])],
                     )
                 )
         elif recipe.format == "xenium":
-            folders = (
-                [src]
-                if (src / "cell_feature_matrix.h5").exists()
-                else sorted(p for p in src.iterdir() if (p / "cell_feature_matrix.h5").exists())
-            )
-            if not folders:
-                raise ConfigError(f"--src {src}: no Xenium output (cell_feature_matrix.h5)")
-            for f in folders:
-                files = [
-                    f / "cell_feature_matrix.h5",
-                    *[f / n for n in ("cells.parquet", "cells.csv.gz") if (f / n).exists()],
-                ]
+            found = [(src, xenium_input_files(src))]
+            if found[0][1] is None and src.is_dir():
+                found = [(p, xenium_input_files(p)) for p in sorted(src.iterdir()) if p.is_dir()]
+            found = [(f, files) for f, files in found if files is not None]
+            if not found:
+                raise ConfigError(
+                    f"--src {src}: no Xenium output (a folder with cell_feature_matrix.h5 or "
+                    f"cell_feature_matrix/), here or one level down"
+                )
+            for f, files in found:
                 skip = (
                     None
                     if image

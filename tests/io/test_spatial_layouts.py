@@ -99,6 +99,15 @@ def test_xenium_cell_feature_matrix_folder(data_dir, tmp_path, xenium_ref):
     assert a.n_obs == 2000 and a.obsm["control_counts"].shape == (2000, N_CONTROLS)
     _assert_same_cells(a, xenium_ref, rows)
     assert a.uns["spatial"]["xenium"]["metadata"]["matrix"] == str(mtx)
+    # build --recipe xenium finds this layout too, given the folder or the one above it, and
+    # fingerprints the matrix files and the cell table (not the transcripts beside them)
+    from histoxmodal.data.recipes import find_samples, load_recipe
+
+    (dst / "transcripts.parquet").write_bytes(b"\0" * 64)
+    inputs = [mtx / n for n in ("barcodes.tsv.gz", "features.tsv.gz", "matrix.mtx.gz")]
+    for given in (dst, tmp_path):
+        (ref,) = find_samples(load_recipe("xenium"), [given])
+        assert ref.sample == "xenium" and ref.inputs == [*inputs, dst / "cells.csv.gz"]
 
 
 def test_xenium_missing_files_name_the_folder(data_dir, tmp_path):

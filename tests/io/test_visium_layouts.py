@@ -22,6 +22,7 @@ import pytest
 import scipy.io
 import scipy.sparse as sp
 
+from histoxmodal.errors import ConfigError
 from histoxmodal.io.spatial import (
     MissingSpatialFileError,
     SpatialFormatError,
@@ -509,3 +510,34 @@ def test_missing_pieces_name_themselves(src, tmp_path):
         _read(dst)
     with pytest.raises(MissingSpatialFileError, match=r"count_file='nope\.h5' not found"):
         _read(dst, count_file="nope.h5")
+
+
+def test_build_recipe_finds_runs_at_outs_at_the_run_folder_or_below(src, tmp_path):
+    """``build --recipe visium --src`` takes outs/, the run folder, or a folder of runs; the
+    dataset fingerprint covers the files the reader reads, not the BAM beside them."""
+    from histoxmodal.data.recipes import find_samples, load_recipe
+
+    recipe = load_recipe("visium")
+    runs = tmp_path / "runs"
+    outs1 = _copy(src, runs / "heart1" / "outs")
+    outs2 = _copy(src, runs / "heart2")  # a bare outs/ under another name
+    (outs1 / "possorted_genome_bam.bam").write_bytes(b"\0" * 1024)
+    (outs1 / "analysis").mkdir()
+    (outs1 / "analysis" / "clusters.csv").write_text("Barcode,Cluster\n")
+    expected = sorted(
+        [outs1 / "filtered_feature_bc_matrix.h5"]
+        + [outs1 / "spatial" / p.name for p in (src.root / "spatial").iterdir()]
+    )
+    for given in (outs1, runs / "heart1"):
+        (ref,) = find_samples(recipe, [given])
+        assert ref.sample == "heart1" and ref.inputs == expected
+    refs = find_samples(recipe, [runs])
+    assert [r.sample for r in refs] == ["heart1", "heart2"]
+    assert refs[1].inputs[0] == outs2 / "filtered_feature_bc_matrix.h5"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*blank")
+        a = refs[0].load()
+    _assert_like_source(a, src)
+    with pytest.raises(ConfigError, match=r"--src .*empty: no Space Ranger output here or one"):
+        (tmp_path / "empty").mkdir()
+        find_samples(recipe, [tmp_path / "empty"])

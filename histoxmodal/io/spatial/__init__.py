@@ -21,8 +21,13 @@ from histoxmodal.io.spatial.st import (
     read_st,
     st_sections,
 )
-from histoxmodal.io.spatial.visium import find_visium_outs, read_mtx_folder, read_visium
-from histoxmodal.io.spatial.xenium import read_xenium
+from histoxmodal.io.spatial.visium import (
+    find_visium_outs,
+    read_mtx_folder,
+    read_visium,
+    visium_input_files,
+)
+from histoxmodal.io.spatial.xenium import read_xenium, xenium_input_files
 
 FORMATS = ("visium", "her2st", "xenium", "h5ad", "spatialdata")
 
@@ -45,6 +50,8 @@ __all__ = [
     "read_visium",
     "read_xenium",
     "st_sections",
+    "visium_input_files",
+    "xenium_input_files",
 ]
 
 

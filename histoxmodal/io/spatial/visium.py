@@ -80,6 +80,27 @@ _ACCEPTED_SPATIAL = (
 )
 
 
+def visium_input_files(outs: str | Path) -> list[Path]:
+    """The files of a Space Ranger ``outs/`` folder that :func:`read_visium` may read.
+
+    The count matrices (``.h5`` files and matrix folders, every layout in
+    :data:`_MATRICES`) and everything under ``spatial/``, sorted. The rest of ``outs/`` (BAM
+    files, ``molecule_info.h5``, ``analysis/``, the Loupe file) is left out, so a dataset's
+    fingerprint neither reads gigabytes of alignments nor changes when they are deleted.
+    """
+    outs = Path(outs)
+    files: list[Path] = []
+    for name in _MATRICES:
+        p = outs / name
+        if p.is_file():
+            files.append(p)
+        elif p.is_dir():
+            files.extend(q for q in p.rglob("*") if q.is_file())
+    if (outs / "spatial").is_dir():
+        files.extend(q for q in (outs / "spatial").rglob("*") if q.is_file())
+    return sorted(files)
+
+
 def find_visium_outs(path: str | Path) -> tuple[Path, str]:
     """The Space Ranger output folder to read for ``path``, and why it was chosen.
 

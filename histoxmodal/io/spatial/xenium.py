@@ -65,6 +65,25 @@ def pool_pseudo_spots(xy_um: np.ndarray, diameter_um: float):
     return assign, (grid + 0.5) * diameter_um, grid
 
 
+def xenium_input_files(path: str | Path) -> list[Path] | None:
+    """The files of a Xenium output folder that :func:`read_xenium` reads, or ``None``.
+
+    The cell-feature matrix (``cell_feature_matrix.h5`` or the files of the
+    ``cell_feature_matrix/`` folder) and the cell table (``cells.parquet``, ``cells.csv.gz``
+    or ``cells.csv``); ``None`` when ``path`` holds no cell-feature matrix, i.e. is not a
+    Xenium output folder. Transcripts, morphology images and the rest are left out.
+    """
+    path = Path(path)
+    if (path / "cell_feature_matrix.h5").is_file():
+        files = [path / "cell_feature_matrix.h5"]
+    elif (path / "cell_feature_matrix").is_dir():
+        files = sorted(q for q in (path / "cell_feature_matrix").rglob("*") if q.is_file())
+    else:
+        return None
+    cells = ("cells.parquet", "cells.csv.gz", "cells.csv")
+    return files + [path / n for n in cells if (path / n).is_file()][:1]
+
+
 def read_xenium(
     path: str | Path,
     *,
