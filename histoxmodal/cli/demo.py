@@ -14,6 +14,7 @@ def _echo(line: str) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from histoxmodal.deps import require_extra
+    from histoxmodal.progress import progress_enabled
     from histoxmodal.workflows.demo import MEDICAL_LOSSES, demo
 
     extras = ("torch", "medical") if args.medical else ("wsi", "spatial", "torch")
@@ -28,7 +29,7 @@ def run_demo(args: argparse.Namespace) -> int:
         max_epochs=args.max_epochs,
         patients=args.patients,
         echo=_echo,
-        progress_bar=sys.stderr.isatty(),
+        progress_bar=progress_enabled(),
     )
     if r.get("failed"):
         from histoxmodal.cli.tile import format_summary

@@ -68,6 +68,7 @@ def format_config(cfg, args: argparse.Namespace) -> str:
 def run_train(args: argparse.Namespace) -> int:
     from histoxmodal.deps import require_extra
     from histoxmodal.errors import ConfigError
+    from histoxmodal.progress import progress_enabled
 
     require_extra("torch", "histoxmodal train")
     from histoxmodal.training.config import bundled_configs, load_config
@@ -102,7 +103,7 @@ def run_train(args: argparse.Namespace) -> int:
         devices=devices,
         num_nodes=args.num_nodes,
         resume=args.resume,
-        enable_progress_bar=True,
+        enable_progress_bar=progress_enabled(),
     )
     print(f"run written to {Path(args.out).resolve()}")
     return EXIT_OK
