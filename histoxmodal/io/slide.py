@@ -24,6 +24,7 @@ import numpy as np
 
 from histoxmodal.errors import MppError, SlideOpenError
 from histoxmodal.registry import Registry
+from histoxmodal.reprs import THUMBNAIL_PX, fmt_mpp, html_card, safe_html, safe_repr
 
 if TYPE_CHECKING:
     from histoxmodal.io.mpp import MppChoice, SlideMpp
@@ -249,13 +250,45 @@ class SlideReader(ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @safe_repr
     def __repr__(self) -> str:
         w, h = self.dimensions if self.level_dimensions else (0, 0)
-        mpp = f"{self.mpp:.4g}" if self.mpp else "?"
+        n = self.level_count
+        vendor = f", vendor={self.vendor!r}" if self.vendor else ""
         return (
-            f"{type(self).__name__}({self.path.name!r}, {w}x{h}, levels={self.level_count}, "
-            f"mpp={mpp} ({self.mpp_info.source}))"
+            f"{type(self).__name__}({self.path.name!r}, {w}×{h} px, {n} level"
+            f"{'' if n == 1 else 's'}, {fmt_mpp(self.mpp)} ({self.mpp_info.source}){vendor})"
         )
+
+    @safe_html
+    def _repr_html_(self) -> str:
+        """A table of the slide's facts and a thumbnail (at most 256 px), for Jupyter."""
+        w, h = self.dimensions
+        rows: list[tuple[str, object]] = [
+            ("file", str(self.path)),
+            ("reader", f"{self.name} ({self.vendor})" if self.vendor else self.name),
+            ("size", f"{w} × {h} px"),
+            (
+                "levels",
+                ", ".join(
+                    f"{lw}×{lh} (/{ds:.3g})"
+                    for (lw, lh), ds in zip(
+                        self.level_dimensions, self.level_downsamples, strict=False
+                    )
+                ),
+            ),
+            ("pixel size", f"{fmt_mpp(self.mpp)} ({self.mpp_info.source})"),
+        ]
+        if self.mpp:
+            rows.append(
+                ("physical size", f"{w * self.mpp / 1000:.2f} × {h * self.mpp / 1000:.2f} mm")
+            )
+        thumb = None
+        try:
+            thumb = self.get_thumbnail(THUMBNAIL_PX)
+        except Exception as exc:  # a slide that cannot be read still shows its facts
+            rows.append(("thumbnail", f"unavailable: {exc}"))
+        return html_card(repr(self), rows, thumb)
 
     def describe(self) -> dict[str, object]:
         """A JSON-ready summary: path, backend, vendor, geometry and pixel size."""

@@ -36,6 +36,7 @@ import numpy as np
 
 from histoxmodal.errors import ConfigError
 from histoxmodal.registry import Registry
+from histoxmodal.reprs import fmt_mpp, safe_repr
 
 if TYPE_CHECKING:
     from histoxmodal.io.slide import SlideReader
@@ -151,6 +152,19 @@ class TissueMask:
     threshold: float = float("nan")
     provenance: dict[str, Any] = field(default_factory=dict)
     _integral: np.ndarray | None = field(default=None, repr=False)
+
+    @safe_repr
+    def __repr__(self) -> str:
+        h, w = self.mask.shape[:2]
+        mask_mpp = self.provenance.get("mask_mpp")
+        scale = f"at {fmt_mpp(mask_mpp)}" if mask_mpp else f"at /{self.downsample[0]:.3g}"
+        n = len(self.polygons)
+        method = self.provenance.get("method")
+        how = f", method={method!r}" if method else ""
+        return (
+            f"TissueMask({w}×{h} px {scale}, tissue {100 * self.area_fraction:.1f} %, "
+            f"{n} region{'' if n == 1 else 's'}{how})"
+        )
 
     @property
     def area_fraction(self) -> float:

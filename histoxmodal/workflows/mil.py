@@ -514,6 +514,22 @@ class MILRun:
         """The label values, in the column order of the probabilities."""
         return list(self.info["classes"])
 
+    def __repr__(self) -> str:
+        from histoxmodal.reprs import short_list, short_path
+
+        try:
+            info = self.info
+            encoder = (info.get("protocol") or {}).get("encoder") or {}
+            enc = encoder.get("encoder") if isinstance(encoder, dict) else encoder
+            n = len(info.get("slides") or [])
+            return (
+                f"MILRun({short_path(self.path)!r}, target={info.get('target')!r}, "
+                f"classes={short_list(info.get('classes') or [])}, model={info.get('model')!r}, "
+                f"encoder={enc!r}, {n} slide{'' if n == 1 else 's'})"
+            )
+        except Exception:  # a repr never raises
+            return f"<MILRun object at {id(self):#x}>"
+
 
 @dataclass
 class MILPrediction:

@@ -31,6 +31,7 @@ from histoxmodal import keys
 from histoxmodal.data.normalize import DEFAULT_NORMALIZATION
 from histoxmodal.errors import ConfigError
 from histoxmodal.fileutil import write_json_atomic
+from histoxmodal.reprs import safe_repr, short_list, short_path
 from histoxmodal.version import __version__
 
 #: version of the run folder layout written by this package
@@ -207,6 +208,23 @@ class Run:
     split_sha256: str = ""
     patch: dict[str, float] = field(default_factory=dict)
     _module: Any = field(default=None, repr=False)
+
+    @safe_repr
+    def __repr__(self) -> str:
+        cfg = self.config
+        if self.kind == "spatial":
+            what = f"{len(self.genes)} genes, image={cfg.model.image_encoder!r}"
+        else:
+            what = f"modalities={short_list(list(getattr(cfg, 'modalities', {})))}"
+        try:
+            heads = self.heads
+        except OSError:
+            heads = []
+        state = "" if self.finished else ", unfinished"
+        return (
+            f"Run({short_path(self.path)!r}, {self.kind}, {what}, loss={cfg.loss.name!r}, "
+            f"fold={self.fold!r}, heads={short_list(heads)}{state})"
+        )
 
     # ---------------------------------------------------------------------------- creating
 
