@@ -157,7 +157,10 @@ def radiology_to_unit(
 ) -> np.ndarray:
     """Intensities scaled to ``[0, 1]`` for a model: the window's range maps to 0..1, clipped.
 
-    The window is ``window=``, else ``image.window`` (header, bit depth), else the data range.
+    A DICOM header's VOI LUT Sequence or ``VOILUTFunction = SIGMOID`` is applied as DICOM
+    defines it (through pydicom's ``apply_voi_lut`` at read time, ``metadata["voi_transform"]``
+    says which) unless a window is given here or to :func:`read_radiology`. Otherwise the
+    window is ``window=``, else ``image.window`` (header, bit depth), else the data range.
     The mapping is DICOM's linear VOI function (PS3.3 C.11.2.1.2.1), the same as MONAI's
     ``ScaleIntensityRange(a_min=c - 0.5 - (w - 1) / 2, a_max=c - 0.5 + (w - 1) / 2,
     b_min=0, b_max=1, clip=True)``.
@@ -168,6 +171,11 @@ def radiology_to_unit(
         float32, the shape of ``image.pixels``.
     """
     pixels = image.pixels if isinstance(image, RadiologyImage) else np.asarray(image)
+    meta = image.metadata if isinstance(image, RadiologyImage) else {}
+    table = meta.get("voi_table")
+    if window is None and table is not None and meta.get("window_source") != "argument":
+        # the header's VOI LUT Sequence or SIGMOID function (see _dicom_voi)
+        return np.interp(pixels, table[0], table[1]).astype(np.float32)
     if window is not None:
         win = _check_window(window, "window")
     elif isinstance(image, RadiologyImage) and image.window is not None:
@@ -422,6 +430,53 @@ def _dicom_window(ds: Any, info: dict[str, Any]) -> tuple[tuple[float, float] | 
     return None, "data range"
 
 
+def _dicom_voi(ds: Any, info: dict[str, Any]) -> dict[str, Any]:
+    """The header's non-linear VOI transform (a VOI LUT Sequence, or VOILUTFunction SIGMOID),
+    applied through pydicom's ``apply_voi_lut`` and kept as a monotone table from the
+    (modality-LUT, MONOCHROME1-inverted) pixel value to ``[0, 1]`` for :func:`radiology_to_unit`.
+
+    Returns ``{"voi_transform": "lut" | "sigmoid" | "linear", "voi_table": (x, y)?}``; a LINEAR
+    (or LINEAR_EXACT) function or no VOI at all stays with the window.
+    """
+    if info.get("converted_from") == "RGB":
+        return {"voi_transform": "linear"}
+    lut = ds.get("VOILUTSequence")
+    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+    if lut:
+        kind = "lut"
+    elif function == "SIGMOID" and _dicom_window(ds, {})[1] == "header":
+        kind = "sigmoid"
+    else:
+        return {"voi_transform": "linear"}
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    stored = np.arange(lo, hi + 1, dtype=np.int64)  # every stored value: an exact table
+    x = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    if kind == "lut":
+        y = np.asarray(apply_voi_lut(np.rint(x).astype(np.int64), ds, 0, prefer_lut=True),
+                       np.float64)  # fmt: skip
+        y_bits = int(lut[0].LUTDescriptor[2])
+        y = y / (2**y_bits - 1)
+    else:
+        c, w = _first_float(ds.get("WindowCenter")), _first_float(ds.get("WindowWidth"))
+        with np.errstate(over="ignore"):  # the sigmoid's asymptotes: its output range
+            y = np.asarray(apply_voi_lut(x, ds, 0, prefer_lut=False), np.float64)
+            ends = np.asarray(
+                apply_voi_lut(np.array([c - 1e3 * w, c + 1e3 * w]), ds, 0, prefer_lut=False)
+            )
+        y = (y - float(ends[0])) / max(float(ends[1] - ends[0]), 1e-12)
+    if info.get("inverted"):  # the pixels were mirrored about the pivot: mirror the table
+        x, y = info["inversion_pivot"] - x, 1.0 - y
+    order = np.argsort(x, kind="stable")
+    return {
+        "voi_transform": kind,
+        "voi_table": (x[order].astype(np.float32), np.clip(y[order], 0, 1).astype(np.float32)),
+    }
+
+
 def _dicom_spacing(ds: Any) -> tuple[tuple[float, float] | None, str | None]:
     for kw in ("PixelSpacing", "ImagerPixelSpacing"):
         v = ds.get(kw)
@@ -468,6 +523,7 @@ def _read_dicom_file(p: Path) -> RadiologyImage:
         spacing = (dz, *spacing) if dz else None
     win, win_src = _dicom_window(ds, info)
     meta = head["metadata"] | info | {"window_source": win_src, "spacing_source": spacing_src}
+    meta |= _dicom_voi(ds, info)
     return RadiologyImage(
         pixels=pixels,
         modality=head["modality"],

@@ -205,3 +205,63 @@ def test_dicom_without_preamble_still_read_as_dicom(cxr, tmp_path):
     assert p.read_bytes()[128:132] != b"DICM"
     back = read_dicom_dataset(p, stop_before_pixels=True)
     assert back.Modality == "CT" and back.SOPInstanceUID == ds.SOPInstanceUID
+
+
+def _cr(tmp_path, name, **elements):
+    """A 16-bit CR radiograph 64 x 64 with values 0..4095 and the given header elements."""
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+    px = (np.arange(64 * 64).reshape(64, 64) * 4095 // (64 * 64 - 1)).astype(np.uint16)
+    ds.Modality, ds.PixelRepresentation, ds.BitsStored, ds.HighBit = "CR", 0, 12, 11
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    ds.Rows, ds.Columns = px.shape
+    ds.PixelData = px.tobytes()
+    for k, v in elements.items():
+        setattr(ds, k, v)
+    ds.save_as(tmp_path / name)
+    return tmp_path / name, px.astype(np.float64)
+
+
+def test_sigmoid_voi_function_is_applied(tmp_path):
+    path, x = _cr(tmp_path, "sig.dcm", WindowCenter=2048, WindowWidth=1000,
+                  VOILUTFunction="SIGMOID")  # fmt: skip
+    img = read_radiology(path)
+    assert img.metadata["voi_transform"] == "sigmoid"
+    want = 1 / (1 + np.exp(-4 * (x - 2048) / 1000))  # PS3.3 C.11.2.1.3.1, scaled to 0..1
+    np.testing.assert_allclose(radiology_to_unit(img), want, atol=2e-4)
+    # an explicit window is the linear one, as asked
+    lo, hi = window_range((2048, 1000))
+    lin = np.clip((x - lo) / (hi - lo), 0, 1)
+    np.testing.assert_allclose(read_radiology(path, window=(2048, 1000), unit=True).pixels, lin,
+                               atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(radiology_to_unit(img, window=(2048, 1000)), lin, atol=1e-6)
+    # MONOCHROME1: bright = dense still holds after the sigmoid
+    path1, _ = _cr(tmp_path, "sig1.dcm", WindowCenter=2048, WindowWidth=1000,
+                   VOILUTFunction="SIGMOID", PhotometricInterpretation="MONOCHROME1")  # fmt: skip
+    np.testing.assert_allclose(radiology_to_unit(read_radiology(path1)), 1 - want, atol=2e-4)
+
+
+def test_voi_lut_sequence_is_applied(tmp_path):
+    from pydicom.dataset import Dataset
+
+    table = (np.sqrt(np.linspace(0, 1, 256)) * 4095).astype(np.uint16)  # a gamma-like LUT
+    item = Dataset()
+    item.LUTDescriptor = [256, 1000, 12]  # 256 entries, first value mapped 1000, 12-bit output
+    item.add_new(0x00283006, "US", table.tolist())  # LUTData
+    path, x = _cr(tmp_path, "lut.dcm", WindowCenter=2048, WindowWidth=4096,
+                  VOILUTSequence=[item])  # fmt: skip
+    img = read_radiology(path)
+    assert img.metadata["voi_transform"] == "lut"
+    # by hand: values below the first mapped one take the first entry, above the last the last
+    want = table[np.clip(x - 1000, 0, 255).astype(int)] / 4095.0
+    np.testing.assert_allclose(radiology_to_unit(img), want, atol=1e-6)
+    assert read_radiology(path, unit=True).pixels.max() == pytest.approx(1.0)
+
+
+def test_linear_voi_function_keeps_the_window(tmp_path):
+    path, x = _cr(tmp_path, "lin.dcm", WindowCenter=2048, WindowWidth=1000,
+                  VOILUTFunction="LINEAR")  # fmt: skip
+    img = read_radiology(path)
+    assert img.metadata["voi_transform"] == "linear" and "voi_table" not in img.metadata
+    lo, hi = window_range((2048, 1000))
+    np.testing.assert_allclose(radiology_to_unit(img), np.clip((x - lo) / (hi - lo), 0, 1),
+                               atol=1e-6)  # fmt: skip
