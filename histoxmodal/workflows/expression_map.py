@@ -326,9 +326,6 @@ def _predict_into(run, head, slide, tmp, name, mpp, grid_um, min_tissue, genes, 
             title=f"{g}: predicted log1p-CP10k ({name})", um_per_px=slide_mpp / scale,
         )  # fmt: skip
         fig.savefig(tmp / f"{_file_safe(g)}.png", dpi=110, bbox_inches="tight")
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
     return len(xy), wanted, float(slide_mpp)
 
 

@@ -625,11 +625,6 @@ def _attention_png(
 ) -> None:
     """Attention (x n_tiles, so 1 is uniform) per tile over the slide's thumbnail, or over a
     white canvas when the slide is no longer where its features say."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from histoxmodal.workflows.report import expression_map_figure
 
     size0 = float(attrs.get("patch_size_level0") or 1)
@@ -664,5 +659,4 @@ def _attention_png(
     )
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(fig)
     tmp.replace(path)

@@ -74,12 +74,9 @@ class Report:
 
 
 def figure_png(fig) -> str:
-    """A matplotlib figure as base64 PNG (the figure is closed)."""
-    import matplotlib.pyplot as plt
-
+    """A matplotlib figure as base64 PNG."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -387,13 +384,17 @@ def write_cohort_report(path: str | Path, results: list[dict]) -> None:
 # --- spatial figures -----------------------------------------------------------------------
 
 
-def _plt():
-    import matplotlib
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize=None, **kwargs):
+    """``(figure, axes)`` like ``pyplot.subplots``, but outside pyplot's state.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    The figure is a plain :class:`matplotlib.figure.Figure`: it never changes the session's
+    backend (a notebook keeps showing its own figures inline), needs no ``close`` and still
+    renders in Jupyter when it is the cell's value.
+    """
+    from matplotlib.figure import Figure
 
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def retrieval_figure(
@@ -408,10 +409,9 @@ def retrieval_figure(
     patches
         Patches of the dataset; ``patches[rows[i]]`` is test spot i's image.
     """
-    plt = _plt()
     sim = za @ zb.T
     n_q = min(n_queries, len(za))
-    fig, axes = plt.subplots(n_q, top + 2, figsize=(2 * (top + 2), 2.3 * n_q), squeeze=False)
+    fig, axes = subplots(n_q, top + 2, figsize=(2 * (top + 2), 2.3 * n_q), squeeze=False)
     for r, q in enumerate(np.random.default_rng(0).choice(len(za), n_q, replace=False)):
         rank = int((sim[q] > sim[q, q]).sum()) + 1
         best = np.argsort(-sim[q], kind="stable")[:top]
@@ -456,9 +456,8 @@ def expression_maps_figure(
     measured, predicted
         ``(n, len(genes))``.
     """
-    plt = _plt()
     h, w = thumb.shape[:2]
-    fig, axes = plt.subplots(len(genes), 2, figsize=(10, len(genes) * 5 * h / w + 0.6),
+    fig, axes = subplots(len(genes), 2, figsize=(10, len(genes) * 5 * h / w + 0.6),
                              squeeze=False)  # fmt: skip
     for i, g in enumerate(genes):
         t, p = np.asarray(measured[:, i], float), np.asarray(predicted[:, i], float)
@@ -482,11 +481,10 @@ def embedding_figure(
     (``{"sample": (n,) labels, "pathology": (n,) labels}``)."""
     from sklearn.decomposition import PCA
 
-    plt = _plt()
     pca = PCA(2).fit(np.concatenate([za, zb]))
     pa, pb = pca.transform(za), pca.transform(zb)
     ev = pca.explained_variance_ratio_
-    fig, axes = plt.subplots(len(colourings), 2, figsize=(10, 4 * len(colourings)), squeeze=False)
+    fig, axes = subplots(len(colourings), 2, figsize=(10, 4 * len(colourings)), squeeze=False)
     for r, (name, labels) in enumerate(colourings.items()):
         labels = np.asarray(labels).astype(str)
         for c, (pc, what) in enumerate(((pa, "image"), (pb, "gene"))):
@@ -504,8 +502,7 @@ def embedding_figure(
 
 def pearson_histogram(per_gene_pearson: Mapping[str, float]):
     """Histogram of per-gene Pearson r."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = subplots(figsize=(5, 3))
     ax.hist([v for v in per_gene_pearson.values() if np.isfinite(v)], bins=20)
     ax.axvline(0, color="grey", lw=1)
     ax.set_xlabel(f"Pearson r ({len(per_gene_pearson)} genes)")
@@ -560,10 +557,6 @@ def expression_map_figure(
     -------
     matplotlib.figure.Figure
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.collections import PolyCollection
 
     values = np.asarray(values, np.float64)
@@ -573,7 +566,7 @@ def expression_map_figure(
         vmax = (hi if hi > lo else lo + 1e-6) if vmax is None else vmax
     if ax is None:
         h, w = thumb.shape[:2]
-        fig, ax = plt.subplots(figsize=(7, 7 * h / w + 0.4))
+        fig, ax = subplots(figsize=(7, 7 * h / w + 0.4))
     else:
         fig = ax.figure
     ax.imshow(thumb)
