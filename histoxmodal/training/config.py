@@ -40,10 +40,23 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """A registered loss (``list_losses()``) and its options."""
+    """A registered loss (``list_losses()``) and its options, and direct expression regression.
+
+    Attributes
+    ----------
+    name
+        The contrastive loss, or ``none`` for direct regression alone (the image tower trained
+        to predict expression, the baseline HESCAPE compares contrastive pretraining against;
+        needs ``expression_weight > 0``).
+    expression_weight
+        Weight of a mean-squared-error term: a linear head on the image tower's features
+        predicts the spot's normalized expression (measured genes only). ``0`` = off; with a
+        contrastive loss the two are trained together.
+    """
 
     name: str = "clip"
     kwargs: dict[str, Any] = field(default_factory=dict)
+    expression_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -368,7 +381,15 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
         raise ConfigError(f"model.embed_dim={m.embed_dim!r}: expected an integer >= 1")
     if not 1 <= m.cache_views <= 8:
         raise ConfigError(f"model.cache_views={m.cache_views!r}: expected an integer in 1..8")
-    check_loss(cfg.loss.name)
+    _check_range("loss.expression_weight", cfg.loss.expression_weight, low=0)
+    if cfg.loss.name == "none":
+        if cfg.loss.expression_weight <= 0:
+            raise ConfigError(
+                "loss.name='none' trains nothing: set loss.expression_weight > 0 "
+                "(direct expression regression) or name a contrastive loss"
+            )
+    else:
+        check_loss(cfg.loss.name)
     c = cfg.correction
     if c.sampler not in ("random", "by_batch", "balanced"):
         raise ConfigError(f"correction.sampler={c.sampler!r}: random, by_batch or balanced")

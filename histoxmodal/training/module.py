@@ -40,7 +40,14 @@ class ContrastiveModule(L.LightningModule):
             loss_kwargs["same_batch"] = c.same_batch
         if c.cross_batch != "keep":
             loss_kwargs["cross_batch"] = c.cross_batch
-        self.loss = create_loss(config.loss.name, **loss_kwargs)
+        self.loss = (
+            None if config.loss.name == "none" else create_loss(config.loss.name, **loss_kwargs)
+        )
+        self.expression_head = (
+            torch.nn.Linear(self.image.embed_dim, len(genes))
+            if config.loss.expression_weight > 0
+            else None
+        )
         self.adversary = (
             BatchAdversary(m.embed_dim, n_batches)
             if c.adversarial_weight > 0 and n_batches > 1
@@ -77,15 +84,20 @@ class ContrastiveModule(L.LightningModule):
         conditioned = self.config.correction.batch_conditioned_genes
         return self.gene_head(self.gene(expression, gene_mask, batch if conditioned else None))
 
-    def _embed(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image and gene embeddings of a batch; a batch carrying cached frozen-tower features
-        (``image_features``) skips the image tower."""
+    def _features(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The image tower's features of a batch; cached frozen-tower features
+        (``image_features``) skip the tower."""
+        if keys.BATCH_IMAGE_FEATURES in b:
+            return b[keys.BATCH_IMAGE_FEATURES].to(self.mean.device)
+        return self.image_features(b[keys.BATCH_IMAGE])
+
+    def _embed(
+        self, b: dict[str, torch.Tensor], features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image and gene embeddings of a batch (``features``: its image features, if known)."""
         dev = self.mean.device
         key = self.config.correction.batch_key
-        if keys.BATCH_IMAGE_FEATURES in b:
-            za = self.image_head(b[keys.BATCH_IMAGE_FEATURES].to(dev))
-        else:
-            za = self.embed_images(b[keys.BATCH_IMAGE])
+        za = self.image_head(self._features(b) if features is None else features)
         zb = self.embed_genes(
             b[keys.BATCH_EXPRESSION].to(dev), b[keys.BATCH_GENE_MASK].to(dev), b[key].to(dev)
         )
@@ -102,9 +114,20 @@ class ContrastiveModule(L.LightningModule):
     def compute_loss(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The training objective of one batch: ``loss`` and its parts."""
         key = self.config.correction.batch_key
-        za, zb = self._embed(b)
-        out = {"contrastive": self.loss(za, zb, batch=b[key])}
-        loss = out["contrastive"]
+        features = self._features(b)
+        za, zb = self._embed(b, features)
+        out: dict[str, torch.Tensor] = {}
+        loss = za.new_zeros(())
+        if self.loss is not None:
+            out["contrastive"] = self.loss(za, zb, batch=b[key])
+            loss = loss + out["contrastive"]
+        if self.expression_head is not None:
+            dev = features.device
+            y = b[keys.BATCH_EXPRESSION].to(dev)
+            mask = b[keys.BATCH_GENE_MASK].to(dev).to(y.dtype).expand_as(y)
+            err = (self.expression_head(features) - y) ** 2 * mask
+            out["expression_mse"] = err.sum() / mask.sum().clamp(min=1.0)
+            loss = loss + self.config.loss.expression_weight * out["expression_mse"]
         if self.adversary is not None:
             out["adversary"] = 0.5 * (self.adversary(za, b[key]) + self.adversary(zb, b[key]))
             loss = loss + self.config.correction.adversarial_weight * out["adversary"]
