@@ -303,3 +303,22 @@ def test_05_medical_multimodal(data_dir, monkeypatch, tmp_path):
     assert abs(acc["clip_pairwise"] - 0.25) < 0.1
     assert acc["symile"] > acc["clip_pairwise"] + 0.1
     assert _n_figures(nb) == 3  # ECG leads, radiographs, loss and accuracy
+
+
+def test_06_slide_predictions(data_dir, monkeypatch, tmp_path):
+    import anndata as ad
+
+    nb = _execute("06_slide_predictions", data_dir, monkeypatch, tmp_path)
+    text = _stdout(nb)
+    adata = ad.read_h5ad(_only(tmp_path, "tmp*/paired/adata.h5ad"))
+    n_b4 = int((adata.obs["sample"] == "B4").sum())
+    pred = ad.read_h5ad(_only(tmp_path, "tmp*/maps/B4/prediction.h5ad"))
+    assert pred.n_obs == n_b4 and f"ok {n_b4} pseudo-spots" in text
+    # the map sits at B4's spot centres
+    b4 = adata[adata.obs["sample"] == "B4"]
+    np.testing.assert_allclose(pred.obsm["spatial"], b4.obsm["spatial"], atol=1)
+    scores = ast.literal_eval(re.search(r"^AUROC (\{.*\}) chance", text, re.M).group(1))
+    m = json.loads(_only(tmp_path, "tmp*/mil_abmil/metrics.json").read_text())
+    assert scores["abmil"] == round(m["auroc"]["mean"], 3)
+    assert len(list(_only(tmp_path, "tmp*/mil_abmil").glob("attention/*.png"))) == 12
+    assert _n_figures(nb) == 2
