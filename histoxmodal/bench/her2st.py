@@ -1,12 +1,14 @@
 """``histoxmodal bench her2st``: the her2st benchmark, end to end.
 
 Two splits: leave-one-section-out over patient C's four sections (C2-C5, trained on the other
-three), and cross-patient (trained on patient C, tested on B4, another patient with ~15x fewer
-counts per spot: a real batch effect). Rows: hand-crafted colour/texture features + ridge; the
-same architecture randomly initialised; contrastive training without batch correction; and with
-each correction. Columns: Recall@5 both ways over the whole test set, pooled Pearson over the
-top-50 highly variable genes of the training spots (ridge head on the image representation),
-and kNN batch purity of the image representation over all spots (1 = sections mixed).
+three and B4), and cross-patient (trained on patient C, tested on B4, another patient with ~15x
+fewer counts per spot: a real batch effect). Rows: hand-crafted colour/texture features + ridge;
+the same architecture randomly initialised; contrastive training without batch correction; and
+with each correction; the same tower trained by direct regression on expression; and any config
+given with ``--config``. Columns: Recall@5 both ways over the whole test set, pooled Pearson
+over the top-50 highly variable genes of the training spots (ridge head on the image
+representation), and kNN batch purity of the image representation over all spots (1 = sections
+mixed).
 
 Representations without a joint space (hand-crafted, random) are mapped into one by ridge
 regression onto the first 50 principal components of expression (fitted on the training spots),
@@ -53,6 +55,10 @@ CORRECTIONS = {
     "+ cross-section negatives masked": {"cross_batch": "mask"},
     "+ batch-conditioned gene tower": {"batch_conditioned_genes": True},
 }
+#: The same image tower trained by direct regression on expression, no contrastive loss (the
+#: encoder HESCAPE compares contrastive pretraining against); mapped into a joint space by ridge.
+REGRESSION = "direct regression (no contrastive loss)"
+REGRESSION_LOSS = {"name": "none", "expression_weight": 1.0}
 BASELINES = ("hand-crafted features + ridge", "random-init tower + ridge")
 C_SECTIONS = ("C2", "C3", "C4", "C5")
 
@@ -98,10 +104,27 @@ def run_her2st(
     seed: int = 0,
     log=print,
     protocol: dict | None = None,
+    config: str | None = None,
+    folds: list[str] | None = None,
+    per_fold: dict | None = None,
+    rows: list[str] | None = None,
 ) -> dict[str, dict]:
-    """Run the benchmark; returns ``{split: {row: metrics averaged over folds}}``. The split
-    files, their SHA-256 and folds are recorded into ``protocol`` when given."""
+    """Run the benchmark; returns ``{split: {row: metrics averaged over folds}}``.
+
+    Parameters
+    ----------
+    config
+        A bundled config name or YAML path, run through the same protocol as one more row
+        (``config: NAME``), with its own model, loss and epochs (seed and workers set here).
+    folds
+        Only these fold names (e.g. ``["sample=C3", "patient=B"]``); default all five.
+    rows
+        Only these trained rows (by name; the baselines always run); default all.
+    protocol, per_fold
+        Filled in when given: the split files, SHA-256 and folds; every fold's metrics per row.
+    """
     protocol = {} if protocol is None else protocol
+    per_fold = {} if per_fold is None else per_fold
     import torch
 
     from histoxmodal.data.normalize import (
@@ -120,14 +143,41 @@ def run_her2st(
     out.mkdir(parents=True, exist_ok=True)
     cells = out / "cells"
     cells.mkdir(exist_ok=True)
-    paired_c = _build(src, out / "paired_C", C_SECTIONS)
     paired_all = _build(src, out / "paired_B4_C", ("B4", *C_SECTIONS))
     # cross-patient first: one fold, and the split where batch correction matters most
     tasks = [
         ("cross_patient", paired_all, split_file(paired_all, "patient"), ["patient=B"]),
-        ("loso_C", paired_c, split_file(paired_c, "sample"), [f"sample={s}" for s in C_SECTIONS]),
+        (
+            "loso_C",
+            paired_all,
+            split_file(paired_all, "sample"),
+            [f"sample={s}" for s in C_SECTIONS],
+        ),
     ]
-    per_fold: dict[str, dict[str, list[dict]]] = {}
+    if folds:
+        known = {f for *_, names in tasks for f in names}
+        unknown = sorted(set(folds) - known)
+        if unknown:
+            from histoxmodal.errors import ConfigError
+
+            raise ConfigError(
+                f"--folds {','.join(unknown)}: unknown (known: {', '.join(sorted(known))})"
+            )
+        tasks = [(a, b, c, [f for f in names if f in folds]) for a, b, c, names in tasks]
+        tasks = [t for t in tasks if t[3]]
+    trained_rows: dict[str, dict] = {
+        row: {"correction": {**BASE_CONFIG["correction"], **corr}}
+        for row, corr in CORRECTIONS.items()
+    }
+    trained_rows[REGRESSION] = {"loss": REGRESSION_LOSS}
+    if config is not None:
+        from histoxmodal.training.config import load_config
+
+        own = load_config(config).to_dict()
+        own["optim"] = {**own["optim"], "seed": seed, "num_workers": 0}
+        trained_rows[f"config: {config}"] = {"__whole__": own}
+    if rows is not None:
+        trained_rows = {r: v for r, v in trained_rows.items() if r in rows}
     protocol["splits"] = {
         name: {
             "file": str(split),
@@ -150,9 +200,9 @@ def run_her2st(
             top = top_variable_genes(y256[tr], genes256, n=50)
             idx = [genes256.index(g) for g in top]
             y_tr, y_te = y256[tr][:, idx], y256[te][:, idx]
-            rows: list[tuple[str, dict | None]] = [(b, None) for b in BASELINES]
-            rows += list(CORRECTIONS.items())
-            for row, correction in rows:
+            todo: list[tuple[str, dict | None]] = [(b, None) for b in BASELINES]
+            todo += list(trained_rows.items())
+            for row, overrides in todo:
                 cell = cells / f"{split_name}.{fold_name}.{row}.json".replace(" ", "_").replace(
                     "/", "-"
                 )
@@ -160,17 +210,14 @@ def run_her2st(
                     m = json.loads(cell.read_text())
                 else:
                     t0 = time.perf_counter()
-                    cfg = config_from_dict(
-                        {
+                    if overrides and "__whole__" in overrides:
+                        cfg = config_from_dict(overrides["__whole__"])
+                    else:
+                        base = {
                             **BASE_CONFIG,
-                            "optim": {
-                                **BASE_CONFIG["optim"],
-                                "max_epochs": epochs,
-                                "seed": seed,
-                            },
-                            "correction": {**BASE_CONFIG["correction"], **(correction or {})},
+                            "optim": {**BASE_CONFIG["optim"], "max_epochs": epochs, "seed": seed},
                         }
-                    )
+                        cfg = config_from_dict({**base, **(overrides or {})})
                     if row == BASELINES[0]:
                         feats = hc_std
                     elif row == BASELINES[1]:
@@ -178,7 +225,7 @@ def run_her2st(
                         tower = Run.create(out / "random", cfg, data=dataset, split=split)
                         tower._module = tower.new_module().eval()
                         feats = tower.embed(dataset)["image"]
-                    if correction is None:
+                    if overrides is None:
                         pa, pb = ridge_to_expression_space(
                             feats[tr], y256[tr], feats[te], y256[te], groups=samples[tr]
                         )
@@ -200,7 +247,16 @@ def run_her2st(
                             )
                         z = trained.embed(dataset)
                         za, zb = z["image"], z["gene"]
-                        m = _metrics(za[te], zb[te], za[tr], za[te], y_tr, y_te, top, za, samples)
+                        if cfg.loss.name == "none":  # no joint space: ridge into one
+                            zb_te = za[te]
+                            pa, pb = ridge_to_expression_space(
+                                za[tr], y256[tr], za[te], y256[te], groups=samples[tr]
+                            )
+                            m = _metrics(pa, pb, za[tr], zb_te, y_tr, y_te, top, za, samples)
+                        else:
+                            m = _metrics(
+                                za[te], zb[te], za[tr], za[te], y_tr, y_te, top, za, samples
+                            )
                     m["seconds"] = round(time.perf_counter() - t0, 1)
                     write_json_atomic(cell, m)
                 log(
@@ -228,7 +284,9 @@ def bars(summary: dict[str, dict]) -> dict[str, dict[str, bool]]:
     out = {}
     for split, rows in summary.items():
         hc = rows[BASELINES[0]]
-        contrastive = {r: m for r, m in rows.items() if r in CORRECTIONS}
+        contrastive = {
+            r: m for r, m in rows.items() if r in CORRECTIONS or r.startswith("config: ")
+        }
         best = max(contrastive, key=lambda r: contrastive[r]["pearson_top50"])
         b = contrastive[best]
         out[split] = {
@@ -275,6 +333,7 @@ def write_html_report(path: Path, result: dict) -> None:
     explain = {
         BASELINES[0]: "the baseline: 35 colour/texture features per patch, ridge",
         BASELINES[1]: "the same architecture untrained: what the network alone gives",
+        REGRESSION: "the same tower trained to predict expression (MSE), no contrastive loss",
     }
     tables = []
     for split, rows in result["summary"].items():
@@ -323,13 +382,19 @@ def run_her2st_bench(
     out: str | Path = "bench_her2st",
     epochs: int = 6,
     seed: int = 0,
+    config: str | None = None,
+    folds: list[str] | None = None,
 ) -> int:
+    """``histoxmodal bench her2st``: run :func:`run_her2st`, write ``OUT/her2st_bench.json``
+    (the summary, the bars, every fold's numbers and the protocol: split hashes, seed, configs,
+    versions), ``.md`` and ``.html``, and print the table."""
     from histoxmodal.deps import require_extra
 
     for extra in ("wsi", "spatial", "torch"):
         require_extra(extra, "histoxmodal bench her2st")
     out = Path(out)
     protocol: dict = {}
+    per_fold: dict = {}
     summary = run_her2st(
         Path(data),
         out,
@@ -337,16 +402,35 @@ def run_her2st_bench(
         seed=seed,
         log=lambda s: print(s, file=sys.stderr, flush=True),
         protocol=protocol,
+        config=config,
+        folds=folds,
+        per_fold=per_fold,
     )
+    import platform
+
+    import torch
+
+    from histoxmodal.version import __version__
+
     result = {
         "summary": summary,
         "bars": bars(summary),
+        "per_fold": per_fold,
         "protocol": {
             **protocol,
             "config": BASE_CONFIG,
+            "regression_loss": REGRESSION_LOSS,
+            "extra_config": config,
+            "folds": folds,
             "epochs": epochs,
             "seed": seed,
             "genes": "top-50 HVG of each fold's training spots",
+            "versions": {
+                "histoxmodal": __version__,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+            },
+            "machine": platform.processor() or platform.machine(),
         },
     }
     write_json_atomic(out / "her2st_bench.json", result)

@@ -113,6 +113,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "bench her2st": (
         "histoxmodal bench her2st --src ../shared/data/her2st",
         "histoxmodal bench her2st --src ../shared/data/her2st --epochs 2 --out quick/",
+        "histoxmodal bench her2st --src ../shared/data/her2st --config her2st_small "
+        "--folds sample=C3,patient=B",
     ),
     "bench tissue": (
         "histoxmodal bench tissue --src ../shared/data",

@@ -657,6 +657,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="training epochs of each contrastive model (default 6)",
     )
     bh.add_argument("--seed", type=int, default=0, help="seed of splits and training (default 0)")
+    bh.add_argument(
+        "--config",
+        default=None,
+        metavar="NAME|YAML",
+        help="also run this training config through the protocol, as one more row "
+        "(e.g. her2st_small or my.yaml); its own epochs",
+    )
+    bh.add_argument(
+        "--folds",
+        default=None,
+        metavar="LIST",
+        help="only these folds, comma-separated (default all: patient=B and sample=C2..C5), "
+        "e.g. --folds sample=C3,patient=B",
+    )
     bti = bsub.add_parser(
         "tissue",
         help="tissue detection recall/specificity against real spot tables",
@@ -743,7 +757,14 @@ def _run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     if args.bench == "her2st":
         from histoxmodal.bench.her2st import run_her2st_bench
 
-        return run_her2st_bench(args.src, out=args.out, epochs=args.epochs, seed=args.seed)
+        return run_her2st_bench(
+            args.src,
+            out=args.out,
+            epochs=args.epochs,
+            seed=args.seed,
+            config=args.config,
+            folds=[f.strip() for f in args.folds.split(",") if f.strip()] if args.folds else None,
+        )
     if args.bench == "tissue":
         from histoxmodal.bench.tissue import BENCH_METHODS, run_tissue_bench
 
