@@ -201,9 +201,10 @@ def test_03_contrastive_training(data_dir, monkeypatch, tmp_path):
     config = json.loads((work / "run" / "config.json").read_text())
     assert config["optim"]["max_epochs"] == 3 and config["optim"]["batch_size"] == 32
     # the validation CLIP loss falls every epoch, below its value for random embeddings,
-    # ln(batch size) = 3.47 (measured 3.21, 3.12, 3.10)
+    # ln(batch size) = 3.47
     log = pd.read_csv(work / "run" / "csv" / "metrics.csv")
-    val = log.dropna(subset=["val/loss"]).groupby("epoch")["val/loss"].last().to_numpy()
+    val = log.dropna(subset=["val/contrastive"]).groupby("epoch")["val/contrastive"].last()
+    val = val.to_numpy()
     assert len(val) == 3 and (np.diff(val) < 0).all()
     assert val[-1] < math.log(32) - 0.25
     assert _n_figures(nb) == 1  # the loss curve
@@ -225,7 +226,7 @@ def test_03_contrastive_training(data_dir, monkeypatch, tmp_path):
         recall, chance = float(printed.group(1)), float(printed.group(2))
         assert chance == round(k / 1008, 3)
         assert recall == pytest.approx(np.mean(rank < k), abs=0.0015)
-    # above chance: measured recall@5 0.023 and @10 0.036 (4.6x and 3.6x chance)
+    # above chance (at least twice k/n)
     assert np.mean(rank < 5) > 2 * 5 / 1008 and np.mean(rank < 10) > 2 * 10 / 1008
 
 
@@ -244,10 +245,10 @@ def test_04_prediction_and_evaluation(data_dir, monkeypatch, tmp_path):
     for k in (1, 5, 10):  # a fraction of the 179 spots
         hits = m[f"retrieval.full.i2g.recall@{k}"] * n
         assert hits == pytest.approx(round(hits), abs=1e-6)
-    # against chance: recall@5 measured 0.084 (3.0x 5/179); mean rank 60 of a random 90
+    # against chance: recall@5 above twice 5/179; mean rank below 0.8 of a random 90
     assert m["retrieval.full.i2g.recall@5"] > 2 * 5 / n
     assert m["retrieval.full.i2g.mean_rank"] < 0.8 * (n + 1) / 2
-    # expression from the image: measured pooled Pearson 0.19 (ridge), 0.19 (retrieval)
+    # expression from the image: pooled Pearson above 0.1 with both heads
     assert m["expression.ridge.pearson_pooled_mean"] > 0.1
     assert m["expression.retrieval.pearson_pooled_mean"] > 0.1
     per_gene = result["per_gene_pearson"]

@@ -671,6 +671,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="only these folds, comma-separated (default all: patient=B and sample=C2..C5), "
         "e.g. --folds sample=C3,patient=B",
     )
+    bh.add_argument(
+        "--only-config",
+        action="store_true",
+        help="train only the --config rows (and the config without its batch correction on "
+        "cross_patient) beside the two baselines, not the built-in rows",
+    )
     bti = bsub.add_parser(
         "tissue",
         help="tissue detection recall/specificity against real spot tables",
@@ -764,6 +770,7 @@ def _run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
             seed=args.seed,
             config=args.config,
             folds=[f.strip() for f in args.folds.split(",") if f.strip()] if args.folds else None,
+            only_config=args.only_config,
         )
     if args.bench == "tissue":
         from histoxmodal.bench.tissue import BENCH_METHODS, run_tissue_bench

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from histoxmodal.bench.her2st import BASELINES, CORRECTIONS, bars, format_markdown
+from histoxmodal.bench.her2st import (
+    BASELINES,
+    CORRECTIONS,
+    bars,
+    format_markdown,
+    uncorrected_row,
+)
 
 
 def _row(r5, pearson, purity=1.2):
@@ -16,7 +22,33 @@ def _row(r5, pearson, purity=1.2):
     }
 
 
-def test_bars_compare_the_best_contrastive_row_with_handcrafted_features():
+def test_bars_judge_the_config_row_against_issue_14s_floors_and_margins():
+    summary = {
+        "loso_C": {
+            BASELINES[0]: _row(0.12, 0.40),
+            "config: her2st": _row(0.21, 0.44),
+        },
+        "cross_patient": {
+            BASELINES[0]: _row(0.05, 0.10),
+            "config: her2st": _row(0.08, 0.21),
+            uncorrected_row("her2st"): _row(0.09, 0.22),
+        },
+    }
+    b = bars(summary, "her2st")
+    loso, cross = b["loso_C"], b["cross_patient"]
+    assert loso["row"] == "config: her2st"
+    assert loso["pearson_at_least_0.42"] is True and loso["recall@5_at_least_0.2"] is True
+    assert loso["pearson_beats_handcrafted_by_0.03"] is True  # 0.44 >= 0.40 + 0.03
+    assert loso["recall@5_1.5x_handcrafted"] is True  # 0.21 >= 1.5 x 0.12 = 0.18
+    assert loso["met"] is True
+    assert cross["pearson_at_least_0.2"] is True and cross["recall@5_at_least_0.07"] is True
+    assert cross["correction_beats_none"] is False  # 0.21 < 0.22 without the correction
+    assert cross["met"] is False
+    summary["loso_C"]["config: her2st"] = _row(0.17, 0.44)
+    assert bars(summary, "her2st")["loso_C"]["recall@5_1.5x_handcrafted"] is False
+
+
+def test_bars_without_a_config_take_the_best_contrastive_row():
     names = list(CORRECTIONS)
     summary = {
         "cross_patient": {
@@ -28,10 +60,9 @@ def test_bars_compare_the_best_contrastive_row_with_handcrafted_features():
         }
     }
     b = bars(summary)["cross_patient"]
-    assert b["best_contrastive"] == names[1]
-    assert b["pearson_beats_handcrafted_by_0.05"] is True  # 0.37 >= 0.30 + 0.05
-    assert b["recall@5_twice_handcrafted"] is False  # 0.08 < 2 x 0.05
-    assert b["a_correction_beats_none"] is True
+    assert b["row"] == names[1] and b["pearson_top50"] == 0.37
+    assert b["pearson_at_least_0.2"] is True and b["recall@5_at_least_0.07"] is True
+    assert "correction_beats_none" not in b and b["met"] is True
     table = format_markdown(summary)
     assert "| hand-crafted features + ridge | 0.050 | 0.050 | 0.300 | 1.20 |" in table
     assert "chance 0.020" in table
