@@ -63,7 +63,24 @@ BASELINES = ("hand-crafted features + ridge", "random-init tower + ridge")
 C_SECTIONS = ("C2", "C3", "C4", "C5")
 
 
-def _build(src: Path, out: Path, sections: tuple[str, ...]) -> Path:
+#: the patch geometry of the built-in rows (and of the history in docs/benchmarks.md)
+PATCH_UM, PATCH_PX = 112.0, 64
+
+
+def dataset_name(patch_um: float = PATCH_UM, patch_px: int = PATCH_PX) -> str:
+    """The folder under ``OUT`` of the benchmark's dataset for one patch geometry."""
+    if (float(patch_um), int(patch_px)) == (PATCH_UM, PATCH_PX):
+        return "paired_B4_C"  # the folder earlier runs wrote, so they resume
+    return f"paired_B4_C_{float(patch_um):g}um_{int(patch_px)}px"
+
+
+def _build(
+    src: Path,
+    out: Path,
+    sections: tuple[str, ...],
+    patch_um: float = PATCH_UM,
+    patch_px: int = PATCH_PX,
+) -> Path:
     from histoxmodal.data.recipes import find_samples, load_recipe
     from histoxmodal.workflows.build import PairedConfig, build_paired
 
@@ -73,7 +90,7 @@ def _build(src: Path, out: Path, sections: tuple[str, ...]) -> Path:
         from histoxmodal.errors import ConfigError
 
         raise ConfigError(f"--src {src}: sections {missing} are missing or have no image")
-    build_paired(refs, out, PairedConfig(patch_um=112.0, patch_px=64), recipe="her2st")
+    build_paired(refs, out, PairedConfig(patch_um=patch_um, patch_px=patch_px), recipe="her2st")
     return out
 
 
@@ -108,6 +125,8 @@ def run_her2st(
     folds: list[str] | None = None,
     per_fold: dict | None = None,
     rows: list[str] | None = None,
+    patch_um: float = PATCH_UM,
+    patch_px: int = PATCH_PX,
 ) -> dict[str, dict]:
     """Run the benchmark; returns ``{split: {row: metrics averaged over folds}}``.
 
@@ -120,6 +139,9 @@ def run_her2st(
         Only these fold names (e.g. ``["sample=C3", "patient=B"]``); default all five.
     rows
         Only these trained rows (by name; the baselines always run); default all.
+    patch_um, patch_px
+        The patches of every row, hand-crafted features included: ``patch_um`` µm of tissue
+        around each spot centre at ``patch_px`` pixels (default 112 µm at 64 px).
     protocol, per_fold
         Filled in when given: the split files, SHA-256 and folds; every fold's metrics per row.
     """
@@ -143,7 +165,12 @@ def run_her2st(
     out.mkdir(parents=True, exist_ok=True)
     cells = out / "cells"
     cells.mkdir(exist_ok=True)
-    paired_all = _build(src, out / "paired_B4_C", ("B4", *C_SECTIONS))
+    # cells and runs of another patch geometry than the default are kept apart
+    default = (float(patch_um), int(patch_px)) == (PATCH_UM, PATCH_PX)
+    geo = "" if default else f" {float(patch_um):g}um {int(patch_px)}px"
+    paired_all = _build(
+        src, out / dataset_name(patch_um, patch_px), ("B4", *C_SECTIONS), patch_um, patch_px
+    )
     # cross-patient first: one fold, and the split where batch correction matters most
     tasks = [
         ("cross_patient", paired_all, split_file(paired_all, "patient"), ["patient=B"]),
@@ -215,7 +242,7 @@ def run_her2st(
                 if split_name in v.get("__splits__", [split_name])
             ]
             for row, overrides in todo:
-                tag = f"{split_name}.{fold_name}.{row}" + (f".seed{seed}" if seed else "")
+                tag = f"{split_name}.{fold_name}.{row}" + (f".seed{seed}" if seed else "") + geo
                 cell = cells / f"{tag}.json".replace(" ", "_").replace("/", "-")
                 if cell.exists():
                     m = json.loads(cell.read_text())
@@ -242,8 +269,9 @@ def run_her2st(
                         )
                         m = _metrics(pa, pb, feats[tr], feats[te], y_tr, y_te, top, feats, samples)
                     else:
-                        name = row + (f" seed{seed}" if seed else "")
-                        run = out / "runs" / split_name / fold_name / name.replace(" ", "_")
+                        name = row + (f" seed{seed}" if seed else "") + geo
+                        safe = name.replace(" ", "_").replace("/", "-")
+                        run = out / "runs" / split_name / fold_name / safe
                         if (run / keys.RUN_WEIGHTS_FILE).exists():
                             trained = Run.load(run)
                         else:
@@ -419,11 +447,13 @@ def run_her2st_bench(
     config: str | None = None,
     folds: list[str] | None = None,
     only_config: bool = False,
+    patch_um: float = PATCH_UM,
+    patch_px: int = PATCH_PX,
 ) -> int:
     """``histoxmodal bench her2st``: run :func:`run_her2st`, write ``OUT/her2st_bench.json``
     (the summary, the bars, every fold's numbers and the protocol: split hashes, seed, configs,
     versions), ``.md`` and ``.html``, and print the table. ``only_config`` trains only the
-    ``config`` rows beside the baselines."""
+    ``config`` rows beside the baselines; ``patch_um``/``patch_px`` the patches of every row."""
     if only_config and config is None:
         from histoxmodal.errors import ConfigError
 
@@ -446,6 +476,8 @@ def run_her2st_bench(
         folds=folds,
         per_fold=per_fold,
         rows=[f"config: {config}", uncorrected_row(config)] if only_config and config else None,
+        patch_um=patch_um,
+        patch_px=patch_px,
     )
     import platform
 
@@ -465,6 +497,7 @@ def run_her2st_bench(
             "folds": folds,
             "epochs": epochs,
             "seed": seed,
+            "patch": {"patch_um": float(patch_um), "patch_px": int(patch_px)},
             "genes": "top-50 HVG of each fold's training spots",
             "versions": {
                 "histoxmodal": __version__,

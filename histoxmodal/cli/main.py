@@ -677,6 +677,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="train only the --config rows (and the config without its batch correction on "
         "cross_patient) beside the two baselines, not the built-in rows",
     )
+    bh.add_argument(
+        "--patch-um",
+        type=float,
+        default=112.0,
+        metavar="UM",
+        help="µm of tissue in each patch, for every row (hand-crafted included; default 112)",
+    )
+    bh.add_argument(
+        "--patch-px",
+        type=int,
+        default=64,
+        metavar="PX",
+        help="pixels per patch side (default 64); the her2st config wants --patch-um 224 "
+        "--patch-px 128",
+    )
     bti = bsub.add_parser(
         "tissue",
         help="tissue detection recall/specificity against real spot tables",
@@ -771,6 +786,8 @@ def _run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
             config=args.config,
             folds=[f.strip() for f in args.folds.split(",") if f.strip()] if args.folds else None,
             only_config=args.only_config,
+            patch_um=args.patch_um,
+            patch_px=args.patch_px,
         )
     if args.bench == "tissue":
         from histoxmodal.bench.tissue import BENCH_METHODS, run_tissue_bench

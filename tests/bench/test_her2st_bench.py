@@ -6,6 +6,7 @@ from histoxmodal.bench.her2st import (
     BASELINES,
     CORRECTIONS,
     bars,
+    dataset_name,
     format_markdown,
     uncorrected_row,
 )
@@ -89,3 +90,19 @@ def test_html_report_has_a_table_per_split_with_chance(tmp_path):
     assert "chance 5/n = 0.020" in text
     row = '<td>chance</td><td class="num">0.0200</td><td class="num">0.0200</td>'
     assert page.count(row) == 2
+
+
+def test_each_patch_geometry_has_its_own_dataset_and_the_cli_passes_it(monkeypatch):
+    import histoxmodal.bench.her2st as hb
+    from histoxmodal.cli.main import main
+
+    # the default keeps the folder earlier runs wrote; others get their own
+    assert dataset_name() == dataset_name(112, 64) == "paired_B4_C"
+    assert dataset_name(224, 128) == "paired_B4_C_224um_128px"
+    assert dataset_name(112.5, 64) == "paired_B4_C_112.5um_64px"
+    seen = []
+    monkeypatch.setattr(hb, "run_her2st_bench", lambda src, **kw: seen.append(kw) or 0)
+    assert main(["bench", "her2st", "--src", "raw", "--patch-um", "224", "--patch-px", "128"]) == 0
+    assert main(["bench", "her2st", "--src", "raw"]) == 0
+    assert (seen[0]["patch_um"], seen[0]["patch_px"]) == (224.0, 128)
+    assert (seen[1]["patch_um"], seen[1]["patch_px"]) == (112.0, 64)
