@@ -674,8 +674,9 @@ def build_parser() -> argparse.ArgumentParser:
     bh.add_argument(
         "--only-config",
         action="store_true",
-        help="train only the --config rows (and the config without its batch correction on "
-        "cross_patient) beside the two baselines, not the built-in rows",
+        help="train only the --config rows (the config; without its batch correction, on "
+        "cross_patient; by direct regression, no contrastive loss) beside the two baselines, "
+        "not the built-in rows",
     )
     bh.add_argument(
         "--patch-um",
