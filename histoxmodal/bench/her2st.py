@@ -69,11 +69,17 @@ C_SECTIONS = ("C2", "C3", "C4", "C5")
 PATCH_UM, PATCH_PX = 112.0, 64
 
 
+def _geometry(patch_um: float, patch_px: int) -> str:
+    """``""`` for the default patches (so earlier cells, runs and datasets resume), else
+    ``" <um>um <px>px"``: what keeps another geometry's cells, runs and dataset apart."""
+    if (float(patch_um), int(patch_px)) == (PATCH_UM, PATCH_PX):
+        return ""
+    return f" {float(patch_um):g}um {int(patch_px)}px"
+
+
 def dataset_name(patch_um: float = PATCH_UM, patch_px: int = PATCH_PX) -> str:
     """The folder under ``OUT`` of the benchmark's dataset for one patch geometry."""
-    if (float(patch_um), int(patch_px)) == (PATCH_UM, PATCH_PX):
-        return "paired_B4_C"  # the folder earlier runs wrote, so they resume
-    return f"paired_B4_C_{float(patch_um):g}um_{int(patch_px)}px"
+    return "paired_B4_C" + _geometry(patch_um, patch_px).replace(" ", "_")
 
 
 def _build(
@@ -167,9 +173,7 @@ def run_her2st(
     out.mkdir(parents=True, exist_ok=True)
     cells = out / "cells"
     cells.mkdir(exist_ok=True)
-    # cells and runs of another patch geometry than the default are kept apart
-    default = (float(patch_um), int(patch_px)) == (PATCH_UM, PATCH_PX)
-    geo = "" if default else f" {float(patch_um):g}um {int(patch_px)}px"
+    geo = _geometry(patch_um, patch_px)
     paired_all = _build(
         src, out / dataset_name(patch_um, patch_px), ("B4", *C_SECTIONS), patch_um, patch_px
     )
