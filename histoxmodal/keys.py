@@ -52,6 +52,8 @@ def split_path(kind: str) -> str:
 
 
 OBS_PATCH_BORDER = "patch_at_border"
+#: µm per unit of ``obsm['spatial']`` (the spots' coordinates), written by ``histoxmodal build``
+OBS_SPATIAL_MPP = "spatial_mpp"
 
 # Per-slide tiling output (``histoxmodal tile``), one folder per slide.
 TILE_COORDS_FILE = "coords.h5"

@@ -6,11 +6,13 @@ fewer counts per spot: a real batch effect). Rows: hand-crafted colour/texture f
 the same architecture randomly initialised; contrastive training without batch correction; and
 with each correction; the same tower trained by direct regression on expression; and any config
 given with ``--config`` (with two rows of its own: without its batch correction on the
-cross-patient split, and its towers trained by direct regression). Every row reads the same
-patches, ``--patch-um`` µm at ``--patch-px`` px (default 112 µm at 64 px). Columns: Recall@5
-both ways over the whole test set, pooled Pearson over the top-50 highly variable genes of the
-training spots (ridge head on the image representation), and kNN batch purity of the image
-representation over all spots (1 = sections mixed).
+cross-patient split, and its towers trained by direct regression; when its expression head
+reads section-centred embeddings or a neighbour context, ``head.centre`` / ``head.context_um``,
+every row of the config does, and the hand-crafted baseline is shown read the same way too).
+Every row reads the same patches, ``--patch-um`` µm at ``--patch-px`` px (default 112 µm at
+64 px). Columns: Recall@5 both ways over the whole test set, pooled Pearson over the top-50
+highly variable genes of the training spots (ridge head on the image representation), and kNN
+batch purity of the image representation over all spots (1 = sections mixed).
 
 Representations without a joint space (hand-crafted, random) are mapped into one by ridge
 regression onto the first 50 principal components of expression (fitted on the training spots),
@@ -62,6 +64,9 @@ CORRECTIONS = {
 REGRESSION = "direct regression (no contrastive loss)"
 REGRESSION_LOSS = {"name": "none", "expression_weight": 1.0}
 BASELINES = ("hand-crafted features + ridge", "random-init tower + ridge")
+#: hand-crafted features read as a ``--config``'s expression head reads embeddings (section
+#: centring, neighbour context: ``head.centre``, ``head.context_um``), beside the plain baseline
+HANDCRAFTED_HEAD = "hand-crafted features + the config's head inputs + ridge"
 C_SECTIONS = ("C2", "C3", "C4", "C5")
 
 
@@ -121,6 +126,12 @@ def _metrics(ra, rb, x_tr, x_te, y_tr, y_te, top, purity_x, samples) -> dict[str
     }
 
 
+def _joint(a, b, inputs, coords, groups):
+    """The test rows' joint space as the config's retrieval reads it (``head.centre``,
+    ``head.smooth_um``; :class:`~histoxmodal.workflows.predict.HeadInputs`)."""
+    return (inputs.apply(a, coords, groups), inputs.apply(b, coords, groups)) if inputs else (a, b)
+
+
 def run_her2st(
     src: Path,
     out: Path,
@@ -157,6 +168,7 @@ def run_her2st(
     per_fold = {} if per_fold is None else per_fold
     import torch
 
+    from histoxmodal.data.neighbours import spot_coords_um
     from histoxmodal.data.normalize import (
         expression_matrix,
         highly_variable_genes,
@@ -167,6 +179,7 @@ def run_her2st(
     from histoxmodal.evaluation.baselines import handcrafted_features, ridge_to_expression_space
     from histoxmodal.training.config import config_from_dict
     from histoxmodal.training.trainer import last_checkpoint
+    from histoxmodal.workflows.predict import HeadInputs
     from histoxmodal.workflows.run import Run
     from histoxmodal.workflows.train import train
 
@@ -198,6 +211,7 @@ def run_her2st(
             )
         tasks = [(a, b, c, [f for f in names if f in folds]) for a, b, c, names in tasks]
         tasks = [t for t in tasks if t[3]]
+    config_inputs = HeadInputs()  # what the config's expression head reads; plain for the rest
     trained_rows: dict[str, dict] = {
         row: {"correction": {**BASE_CONFIG["correction"], **corr}}
         for row, corr in CORRECTIONS.items()
@@ -208,6 +222,8 @@ def run_her2st(
 
         own = load_config(config).to_dict()
         own["optim"] = {**own["optim"], "seed": seed, "num_workers": 0}
+        h = own["head"]
+        config_inputs = HeadInputs(float(h["context_um"]), bool(h["centre"]), float(h["smooth_um"]))
         trained_rows[f"config: {config}"] = {"__whole__": own}
         # the same config with every batch correction switched off (same batch_key): does the
         # correction it chose pay on the split where the batch effect is (cross-patient)?
@@ -232,9 +248,11 @@ def run_her2st(
         }
         for name, _, split, folds in tasks
     }
+    baselines = BASELINES + ((HANDCRAFTED_HEAD,) if config_inputs else ())
     for split_name, dataset, split, fold_names in tasks:
         adata, patches = load_paired(dataset)
         samples = np.asarray(adata.obs["sample"].astype(str))
+        xy_um = spot_coords_um(adata)
         sp = Split.load(split)
         hc = handcrafted_features(patches)
         hc_std = (hc - hc.mean(0)) / np.maximum(hc.std(0), 1e-6)
@@ -246,14 +264,22 @@ def run_her2st(
             top = top_variable_genes(y256[tr], genes256, n=50)
             idx = [genes256.index(g) for g in top]
             y_tr, y_te = y256[tr][:, idx], y256[te][:, idx]
-            todo: list[tuple[str, dict | None]] = [(b, None) for b in BASELINES]
+            todo: list[tuple[str, dict | None]] = [(b, None) for b in baselines]
             todo += [
                 (r, v)
                 for r, v in trained_rows.items()
                 if split_name in v.get("__splits__", [split_name])
             ]
             for row, overrides in todo:
+                whole = (overrides or {}).get("__whole__")
+                inputs = config_inputs if row == HANDCRAFTED_HEAD or whole else HeadInputs()
                 tag = f"{split_name}.{fold_name}.{row}" + (f".seed{seed}" if seed else "") + geo
+                tag += ".centred" if inputs.centre else ""
+                tag += f".context{inputs.context_um:g}um" if inputs.context_um else ""
+                tag += f".smooth{inputs.smooth_um:g}um" if inputs.smooth_um else ""
+                # the expression head's inputs, and the joint space's for retrieval
+                head_in = HeadInputs(inputs.context_um, inputs.centre)
+                ret_in = HeadInputs(0.0, inputs.centre, inputs.smooth_um)
                 cell = cells / f"{tag}.json".replace(" ", "_").replace("/", "-")
                 if cell.exists():
                     m = json.loads(cell.read_text())
@@ -267,8 +293,8 @@ def run_her2st(
                             "optim": {**BASE_CONFIG["optim"], "max_epochs": epochs, "seed": seed},
                         }
                         cfg = config_from_dict({**base, **(overrides or {})})
-                    if row == BASELINES[0]:
-                        feats = hc_std
+                    if row in (BASELINES[0], HANDCRAFTED_HEAD):
+                        feats = head_in.of_dataset(hc_std, adata)
                     elif row == BASELINES[1]:
                         torch.manual_seed(seed)
                         tower = Run.create(out / "random", cfg, data=dataset, split=split)
@@ -278,6 +304,7 @@ def run_her2st(
                         pa, pb = ridge_to_expression_space(
                             feats[tr], y256[tr], feats[te], y256[te], groups=samples[tr]
                         )
+                        pa, pb = _joint(pa, pb, ret_in, xy_um[te], samples[te])
                         m = _metrics(pa, pb, feats[tr], feats[te], y_tr, y_te, top, feats, samples)
                     else:
                         name = row + (f" seed{seed}" if seed else "") + geo
@@ -298,16 +325,16 @@ def run_her2st(
                             )
                         z = trained.embed(dataset)
                         za, zb = z["image"], z["gene"]
+                        x = head_in.of_dataset(za, adata)  # what the expression head reads
                         if cfg.loss.name == "none":  # no joint space: ridge into one
-                            zb_te = za[te]
                             pa, pb = ridge_to_expression_space(
-                                za[tr], y256[tr], za[te], y256[te], groups=samples[tr]
+                                x[tr], y256[tr], x[te], y256[te], groups=samples[tr]
                             )
-                            m = _metrics(pa, pb, za[tr], zb_te, y_tr, y_te, top, za, samples)
+                            pa, pb = _joint(pa, pb, ret_in, xy_um[te], samples[te])
+                            m = _metrics(pa, pb, x[tr], x[te], y_tr, y_te, top, za, samples)
                         else:
-                            m = _metrics(
-                                za[te], zb[te], za[tr], za[te], y_tr, y_te, top, za, samples
-                            )
+                            pa, pb = _joint(za[te], zb[te], ret_in, xy_um[te], samples[te])
+                            m = _metrics(pa, pb, x[tr], x[te], y_tr, y_te, top, za, samples)
                     m["seconds"] = round(time.perf_counter() - t0, 1)
                     write_json_atomic(cell, m)
                 log(
@@ -413,6 +440,9 @@ def write_html_report(path: Path, result: dict) -> None:
         BASELINES[0]: "the baseline: 35 colour/texture features per patch, ridge",
         BASELINES[1]: "the same architecture untrained: what the network alone gives",
         REGRESSION: "the same tower trained to predict expression (MSE), no contrastive loss",
+        HANDCRAFTED_HEAD: "the baseline read as the config's heads read embeddings "
+        "(section-centred, beside their neighbourhood mean: head.centre, head.context_um; "
+        "retrieval on the section-centred joint space)",
     }
     tables = []
     for split, rows in result["summary"].items():

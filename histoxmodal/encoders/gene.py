@@ -9,7 +9,7 @@ expression.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -36,8 +36,9 @@ class BatchSpecificNorm(nn.Module):
     scale that a batch adds (a technical batch effect) is removed inside the layer and cannot be
     re-learned by the weights after it. Training uses the statistics of each batch's rows in the
     minibatch (and keeps running averages); evaluation uses the running averages, and for a
-    batch never seen in training (a new sample at test time) the statistics of its rows in the
-    current call, as AdaBN does.
+    batch never seen in training (a new sample at test time) the statistics of all its rows as
+    :func:`adapt_batch_norms` fixed them (``Run.embed`` does), else of its rows in the current
+    call, as AdaBN does.
 
     Parameters
     ----------
@@ -57,6 +58,12 @@ class BatchSpecificNorm(nn.Module):
         self.register_buffer("running_mean", torch.zeros(n_batches, n_features))
         self.register_buffer("running_var", torch.ones(n_batches, n_features))
         self.register_buffer("seen", torch.zeros(n_batches, dtype=torch.bool))
+        # the statistics of batches never seen in training, fixed over all their rows by
+        # adapt_batch_norms (not part of the saved weights)
+        self.register_buffer("adapted_mean", torch.zeros(n_batches, n_features), persistent=False)
+        self.register_buffer("adapted_var", torch.ones(n_batches, n_features), persistent=False)
+        self.register_buffer("adapted", torch.zeros(n_batches, dtype=torch.bool), persistent=False)
+        self.adapting = False
 
     def forward(self, x: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
         if batch is None:
@@ -70,10 +77,15 @@ class BatchSpecificNorm(nn.Module):
         var = self.running_var[batch].to(x.dtype)
         for b in batch.unique().tolist():
             rows = batch == b
-            if int(rows.sum()) < 2 or (not self.training and bool(self.seen[b])):
+            if not self.training and bool(self.seen[b]):
                 continue
-            xb = x[rows]
-            m, v = xb.mean(0), xb.var(0, unbiased=False)
+            if not self.training and not self.adapting and bool(self.adapted[b]):
+                m, v = self.adapted_mean[b].to(x.dtype), self.adapted_var[b].to(x.dtype)
+            elif int(rows.sum()) < 2:
+                continue
+            else:
+                xb = x[rows]
+                m, v = xb.mean(0), xb.var(0, unbiased=False)
             mean, var = mean.clone(), var.clone()
             mean[rows], var[rows] = m, v
             if self.training:
@@ -82,7 +94,44 @@ class BatchSpecificNorm(nn.Module):
                     self.running_mean[b].lerp_(m.detach().float(), w)
                     self.running_var[b].lerp_(v.detach().float(), w)
                     self.seen[b] = True
+            elif self.adapting:
+                with torch.no_grad():
+                    self.adapted_mean[b] = m.detach().float()
+                    self.adapted_var[b] = v.detach().float()
+                    self.adapted[b] = True
         return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
+
+
+def adapt_batch_norms(
+    tower: nn.Module, encode: Callable[[torch.Tensor], object], batch: torch.Tensor
+) -> list[int]:
+    """AdaBN over whole batches: fix the statistics of every batch ``tower`` never saw in
+    training from **all** of its rows, in one call per batch, instead of from whichever rows
+    share an embedding minibatch (which makes a new sample's embeddings depend on the batch
+    size and on the rows embedded beside it).
+
+    ``encode(rows)`` runs ``tower`` on the rows (a boolean mask) of one batch; ``batch`` holds
+    the batch id of every row. The :class:`BatchSpecificNorm` layers of ``tower`` keep the
+    statistics (not saved with the weights) until the next call. Returns the adapted ids.
+    """
+    layers = [m for m in tower.modules() if isinstance(m, BatchSpecificNorm)]
+    if not layers:
+        return []
+    unseen = [int(b) for b in batch.unique().tolist() if not bool(layers[0].seen[b])]
+    was = [m.training for m in layers]
+    for m in layers:
+        m.adapted.zero_()
+        m.adapting = True
+        m.eval()
+    try:
+        with torch.no_grad():
+            for b in unseen:
+                encode(batch == b)
+    finally:
+        for m, t in zip(layers, was, strict=True):
+            m.adapting = False
+            m.train(t)
+    return unseen
 
 
 _CONDITIONING = ("norm", "onehot")

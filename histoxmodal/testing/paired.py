@@ -83,6 +83,7 @@ def make_paired_dataset(
         sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=[f"G{j}" for j in range(n_genes)])
     )
     adata.obsm[keys.OBSM_SPATIAL] = rng.uniform(0, 1000, (n, 2))
+    adata.obs[keys.OBS_SPATIAL_MPP] = np.float32(1.0)  # coordinates in µm
     write_store(out, adata, [patches], patch_px=patch_px, patch_um=patch_px * 0.5)
     (out / keys.PAIRED_SPLITS_DIR).mkdir(exist_ok=True)
     split = make_split(adata.obs, "random", seed=seed)

@@ -104,9 +104,31 @@ class HeadConfig:
     expression
         ``ridge`` (default), ``mlp``, ``retrieval`` or ``null`` (none; fit one later with
         ``histoxmodal fit-head``).
+    context_um
+        Neighbour context (0 = off): the ``ridge`` or ``mlp`` head reads each spot's image
+        embedding beside the mean embedding of the other spots within this many µm in the same
+        section or slide (:func:`histoxmodal.data.neighbours.radius_context`); images only, so a
+        new slide gets it too. Recorded with the saved head. The ``retrieval`` head matches
+        images against gene embeddings and ignores it.
+    centre
+        Centre each section's (or slide's) embeddings on their own mean before a head reads
+        them (:func:`histoxmodal.data.neighbours.centre_by_group`): what differs between
+        sections as a whole (stain, scanner, patient, sequencing depth) stops moving the
+        prediction. Image embeddings for ``ridge``/``mlp``; image queries and gene embeddings
+        for ``retrieval``, and for the cross-modal retrieval metrics of ``evaluate`` and
+        ``bench her2st``. Needs only the query section's images; recorded with the saved
+        head.
+    smooth_um
+        Retrieval only (0 = off): both modalities' embeddings averaged half-and-half with their
+        mean over the spots within this many µm in the same section, against the noise of
+        shallow spots (B4's ~650 counts per spot); the ``retrieval`` head and the retrieval
+        metrics read it, the ``ridge``/``mlp`` heads do not.
     """
 
     expression: str | None = "ridge"
+    context_um: float = 0.0
+    centre: bool = False
+    smooth_um: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -403,6 +425,8 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     _check_augment(cfg.augment)
     if cfg.head.expression is not None:
         _one_of("head.expression", cfg.head.expression, EXPRESSION_HEADS, "expression head")
+    _check_range("head.context_um", cfg.head.context_um, low=0)
+    _check_range("head.smooth_um", cfg.head.smooth_um, low=0)
     return cfg
 
 

@@ -84,6 +84,21 @@ class ContrastiveModule(L.LightningModule):
         conditioned = self.config.correction.batch_conditioned_genes
         return self.gene_head(self.gene(expression, gene_mask, batch if conditioned else None))
 
+    def adapt_unseen_batches(self, b: dict[str, torch.Tensor]) -> list[int]:
+        """Fix the gene tower's statistics of batches it never saw in training from all their
+        rows in ``b`` (the gene inputs of a whole dataset;
+        :func:`~histoxmodal.encoders.gene.adapt_batch_norms`). A no-op without batch-specific
+        normalization. Returns the adapted batch ids."""
+        from histoxmodal.encoders.gene import adapt_batch_norms
+
+        if not self.config.correction.batch_conditioned_genes:
+            return []
+        dev = self.mean.device
+        key = self.config.correction.batch_key
+        expr, mask = b[keys.BATCH_EXPRESSION].to(dev), b[keys.BATCH_GENE_MASK].to(dev)
+        ids = b[key].to(dev)
+        return adapt_batch_norms(self.gene, lambda r: self.gene(expr[r], mask[r], ids[r]), ids)
+
     def _features(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
         """The image tower's features of a batch; cached frozen-tower features
         (``image_features``) skip the tower."""

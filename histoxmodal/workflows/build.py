@@ -172,6 +172,8 @@ def _build_part(ref: SampleRef, cfg: PairedConfig, folder: Path, workers: int) -
     slide.close()
     adata.obs[keys.OBS_PATCH_BORDER] = border
     adata.obs["patch_source_mpp"] = np.float32(src_mpp)
+    # obsm['spatial'] is in the full-resolution image's pixels; the patch source is `factor` x it
+    adata.obs[keys.OBS_SPATIAL_MPP] = np.float32(src_mpp * factor)
     adata.write_h5ad(folder / "part.h5ad")
     return {
         "n_spots_read": n_read,

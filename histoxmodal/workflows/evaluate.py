@@ -2,14 +2,18 @@
 self-contained HTML report.
 
 Spatial runs: cross-modal retrieval (whole test set and in-batch), expression prediction from
-image embeddings by three heads fitted on training spots (ridge, MLP, BLEEP-style retrieval) and
-batch mixing. Cohort runs: Symile's zero-shot protocol and pairwise retrieval on held-out
-patients. The metrics themselves are array functions in :mod:`histoxmodal.evaluation`.
+image embeddings by three heads fitted on training spots (ridge, MLP, BLEEP-style retrieval)
+and batch mixing. Heads and retrieval read the embeddings as the config's ``head`` section says
+(:class:`~histoxmodal.workflows.predict.HeadInputs`: section centring, neighbour context,
+retrieval smoothing); the hand-crafted baseline's retrieval is read the same way, its ridge
+head on the plain features. Cohort runs: Symile's
+zero-shot protocol and pairwise retrieval on held-out patients. The metrics themselves are
+array functions in :mod:`histoxmodal.evaluation`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +164,7 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes)
         retrieval_chance,
     )
     from histoxmodal.heads import MLPHead, RetrievalHead, RidgeHead
+    from histoxmodal.workflows.predict import HeadInputs
     from histoxmodal.workflows.report import LABEL_COLUMNS, write_report
 
     run.check_genes(dataset)
@@ -168,9 +173,30 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes)
     train_adata, train_patches = (
         (adata, patches) if rows.train_data == dataset else load_paired(rows.train_data)
     )
-    tr = run.embed(rows.train_data, rows.train_rows)
-    te = run.embed(dataset, rows.test_rows)
-    za_tr, zb_tr, za, zb = tr["image"], tr["gene"], te["image"], te["gene"]
+    # the heads' inputs (head.centre, head.context_um) read whole sections, so then every row
+    # is embedded (once when the run trained on this dataset)
+    inputs = HeadInputs.of(run, "ridge")
+    if inputs:
+        te_all = run.embed(dataset)
+        tr_all = te_all if rows.train_data == dataset else run.embed(rows.train_data)
+        tr = {k: v[rows.train_rows] for k, v in tr_all.items()}
+        te = {k: v[rows.test_rows] for k, v in te_all.items()}
+        x_tr = inputs.of_dataset(tr_all["image"], train_adata, rows.train_rows)
+        x_te = inputs.of_dataset(te_all["image"], adata, rows.test_rows)
+    else:
+        tr = run.embed(rows.train_data, rows.train_rows)
+        te = run.embed(dataset, rows.test_rows)
+        x_tr, x_te = tr["image"], te["image"]
+    zb_tr, za, zb = tr["gene"], te["image"], te["gene"]
+    # retrieval (metrics and the BLEEP head) as head.centre / head.smooth_um read it
+    ret_inputs = HeadInputs.of(run, "retrieval")
+    ra, rb = za, zb
+    if ret_inputs:
+        if not inputs:
+            te_all, tr_all = run.embed(dataset), run.embed(rows.train_data)
+        ra = ret_inputs.of_dataset(te_all["image"], adata, rows.test_rows)
+        rb = ret_inputs.of_dataset(te_all["gene"], adata, rows.test_rows)
+        zb_tr = ret_inputs.of_dataset(tr_all["gene"], train_adata, rows.train_rows)
     genes = [g for g in run.genes if g in adata.var_names]
     y_tr_all = expression_matrix(train_adata, genes, rows=rows.train_rows)
     top = top_variable_genes(y_tr_all, genes, n=n_genes)
@@ -182,8 +208,8 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes)
     groups_tr = np.asarray(train_adata.obs[keys.OBS_SAMPLE].astype(str))[rows.train_rows]
     seed = run.config.optim.seed
 
-    ridge = RidgeHead(pca=256 if za.shape[1] > 256 else None).fit(za_tr, y_tr, groups=groups_tr)
-    y_pred = ridge.predict(za)
+    ridge = RidgeHead(pca=256 if x_tr.shape[1] > 256 else None).fit(x_tr, y_tr, groups=groups_tr)
+    y_pred = ridge.predict(x_te)
     n = len(rows.test_rows)
     # the hand-crafted baseline on the same rows and genes: colour/texture features of the
     # patches, ridge to expression, and ridge to expression's PCs for retrieval
@@ -195,9 +221,14 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes)
         .predict(_standardise(hc_te, hc_tr))
     )
     pa, pb = ridge_to_expression_space(hc_tr, y_tr, hc_te, y_true, groups=groups_tr)
-    ret, ret_base = cross_modal_retrieval(za, zb), cross_modal_retrieval(pa, pb)
+    if ret_inputs:  # the baseline's joint space read the same way (over the test rows)
+        from histoxmodal.data.neighbours import spot_coords_um
+
+        xy_te = spot_coords_um(adata, rows.test_rows)
+        pa, pb = ret_inputs.apply(pa, xy_te, samples), ret_inputs.apply(pb, xy_te, samples)
+    ret, ret_base = cross_modal_retrieval(ra, rb), cross_modal_retrieval(pa, pb)
     ret_chance = retrieval_chance(n)
-    inb = in_batch_recall(za, zb, batch_size=in_batch_size)
+    inb = in_batch_recall(ra, rb, batch_size=in_batch_size)
     inb_base = in_batch_recall(pa, pb, batch_size=in_batch_size)
     inb_chance = in_batch_chance(n, batch_size=in_batch_size)
     expr = expression_metrics(y_true, y_pred, top, samples=samples)
@@ -234,15 +265,16 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes)
 
     put_expression("ridge", expr)
     m["expression.ridge.alpha"] = ridge.alpha_
-    for name, head, x_fit in (
-        ("retrieval", RetrievalHead(k=50), zb_tr),
-        ("mlp", MLPHead(seed=seed), za_tr),
+    for name, head, x_fit, x_pred in (
+        ("retrieval", RetrievalHead(k=50), zb_tr, ra),
+        ("mlp", MLPHead(seed=seed), x_tr, x_te),
     ):
         if name == "retrieval":
             head.fit(x_fit, y_tr)
         else:
             head.fit(x_fit, y_tr, groups=groups_tr)
-        put_expression(name, expression_metrics(y_true, head.predict(za), top, samples=samples))
+        e = expression_metrics(y_true, head.predict(x_pred), top, samples=samples)
+        put_expression(name, e)
     put_expression("handcrafted_ridge", base)
     if len(set(batch)) > 1:
         _, counts = np.unique(batch, return_counts=True)
@@ -266,6 +298,8 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes)
         "in_batch_size": in_batch_size,
         "genes": top,
         "seed": seed,
+        "head_inputs": asdict(inputs),
+        "retrieval_inputs": asdict(ret_inputs),
         "histoxmodal_version": __version__,
         "baseline": (
             "hand-crafted colour/texture features of the same patches (35 per patch) + ridge, "
@@ -375,12 +409,17 @@ def _spatial_report(
             )
         )
     warnings = embedding_warnings({"image": za, "gene": zb}, m, n)
+    h = run.config.head
+    reads = [w for w, on in (("section-centred", h.centre), (f"{h.context_um:g} µm neighbour "
+             "context", h.context_um > 0)) if on]  # fmt: skip
     cfg = run.config.to_dict()
     return Report(
         title=f"Evaluation of {run.path.name} on {Path(dataset).name}",
         summary=(
             f"{rows.split} (fold {rows.fold}); {n} test spots; heads fitted on "
-            f"{len(rows.train_rows)} training spots; expression on the {len(top)} most variable "
+            f"{len(rows.train_rows)} training spots"
+            + (f" (ridge and MLP read {', '.join(reads)} embeddings)" if reads else "")
+            + f"; expression on the {len(top)} most variable "
             "genes of the training spots. Chance: what embeddings unrelated to their partners "
             "score; baseline: hand-crafted colour/texture features of the same patches + ridge."
         ),

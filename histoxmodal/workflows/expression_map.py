@@ -27,6 +27,7 @@ import logging
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,8 @@ def _params(run: Run, head: str, grid_um, min_tissue, mpp, genes) -> dict[str, o
         "run_dataset_sha256": run.dataset_sha256,
         "weights_mtime_ns": (run.path / keys.RUN_WEIGHTS_FILE).stat().st_mtime_ns,
         "head": head,
+        # a head refitted under the same name (other genes, context) is another prediction
+        "head_mtime_ns": (run.path / keys.RUN_HEADS_DIR / head / "targets.json").stat().st_mtime_ns,
         "grid_um": grid_um,
         "min_tissue": min_tissue,
         "mpp": mpp,
@@ -252,6 +255,7 @@ def _predict_into(run, head, slide, tmp, name, mpp, grid_um, min_tissue, genes, 
     from histoxmodal.io.slide import open_slide
     from histoxmodal.tiling.tissue import detect_tissue
     from histoxmodal.training.embedding import embed_dataset
+    from histoxmodal.workflows.predict import HeadInputs
 
     fitted = run.load_head(head)
     targets = json.loads((run.path / keys.RUN_HEADS_DIR / head / "targets.json").read_text())
@@ -287,7 +291,9 @@ def _predict_into(run, head, slide, tmp, name, mpp, grid_um, min_tissue, genes, 
         )["image"]
         thumb = s.get_thumbnail(max_size=min(THUMB_MAX_SIDE, max(s.dimensions)))
         scale = thumb.shape[1] / s.dimensions[0]
-    y = np.asarray(fitted.predict(z), np.float32)
+    # what the head read in training: the slide as one section (its own mean, neighbourhoods)
+    inputs = HeadInputs.of(run, targets.get("head", "ridge"), targets)
+    y = np.asarray(fitted.predict(inputs.apply(z, xy * slide_mpp)), np.float32)
     obs = pd.DataFrame({"tissue_fraction": frac}, index=[f"{name}_{i}" for i in range(len(xy))])
     a = ad.AnnData(X=y, obs=obs, var=pd.DataFrame(index=all_genes))
     a.obsm[keys.OBSM_SPATIAL] = xy
@@ -306,6 +312,7 @@ def _predict_into(run, head, slide, tmp, name, mpp, grid_um, min_tissue, genes, 
     a.uns["prediction"] = {
         "run": str(run.path.resolve()),
         "head": head,
+        **asdict(inputs),
         "normalization": targets.get("normalization"),
         "slide": str(slide),
         "mpp": float(slide_mpp),

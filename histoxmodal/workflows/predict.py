@@ -11,6 +11,7 @@ Two ways:
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,67 @@ def _fit(head: str, za, zb, y, groups, seed: int):
     return h.fit(za, y, groups=groups)
 
 
+@dataclass(frozen=True)
+class HeadInputs:
+    """What a head reads for each spot (:mod:`histoxmodal.data.neighbours`), from the config's
+    ``head`` section or a saved head's ``targets.json``:
+
+    - ``centre``: embeddings minus their section's (slide's) mean, image and gene alike;
+    - ``context_um`` (``ridge``/``mlp``): the image embedding beside the mean over the other
+      spots within that radius;
+    - ``smooth_um`` (retrieval: the ``retrieval`` head and the retrieval metrics): both
+      modalities' embeddings averaged half-and-half with that neighbourhood mean.
+
+    The query side needs images and spot positions only, so a new slide gets the same.
+    """
+
+    context_um: float = 0.0
+    centre: bool = False
+    smooth_um: float = 0.0
+
+    @classmethod
+    def of(cls, run: Run, head: str, targets: dict | None = None) -> HeadInputs:
+        """What ``head`` reads: a saved head's ``targets``, else the run config's ``head``."""
+        src = targets if targets is not None else asdict(run.config.head)
+        ctx = float(src.get("context_um", 0.0))
+        smooth = float(src.get("smooth_um", 0.0))
+        centre = bool(src.get("centre", False))
+        if head == "retrieval":
+            return cls(0.0, centre, smooth)
+        return cls(ctx, centre, 0.0)
+
+    def __bool__(self) -> bool:
+        return bool(self.context_um > 0 or self.centre or self.smooth_um > 0)
+
+    def apply(self, z, coords_um=None, groups=None) -> np.ndarray:
+        """The head's input for every row: ``z`` of **all** spots of each section (their
+        centres ``coords_um``, needed for context and smoothing; sections ``groups``, default
+        one)."""
+        from histoxmodal.data.neighbours import centre_by_group, radius_context, radius_neighbours
+
+        z = np.asarray(z, np.float32)
+        if self.centre:
+            z = centre_by_group(z, groups)
+        if self.smooth_um > 0:
+            m = radius_neighbours(coords_um, groups, radius=self.smooth_um)
+            z = (0.5 * z + 0.5 * np.asarray(m @ z.astype(np.float64))).astype(np.float32)
+        if self.context_um > 0:
+            z = radius_context(z, coords_um, groups, radius=self.context_um)
+        return z
+
+    def of_dataset(self, z, adata, rows=None) -> np.ndarray:
+        """:meth:`apply` to every row of a paired dataset (``z`` of all its rows, sections from
+        ``obs['sample']``, centres in µm), then ``rows`` of the result."""
+        z = np.asarray(z, np.float32)
+        if self:
+            from histoxmodal.data.neighbours import spot_coords_um
+
+            groups = np.asarray(adata.obs[keys.OBS_SAMPLE].astype(str))
+            spatial = self.context_um > 0 or self.smooth_um > 0
+            z = self.apply(z, spot_coords_um(adata) if spatial else None, groups)
+        return z if rows is None else z[rows]
+
+
 def _panel_targets(run: Run, adata, rows, genes, n_genes: int) -> list[str]:
     from histoxmodal.data.normalize import expression_matrix, top_variable_genes
 
@@ -57,6 +119,7 @@ def fit_expression_head(
     genes: list[str] | None = None,
     n_genes: int = 50,
     name: str | None = None,
+    inputs: HeadInputs | None = None,
 ):
     """Fit an expression head on the run's training rows and save it with the run.
 
@@ -70,6 +133,10 @@ def fit_expression_head(
         Genes to predict; default the ``n_genes`` most variable of the training rows.
     name
         Saved as ``RUN/heads/<name>``; default ``expression_<head>``.
+    inputs
+        What the head reads (:class:`HeadInputs`: section centring, neighbour context);
+        default the run config's ``head.centre`` and ``head.context_um``. Saved in
+        ``targets.json``, so predictions read the same.
 
     Returns
     -------
@@ -84,13 +151,28 @@ def fit_expression_head(
     tr = run.training_fold().train(adata.n_obs)
     targets = _panel_targets(run, adata, tr, genes, n_genes)
     y = expression_matrix(adata, targets, rows=tr)
-    z = run.embed(run.data, tr)
+    if inputs is None:
+        inputs = HeadInputs.of(run, head)
+    elif head == "retrieval":
+        inputs = HeadInputs(0.0, inputs.centre, inputs.smooth_um)
+    elif inputs.smooth_um:
+        inputs = HeadInputs(inputs.context_um, inputs.centre, 0.0)
+    # with centring or context, every spot's embedding: whole sections are read
+    z = run.embed(run.data, None if inputs else tr)
+    x = inputs.of_dataset(z["image"], adata, tr if inputs else None)
+    zb = inputs.of_dataset(z["gene"], adata, tr if inputs else None)
     groups = np.asarray(adata.obs[keys.OBS_SAMPLE].astype(str))[tr]
-    fitted = _fit(head, z["image"], z["gene"], y, groups, run.config.optim.seed)
+    fitted = _fit(head, x, zb, y, groups, run.config.optim.seed)
     folder = run.save_head(name or f"expression_{head}", fitted)
     write_json_atomic(
         folder / TARGETS_FILE,
-        {"genes": targets, "normalization": DEFAULT_NORMALIZATION, "head": head, "fold": run.fold},
+        {
+            "genes": targets,
+            "normalization": DEFAULT_NORMALIZATION,
+            "head": head,
+            "fold": run.fold,
+            **asdict(inputs),
+        },
     )
     return fitted
 
@@ -133,7 +215,8 @@ def predict_expression(
     anndata.AnnData
         The predicted rows with the predicted genes: ``X`` and ``layers['measured']`` the
         measured log1p-CP10k expression, ``layers[layer]`` the prediction ``(n, n_genes)``,
-        ``obsm['X_image']`` the image embeddings; ``uns['prediction']`` names head, split, fold.
+        ``obsm['X_image']`` the image embeddings; ``uns['prediction']`` names head, split, fold
+        and what the head read (:class:`HeadInputs`, from the saved head or the config).
     """
     from histoxmodal.data.normalize import expression_matrix
     from histoxmodal.data.splits import Split
@@ -149,17 +232,23 @@ def predict_expression(
         fitted = run.load_head(head)
         targets = json.loads((run.path / keys.RUN_HEADS_DIR / head / TARGETS_FILE).read_text())
         genes = targets["genes"]
+        inputs = HeadInputs.of(run, targets["head"], targets)
         rows = chosen.test if split else np.arange(adata.n_obs)
-        za = run.embed(dataset, rows)["image"]
+        za = run.embed(dataset, None if inputs else rows)["image"]
+        x = inputs.of_dataset(za, adata, rows if inputs else None)
+        za = za[rows] if inputs else za
         fold_name = chosen.name if split else "all rows"
     else:
         tr, rows = chosen.train(adata.n_obs), chosen.test
         genes = _panel_targets(run, adata, tr, genes, 50)
+        inputs = HeadInputs.of(run, head)
         z = run.embed(dataset)
         groups = np.asarray(adata.obs[keys.OBS_SAMPLE].astype(str))[tr]
         y_tr = expression_matrix(adata, genes, rows=tr)
-        fitted = _fit(head, z["image"][tr], z["gene"][tr], y_tr, groups, run.config.optim.seed)
-        za = z["image"][rows]
+        xall = inputs.of_dataset(z["image"], adata)
+        zb = inputs.of_dataset(z["gene"], adata, tr)
+        fitted = _fit(head, xall[tr], zb, y_tr, groups, run.config.optim.seed)
+        za, x = z["image"][rows], xall[rows]
         fold_name = chosen.name
     missing = [g for g in genes if g not in adata.var_names]
     if missing:
@@ -168,10 +257,11 @@ def predict_expression(
     out = adata[rows, genes].copy()
     out.X = y
     out.layers["measured"] = y
-    out.layers[layer] = np.asarray(fitted.predict(za), np.float32)
+    out.layers[layer] = np.asarray(fitted.predict(x), np.float32)
     out.obsm["X_image"] = za
     out.uns["prediction"] = {
         "head": head,
+        **asdict(inputs),
         "split": str(sp.path),
         "fold": fold_name,
         "run": str(run.path),

@@ -473,6 +473,8 @@ class Run:
 
         if self.kind == "spatial" and data is not None:
             self.check_genes(data)
+        if self.kind == "spatial":
+            self._adapt_unseen_batches(data)
         return embed_dataset(
             self.module,
             self.dataset(data, rows),
@@ -480,6 +482,20 @@ class Run:
             collate_fn=self.collate,
             num_workers=num_workers,
         )
+
+    def _adapt_unseen_batches(self, data) -> None:
+        """A batch-normalized gene tower meeting samples it never trained on takes their
+        statistics from all their rows in ``data``, whatever rows are embedded now."""
+        from histoxmodal.encoders.gene import BatchSpecificNorm
+
+        module = self.module
+        if not any(isinstance(m, BatchSpecificNorm) for m in module.modules()):
+            return
+        import torch.utils.data as tud
+
+        full = self.dataset(data)
+        items = [full.item_without_image(i) for i in range(len(full))]
+        module.adapt_unseen_batches(tud.default_collate(items))
 
     def check_genes(self, data: str | Path) -> None:
         """Refuse a dataset that lacks genes of the run's panel."""

@@ -342,6 +342,42 @@ def test_batch_specific_norm_removes_a_per_batch_shift():
         norm(x[:2], torch.tensor([0, 3]))
 
 
+def test_an_unseen_batch_is_normalized_over_all_its_rows_once_adapted():
+    from histoxmodal.encoders.gene import BatchSpecificNorm, adapt_batch_norms
+
+    torch.manual_seed(0)
+    enc = create_encoder("test_gene_mlp", n_genes=12, n_batches=3, conditioning="norm")
+    x = torch.rand(20, 12) * 3
+    new = torch.rand(20, 12) * 6 + 1  # batch 1: never seen in training
+    mask = torch.ones(20, 12, dtype=torch.bool)
+    zeros, ones = torch.zeros(20, dtype=torch.long), torch.ones(20, dtype=torch.long)
+    enc.train()(x, mask, zeros)  # batch 0 is seen in training
+    enc.eval()
+
+    def in_chunks(rows):  # embedded 6 rows at a time, as an embedding loop would
+        with torch.no_grad():
+            return torch.cat([enc(rows[i : i + 6], mask[i : i + 6], ones[i : i + 6])
+                              for i in range(0, 20, 6)])  # fmt: skip
+
+    with torch.no_grad():
+        whole = enc(new, mask, ones)
+        seen_rows = enc(x, mask, zeros)
+    # without adaptation, its embeddings depend on which rows share a call
+    assert not torch.allclose(in_chunks(new), whole, atol=1e-3)
+    ids, rows = torch.cat([zeros, ones]), torch.cat([x, new])  # a dataset of both batches
+    assert adapt_batch_norms(enc, lambda r: enc(rows[r], mask[:1].expand(20, -1), ids[r]), ids) == [
+        1
+    ]
+    torch.testing.assert_close(in_chunks(new), whole, rtol=1e-5, atol=1e-5)
+    norm = next(m for m in enc.modules() if isinstance(m, BatchSpecificNorm))
+    torch.testing.assert_close(norm.adapted_mean[1], new.mean(0))
+    # a seen batch keeps its running statistics; the adapted ones are not saved with weights
+    assert not norm.adapted[0] and norm.seen[0] and not norm.seen[1]
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x, mask, zeros), seen_rows)
+    assert not any("adapted" in k for k in enc.state_dict())
+
+
 @pytest.mark.parametrize("conditioning", ["norm", "onehot"])
 @pytest.mark.parametrize("name", ["test_gene_mlp", "test_gene_transformer"])
 def test_batch_conditioned_gene_towers(name, conditioning):

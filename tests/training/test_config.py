@@ -32,6 +32,8 @@ from histoxmodal.training.config import config_from_dict, load_config
         ("augment.hed_sigma=2", r"augment\.hed_sigma=2"),
         ("augment.flip=true", r"unknown key augment\.'flip'; did you mean flips"),
         ("optim=3", r"optim=3: expected a mapping"),
+        ("head.context_um=-5", r"head\.context_um=-5\.0: expected a number >= 0"),
+        ("head.centre=maybe", r"head\.centre='maybe': expected true or false"),
     ],
 )
 def test_bad_values_name_the_key_the_value_and_what_is_expected(override, match):

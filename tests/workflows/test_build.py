@@ -117,6 +117,16 @@ def test_visium_lowres_only_is_refused_then_allowed(data_dir, tmp_path):
     s = m["samples"]["1.0.0"]
     assert s["n_spots"] == 100 and s["patch_source"] == "lowres"
     assert s["patch_source_mpp"] == pytest.approx((65 / 89.42751063343188) / 0.045004502)
+    # spot coordinates stay in full-resolution pixels: µm per unit is the full-res pixel size,
+    # and spots next to each other on the Visium grid (two columns apart) come out 100 µm apart
+    from histoxmodal.data.neighbours import spot_coords_um
+
+    adata, _ = load_paired(tmp_path / "b")
+    np.testing.assert_allclose(adata.obs["spatial_mpp"], 65 / 89.42751063343188, rtol=1e-6)
+    xy, row, col = spot_coords_um(adata), adata.obs["array_row"], adata.obs["array_col"]
+    i, j = np.nonzero((row.values[:, None] == row.values) & (col.values[:, None] == col.values + 2))
+    assert len(i) > 0
+    np.testing.assert_allclose(np.linalg.norm(xy[i] - xy[j], axis=1), 100.0, rtol=0.03)
 
 
 def test_h5ad_with_full_resolution_image(data_dir, tmp_path):

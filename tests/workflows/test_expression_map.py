@@ -98,6 +98,40 @@ def test_slide_map_pixels_grid_and_values(tiny_run):
     assert predict_slide(run, slide, out, grid_um=80, genes=run.genes[:2]).status == "ok"
 
 
+def test_a_head_with_centring_and_context_reads_the_slide_as_one_section(tiny_run):
+    import anndata as ad
+
+    from histoxmodal.workflows.predict import HeadInputs, fit_expression_head
+
+    tmp, run, slide = tiny_run
+    head = fit_expression_head(
+        run, genes=run.genes, name="ctx", inputs=HeadInputs(context_um=100.0, centre=True)
+    )
+    out = tmp / "maps_ctx"
+    assert predict_slide_ok(run, slide, out, head="ctx", grid_um=40, genes=run.genes[:1])
+    a = ad.read_h5ad(out / "new" / "prediction.h5ad")
+    assert a.uns["prediction"]["centre"] and a.uns["prediction"]["context_um"] == 100.0
+    # by hand: the slide's embeddings minus their mean, beside the mean of the other
+    # pseudo-spots within 100 µm (0.25 µm/px: 400 px; the grid is 40 µm = 160 px)
+    z = np.asarray(a.obsm["X_image"], np.float64)
+    c = z - z.mean(0)
+    xy = np.asarray(a.obsm["spatial"]) * 0.25
+    x = np.zeros((len(z), 2 * z.shape[1]))
+    for i in range(len(z)):
+        d = np.linalg.norm(xy - xy[i], axis=1)
+        near = (d <= 100.0) & (np.arange(len(z)) != i)
+        x[i] = np.r_[c[i], c[near].mean(0) if near.any() else c[i]]
+    np.testing.assert_allclose(a.X, head.predict(x.astype(np.float32)), rtol=1e-4, atol=1e-4)
+
+
+def predict_slide_ok(*args, **kwargs) -> bool:
+    from histoxmodal.workflows.expression_map import predict_slide
+
+    r = predict_slide(*args, **kwargs)
+    assert r.status == "ok", r.reason
+    return True
+
+
 def test_cli_predict_records_a_bad_slide_and_goes_on(tiny_run, capsys):
     from histoxmodal.cli.main import main
 

@@ -89,3 +89,70 @@ def test_a_saved_head_predicts_without_the_training_data(trained):
     np.testing.assert_allclose(out.layers["predicted"], head.predict(z), rtol=1e-5, atol=1e-6)
     want = _log_cp10k(np.asarray(adata.X.todense(), np.float64))
     np.testing.assert_allclose(out.X, want[:, adata.var_names.get_indexer(out.var_names)])
+
+
+def test_a_head_reads_section_centred_embeddings_beside_their_neighbourhood(trained):
+    import json
+
+    from histoxmodal.data.store import load_paired
+    from histoxmodal.heads import RetrievalHead, RidgeHead
+    from histoxmodal.workflows.predict import HeadInputs, fit_expression_head, predict_expression
+
+    _, data, run = trained
+    inputs = HeadInputs(context_um=150.0, centre=True, smooth_um=120.0)
+    fit_expression_head(run, head="ridge", n_genes=4, name="ctx", inputs=inputs)
+    targets = json.loads((run.path / "heads" / "ctx" / "targets.json").read_text())
+    assert targets["context_um"] == 150.0 and targets["centre"] is True
+    assert targets["smooth_um"] == 0.0  # smoothing is for retrieval only
+    # the same features by hand: each section's embeddings minus their mean, beside the mean
+    # of the other spots of the section within 150 µm (coordinates are µm in this dataset)
+    adata, _ = load_paired(data)
+    z = run.embed(data)["image"].astype(np.float64)
+    xy = np.asarray(adata.obsm["spatial"])
+    sample = adata.obs["sample"].astype(str).to_numpy()
+    x = np.zeros((len(z), 2 * z.shape[1]))
+    n_with = 0
+    for i in range(len(z)):
+        same = sample == sample[i]
+        c = z[same] - z[same].mean(0)
+        own = c[np.flatnonzero(np.flatnonzero(same) == i)[0]]
+        d = np.linalg.norm(xy[same] - xy[i], axis=1)
+        near = (d <= 150.0) & (np.flatnonzero(same) != i)
+        n_with += near.any()
+        x[i] = np.r_[own, c[near].mean(0) if near.any() else own]
+    assert 0 < n_with < len(z)  # some spots have neighbours within 150 µm, some none
+    tr = run.training_fold().train(adata.n_obs)
+    y = _log_cp10k(np.asarray(adata.X.todense(), np.float64))
+    y = y[:, adata.var_names.get_indexer(targets["genes"])]
+    groups = sample[tr]
+    want = RidgeHead().fit(x[tr].astype(np.float32), y[tr], groups=groups)
+    out = predict_expression(run.path, data, head="ctx")
+    np.testing.assert_allclose(
+        out.layers["predicted"], want.predict(x.astype(np.float32)), rtol=1e-4, atol=1e-5
+    )
+    assert out.uns["prediction"]["context_um"] == 150.0 and out.uns["prediction"]["centre"]
+    # the retrieval head matches image queries against the gene embeddings of the training
+    # spots, both centred on their section's mean and then averaged half-and-half with the
+    # mean over the section's other spots within 120 µm; no neighbour context
+    assert HeadInputs.of(run, "retrieval", {**targets, "smooth_um": 7}) == HeadInputs(0, True, 7)
+    fit_expression_head(run, head="retrieval", n_genes=4, name="ret", inputs=inputs)
+    zb = run.embed(data)["gene"].astype(np.float64)
+
+    def centred_smoothed(e):
+        c = np.zeros_like(e)
+        for s_ in np.unique(sample):
+            r = sample == s_
+            c[r] = e[r] - e[r].mean(0)
+        out = c.copy()
+        for i in range(len(e)):
+            d = np.linalg.norm(xy - xy[i], axis=1)
+            near = (d <= 120.0) & (sample == sample[i]) & (np.arange(len(e)) != i)
+            out[i] = 0.5 * c[i] + 0.5 * (c[near].mean(0) if near.any() else c[i])
+        return out.astype(np.float32)
+
+    za_c, zb_c = centred_smoothed(z), centred_smoothed(zb)
+    want = RetrievalHead().fit(zb_c[tr], y[tr])
+    out = predict_expression(run.path, data, head="ret")
+    p = out.uns["prediction"]
+    assert p["context_um"] == 0.0 and p["centre"] and p["smooth_um"] == 120.0
+    np.testing.assert_allclose(out.layers["predicted"], want.predict(za_c), rtol=1e-4, atol=1e-5)
