@@ -100,9 +100,19 @@ class PairedDataset(Dataset):
             adata = adata[:, genes]
         self.genes = list(adata.var_names)
         self.indices = np.arange(adata.n_obs) if indices is None else np.asarray(indices, np.int64)
-        X = normalize_counts(sp.csr_matrix(adata.X), normalization, library_size=lib)
-        X = sp.csr_matrix(X)
+        raw = sp.csr_matrix(adata.X)
+        X = sp.csr_matrix(normalize_counts(raw, normalization, library_size=lib))
         self._indptr, self._cols, self._vals = X.indptr, X.indices, X.data.astype(np.float32)
+        self._thin = augment is not None and augment.depth_min < 1.0
+        if self._thin:  # depth augmentation re-normalizes thinned raw counts per item
+            raw.sort_indices()
+            X.sort_indices()
+            if not np.array_equal(raw.indices, X.indices):
+                raise ConfigError(f"{self.path}: counts with explicit zeros; rebuild the dataset")
+            self._raw, self._lib = raw.data.astype(np.float32), np.asarray(lib, np.float64)
+            self._indptr, self._cols = X.indptr, X.indices
+            self._vals = X.data.astype(np.float32)
+        self.normalization = normalization
         self.categories: dict[str, list[str]] = {}
         self._codes: dict[str, np.ndarray] = {}
         for key in (keys.OBS_BATCH, keys.OBS_PATIENT, keys.OBS_SAMPLE):
@@ -141,9 +151,18 @@ class PairedDataset(Dataset):
         self._pid = os.getpid()
 
     def expression(self, row: int) -> np.ndarray:
-        """The normalized expression of dataset row ``row``."""
+        """The normalized expression of dataset row ``row`` (depth-thinned first when the
+        augmentation asks for it, :meth:`Augment.thin`)."""
         out = np.zeros(len(self.genes), np.float32)
         s, e = self._indptr[row], self._indptr[row + 1]
+        if self._thin:
+            self._worker_state()
+            counts, f = self.augment.thin(self._raw[s:e], self._rng)
+            lib = np.array([max(self._lib[row] * f, 1.0)])
+            vals = normalize_counts(counts[None].astype(np.float64), self.normalization,
+                                    library_size=lib)[0]  # fmt: skip
+            out[self._cols[s:e]] = vals
+            return out
         out[self._cols[s:e]] = self._vals[s:e]
         return out
 

@@ -39,6 +39,11 @@ class Augment:
         shifted by U(-σ, σ) in optical density (0.05 is a common, mild choice).
     brightness, contrast, saturation
         Jitter amplitudes (factors drawn from U(1-a, 1+a)).
+    depth_min
+        Sequencing-depth augmentation of the expression (1 = off): each training spot's raw
+        counts are binomially thinned to a fraction ``f`` of themselves, ``log f`` drawn
+        uniformly in ``[log depth_min, 0]``, before normalization, so the gene tower sees
+        shallow spots (another patient or panel at ~1/15 of the depth) while training.
     """
 
     flips: bool = True
@@ -47,12 +52,23 @@ class Augment:
     brightness: float = 0.0
     contrast: float = 0.0
     saturation: float = 0.0
+    depth_min: float = 1.0
 
     def __post_init__(self) -> None:
         for k in ("hed_sigma", "brightness", "contrast", "saturation"):
             v = getattr(self, k)
             if not 0.0 <= v < 1.0:
                 raise ConfigError(f"{k}={v} must be in [0, 1)")
+        if not 0.0 < self.depth_min <= 1.0:
+            raise ConfigError(f"depth_min={self.depth_min} must be in (0, 1] (1 = no thinning)")
+
+    def thin(self, counts: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+        """Raw ``counts`` of one spot binomially thinned (``depth_min``); returns the thinned
+        counts and the fraction kept, by which the spot's library size scales."""
+        if self.depth_min >= 1.0:
+            return counts, 1.0
+        f = float(np.exp(rng.uniform(np.log(self.depth_min), 0.0)))
+        return rng.binomial(counts.astype(np.int64), f).astype(np.float32), f
 
     @property
     def colour(self) -> bool:

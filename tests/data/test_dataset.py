@@ -41,6 +41,32 @@ def test_items_match_the_store(her2st_paired):
         PairedDataset(out, genes=["NOT_A_GENE"])
 
 
+def test_depth_augmentation_thins_the_raw_counts_before_normalizing(her2st_paired):
+    out, _ = her2st_paired
+    adata, _ = load_paired(out)
+    genes = list(adata.var_names[:300])
+    ds = PairedDataset(out, genes=genes, augment=Augment(flips=False, rot90=False, depth_min=0.05))
+    ds._worker_state()
+    ds._rng = np.random.default_rng(7)
+    got = ds.expression(17)
+    # the same draws by hand: a kept fraction f with log f ~ U(log 0.05, 0), binomial
+    # thinning of the panel's counts, log1p-CP10k over the library size scaled by f
+    rng = np.random.default_rng(7)
+    counts = np.asarray(adata[17, genes].X.todense()).ravel()
+    nz = np.flatnonzero(counts)
+    f = np.exp(rng.uniform(np.log(0.05), 0.0))
+    thinned = np.zeros_like(counts, dtype=np.float64)
+    thinned[nz] = rng.binomial(counts[nz].astype(np.int64), f)
+    lib = float(np.asarray(adata.X[17].sum())) * f
+    np.testing.assert_allclose(got, np.log1p(thinned * 1e4 / lib), rtol=1e-5, atol=1e-6)
+    assert 0.05 <= f <= 1 and thinned.sum() < counts.sum()
+    # without it, items are the stored normalization
+    plain = PairedDataset(out, genes=genes).expression(17)
+    np.testing.assert_allclose(plain, np.log1p(counts * 1e4 / (lib / f)), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"depth_min=0 must be in \(0, 1\]"):
+        Augment(depth_min=0)
+
+
 def test_float_normalization_matches_device_helper(her2st_paired):
     out, _ = her2st_paired
     a = PairedDataset(out, normalize_image=True)[5]["image"]

@@ -34,6 +34,7 @@ from histoxmodal.training.config import config_from_dict, load_config
         ("optim=3", r"optim=3: expected a mapping"),
         ("head.context_um=-5", r"head\.context_um=-5\.0: expected a number >= 0"),
         ("head.centre=maybe", r"head\.centre='maybe': expected true or false"),
+        ("augment.depth_min=0", r"depth_min=0\.0 must be in \(0, 1\]"),
     ],
 )
 def test_bad_values_name_the_key_the_value_and_what_is_expected(override, match):
