@@ -40,6 +40,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite number >= 0 (radii in µm; 0 switches the option off)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 #: the release that drops the deprecated spellings below
 ALIASES_REMOVED_IN = "0.2"
 
@@ -440,6 +451,26 @@ def build_parser() -> argparse.ArgumentParser:
     fh.add_argument("run", metavar="RUN", help="run folder written by histoxmodal train")
     fh.add_argument(
         "--head", default="ridge", choices=("ridge", "mlp", "retrieval"), help="head type"
+    )
+    fh.add_argument(
+        "--centre",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="read section-centred embeddings (default: the run config's head.centre)",
+    )
+    fh.add_argument(
+        "--context-um",
+        type=non_negative_float,
+        default=None,
+        metavar="UM",
+        help="ridge/mlp: neighbour context radius in µm, 0 = off (default: head.context_um)",
+    )
+    fh.add_argument(
+        "--smooth-um",
+        type=non_negative_float,
+        default=None,
+        metavar="UM",
+        help="retrieval: smoothing radius in µm, 0 = off (default: head.smooth_um)",
     )
 
     mi = sub.add_parser(

@@ -43,10 +43,22 @@ def run_fit_head(args: argparse.Namespace) -> int:
     from histoxmodal.deps import require_extra
 
     require_extra("torch", "histoxmodal fit-head")
-    from histoxmodal.workflows.predict import fit_expression_head
+    from histoxmodal.workflows.predict import HeadInputs, fit_expression_head
     from histoxmodal.workflows.run import Run
 
     run = Run.load(args.run)
-    fit_expression_head(run, head=args.head, genes=list(run.genes))
-    print(f"saved {run.path / 'heads' / f'expression_{args.head}'} ({len(run.genes)} genes)")
+    h = run.config.head
+    inputs = HeadInputs(
+        h.context_um if args.context_um is None else args.context_um,
+        h.centre if args.centre is None else args.centre,
+        h.smooth_um if args.smooth_um is None else args.smooth_um,
+    )
+    fit_expression_head(run, head=args.head, genes=list(run.genes), inputs=inputs)
+    reads = (
+        f"centre={inputs.centre}, context_um={inputs.context_um:g}, smooth_um={inputs.smooth_um:g}"
+    )
+    print(
+        f"saved {run.path / 'heads' / f'expression_{args.head}'} ({len(run.genes)} genes; "
+        f"reads {reads})"
+    )
     return EXIT_OK

@@ -166,6 +166,14 @@ def test_a_run_without_a_head_says_how_to_fit_one(tiny_run, tmp_path, capsys):
     assert "no saved expression head" in err and f"histoxmodal fit-head {bare}" in err
     assert main(["fit-head", str(bare)]) == 0
     assert (bare / "heads" / "expression_ridge" / "targets.json").exists()
+    # the head's inputs from the command line, over the run config's
+    assert main(["fit-head", str(bare), "--head", "mlp", "--centre", "--context-um", "80"]) == 0
+    t = json.loads((bare / "heads" / "expression_mlp" / "targets.json").read_text())
+    assert (t["centre"], t["context_um"], t["smooth_um"]) == (True, 80.0, 0.0)
+    assert "reads centre=True, context_um=80, smooth_um=0" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["fit-head", str(bare), "--context-um", "-3"])
+    assert "must be a finite number >= 0" in capsys.readouterr().err
     assert main(["predict", str(bare), str(slide), "--out", str(tmp_path / "o")]) == 0
 
 
