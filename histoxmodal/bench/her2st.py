@@ -278,8 +278,7 @@ def run_her2st(
                 tag += f".context{inputs.context_um:g}um" if inputs.context_um else ""
                 tag += f".smooth{inputs.smooth_um:g}um" if inputs.smooth_um else ""
                 # the expression head's inputs, and the joint space's for retrieval
-                head_in = HeadInputs(inputs.context_um, inputs.centre)
-                ret_in = HeadInputs(0.0, inputs.centre, inputs.smooth_um)
+                head_in, ret_in = inputs.for_head("ridge"), inputs.for_head("retrieval")
                 cell = cells / f"{tag}.json".replace(" ", "_").replace("/", "-")
                 if cell.exists():
                     m = json.loads(cell.read_text())

@@ -173,27 +173,23 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes)
     train_adata, train_patches = (
         (adata, patches) if rows.train_data == dataset else load_paired(rows.train_data)
     )
-    # the heads' inputs (head.centre, head.context_um) read whole sections, so then every row
-    # is embedded (once when the run trained on this dataset)
-    inputs = HeadInputs.of(run, "ridge")
-    if inputs:
+    # the heads' and retrieval's inputs (head.centre, context_um, smooth_um) read whole
+    # sections, so then every row is embedded (once when the run trained on this dataset)
+    inputs, ret_inputs = HeadInputs.of(run, "ridge"), HeadInputs.of(run, "retrieval")
+    if inputs or ret_inputs:
         te_all = run.embed(dataset)
         tr_all = te_all if rows.train_data == dataset else run.embed(rows.train_data)
         tr = {k: v[rows.train_rows] for k, v in tr_all.items()}
         te = {k: v[rows.test_rows] for k, v in te_all.items()}
-        x_tr = inputs.of_dataset(tr_all["image"], train_adata, rows.train_rows)
-        x_te = inputs.of_dataset(te_all["image"], adata, rows.test_rows)
     else:
         tr = run.embed(rows.train_data, rows.train_rows)
         te = run.embed(dataset, rows.test_rows)
-        x_tr, x_te = tr["image"], te["image"]
     zb_tr, za, zb = tr["gene"], te["image"], te["gene"]
-    # retrieval (metrics and the BLEEP head) as head.centre / head.smooth_um read it
-    ret_inputs = HeadInputs.of(run, "retrieval")
-    ra, rb = za, zb
-    if ret_inputs:
-        if not inputs:
-            te_all, tr_all = run.embed(dataset), run.embed(rows.train_data)
+    x_tr, x_te, ra, rb = tr["image"], za, za, zb
+    if inputs:
+        x_tr = inputs.of_dataset(tr_all["image"], train_adata, rows.train_rows)
+        x_te = inputs.of_dataset(te_all["image"], adata, rows.test_rows)
+    if ret_inputs:  # retrieval (metrics and the BLEEP head)
         ra = ret_inputs.of_dataset(te_all["image"], adata, rows.test_rows)
         rb = ret_inputs.of_dataset(te_all["gene"], adata, rows.test_rows)
         zb_tr = ret_inputs.of_dataset(tr_all["gene"], train_adata, rows.train_rows)

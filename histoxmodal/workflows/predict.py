@@ -61,12 +61,18 @@ class HeadInputs:
     def of(cls, run: Run, head: str, targets: dict | None = None) -> HeadInputs:
         """What ``head`` reads: a saved head's ``targets``, else the run config's ``head``."""
         src = targets if targets is not None else asdict(run.config.head)
-        ctx = float(src.get("context_um", 0.0))
-        smooth = float(src.get("smooth_um", 0.0))
-        centre = bool(src.get("centre", False))
+        return cls(
+            float(src.get("context_um", 0.0)),
+            bool(src.get("centre", False)),
+            float(src.get("smooth_um", 0.0)),
+        ).for_head(head)
+
+    def for_head(self, head: str) -> HeadInputs:
+        """The part a ``head`` reads: ``retrieval`` (and the retrieval metrics) centring and
+        smoothing, the other heads centring and context."""
         if head == "retrieval":
-            return cls(0.0, centre, smooth)
-        return cls(ctx, centre, 0.0)
+            return HeadInputs(0.0, self.centre, self.smooth_um)
+        return HeadInputs(self.context_um, self.centre, 0.0)
 
     def __bool__(self) -> bool:
         return bool(self.context_um > 0 or self.centre or self.smooth_um > 0)
@@ -151,16 +157,12 @@ def fit_expression_head(
     tr = run.training_fold().train(adata.n_obs)
     targets = _panel_targets(run, adata, tr, genes, n_genes)
     y = expression_matrix(adata, targets, rows=tr)
-    if inputs is None:
-        inputs = HeadInputs.of(run, head)
-    elif head == "retrieval":
-        inputs = HeadInputs(0.0, inputs.centre, inputs.smooth_um)
-    elif inputs.smooth_um:
-        inputs = HeadInputs(inputs.context_um, inputs.centre, 0.0)
+    inputs = HeadInputs.of(run, head) if inputs is None else inputs.for_head(head)
     # with centring or context, every spot's embedding: whole sections are read
     z = run.embed(run.data, None if inputs else tr)
-    x = inputs.of_dataset(z["image"], adata, tr if inputs else None)
-    zb = inputs.of_dataset(z["gene"], adata, tr if inputs else None)
+    rows = tr if inputs else None
+    x = inputs.of_dataset(z["image"], adata, rows)
+    zb = inputs.of_dataset(z["gene"], adata, rows) if head == "retrieval" else None
     groups = np.asarray(adata.obs[keys.OBS_SAMPLE].astype(str))[tr]
     fitted = _fit(head, x, zb, y, groups, run.config.optim.seed)
     folder = run.save_head(name or f"expression_{head}", fitted)
@@ -246,7 +248,7 @@ def predict_expression(
         groups = np.asarray(adata.obs[keys.OBS_SAMPLE].astype(str))[tr]
         y_tr = expression_matrix(adata, genes, rows=tr)
         xall = inputs.of_dataset(z["image"], adata)
-        zb = inputs.of_dataset(z["gene"], adata, tr)
+        zb = inputs.of_dataset(z["gene"], adata, tr) if head == "retrieval" else None
         fitted = _fit(head, xall[tr], zb, y_tr, groups, run.config.optim.seed)
         za, x = z["image"][rows], xall[rows]
         fold_name = chosen.name

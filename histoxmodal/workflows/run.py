@@ -489,8 +489,16 @@ class Run:
         from histoxmodal.encoders.gene import BatchSpecificNorm
 
         module = self.module
-        if not any(isinstance(m, BatchSpecificNorm) for m in module.modules()):
+        norms = [m for m in module.modules() if isinstance(m, BatchSpecificNorm)]
+        if not norms or not self.config.correction.batch_conditioned_genes:
             return
+        from histoxmodal.data.dataset import PairedDataset
+
+        path = Path(data) if data is not None else self.data
+        ids = np.unique(PairedDataset.codes_of(path, self.config.correction.batch_key))
+        seen = norms[0].seen.cpu().numpy()
+        if ids.size and ids.max() < len(seen) and seen[ids].all():
+            return  # every batch trained on: nothing to adapt (ids out of range: forward says so)
         import torch.utils.data as tud
 
         full = self.dataset(data)
