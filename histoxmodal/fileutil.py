@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +93,92 @@ def clean_stale(parent: Path, name: str) -> None:
         shutil.rmtree(p, ignore_errors=True)
     for p in parent.glob(f".{name}.old-*"):
         shutil.rmtree(p, ignore_errors=True)
+
+
+def _is_within(path: Path, other: Path) -> bool:
+    """Whether ``path`` equals ``other`` or lies inside it (both resolved)."""
+    return path == other or other in path.parents
+
+
+def check_output_location(
+    out: str | os.PathLike,
+    *,
+    inputs: tuple[str | os.PathLike, ...] | list[str | os.PathLike] = (),
+    option: str = "--out",
+) -> Path:
+    """Refuse an output folder whose replacement would destroy something that is not ours.
+
+    An output may not be a regular file, the current folder or one of its parents (the home
+    folder and ``/`` included), nor equal, contain or lie inside one of ``inputs``.
+
+    Returns
+    -------
+    Path
+        ``out`` resolved.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``option``, the path and what to do instead.
+    """
+    from histoxmodal.errors import ConfigError
+
+    given = Path(out)
+    res = given.expanduser().resolve()
+    if res.exists() and not res.is_dir():
+        raise ConfigError(
+            f"{option} {given} is an existing file, not a folder; choose a new folder for the "
+            f"output (nothing was written)"
+        )
+    cwd = Path.cwd().resolve()
+    if _is_within(cwd, res) or res == Path.home().resolve():
+        raise ConfigError(
+            f"{option} {given} is the current folder, the home folder or one of their parents; "
+            f"choose a new folder such as {option} {given / 'export'} (nothing was written)"
+        )
+    for inp in inputs:
+        src = Path(inp).expanduser().resolve()
+        if _is_within(res, src) or _is_within(src, res):
+            raise ConfigError(
+                f"{option} {given} equals, contains or lies inside the input {inp}; write the "
+                f"output to a separate folder (nothing was written)"
+            )
+    return res
+
+
+def check_replaceable(
+    out: str | os.PathLike,
+    *,
+    overwrite: bool,
+    is_ours: Callable[[Path], bool],
+    kind: str,
+    option: str = "--out",
+) -> bool:
+    """Decide whether ``out`` may be written, before anything is.
+
+    ``out`` that does not exist, or an empty folder, may always be written. A non-empty folder
+    needs ``overwrite``, and even then only when ``is_ours(out)`` says it is an earlier output of
+    the same ``kind`` (a store or folder with its own manifest): ``--overwrite`` never deletes a
+    folder it did not write.
+
+    Returns
+    -------
+    bool
+        Whether ``out`` holds an earlier output that will be replaced.
+    """
+    from histoxmodal.errors import ConfigError
+
+    p = Path(out)
+    if not p.exists() or (p.is_dir() and not any(p.iterdir())):
+        return False
+    if not is_ours(p):
+        raise ConfigError(
+            f"{option} {p} is a non-empty folder that is not {kind}; histoxmodal replaces only "
+            f"its own earlier output. Choose a new {option}, or empty that folder yourself"
+        )
+    if not overwrite:
+        raise ConfigError(
+            f"{option} {p} holds an earlier {kind}; pass --overwrite (overwrite=True) to replace "
+            f"it, or choose another {option}"
+        )
+    return True

@@ -364,7 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-full-res", dest="full_res", action="store_false",
         help="spatialdata: only the hires/lowres images, not the full-resolution H&E",
     )  # fmt: skip
-    ex.add_argument("--overwrite", action="store_true", help="spatialdata: replace OUT")
+    ex.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT when it holds an earlier export of this format (never another folder)",
+    )
 
     tr = sub.add_parser(
         "train",
@@ -941,7 +945,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             else:
                 exp = export_parquet if args.to == "parquet" else export_hest
-                files = exp(args.data, args.out)
+                files = exp(args.data, args.out, overwrite=args.overwrite)
             print(f"wrote {len(files)} files to {args.out}")
             return EXIT_OK
         if args.command == "demo":

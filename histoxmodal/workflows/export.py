@@ -15,14 +15,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from histoxmodal import keys
-from histoxmodal.errors import ConfigError
-from histoxmodal.fileutil import write_json_atomic
+from histoxmodal.fileutil import (
+    check_output_location,
+    check_replaceable,
+    clean_stale,
+    publish_dir,
+    staging_dir,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +44,95 @@ def _png(img: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def export_parquet(path: str | Path, out: str | Path, *, rows_per_shard: int = 2000) -> list[Path]:
+#: the manifest every folder export (parquet, hest) writes; it marks the folder as ours
+EXPORT_MANIFEST = "export.json"
+
+
+def _export_format(folder: Path) -> str | None:
+    """The format of the earlier histoxmodal export in ``folder``, or None when it is not one."""
+    try:
+        info = json.loads((folder / EXPORT_MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(info, dict) or "source" not in info:
+        return None
+    return str(info.get("format", "hest"))  # exports before 0.x wrote hest manifests only
+
+
+def _write_export_json(out: Path, source: str | Path, fmt: str, **fields: object) -> None:
+    from histoxmodal.version import __version__
+
+    write_json_atomic(
+        out / EXPORT_MANIFEST,
+        {
+            "format": fmt,
+            "source": str(Path(source).resolve()),
+            "histoxmodal_version": __version__,
+            **fields,
+        },
+    )
+
+
+@contextmanager
+def export_folder(
+    source: str | Path, out: str | Path, *, overwrite: bool, kind: str
+) -> Iterator[Path]:
+    """Stage an export of ``source`` and swap it in as the whole of ``out`` when it succeeds.
+
+    Before anything is written, ``out`` is checked: not a file, not the current folder or a
+    parent of it, not inside or around ``source``, and either absent, empty, or an earlier
+    ``kind`` export of ours with ``overwrite``. Old and new files are never mixed: the staged
+    folder replaces ``out`` in one rename, and a failed export leaves ``out`` as it was.
+
+    Yields
+    ------
+    Path
+        The staging folder to write into.
+    """
+    out = Path(out)
+    check_output_location(out, inputs=[source])
+    check_replaceable(
+        out,
+        overwrite=overwrite,
+        is_ours=lambda p: _export_format(p) == kind,
+        kind=f"a histoxmodal {kind} export (with its {EXPORT_MANIFEST})",
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(out.parent, out.name)
+    tmp = staging_dir(out)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    publish_dir(tmp, out)
+
+
+def export_parquet(
+    path: str | Path, out: str | Path, *, rows_per_shard: int = 2000, overwrite: bool = False
+) -> list[Path]:
     """Write the paired dataset as Parquet shards ``out/data/data-00000-of-000NN.parquet``.
 
     Columns: ``image`` (struct ``{bytes: PNG, path: null}``), ``expression`` (list of int32 raw
     counts, genes in ``out/genes.txt`` and the schema metadata), ``spot_id``, ``sample``,
     ``patient``, ``batch``, ``x``, ``y`` (full-resolution pixels), ``patch_at_border``.
     The Hugging Face feature types are stored in the schema, so ``datasets`` decodes ``image``
-    to a PIL image.
+    to a PIL image. ``out/export.json`` records the source and the shards.
+
+    The folder is written whole (see :func:`export_folder`): an earlier export is replaced only
+    with ``overwrite``, never merged with, and any other non-empty folder is refused.
 
     Returns
     -------
     list[Path]
         The shard files.
     """
+    with export_folder(path, out, overwrite=overwrite, kind="parquet") as stage:
+        names = _write_parquet(path, stage, rows_per_shard)
+    return [Path(out) / "data" / n for n in names]
+
+
+def _write_parquet(path: str | Path, out: Path, rows_per_shard: int) -> list[str]:
     import pyarrow as pa
     import pyarrow.parquet as pq
     import scipy.sparse as sp
@@ -57,8 +140,6 @@ def export_parquet(path: str | Path, out: str | Path, *, rows_per_shard: int = 2
     from histoxmodal.data.store import load_paired
 
     adata, patches = load_paired(path)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     genes = [str(g) for g in adata.var_names]
     (out / "genes.txt").write_text("\n".join(genes) + "\n", encoding="utf-8")
     X = sp.csr_matrix(adata.X)
@@ -104,26 +185,40 @@ def export_parquet(path: str | Path, out: str | Path, *, rows_per_shard: int = 2
         ).replace_schema_metadata(meta)
         (out / "data").mkdir(exist_ok=True)
         f = out / "data" / f"data-{k:05d}-of-{n_shards:05d}.parquet"
-        tmp = f.with_suffix(".parquet.partial")
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, f)
-        files.append(f)
+        pq.write_table(table, f, compression="zstd")
+        files.append(f.name)
+    _write_export_json(
+        out,
+        path,
+        "parquet",
+        samples=sorted(set(map(str, adata.obs[keys.OBS_SAMPLE]))),
+        files=[f"data/{n}" for n in files],
+    )
     return files
 
 
-def export_hest(path: str | Path, out: str | Path) -> list[Path]:
+def export_hest(path: str | Path, out: str | Path, *, overwrite: bool = False) -> list[Path]:
     """Write HEST-1k style files: ``out/patches/<sample>.h5`` and ``out/st/<sample>.h5ad``.
 
     Each ``.h5`` holds ``img`` ``(n, px, px, 3)`` uint8, ``coords`` ``(n, 2)`` (spot centres in
     full-resolution pixels) and ``barcode`` ``(n, 1)`` bytes, the keys HEST's loaders read; the
-    ``img`` attributes record the patch field of view and pixel size.
+    ``img`` attributes record the patch field of view and pixel size. ``out/export.json`` lists
+    the samples written.
+
+    The folder is written whole (see :func:`export_folder`): an earlier export is replaced only
+    with ``overwrite``, never merged with, and any other non-empty folder is refused.
     """
+    with export_folder(path, out, overwrite=overwrite, kind="hest") as stage:
+        samples = _write_hest(path, stage)
+    return [Path(out) / "patches" / f"{s}.h5" for s in samples]
+
+
+def _write_hest(path: str | Path, out: Path) -> list[str]:
     import h5py
 
     from histoxmodal.data.store import load_paired
 
     adata, patches = load_paired(path)
-    out = Path(out)
     (out / "patches").mkdir(parents=True, exist_ok=True)
     (out / "st").mkdir(parents=True, exist_ok=True)
     cfg = adata.uns.get("histoxmodal", {})
@@ -131,8 +226,7 @@ def export_hest(path: str | Path, out: str | Path) -> list[Path]:
     for sample in adata.obs[keys.OBS_SAMPLE].astype(str).unique():
         rows = np.flatnonzero(adata.obs[keys.OBS_SAMPLE].astype(str) == sample)
         f = out / "patches" / f"{sample}.h5"
-        tmp = f.with_suffix(".h5.partial")
-        with h5py.File(tmp, "w") as h:
+        with h5py.File(f, "w") as h:
             d = h.create_dataset(
                 "img",
                 data=np.asarray(patches[rows[0] : rows[-1] + 1]),
@@ -143,15 +237,11 @@ def export_hest(path: str | Path, out: str | Path) -> list[Path]:
             h.create_dataset("coords", data=np.asarray(adata.obsm[keys.OBSM_SPATIAL])[rows])
             barcodes = [n.split(":", 1)[-1] for n in adata.obs_names[rows]]
             h.create_dataset("barcode", data=np.asarray(barcodes, dtype="S")[:, None])
-        os.replace(tmp, f)
         sub = adata[rows].copy()
         sub.uns[keys.UNS_SPATIAL] = {sample: adata.uns[keys.UNS_SPATIAL][sample]}
         sub.write_h5ad(out / "st" / f"{sample}.h5ad")
-        files.append(f)
-    write_json_atomic(
-        out / "export.json",
-        {"source": str(Path(path).resolve()), "samples": [p.stem for p in files]},
-    )
+        files.append(f.stem)
+    _write_export_json(out, path, "hest", samples=files)
     return files
 
 
@@ -339,22 +429,38 @@ def to_spatialdata(adata, *, full_res: bool = True):
     return sd.SpatialData(images=images, shapes=shapes, tables={SD_TABLE: table}), slides
 
 
-def write_spatialdata(adata, out: str | Path, *, full_res: bool = True, overwrite: bool = False):
+def write_spatialdata(
+    adata,
+    out: str | Path,
+    *,
+    full_res: bool = True,
+    overwrite: bool = False,
+    inputs: tuple[str | Path, ...] = (),
+):
     """Write :func:`to_spatialdata` of ``adata`` to the zarr store ``out`` with
     ``SpatialData.write``, atomically (a staging folder renamed into place).
+
+    ``overwrite`` replaces only an existing SpatialData store; ``out`` may not be a file, the
+    current folder or a parent of it, nor lie inside or around ``inputs`` or the full-resolution
+    images ``adata`` refers to.
 
     Returns
     -------
     Path
         The store.
     """
-    import shutil
-
-    from histoxmodal.fileutil import clean_stale, publish_dir, staging_dir
+    from histoxmodal.io.spatial.spatialdata_zarr import is_spatialdata_store
 
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise ConfigError(f"--out {out} exists; pass --overwrite (overwrite=True) to replace it")
+    images = [
+        m["image_path"]
+        for e in adata.uns.get(keys.UNS_SPATIAL, {}).values()
+        if isinstance(e, dict) and (m := e.get("metadata") or {}).get("image_path")
+    ]
+    check_output_location(out, inputs=[*inputs, *images])
+    check_replaceable(
+        out, overwrite=overwrite, is_ours=is_spatialdata_store, kind="a SpatialData zarr store"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(out.parent, out.name)
     sdata, slides = to_spatialdata(adata, full_res=full_res)
@@ -406,4 +512,4 @@ def export_spatialdata(
         from histoxmodal.io.spatial import read_spatial
 
         adata = read_spatial(path, **read_kwargs)
-    return [write_spatialdata(adata, out, full_res=full_res, overwrite=overwrite)]
+    return [write_spatialdata(adata, out, full_res=full_res, overwrite=overwrite, inputs=(path,))]

@@ -39,7 +39,14 @@ from typing import Any
 import numpy as np
 
 from histoxmodal.errors import ConfigError, HistoxmodalError
-from histoxmodal.fileutil import clean_stale, publish_dir, staging_dir, write_json_atomic
+from histoxmodal.fileutil import (
+    check_output_location,
+    check_replaceable,
+    clean_stale,
+    publish_dir,
+    staging_dir,
+    write_json_atomic,
+)
 from histoxmodal.version import __version__
 
 log = logging.getLogger(__name__)
@@ -368,8 +375,13 @@ def train_mil(
     out = Path(out)
     if model not in MIL_MODELS:
         raise ConfigError(f"--model {model!r}: choose one of {', '.join(MIL_MODELS)}")
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{out} already exists: choose another --out or pass --overwrite")
+    check_output_location(out, inputs=[features_dir, labels])
+    check_replaceable(
+        out,
+        overwrite=overwrite,
+        is_ours=lambda p: (p / METRICS_JSON).is_file() and (p / OOF_CSV).is_file(),
+        kind=f"a MIL run (with its {METRICS_JSON})",
+    )
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ConfigError("--seeds: give at least one seed")

@@ -51,3 +51,94 @@ def test_hest_export(her2st_paired, tmp_path):
         assert h["barcode"][7, 0].decode() == adata.obs_names[rows[7]].split(":")[1]
     st = ad.read_h5ad(tmp_path / "hest" / "st" / "C3.h5ad")
     assert st.n_obs == 180 and list(st.uns["spatial"]) == ["C3"]
+
+
+def _export(data, to, out, *extra):
+    from histoxmodal.cli.main import main
+
+    return main(["export", "--data", str(data), "--to", to, "--out", str(out), *extra])
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_an_export(her2st_paired, tmp_path, capsys):
+    data, _ = her2st_paired
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.txt").write_text("precious")
+    afile = tmp_path / "afile.txt"
+    afile.write_text("keep me")
+    before = sorted(p.name for p in data.iterdir())
+    for to in ("spatialdata", "hest", "parquet"):
+        assert _export(data, to, victim, "--overwrite") == 2
+        assert "not a" in capsys.readouterr().err
+        assert (victim / "thesis.txt").read_text() == "precious"
+        assert _export(data, to, data, "--overwrite") == 2
+        assert "input" in capsys.readouterr().err
+        assert _export(data, to, data / "inside", "--overwrite") == 2
+        assert sorted(p.name for p in data.iterdir()) == before
+        assert _export(data, to, afile, "--overwrite") == 2
+        assert "existing file" in capsys.readouterr().err
+        assert afile.read_text() == "keep me"
+    assert list(victim.iterdir()) == [victim / "thesis.txt"]
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_out_may_not_be_the_current_folder_or_a_parent(
+    her2st_paired, tmp_path, monkeypatch, capsys
+):
+    data, _ = her2st_paired
+    work = tmp_path / "work" / "sub"
+    work.mkdir(parents=True)
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    for out in (".", "..", str(tmp_path)):
+        assert _export(data, "spatialdata", out, "--overwrite") == 2
+        assert "current folder" in capsys.readouterr().err
+    assert (work / "notes.txt").read_text() == "mine"
+
+
+def test_hest_export_replaces_an_earlier_export_whole(her2st_paired, tmp_path):
+    import json
+
+    from histoxmodal.workflows.export import export_hest
+
+    data, _ = her2st_paired
+    out = tmp_path / "hest"
+    export_hest(data, out)
+    # an earlier export of other samples into the same folder
+    (out / "patches" / "Z9.h5").write_bytes(b"old")
+    info = json.loads((out / "export.json").read_text())
+    (out / "export.json").write_text(json.dumps({**info, "samples": ["Z9"]}))
+    with pytest.raises(ValueError, match="pass --overwrite"):
+        export_hest(data, out)
+    assert (out / "patches" / "Z9.h5").exists()
+    files = export_hest(data, out, overwrite=True)
+    written = sorted(p.name for p in (out / "patches").iterdir())
+    assert (
+        written
+        == sorted(f.name for f in files)
+        == [f"{s}.h5" for s in ("B4", "C2", "C3", "C4", "C5")]
+    )
+    assert json.loads((out / "export.json").read_text())["samples"] == [
+        "B4",
+        "C2",
+        "C3",
+        "C4",
+        "C5",
+    ]
+    # a parquet export may not replace a hest one
+    from histoxmodal.workflows.export import export_parquet
+
+    with pytest.raises(ValueError, match="not a histoxmodal parquet export"):
+        export_parquet(data, out, overwrite=True)
+
+
+def test_parquet_shards_of_an_earlier_export_do_not_survive(her2st_paired, tmp_path):
+    from histoxmodal.workflows.export import export_parquet
+
+    data, _ = her2st_paired
+    out = tmp_path / "pq"
+    assert len(export_parquet(data, out, rows_per_shard=400)) == 3
+    files = export_parquet(data, out, rows_per_shard=2000, overwrite=True)
+    assert [f.name for f in files] == ["data-00000-of-00001.parquet"]
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["data-00000-of-00001.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["data", "export.json", "genes.txt"]

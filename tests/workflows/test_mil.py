@@ -169,3 +169,27 @@ def test_predict_writes_calls_and_fails_a_foreign_extractor(cohort, runs, tmp_pa
     assert sorted(p.name for p in (tmp_path / "calls_attention").iterdir()) == [
         f"{n}.png" for n in names[:2]
     ]
+
+
+def test_overwrite_replaces_only_a_mil_run(cohort, tmp_path):
+    c, feats = cohort
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.txt").write_text("precious")
+    for out in (victim, feats, feats / "inside", c.labels):
+        with pytest.raises(ConfigError):
+            train_mil(feats, c.labels, c.target, out, model="mean", folds=2, seeds=(0,),
+                      epochs=1, overwrite=True)  # fmt: skip
+    assert (victim / "thesis.txt").read_text() == "precious"
+    # an earlier MIL run is replaced, and only with overwrite
+    run = tmp_path / "run"
+    train_mil(feats, c.labels, c.target, run, model="mean", folds=2, seeds=(0,), epochs=1)
+    with pytest.raises(ConfigError, match="pass --overwrite"):
+        train_mil(feats, c.labels, c.target, run, model="mean", folds=2, seeds=(0,), epochs=1)
+    m = train_mil(feats, c.labels, c.target, run, model="mean", folds=3, seeds=(0,), epochs=1,
+                  overwrite=True)  # fmt: skip
+    assert (
+        json.loads((run / "metrics.json").read_text())["protocol"]["folds"]
+        == 3
+        == m["protocol"]["folds"]
+    )
