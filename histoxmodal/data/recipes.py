@@ -162,9 +162,14 @@ def find_samples(
             "--image/--alignment apply to one --src; build samples with different "
             "images separately or use a recipe file per sample"
         )
+    # Absolute paths, so that the readers' metadata and the manifest name the same files from
+    # any working folder (and a source given as "." is named after its folder). Symlinks are
+    # kept: a linked folder's name is the sample's name.
+    image = Path(os.path.abspath(image)) if image else None
+    alignment = Path(os.path.abspath(alignment)) if alignment else None
     refs: list[SampleRef] = []
     kw = dict(recipe.reader)
-    for src in map(Path, sources):
+    for src in (Path(os.path.abspath(s)) for s in sources):
         if not src.exists():
             raise FileNotFoundError(f"--src {src}: not found")
         if recipe.format == "her2st":

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -29,20 +30,63 @@ from histoxmodal.errors import ConfigError
 
 
 def file_sha256(path: Path, *, full_limit: int = 1 << 30) -> str:
-    """SHA-256 of a file; beyond ``full_limit`` bytes, of its size and first and last 64 MiB
-    (prefixed ``sampled:``), so multi-gigabyte slides hash in a second."""
+    """SHA-256 of a regular file; beyond ``full_limit`` bytes, of its size and first and last
+    64 MiB (prefixed ``sampled:``), so multi-gigabyte slides hash in a second.
+
+    Only regular files are hashed (symlinks are followed), and never more than the size the
+    file states: a device (``/dev/zero``), a FIFO or a socket would be read forever or block.
+
+    Raises
+    ------
+    ConfigError
+        ``path`` (or what its symlinks lead to) is not a regular file.
+    """
+    path = Path(path)
+    st = os.stat(path)  # follows symlinks
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(_not_a_regular_file(path, st.st_mode))
+    size = st.st_size
     h = hashlib.sha256()
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
+    # O_NONBLOCK: if the path was swapped for a FIFO since the stat, open() does not wait for a
+    # writer; it is refused below, after fstat, before anything is read
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(_not_a_regular_file(path, st.st_mode))
+        size = min(size, st.st_size)
         if size <= full_limit:
-            for block in iter(lambda: fh.read(1 << 22), b""):
+            left = size
+            while left > 0:
+                block = fh.read(min(left, 1 << 22))
+                if not block:
+                    break
                 h.update(block)
+                left -= len(block)
             return h.hexdigest()
         h.update(str(size).encode())
         h.update(fh.read(64 << 20))
-        fh.seek(-(64 << 20), os.SEEK_END)
-        h.update(fh.read())
+        fh.seek(max(0, size - (64 << 20)))
+        h.update(fh.read(64 << 20))
     return "sampled:" + h.hexdigest()
+
+
+def _not_a_regular_file(path: Path, mode: int) -> str:
+    """Why ``path``, whose ``st_mode`` is ``mode``, is refused as an input file."""
+    kinds = (
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+    )
+    kind = next((name for test, name in kinds if test(mode)), "a special file")
+    via = f" (a symlink to {os.path.realpath(path)})" if Path(path).is_symlink() else ""
+    return (
+        f"{path}{via}: {kind}, not a regular file; it cannot be hashed or read as data. "
+        f"Point to the real file (a copy or a symlink to a regular file)"
+    )
 
 
 def write_store(out: Path, adata, patch_blocks, *, patch_px: int, patch_um: float) -> None:

@@ -126,6 +126,46 @@ def _patch_source(adata, cfg: PairedConfig):
     )
 
 
+def _check_counts(x, ref: SampleRef, metadata: dict | None = None) -> None:
+    """Refuse a sample whose expression ``x`` is not raw counts (the dataset stores int32).
+
+    ``metadata``: the reader's ``uns['spatial'][lib]['metadata']``, for the file to name.
+
+    Raises
+    ------
+    SpatialFormatError
+        Naming the sample, its counts file, what is wrong and what to give instead.
+    """
+    from histoxmodal.io.spatial import SpatialFormatError
+    from histoxmodal.io.spatial.common import MAX_COUNT, counts_problem
+
+    problem = counts_problem(x)
+    if problem is None:
+        return
+    kind, text = problem
+    meta = metadata or {}
+    where = meta.get("counts") or meta.get("matrix") or meta.get("file")
+    where = where or (", ".join(str(p) for p in ref.inputs) or "its inputs")
+    if kind == "fraction" and meta.get("format") == "h5ad":
+        layers = [str(name) for name in meta.get("layers", [])]
+        fix = (
+            "give the raw counts layer with a recipe file whose reader section names it "
+            f"(`reader: {{layer: NAME}}`; this file's layers: {', '.join(layers) or 'none'}), "
+            "or an .h5ad whose X holds the raw counts"
+        )
+    elif kind == "fraction":
+        fix = "give the raw counts the instrument's pipeline wrote, not normalised values"
+    else:
+        fix = (
+            f"raw counts are whole numbers from 0 to {MAX_COUNT}; the file was edited or "
+            "does not hold counts: give the original counts file"
+        )
+    raise SpatialFormatError(
+        f"{ref.sample} ({where}): the expression matrix {text}; the dataset stores raw "
+        f"integer counts and never casts or truncates other values: {fix}"
+    )
+
+
 def _build_part(ref: SampleRef, cfg: PairedConfig, folder: Path, workers: int) -> dict:
     """Read one sample, apply QC, cut its patches; write ``part.h5ad`` + ``patches.h5``."""
     import h5py
@@ -133,6 +173,8 @@ def _build_part(ref: SampleRef, cfg: PairedConfig, folder: Path, workers: int) -
     from histoxmodal.tiling.spots import spot_patches
 
     adata = ref.load()
+    libs = list((adata.uns.get(keys.UNS_SPATIAL) or {}).values())
+    _check_counts(adata.X, ref, libs[0].get("metadata") if len(libs) == 1 else None)
     n_read = adata.n_obs
     keep = np.ones(n_read, bool)
     if cfg.in_tissue_only and keys.OBS_IN_TISSUE in adata.obs:
@@ -218,11 +260,11 @@ def _assemble(parts: list[tuple[str, Path]], cfg: PairedConfig, out: Path) -> di
     joined = joined[:, genes].copy()
     import scipy.sparse as sp
 
-    joined.X = (
-        sp.csr_matrix(joined.X).astype(np.int32)
-        if all(a.uns.get("counts_are_raw", True) for a in adatas)
-        else sp.csr_matrix(joined.X)
-    )
+    joined.X = sp.csr_matrix(joined.X)
+    # every part was checked when it was read; a part left by an older build is checked here
+    for (sample, folder), a in zip(parts, adatas, strict=True):
+        _check_counts(a.X, SampleRef(sample, lambda: None, inputs=[folder / "part.h5ad"]))
+    joined.X = joined.X.astype(np.int32)
     joined.varm["sample_presence"] = presence
     for col in (keys.OBS_SAMPLE, keys.OBS_PATIENT, keys.OBS_BATCH):
         joined.obs[col] = joined.obs[col].astype(str).astype("category")
@@ -336,6 +378,23 @@ def _reason(ref: SampleRef, exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg} (reading {files})"
 
 
+def _same_inputs(recorded: Any, inputs: dict[str, dict[str, str]]) -> bool:
+    """Whether a manifest's ``inputs`` (sample -> {path: sha256}) name the same files with the
+    same content as ``inputs``, whose paths are resolved.
+
+    Manifests written before paths were resolved hold them relative to the folder that build
+    ran in; they are resolved against the current folder, which is how they were compared then.
+    """
+    if not isinstance(recorded, dict) or set(recorded) != set(inputs):
+        return False
+    for sample, files in recorded.items():
+        if not isinstance(files, dict):
+            return False
+        if {str(Path(p).resolve()): h for p, h in files.items()} != inputs[sample]:
+            return False
+    return True
+
+
 def _build_paired_locked(
     samples: list[SampleRef],
     out: Path,
@@ -349,7 +408,11 @@ def _build_paired_locked(
 
     manifest_path = out / keys.PAIRED_MANIFEST_FILE
     t0 = time.perf_counter()
-    inputs = {r.sample: {str(p): file_sha256(p) for p in r.inputs if p.exists()} for r in samples}
+    # resolved paths: the same files give the same record from any working folder
+    inputs = {
+        r.sample: {str(p.resolve()): file_sha256(p) for p in r.inputs if p.exists()}
+        for r in samples
+    }
     params = asdict(cfg)
     previous = None
     if manifest_path.exists():
@@ -358,7 +421,7 @@ def _build_paired_locked(
         except (UnicodeDecodeError, json.JSONDecodeError):
             log.warning("%s: unreadable manifest; rebuilding", manifest_path)
     if isinstance(previous, dict) and previous.get("status") == "complete" and not overwrite:
-        if previous.get("params") == params and previous.get("inputs") == inputs:
+        if previous.get("params") == params and _same_inputs(previous.get("inputs"), inputs):
             try:
                 check_paired(out)
             except ConfigError as exc:
@@ -386,7 +449,10 @@ def _build_paired_locked(
         done = final / "part.json"
         if done.exists() and not overwrite:
             info = json.loads(done.read_text(encoding="utf-8"))
-            if info.get("stamp") == stamp:
+            old = info.get("stamp") or {}
+            if old.get("params") == params and _same_inputs(
+                {ref.sample: old.get("inputs")}, {ref.sample: inputs[ref.sample]}
+            ):
                 per_sample[ref.sample] = info["counts"]
                 parts.append((ref.sample, final))
                 continue

@@ -4,23 +4,53 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import warnings
+from contextlib import contextmanager
 
+import numpy as np
 import pytest
 
 from histoxmodal import keys
-from histoxmodal.data.store import check_paired, load_paired
+from histoxmodal.data.store import check_paired, file_sha256, load_paired
 from histoxmodal.errors import ConfigError
+
+
+@contextmanager
+def deadline(seconds: float):
+    """Fail (``TimeoutError``) instead of hanging when the block runs longer than ``seconds``:
+    SIGALRM interrupts a blocking ``open`` of a FIFO or an endless read of ``/dev/zero``."""
+
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s: it would hang")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture
 def small_paired(data_dir, tmp_path):
-    """A 49-spot paired dataset with 16 px patches, built by the real build."""
+    """A 49-spot paired dataset with 16 px patches, built by the real build (squidpy's
+    test_data.h5ad holds log-normalised X, so whole-number counts derived from it are added
+    as layers['counts'], which the reader takes)."""
+    import anndata as ad
+
     from histoxmodal.data.recipes import find_samples, load_recipe
     from histoxmodal.workflows.build import PairedConfig, build_paired
 
     vis = data_dir / "visium" / "squidpy"
-    refs = find_samples(load_recipe("h5ad"), [vis / "test_data.h5ad"], image=vis / "test_img.jpg")
+    a = ad.read_h5ad(vis / "test_data.h5ad")
+    a.layers["counts"] = np.rint(np.expm1(a.X.toarray()) * 3).astype(np.int32)
+    (tmp_path / "src").mkdir()
+    a.write_h5ad(tmp_path / "src" / "test_data.h5ad")
+    refs = find_samples(
+        load_recipe("h5ad"), [tmp_path / "src" / "test_data.h5ad"], image=vis / "test_img.jpg"
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         build_paired(refs, tmp_path / "ds", PairedConfig(patch_px=16))
@@ -84,3 +114,24 @@ def test_missing_file_and_incomplete_build(small_paired):
     _edit_manifest(small_paired, status="building")
     with pytest.raises(ConfigError, match="did not complete"):
         load_paired(small_paired)
+
+
+def test_only_regular_files_are_hashed(tmp_path):
+    import hashlib
+
+    data = os.urandom(100_000)
+    (tmp_path / "file").write_bytes(data)
+    (tmp_path / "link").symlink_to(tmp_path / "file")
+    assert file_sha256(tmp_path / "link") == hashlib.sha256(data).hexdigest()
+    (tmp_path / "zero").symlink_to("/dev/zero")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "to_fifo").symlink_to(tmp_path / "fifo")
+    cases = {
+        "zero": r"zero \(a symlink to /dev/zero\): a character device, not a regular file",
+        "fifo": r"fifo: a FIFO \(named pipe\), not a regular file",
+        "to_fifo": r"to_fifo \(a symlink to .*fifo\): a FIFO",
+    }
+    for name, message in cases.items():
+        # without the check, hashing /dev/zero never ends and opening a FIFO waits for a writer
+        with deadline(5), pytest.raises(ConfigError, match=message):
+            file_sha256(tmp_path / name)

@@ -129,9 +129,25 @@ def test_visium_lowres_only_is_refused_then_allowed(data_dir, tmp_path):
     np.testing.assert_allclose(np.linalg.norm(xy[i] - xy[j], axis=1), 100.0, rtol=0.03)
 
 
-def test_h5ad_with_full_resolution_image(data_dir, tmp_path):
+def _counts_h5ad(data_dir, folder, *, layer="counts"):
+    """squidpy's ``test_data.h5ad`` (its X is log-normalised) with whole-number counts derived
+    from it in ``layers[layer]``, written to ``folder/test_data.h5ad``; returns that path and
+    the counts ``(49, 1999)``. The image is linked beside it as ``test_img.jpg``."""
+    import anndata as ad
+
     vis = data_dir / "visium" / "squidpy"
-    refs = find_samples(load_recipe("h5ad"), [vis / "test_data.h5ad"], image=vis / "test_img.jpg")
+    a = ad.read_h5ad(vis / "test_data.h5ad")
+    counts = np.rint(np.expm1(a.X.toarray()) * 3).astype(np.int32)
+    a.layers[layer] = counts
+    folder.mkdir(parents=True, exist_ok=True)
+    a.write_h5ad(folder / "test_data.h5ad")
+    (folder / "test_img.jpg").symlink_to(vis / "test_img.jpg")
+    return folder / "test_data.h5ad", counts
+
+
+def test_h5ad_with_full_resolution_image(data_dir, tmp_path):
+    f, _ = _counts_h5ad(data_dir, tmp_path / "src")
+    refs = find_samples(load_recipe("h5ad"), [f], image=f.parent / "test_img.jpg")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m = build_paired(refs, tmp_path / "h", PairedConfig(patch_px=64))
@@ -171,9 +187,11 @@ def test_split_paths_are_confined_to_the_dataset(her2st_paired, tmp_path):
         split_file(fake, "patient")
 
 
-def _small_refs(data_dir):
-    vis = data_dir / "visium" / "squidpy"
-    return find_samples(load_recipe("h5ad"), [vis / "test_data.h5ad"], image=vis / "test_img.jpg")
+def _small_refs(data_dir, tmp_path):
+    f = tmp_path / "src" / "test_data.h5ad"
+    if not f.exists():
+        _counts_h5ad(data_dir, f.parent)
+    return find_samples(load_recipe("h5ad"), [f], image=f.parent / "test_img.jpg")
 
 
 def _quiet_build(*args, **kw):
@@ -185,7 +203,7 @@ def _quiet_build(*args, **kw):
 def test_killed_overwrite_is_refused_then_rebuilt(data_dir, tmp_path, monkeypatch):
     import histoxmodal.data.splits as splits
 
-    refs, out = _small_refs(data_dir), tmp_path / "ds"
+    refs, out = _small_refs(data_dir, tmp_path), tmp_path / "ds"
     _quiet_build(refs, out, PairedConfig(patch_px=32))
     real = splits.write_split
 
@@ -204,7 +222,7 @@ def test_killed_overwrite_is_refused_then_rebuilt(data_dir, tmp_path, monkeypatc
 
 
 def test_up_to_date_only_when_the_files_match(data_dir, tmp_path):
-    refs, out = _small_refs(data_dir), tmp_path / "ds"
+    refs, out = _small_refs(data_dir, tmp_path), tmp_path / "ds"
     m = _quiet_build(refs, out, PairedConfig(patch_px=16))
     assert m["files"][keys.PAIRED_PATCHES_FILE]["size"] == (out / "patches.h5").stat().st_size
     with open(out / keys.PAIRED_PATCHES_FILE, "ab") as fh:  # a file replaced behind its back
@@ -218,7 +236,7 @@ def test_second_build_on_one_folder_waits_or_refuses(data_dir, tmp_path):
     import subprocess
     import sys
 
-    refs, out = _small_refs(data_dir), tmp_path / "ds"
+    refs, out = _small_refs(data_dir, tmp_path), tmp_path / "ds"
     out.mkdir()
     # another process holds the folder's lock for 2 s, as a running build does
     holder = subprocess.Popen(
@@ -245,7 +263,7 @@ def test_second_build_on_one_folder_waits_or_refuses(data_dir, tmp_path):
 
 
 def test_stale_partial_files_are_cleaned(data_dir, tmp_path):
-    refs, out = _small_refs(data_dir), tmp_path / "ds"
+    refs, out = _small_refs(data_dir, tmp_path), tmp_path / "ds"
     out.mkdir()
     stale = [out / ".adata.h5ad.partial", out / ".patches.h5.partial"]
     for p in stale:
@@ -307,3 +325,167 @@ def test_bad_samples_are_recorded_and_the_rest_built(data_dir, tmp_path, capsys)
     assert load_paired(out)[0].n_obs == m["samples"]["C3"]["n_spots"] > 170
     # the rerun is up to date but still says the dataset lacks those samples
     assert main([*args, "--patch-px", "16"]) == 1 and "up to date" in capsys.readouterr().out
+
+
+# --- counts that are not counts, paths from another folder, inputs that are not files --------
+
+
+def _her2st_copy(data_dir, dst, edits=None, *, link_counts=None):
+    """A her2st-layout folder with C3 intact and, for each ``name: value`` of ``edits``, a
+    section ``name`` that is C3 with one count cell replaced by ``value`` (a copy; the shared
+    data stay untouched). ``link_counts``: sections whose counts file is that symlink target."""
+    import gzip
+
+    root = data_dir / "her2st"
+    for d in ("counts", "spots", "images"):
+        (dst / d).mkdir(parents=True, exist_ok=True)
+    lines = gzip.decompress((root / "counts" / "C3.tsv.gz").read_bytes()).decode().split("\n")
+    for name, value in {"C3": None, **(edits or {})}.items():
+        rows = list(lines)
+        if value is not None:
+            cells = rows[3].split("\t")
+            cells[7] = value
+            rows[3] = "\t".join(cells)
+        (dst / "counts" / f"{name}.tsv.gz").write_bytes(gzip.compress("\n".join(rows).encode()))
+        shutil.copy(root / "spots" / "C3_selection.tsv", dst / "spots" / f"{name}_selection.tsv")
+        (dst / "images" / f"{name}.jpg").symlink_to(root / "images" / "C3.jpg")
+    for name, target in (link_counts or {}).items():
+        (dst / "counts" / f"{name}.tsv.gz").unlink(missing_ok=True)
+        (dst / "counts" / f"{name}.tsv.gz").symlink_to(target)
+        if not (dst / "spots" / f"{name}_selection.tsv").exists():
+            shutil.copy(
+                root / "spots" / "C3_selection.tsv", dst / "spots" / f"{name}_selection.tsv"
+            )
+            (dst / "images" / f"{name}.jpg").symlink_to(root / "images" / "C3.jpg")
+    return dst
+
+
+def test_counts_that_are_not_counts_are_refused_never_cast(data_dir, tmp_path, capsys):
+    import pandas as pd
+
+    from histoxmodal.cli.main import main
+
+    edits = {"N1": "-7", "N2": "1e300", "N3": "2.5"}
+    src = _her2st_copy(data_dir, tmp_path / "her2st", edits)
+    out = tmp_path / "ds"
+    args = ["build", "--recipe", "her2st", "--src", str(src), "--out", str(out)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc = main([*args, "--patch-px", "16"])
+    text = capsys.readouterr().out
+    assert rc == 1
+    m = json.loads((out / keys.PAIRED_MANIFEST_FILE).read_text())
+    assert list(m["samples"]) == ["C3"] and set(m["failed"]) == set(edits)
+    for name in edits:  # each names the sample and its counts file, and says what to do
+        assert f"{name} (" in m["failed"][name] and f"{name}.tsv.gz" in m["failed"][name]
+        assert f"failed {name}: " in text
+    assert "negative values (as low as -7)" in m["failed"]["N1"]
+    assert "up to 1e+300" in m["failed"]["N2"] and "2147483647" in m["failed"]["N2"]
+    assert "non-integer" in m["failed"]["N3"] and "looks normalised" in m["failed"]["N3"]
+    assert "raw counts" in m["failed"]["N3"]
+    # the sample that was kept holds exactly the file's counts
+    adata, _ = load_paired(out)
+    assert adata.X.dtype == np.int32
+    source = pd.read_csv(data_dir / "her2st" / "counts" / "C3.tsv.gz", sep="\t", index_col=0)
+    spots = [s.split(":", 1)[1] for s in adata.obs_names]
+    genes = list(adata.var["gene_ids"])
+    np.testing.assert_array_equal(adata.X.toarray(), source.loc[spots, genes].to_numpy())
+
+
+def test_reader_keeps_values_that_are_not_counts_and_says_so(data_dir, tmp_path):
+    from histoxmodal.io.spatial import read_her2st
+
+    src = _her2st_copy(data_dir, tmp_path / "her2st", {"N2": "1e300", "N3": "2.5"})
+    for name, value in (("N2", 1e300), ("N3", 2.5)):
+        with pytest.warns(UserWarning, match="kept unchanged.*not cast"):
+            a = read_her2st(src, name)
+        x = np.asarray(a.X.toarray() if hasattr(a.X, "toarray") else a.X)
+        assert (x == value).sum() == 1  # not wrapped to -2147483648 or truncated to 2
+        assert x.min() >= 0 and np.issubdtype(x.dtype, np.floating)
+        assert a.uns["spatial"][name]["metadata"]["counts_are_raw"] is False
+
+
+def test_normalised_h5ad_is_refused_then_read_from_the_named_layer(data_dir, tmp_path):
+    f, counts = _counts_h5ad(data_dir, tmp_path / "src", layer="raw")
+    image = f.parent / "test_img.jpg"
+    refs = find_samples(load_recipe("h5ad"), [f], image=image)
+    with pytest.raises(ConfigError, match="looks normalised") as err:
+        _quiet_build(refs, tmp_path / "a", PairedConfig(patch_px=16))
+    assert "test_data.h5ad" in str(err.value) and "reader: {layer: NAME}" in str(err.value)
+    assert "layers: raw" in str(err.value)
+    assert not (tmp_path / "a" / keys.PAIRED_ADATA_FILE).exists()
+    recipe = tmp_path / "raw.yaml"
+    recipe.write_text("name: raw\nformat: h5ad\nreader:\n  layer: raw\n")
+    refs = find_samples(load_recipe(str(recipe)), [f], image=image)
+    m = _quiet_build(refs, tmp_path / "b", PairedConfig(patch_px=16))
+    assert m["n_spots"] == 49
+    adata, _ = load_paired(tmp_path / "b")
+    assert adata.X.dtype == np.int32
+    np.testing.assert_array_equal(adata.X.toarray(), counts)
+    bad = tmp_path / "nolayer.yaml"
+    bad.write_text("name: nolayer\nformat: h5ad\nreader:\n  layer: counts\n")
+    refs = find_samples(load_recipe(str(bad)), [f], image=image)
+    with pytest.raises(ConfigError, match="no layer 'counts'.*its layers: raw"):
+        _quiet_build(refs, tmp_path / "c", PairedConfig(patch_px=16))
+
+
+def test_build_from_another_folder_is_the_same_build(data_dir, tmp_path, monkeypatch):
+    import histoxmodal.data.splits as splits
+
+    _counts_h5ad(data_dir, tmp_path / "data")
+    (tmp_path / "a" / "deep").mkdir(parents=True)
+    recipe, cfg = load_recipe("h5ad"), PairedConfig(patch_px=16)
+
+    def refs_from(cwd, rel):
+        monkeypatch.chdir(cwd)
+        return find_samples(recipe, [f"{rel}/test_data.h5ad"], image=f"{rel}/test_img.jpg")
+
+    # a build killed after its sample part was written (the part is kept for the resume)
+    real = splits.write_split
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(splits, "write_split", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _quiet_build(refs_from(tmp_path / "a" / "deep", "../../data"), "../../ds", cfg)
+    monkeypatch.setattr(splits, "write_split", real)
+    # resumed from another folder: the part is reused, not read again
+    refs = refs_from(tmp_path / "a", "../data")
+    calls = []
+    load = refs[0].load
+    refs[0].load = lambda: calls.append(1) or load()
+    m = _quiet_build(refs, "../ds", cfg)
+    assert calls == [] and m["status"] == "complete"
+    # rebuilt from a third folder with the equivalent relative paths: up to date, not refused
+    again = _quiet_build(refs_from(tmp_path, "data"), "ds", cfg)
+    assert again.get("up_to_date")
+    for path in again["inputs"]["test_data"]:
+        assert path.startswith("/") and ".." not in path
+    # the image path the dataset stores is absolute and opens from anywhere
+    monkeypatch.chdir(tmp_path / "a" / "deep")
+    adata, _ = load_paired(tmp_path / "ds")
+    (lib,) = adata.uns["spatial"].values()
+    meta = lib["metadata"]
+    from pathlib import Path
+
+    assert Path(meta["image_path"]).is_absolute() and Path(meta["image_path"]).is_file()
+    assert Path(meta["file"]).is_absolute() and Path(meta["file"]).is_file()
+
+
+def test_counts_file_that_is_a_device_or_fifo_is_refused(data_dir, tmp_path):
+    import os
+
+    from tests.data.test_store import deadline
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    src = _her2st_copy(data_dir, tmp_path / "her2st", link_counts={"N1": "/dev/zero"})
+    refs = find_samples(load_recipe("her2st"), [src])
+    with deadline(10), pytest.raises(ConfigError, match=r"N1\.tsv\.gz.*/dev/zero.*character"):
+        _quiet_build(refs, tmp_path / "a", PairedConfig(patch_px=16))
+    (src / "counts" / "N1.tsv.gz").unlink()
+    (src / "counts" / "N1.tsv.gz").symlink_to(fifo)
+    refs = find_samples(load_recipe("her2st"), [src])
+    with deadline(10), pytest.raises(ConfigError, match=r"N1\.tsv\.gz.*FIFO"):
+        _quiet_build(refs, tmp_path / "b", PairedConfig(patch_px=16))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +40,13 @@ def require_file(path: Path, what: str, hint: str = "") -> Path:
     return path
 
 
+def absolute(path: str | Path) -> str:
+    """``path`` as an absolute, normalised path string, recorded so that it still names the
+    file from another working folder. Symlinks are kept, not resolved: a link's name and suffix
+    may be what says which reader opens it."""
+    return os.path.abspath(os.fspath(path))
+
+
 def unique_gene_names(names: Sequence[str], source: str) -> list[str]:
     """Make gene names unique (``X``, ``X-1``, ``X-2``, ...), warning about how many repeat."""
     import pandas as pd
@@ -62,24 +70,66 @@ def unique_gene_names(names: Sequence[str], source: str) -> list[str]:
     return out
 
 
+#: the largest count the stored matrices hold (int32)
+MAX_COUNT = int(np.iinfo(np.int32).max)
+
+
+def counts_problem(x: Any) -> tuple[str, str] | None:
+    """Why the (sparse or dense) matrix ``x`` is not raw counts, or ``None`` when it is.
+
+    Raw counts are finite, non-negative whole numbers that fit in int32. Every stored value is
+    checked (a sparse matrix's nonzeros only), so one bad cell anywhere is found.
+
+    Returns
+    -------
+    tuple of (kind, text) or None
+        ``kind`` is one of ``"type"``, ``"nonfinite"``, ``"negative"``, ``"too_large"``,
+        ``"fraction"`` (values that look normalised); ``text`` says it in words, e.g. "holds
+        negative values (as low as -7); counts cannot be negative".
+    """
+    import scipy.sparse as sp
+
+    data = x.data if sp.issparse(x) else np.asarray(x).ravel()
+    if data.size == 0:
+        return None
+    if data.dtype.kind not in "iufb":
+        return "type", f"holds {data.dtype} values, not numbers"
+    if data.dtype.kind == "f":
+        bad = ~np.isfinite(data)
+        if bad.any():
+            return "nonfinite", f"holds {int(bad.sum())} NaN or infinite value(s)"
+    lo, hi = data.min(), data.max()
+    if lo < 0:
+        return "negative", f"holds negative values (as low as {lo:.6g}); counts cannot be negative"
+    if hi > MAX_COUNT:
+        return "too_large", (
+            f"holds values up to {hi:.6g}, beyond the largest count stored ({MAX_COUNT})"
+        )
+    if data.dtype.kind == "f":
+        frac = np.mod(data, 1) != 0
+        if frac.any():
+            return "fraction", (
+                f"holds non-integer values ({int(frac.sum())} of {data.size} stored values, "
+                f"e.g. {data[frac][0]:.6g}); this looks normalised"
+            )
+    return None
+
+
 def to_counts_csr(x: Any):
-    """A CSR matrix of the counts; integer dtype when every value is a whole number."""
+    """A CSR matrix of ``x``, int32 when it holds raw counts (:func:`counts_problem`), else with
+    its own dtype: values that are not counts are never cast (truncated, wrapped)."""
     import scipy.sparse as sp
 
     m = sp.csr_matrix(x)
-    whole = m.dtype.kind in "iu" or (m.dtype.kind == "f" and np.all(np.mod(m.data, 1) == 0))
-    if whole:
+    if counts_problem(m) is None:
         m = m.astype(np.int32)
     return m
 
 
 def counts_are_raw(x: Any) -> bool:
-    """True when the (sparse or dense) matrix holds non-negative whole numbers."""
-    import scipy.sparse as sp
-
-    data = x.data if sp.issparse(x) else np.asarray(x).ravel()
-    data = data[:1_000_000]
-    return bool(data.size == 0 or (np.all(data >= 0) and np.all(np.mod(data, 1) == 0)))
+    """True when the (sparse or dense) matrix holds raw counts: finite, non-negative whole
+    numbers that fit in int32 (see :func:`counts_problem`)."""
+    return counts_problem(x) is None
 
 
 def is_blank(img: np.ndarray) -> bool:
@@ -232,13 +282,15 @@ def finalize(
     adata.obs[keys.OBS_PATIENT] = pd.Categorical([patient or sample] * adata.n_obs)
     adata.obs[keys.OBS_BATCH] = pd.Categorical([batch or sample] * adata.n_obs)
     adata.obs_names = [f"{sample}:{b}" for b in adata.obs_names]
-    raw = counts_are_raw(adata.X)
+    problem = counts_problem(adata.X)
+    raw = problem is None
     if raw:
         adata.X = to_counts_csr(adata.X)
     else:
         warnings.warn(
-            f"{sample}: X does not hold raw integer counts (normalized data?); kept "
-            f"as is and flagged",
+            f"{sample}: X {problem[1]}, so it does not hold raw integer counts; its values "
+            f"are kept unchanged (not cast to integers) and flagged (metadata counts_are_raw "
+            f"= False); `histoxmodal build` refuses such a sample",
             UserWarning,
             stacklevel=3,
         )

@@ -10,6 +10,7 @@ import numpy as np
 from histoxmodal import keys
 from histoxmodal.io.spatial.common import (
     SpatialFormatError,
+    absolute,
     counts_are_raw,
     is_blank,
     reconcile_mpp,
@@ -29,12 +30,15 @@ def read_h5ad(
     patient: str | None = None,
     batch: str | None = None,
     mpp: float | None = None,
+    layer: str | None = None,
 ):
     """Read an ``.h5ad`` with ``obsm['spatial']`` (and ideally ``uns['spatial']``).
 
-    Raw counts are taken from ``layers['counts']`` when ``X`` is normalized and that layer
-    exists; otherwise ``X`` is kept and flagged. The pixel size comes from ``mpp``, else from
-    ``spot_diameter_fullres`` (a Visium-derived file), else it is left unknown.
+    The counts are taken from ``layers[layer]`` when ``layer`` is given (in a build recipe:
+    ``reader: {layer: NAME}``), else from ``layers['counts']`` when ``X`` is not raw counts and
+    that layer exists, else from ``X``. Values that are not raw counts are kept unchanged and
+    flagged (``metadata['counts_are_raw'] = False``). The pixel size comes from ``mpp``, else
+    from ``spot_diameter_fullres`` (a Visium-derived file), else it is left unknown.
     """
     import anndata as ad
     import pandas as pd
@@ -59,8 +63,18 @@ def read_h5ad(
             stacklevel=2,
         )
     sample = sample or library_id or path.stem
-    if not counts_are_raw(adata.X) and "counts" in adata.layers:
-        adata.X = adata.layers["counts"]
+    layers = sorted(map(str, adata.layers))
+    if layer is not None:
+        if layer not in adata.layers:
+            raise SpatialFormatError(
+                f"{path}: no layer {layer!r} to take the counts from; its layers: "
+                f"{', '.join(layers) or 'none'} (leave layer unset to use X)"
+            )
+        adata.X, counts_from = adata.layers[layer], f"layers[{layer!r}]"
+    elif not counts_are_raw(adata.X) and "counts" in adata.layers:
+        adata.X, counts_from = adata.layers["counts"], "layers['counts']"
+    else:
+        counts_from = "X"
     adata.X = to_counts_csr(adata.X) if counts_are_raw(adata.X) else adata.X
     if keys.VAR_GENE_IDS not in adata.var:
         adata.var[keys.VAR_GENE_IDS] = adata.var_names.astype(str)
@@ -71,8 +85,10 @@ def read_h5ad(
     scal = {k: float(v) for k, v in entry.get("scalefactors", {}).items()}
     meta = {
         "format": "h5ad",
-        "file": str(path),
-        "image_path": str(image) if image else None,
+        "file": absolute(path),
+        "counts_from": counts_from,
+        "layers": layers,
+        "image_path": absolute(image) if image else None,
         "source_library_id": library_id,
     }
     cands = [(mpp, "user")]

@@ -25,6 +25,7 @@ from histoxmodal.io.spatial.common import (
     HIRES_MAX_SIDE,
     LOWRES_MAX_SIDE,
     SpatialFormatError,
+    absolute,
     counts_are_raw,
     finalize,
     reconcile_mpp,
@@ -292,7 +293,7 @@ def read_spatialdata(
         for k, v in dict(own.get("metadata", {})).items()
         if k not in ("counts_are_raw", "mpp", "mpp_source")
     }
-    meta.update({"format": "spatialdata", "file": str(p), "table": table, "region": region})
+    meta.update({"format": "spatialdata", "file": absolute(p), "table": table, "region": region})
     meta["coordinate_system"] = cs
     stored_mpp = own.get("metadata", {}).get("mpp")
     stored_src = own.get("metadata", {}).get("mpp_source", "the store")

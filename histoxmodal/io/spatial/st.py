@@ -25,6 +25,7 @@ from histoxmodal import keys
 from histoxmodal.errors import ConfigError
 from histoxmodal.io.spatial.common import (
     SpatialFormatError,
+    absolute,
     check_coords_in_image,
     finalize,
     images_from_full,
@@ -188,15 +189,15 @@ def read_st(
     scal: dict[str, float] = {}
     meta: dict[str, object] = {
         "format": "st",
-        "counts": str(counts),
-        "spots": str(spots),
+        "counts": absolute(counts),
+        "spots": absolute(spots),
         "image_path": None,
     }
     if image is not None:
         image = require_file(Path(image), "H&E image")
         images, scal, size = images_from_full(image)
         check_coords_in_image(xy, size, f"{sample} ({image.name})")
-        meta["image_path"] = str(image)
+        meta["image_path"] = absolute(image)
         meta["image_size"] = list(size)
     value, source = reconcile_mpp(candidates, sample)
     meta.update({"mpp": value, "mpp_source": source, "pitch_px": pitch})

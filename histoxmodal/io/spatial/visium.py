@@ -25,6 +25,7 @@ from histoxmodal import keys
 from histoxmodal.io.spatial.common import (
     MissingSpatialFileError,
     SpatialFormatError,
+    absolute,
     check_coords_in_image,
     finalize,
     is_blank,
@@ -90,14 +91,16 @@ def visium_input_files(outs: str | Path) -> list[Path]:
     """
     outs = Path(outs)
     files: list[Path] = []
+    # anything that is not a folder is listed, a FIFO or a link to a device too, so that
+    # hashing refuses it by name instead of the reader blocking on it
     for name in _MATRICES:
         p = outs / name
-        if p.is_file():
+        if p.is_dir():
+            files.extend(q for q in p.rglob("*") if q.exists() and not q.is_dir())
+        elif p.exists():
             files.append(p)
-        elif p.is_dir():
-            files.extend(q for q in p.rglob("*") if q.is_file())
     if (outs / "spatial").is_dir():
-        files.extend(q for q in (outs / "spatial").rglob("*") if q.is_file())
+        files.extend(q for q in (outs / "spatial").rglob("*") if q.exists() and not q.is_dir())
     return sorted(files)
 
 
@@ -461,9 +464,9 @@ def read_visium(
                 images[key] = arr
     meta: dict[str, object] = {
         "format": "visium",
-        "matrix": str(matrix),
+        "matrix": absolute(matrix),
         "matrix_kind": "raw" if raw_matrix else "filtered",
-        "positions": str(pos_file),
+        "positions": absolute(pos_file),
         "image_path": None,
         "blank_images": blank,
     }
@@ -475,7 +478,7 @@ def read_visium(
         with open_slide(image, allow_implausible_mpp=True) as s:
             size = s.dimensions
             candidates.append((s.mpp_info.metadata_mpp, f"image metadata ({s.mpp_info.detail})"))
-        meta.update({"image_path": str(image), "image_size": list(size)})
+        meta.update({"image_path": absolute(image), "image_size": list(size)})
     else:
         ref = images.get("hires"), keys.SCALEF_HIRES
         if ref[0] is None:

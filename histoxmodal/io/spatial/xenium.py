@@ -12,6 +12,7 @@ from histoxmodal import keys
 from histoxmodal.io.spatial.common import (
     MissingSpatialFileError,
     SpatialFormatError,
+    absolute,
     check_coords_in_image,
     finalize,
     images_from_full,
@@ -74,14 +75,19 @@ def xenium_input_files(path: str | Path) -> list[Path] | None:
     Xenium output folder. Transcripts, morphology images and the rest are left out.
     """
     path = Path(path)
-    if (path / "cell_feature_matrix.h5").is_file():
+
+    def present(p: Path) -> bool:
+        # a FIFO or a link to a device is listed too, so that hashing refuses it by name
+        return p.exists() and not p.is_dir()
+
+    if present(path / "cell_feature_matrix.h5"):
         files = [path / "cell_feature_matrix.h5"]
     elif (path / "cell_feature_matrix").is_dir():
-        files = sorted(q for q in (path / "cell_feature_matrix").rglob("*") if q.is_file())
+        files = sorted(q for q in (path / "cell_feature_matrix").rglob("*") if present(q))
     else:
         return None
     cells = ("cells.parquet", "cells.csv.gz", "cells.csv")
-    return files + [path / n for n in cells if (path / n).is_file()][:1]
+    return files + [path / n for n in cells if present(path / n)][:1]
 
 
 def read_xenium(
@@ -182,8 +188,8 @@ def read_xenium(
     X = genes.X
     meta: dict[str, object] = {
         "format": "xenium",
-        "matrix": str(mfile),
-        "cells": str(cells_file),
+        "matrix": absolute(mfile),
+        "cells": absolute(cells_file),
         "image_path": None,
         "n_control_features": int((~is_gene).sum()),
     }
@@ -225,7 +231,7 @@ def read_xenium(
             px = (np.c_[px, np.ones(len(px))] @ inv.T)[:, :2]
             mpp = XENIUM_MORPHOLOGY_MPP * float(np.sqrt(abs(np.linalg.det(a[:2, :2]))))
         check_coords_in_image(px, size, f"{sample} ({image.name})", scal)
-        meta.update({"image_path": str(image), "image_size": list(size)})
+        meta.update({"image_path": absolute(image), "image_size": list(size)})
     adata.obsm[keys.OBSM_SPATIAL] = px
     src = "Xenium morphology pixel (0.2125 µm)" + (
         " and alignment" if alignment is not None else ""
