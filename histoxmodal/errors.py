@@ -26,3 +26,11 @@ class MppError(HistoxmodalError, ValueError):
 
 class ConfigError(HistoxmodalError, ValueError):
     """An option or parameter has a value that cannot work."""
+
+
+class StaleHeadError(HistoxmodalError, ValueError):
+    """A saved head was fitted on other weights (or data) than the run now holds."""
+
+
+class DatasetChangedError(HistoxmodalError, ValueError):
+    """The dataset at a run's recorded path is not the one the run trained on."""

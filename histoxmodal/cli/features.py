@@ -146,6 +146,19 @@ def run_models(args: argparse.Namespace) -> int:
     from histoxmodal.workflows.features import list_models
 
     models = list_models(args.pattern, include_tests=args.tests)
+    if not models:
+        import difflib
+
+        from histoxmodal.errors import ConfigError
+
+        names = [m["name"] for m in list_models("*", include_tests=True)]
+        close = difflib.get_close_matches(str(args.pattern).strip("*?"), names, n=3, cutoff=0.5)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        tests = "" if args.tests else " (test models are listed with --tests)"
+        raise ConfigError(
+            f"no registered model matches {args.pattern!r}{hint}; `histoxmodal models` lists "
+            f"all {len(names)}{tests}"
+        )
     rows = [("name", "architecture", "dim", "mpp", "input", "licence", "weights")]
     for m in models:
         rows.append(

@@ -8,7 +8,10 @@ options, unreadable slides) print one line and exit non-zero, without a tracebac
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -48,6 +51,59 @@ def non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _finite(text: str, expected: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (pixel sizes in µm/px, lengths in µm)."""
+    value = _finite(text, "a finite number > 0")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a fraction in [0, 1] (least tissue share of a tile)."""
+    value = _finite(text, "a fraction in [0, 1]")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text}")
+    return value
+
+
+def learning_rate(text: str) -> float:
+    """An argparse type: a learning rate in (0, 1); 0 trains nothing, >= 1 diverges."""
+    value = _finite(text, "a learning rate in (0, 1), e.g. 1e-4")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(
+            f"must lie in (0, 1) (0 trains nothing, >= 1 diverges), e.g. 1e-4; got {text}"
+        )
+    return value
+
+
+#: the largest seed every generator takes (numpy's legacy ``RandomState``: 32 bits)
+MAX_SEED = 2**32 - 1
+
+
+def random_seed(text: str) -> int:
+    """An argparse type: a random seed, an integer in [0, 2**32 - 1]."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer seed in [0, {MAX_SEED}], got {text!r}"
+        ) from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}], got {value}")
     return value
 
 
@@ -117,17 +173,24 @@ def _add_tile_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tile geometry")
     g.add_argument(
         "--mpp-target",
-        type=float,
+        type=positive_float,
         default=0.5,
         metavar="UM",
-        help="µm per pixel of the tiles (default 0.5, about 20x)",
+        help="µm per pixel of the tiles, > 0 (default 0.5, about 20x); more than 2x finer than "
+        "a slide's own pixel size needs --allow-upsample",
+    )
+    g.add_argument(
+        "--allow-upsample",
+        action="store_true",
+        help="tile at a --mpp-target more than 2x finer than a slide's own µm/px (interpolated "
+        "pixels; refused per slide without this flag)",
     )
     g.add_argument(
         "--tile-px", type=int, default=224, metavar="PX", help="tile side in pixels (default 224)"
     )
     g.add_argument(
         "--tile-um",
-        type=float,
+        type=positive_float,
         default=None,
         metavar="UM",
         help="tile side in µm instead of --mpp-target (target = tile-um / tile-px)",
@@ -141,10 +204,10 @@ def _add_tile_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--min-tissue",
-        type=float,
+        type=fraction,
         default=0.5,
         metavar="FRAC",
-        help="minimum tissue fraction of a kept tile (default 0.5; 0 keeps all)",
+        help="minimum tissue fraction of a kept tile, in [0, 1] (default 0.5; 0 keeps all)",
     )
     g.add_argument(
         "--geojson-in",
@@ -157,7 +220,7 @@ def _add_tile_options(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("slide")
     s.add_argument(
         "--mpp",
-        type=float,
+        type=positive_float,
         default=None,
         metavar="UM",
         help="level-0 µm per pixel of slides without a pixel size in their metadata "
@@ -329,10 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bd.add_argument(
         "--mpp",
-        type=float,
+        type=positive_float,
         default=None,
         metavar="UM",
-        help="µm per full-resolution pixel, overriding what the data says",
+        help="µm per full-resolution pixel, > 0, overriding what the data says",
     )
     bd.add_argument(
         "--allow-lowres",
@@ -431,18 +494,25 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files or folders")
     pr.add_argument("--out", required=True, metavar="DIR", help="output folder")
     pr.add_argument(
-        "--grid-um", type=float, default=None, metavar="UM",
-        help="pseudo-spot pitch in µm (default: the run's patch field of view)",
+        "--grid-um", type=positive_float, default=None, metavar="UM",
+        help="pseudo-spot pitch in µm, > 0 (default: the run's patch field of view); below a "
+        "quarter of it needs --allow-dense-grid",
+    )  # fmt: skip
+    pr.add_argument(
+        "--allow-dense-grid", action="store_true",
+        help="allow a --grid-um below a quarter of the patch, or over 2 million grid windows "
+        "on a slide",
     )  # fmt: skip
     pr.add_argument(
         "--genes", default=None, metavar="G1,G2", help="genes to draw as heatmaps (default: "
         "the 4 most variable predicted); every gene is predicted either way",
     )  # fmt: skip
-    pr.add_argument("--mpp", type=float, default=None, metavar="UM", help="level-0 µm/px")
+    pr.add_argument("--mpp", type=positive_float, default=None, metavar="UM", help="level-0 µm/px")
     pr.add_argument("--head", default=None, help="saved head name (default expression_ridge)")
     pr.add_argument(
-        "--min-tissue", type=float, default=0.5, help="least tissue fraction of a pseudo-spot"
-    )
+        "--min-tissue", type=fraction, default=0.5, metavar="FRAC",
+        help="least tissue fraction of a pseudo-spot, in [0, 1] (default 0.5)",
+    )  # fmt: skip
     pr.add_argument("--batch-size", type=positive_int, default=64, help="patches per pass")
     pr.add_argument("--overwrite", action="store_true", help="redo finished slides")
 
@@ -493,10 +563,11 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--model", default="abmil", choices=("abmil", "mean"),
                     help="gated-attention MIL or mean pooling (default abmil)")  # fmt: skip
     mt.add_argument("--folds", type=positive_int, default=5, help="CV folds (default 5)")
-    mt.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S",
-                    help="CV repeats, one per seed (default 0 1 2)")  # fmt: skip
+    mt.add_argument("--seeds", type=random_seed, nargs="+", default=[0, 1, 2], metavar="S",
+                    help="CV repeats, one per distinct seed in [0, 2**32-1] (default 0 1 2)",
+                    )  # fmt: skip
     mt.add_argument("--epochs", type=positive_int, default=None, help="training epochs")
-    mt.add_argument("--lr", type=float, default=None, help="learning rate")
+    mt.add_argument("--lr", type=learning_rate, default=None, help="learning rate, in (0, 1)")
     mt.add_argument("--overwrite", action="store_true", help="replace an existing MIL run")
     mp = msub.add_parser("predict", help="call new slides with a trained MIL run")
     mp.add_argument("run", metavar="MIL_RUN", help="folder written by histoxmodal mil train")
@@ -874,8 +945,27 @@ def _run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     )
 
 
+#: errors of the disk rather than of the input: one line and exit 1, not a traceback
+_DISK_ERRNOS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exhausted",
+    errno.EROFS: "the file system is read-only",
+    errno.EFBIG: "the file is too large for the file system",
+}
+
+
+def _printable_streams() -> None:
+    """Never fail on a character the terminal's encoding lacks (µ under ``PYTHONIOENCODING=
+    ascii``, or a C locale): it is printed escaped instead of ending the run."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and (stream.errors or "strict") == "strict":
+            with contextlib.suppress(ValueError, OSError):  # closed, or cannot change
+                stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 some work failed, 2 bad usage)."""
+    _printable_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(verbosity(args))
@@ -957,6 +1047,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (HistoxmodalError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         print(f"histoxmodal: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:  # `histoxmodal models | head`: the reader left
+            with contextlib.suppress(OSError):
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no flush error at exit
+            return EXIT_OK
+        if exc.errno not in _DISK_ERRNOS:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(
+            f"histoxmodal: error: cannot write{where}: {exc.strerror or exc} "
+            f"({_DISK_ERRNOS[exc.errno]}); nothing partial is kept as finished output, rerun "
+            "once there is room (or with a writable --out)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM during tiling (SLURM preemption)
         signum = getattr(exc, "signum", 2)
         print(

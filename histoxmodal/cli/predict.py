@@ -21,6 +21,7 @@ def run_predict(args: argparse.Namespace) -> int:
         args.out,
         head=args.head,
         grid_um=args.grid_um,
+        allow_dense_grid=args.allow_dense_grid,
         min_tissue=args.min_tissue,
         genes=genes,
         mpp=args.mpp,
@@ -34,7 +35,7 @@ def run_predict(args: argparse.Namespace) -> int:
     print(format_table(rows))
     for r in results:
         if r.failed:
-            print(f"failed: {r.name}: {r.reason}")
+            print(f"{r.status}: {r.name}: {r.reason}")
     print(f"maps in {Path(args.out).resolve()}")
     return EXIT_FAILED if any(r.failed for r in results) else EXIT_OK
 
@@ -43,10 +44,11 @@ def run_fit_head(args: argparse.Namespace) -> int:
     from histoxmodal.deps import require_extra
 
     require_extra("torch", "histoxmodal fit-head")
-    from histoxmodal.workflows.predict import HeadInputs, fit_expression_head
+    from histoxmodal.workflows.predict import HeadInputs, check_spatial, fit_expression_head
     from histoxmodal.workflows.run import Run
 
     run = Run.load(args.run)
+    check_spatial(run)
     h = run.config.head
     inputs = HeadInputs(
         h.context_um if args.context_um is None else args.context_um,

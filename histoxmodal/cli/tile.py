@@ -42,7 +42,7 @@ def format_summary(results) -> str:
         + f"; {total} tiles"
     )
     for r in results:
-        if r.status in ("failed", "empty"):
+        if r.status in ("failed", "empty", "busy"):
             lines.append(f"{r.status}: {r.name}: {r.reason}")
     return "\n".join(lines)
 
@@ -63,6 +63,7 @@ def run_tile(args: argparse.Namespace) -> int:
         shard=parse_shard(args.shard),
         mpp=user_mpp(args.mpp, override=args.mpp_override, csv=args.mpp_csv),
         allow_implausible_mpp=args.allow_implausible_mpp,
+        allow_upsample=args.allow_upsample,
         save_tiles=args.save_tiles,
         overwrite=args.overwrite,
         reader=args.reader,

@@ -88,7 +88,7 @@ def run_train(args: argparse.Namespace) -> int:
     from histoxmodal.workflows.train import check_devices, train
 
     try:
-        devices = check_devices(args.devices)
+        devices = check_devices(args.devices, accelerator=args.accelerator)
     except ConfigError as exc:
         raise ConfigError(f"--{exc}") from exc
     cfg = load_config(args.config, args.set)

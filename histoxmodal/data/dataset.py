@@ -21,6 +21,34 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class EpochIndex(int):
+    """A dataset position that carries the training epoch it is drawn for.
+
+    The training batch sampler (:class:`histoxmodal.training.sampler.GroupBatchSampler`) yields
+    these, so a dataset draws an item's augmentation from a generator keyed by
+    ``(seed, epoch, row)``: the same whatever process, worker or order reads it, which is what
+    lets a resumed run draw the augmentations of an uninterrupted one.
+    """
+
+    epoch: int
+
+    def __new__(cls, value: int, epoch: int) -> EpochIndex:
+        obj = super().__new__(cls, value)
+        obj.epoch = int(epoch)
+        return obj
+
+    def __reduce__(self):  # DataLoader workers receive indices pickled
+        return (EpochIndex, (int(self), self.epoch))
+
+
+def item_rng(seed: int, i: object, row: int) -> np.random.Generator | None:
+    """The generator of item ``row`` when ``i`` is an :class:`EpochIndex`, else ``None``."""
+    epoch = getattr(i, "epoch", None)
+    if epoch is None:
+        return None
+    return np.random.default_rng([int(seed) % (2**32), epoch, int(row)])
+
+
 def normalize_images(
     images: torch.Tensor,
     mean: tuple[float, float, float] = IMAGENET_MEAN,
@@ -150,14 +178,14 @@ class PairedDataset(Dataset):
         self._rng = np.random.default_rng([self.seed, stream % (2**32)])
         self._pid = os.getpid()
 
-    def expression(self, row: int) -> np.ndarray:
+    def expression(self, row: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """The normalized expression of dataset row ``row`` (depth-thinned first when the
-        augmentation asks for it, :meth:`Augment.thin`)."""
+        augmentation asks for it, :meth:`Augment.thin`, with ``rng`` or the dataset's stream)."""
         out = np.zeros(len(self.genes), np.float32)
         s, e = self._indptr[row], self._indptr[row + 1]
         if self._thin:
             self._worker_state()
-            counts, f = self.augment.thin(self._raw[s:e], self._rng)
+            counts, f = self.augment.thin(self._raw[s:e], rng or self._rng)
             lib = np.array([max(self._lib[row] * f, 1.0)])
             vals = normalize_counts(counts[None].astype(np.float64), self.normalization,
                                     library_size=lib)[0]  # fmt: skip
@@ -174,12 +202,13 @@ class PairedDataset(Dataset):
         obs = ad.read_h5ad(Path(path) / keys.PAIRED_ADATA_FILE, backed="r").obs
         return obs[key].astype("category").cat.codes.to_numpy().astype(np.int64)
 
-    def item_without_image(self, i: int) -> dict[str, Any]:
+    def item_without_image(self, i: int, rng: np.random.Generator | None = None) -> dict[str, Any]:
         """Item ``i`` without reading its patch (for cached image features)."""
         row = int(self.indices[i])
         sample = self._codes[keys.OBS_SAMPLE][row]
+        rng = rng or item_rng(self.seed, i, row)
         return {
-            keys.BATCH_EXPRESSION: torch.from_numpy(self.expression(row)),
+            keys.BATCH_EXPRESSION: torch.from_numpy(self.expression(row, rng)),
             keys.BATCH_GENE_MASK: torch.from_numpy(self._gene_mask[sample]),
             keys.OBS_BATCH: torch.tensor(self._codes[keys.OBS_BATCH][row]),
             keys.OBS_PATIENT: torch.tensor(self._codes[keys.OBS_PATIENT][row]),
@@ -191,7 +220,8 @@ class PairedDataset(Dataset):
         self._worker_state()
         row = int(self.indices[i])
         img = self._patches[row]
-        img = self.augment(img, self._rng) if self.augment else np.ascontiguousarray(img)
+        rng = item_rng(self.seed, i, row)
+        img = self.augment(img, rng or self._rng) if self.augment else np.ascontiguousarray(img)
         t = torch.from_numpy(np.stack(cv2.split(img)))  # (3, H, W); cv2 splits planes fast
         if self.normalize_image:
             t = (
@@ -199,7 +229,7 @@ class PairedDataset(Dataset):
                 .sub_(torch.from_numpy(self._mean)[:, None, None])
                 .div_(torch.from_numpy(self._std)[:, None, None])
             )
-        return {keys.BATCH_IMAGE: t, **self.item_without_image(i)}
+        return {keys.BATCH_IMAGE: t, **self.item_without_image(i, rng)}
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

@@ -162,23 +162,28 @@ class Split:
         want = data.pop("sha256", None)
         if want != digest(data):
             raise ConfigError(f"{p}: content does not match its sha256; the split file was edited")
+        n_obs = data.get("n_obs", -1)
+        if isinstance(n_obs, bool) or not isinstance(n_obs, int) or n_obs < -1:
+            raise ConfigError(f"split file {p}: n_obs={n_obs!r} is not a number of rows")
         try:
             folds = tuple(
                 Fold(
-                    f["name"],
-                    np.asarray(f["test"], np.int64),
-                    np.asarray(f["val"], np.int64),
+                    str(f["name"]),
+                    _indices(p, f, "test", n_obs),
+                    _indices(p, f, "val", n_obs),
                     list(f["held_out"]),
                 )
                 for f in data["folds"]
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError) as exc:
             raise ConfigError(f"{not_split}: a fold lacks name, test, val or held_out") from exc
+        for f in folds:
+            _check_fold(p, f, n_obs)
         return cls(
             p,
             folds,
             str(data.get("kind", "")),
-            int(data.get("n_obs", -1)),
+            n_obs,
             data.get("obs_names_sha256"),
             str(want),
         )
@@ -213,7 +218,8 @@ class Split:
         return by_name[0]
 
     def check(self, obs_names, *, dataset: str | Path = "the dataset") -> None:
-        """Refuse a split made for other rows: row count and row-name hash must match."""
+        """Refuse a split made for other rows: row count and row-name hash must match, and every
+        row index must lie in the dataset."""
         n = len(obs_names)
         if self.n_obs >= 0 and self.n_obs != n:
             raise ConfigError(
@@ -225,6 +231,60 @@ class Split:
                 f"split {self.path} was made for another dataset than {dataset} (row names "
                 "differ); use the split files of the dataset itself (its splits/ folder)"
             )
+        for f in self.folds:  # a file without n_obs was checked for ranges only now
+            _check_fold(self.path, f, n)
+
+
+def _indices(path: Path, fold: dict, key: str, n_obs: int) -> np.ndarray:
+    """A fold's ``test`` or ``val`` row indices: a list of distinct integers in
+    ``[0, n_obs)`` (``n_obs`` -1: unknown, checked against the dataset by :meth:`Split.check`)."""
+    values = fold[key]
+    where = f"split file {path}, fold {fold.get('name')!r}, {key!r}"
+    if not isinstance(values, list):
+        raise ConfigError(f"{where}: expected a list of row indices, got {type(values).__name__}")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(
+                f"{where}: row index {v!r} is not an integer; a split lists row numbers "
+                "0, 1, 2, ... of the dataset (rewrite it with histoxmodal build)"
+            )
+        if v < 0 or 0 <= n_obs <= v:
+            upper = f"{n_obs - 1}" if n_obs >= 0 else "the last row"
+            raise ConfigError(f"{where}: row index {v} is out of range [0, {upper}]")
+    rows = np.asarray(values, np.int64)
+    uniq, counts = np.unique(rows, return_counts=True)
+    if len(uniq) != len(rows):
+        dup = uniq[counts > 1]
+        raise ConfigError(
+            f"{where}: row index {int(dup[0])} is listed more than once "
+            f"({len(dup)} repeated indices); each row may appear once"
+        )
+    return rows
+
+
+def _check_fold(path: Path, fold: Fold, n_obs: int) -> None:
+    """Refuse a fold with no test rows, rows both in test and val, rows past ``n_obs`` (when
+    known, >= 0) or no training rows left."""
+    where = f"split file {path}, fold {fold.name!r}"
+    if len(fold.test) == 0:
+        raise ConfigError(f"{where}: the test list is empty; a fold needs at least one test row")
+    both = np.intersect1d(fold.test, fold.val)
+    if len(both):
+        raise ConfigError(
+            f"{where}: row index {int(both[0])} is in both test and val ({len(both)} rows); "
+            "test, val and train must be disjoint"
+        )
+    if n_obs < 0:
+        return
+    for key, rows in (("test", fold.test), ("val", fold.val)):
+        if len(rows) and (rows.min() < 0 or rows.max() >= n_obs):
+            bad = int(rows.max() if rows.max() >= n_obs else rows.min())
+            raise ConfigError(
+                f"{where}, {key!r}: row index {bad} is out of range [0, {n_obs - 1}] "
+                f"(the dataset has {n_obs} rows)"
+            )
+    if len(fold.test) + len(fold.val) >= n_obs:
+        raise ConfigError(f"{where}: test and val hold all {n_obs} rows; no training rows are left")
 
 
 def load_split(path: str | Path) -> list[Fold]:

@@ -35,6 +35,16 @@ class Preprocess:
     std: tuple[float, float, float] = IMAGENET[1]
     mpp: float = 0.5
 
+    def __post_init__(self) -> None:
+        size = self.input_size
+        if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096:
+            raise ConfigError(
+                f"input_size={size!r}: the image tower's square input must be an integer number "
+                "of pixels in [8, 4096] (e.g. 224)"
+            )
+        if not (isinstance(self.mpp, (int, float)) and 0 < self.mpp < 100):
+            raise ConfigError(f"mpp={self.mpp!r}: µm per pixel must be a number in (0, 100)")
+
 
 @dataclass(frozen=True)
 class ImageArch:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from histoxmodal.errors import ConfigError
 from histoxmodal.registry import Registry
 
 ENCODERS: Registry = Registry("encoder")
@@ -21,11 +22,30 @@ def create_encoder(name: str, **overrides) -> nn.Module:
     Keyword arguments go to the entry (``weights=`` path, ``mode="frozen"``, sizes...).
     """
     _load_all()
-    if name.startswith("timm:"):
-        from histoxmodal.encoders.image import timm_encoder
+    try:
+        if name.startswith("timm:"):
+            from histoxmodal.encoders.image import timm_encoder
 
-        return timm_encoder(name[5:], **overrides)
-    return ENCODERS.get(name)(**overrides)
+            return timm_encoder(name[5:], **overrides)
+        entry = ENCODERS.get(name)
+        return entry(**overrides)
+    except TypeError as exc:
+        if "keyword argument" not in str(exc):
+            raise  # a bug, not an option: keep its traceback
+        raise _bad_options(name, overrides, exc) from exc
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise _bad_options(name, overrides, exc) from exc
+
+
+def _bad_options(name: str, overrides: dict, exc: Exception) -> ConfigError:
+    shown = {k: v for k, v in overrides.items() if k not in ("weights",)}
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return ConfigError(
+        f"encoder {name!r} cannot be built with {shown}: {first}; check the model's "
+        f"image_kwargs / gene_kwargs in the config (see `histoxmodal models {name}`)"
+    )
 
 
 def list_encoders(pattern: str = "*") -> list[str]:

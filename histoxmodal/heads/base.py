@@ -78,8 +78,11 @@ class Head:
             name = type(self).__name__
             raise ConfigError(f"{name}.{action} called before fit; call head.fit(...) first")
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, *, provenance: dict[str, Any] | None = None) -> Path:
         """Write the fitted head to the folder ``path`` (replacing a head saved there before).
+
+        ``provenance`` (JSON values) is stored in ``head.json`` as it is, e.g. the checksum of
+        the weights whose embeddings the head was fitted on; :func:`read_head_json` returns it.
 
         Returns the folder. Load it back with ``type(head).load(path)`` or
         :func:`histoxmodal.heads.load_head`.
@@ -99,6 +102,8 @@ class Head:
             "weights": sorted(state.weights) if state.weights else [],
             "library": f"histoxmodal {_version()}",
         }
+        if provenance:
+            meta["provenance"] = _jsonable(dict(provenance), "provenance")
         text = json.dumps(meta, indent=2) + "\n"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = staging_dir(path)
@@ -155,15 +160,26 @@ class Head:
         head = cls(**params)
         arrays: dict[str, np.ndarray] = {}
         if meta["arrays"]:
-            arrays = _safetensors().load_file(str(_need(folder / ARRAYS_FILE, folder)))
+            file = _need(folder / ARRAYS_FILE, folder)
+            arrays = _read_safetensors(file, lambda f: _safetensors().load_file(str(f)))
             _check_keys(arrays, meta["arrays"], folder / ARRAYS_FILE)
         weights = None
         if meta["weights"]:
             from safetensors.torch import load_file
 
-            weights = load_file(str(_need(folder / WEIGHTS_FILE, folder)), device="cpu")
+            file = _need(folder / WEIGHTS_FILE, folder)
+            weights = _read_safetensors(file, lambda f: load_file(str(f), device="cpu"))
             _check_keys(weights, meta["weights"], folder / WEIGHTS_FILE)
-        head._restore(HeadState(fitted=meta["fitted"], arrays=arrays, weights=weights))
+        try:
+            head._restore(HeadState(fitted=meta["fitted"], arrays=arrays, weights=weights))
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ConfigError(
+                f"{folder}: the saved arrays do not fit the {meta['head']!r} head ({first}); "
+                "the folder is corrupt or mixed from two heads: fit it again"
+            ) from exc
         return head
 
 
@@ -228,6 +244,20 @@ def _check_save_target(path: Path) -> None:
             f"{path} exists and is not a saved head (no {HEAD_FILE}); saving would replace it. "
             f"Pick a new folder, e.g. {path / 'head'}"
         )
+
+
+def _read_safetensors(file: Path, read: Any) -> dict:
+    """``read(file)``, with a truncated or foreign file reported as one clear error."""
+    from safetensors import SafetensorError
+
+    try:
+        return read(file)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        first = (" ".join(str(exc).split()) or type(exc).__name__)[:200]
+        raise ConfigError(
+            f"{file}: not a readable safetensors file ({first}); it is truncated or corrupt: "
+            "fit the head again"
+        ) from exc
 
 
 def _need(file: Path, folder: Path) -> Path:

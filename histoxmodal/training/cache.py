@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from histoxmodal import keys
+from histoxmodal.data.dataset import item_rng
 from histoxmodal.fileutil import write_json_atomic
 
 #: the 8 symmetries of a square: (k quarter turns, flip)
@@ -123,8 +124,13 @@ class CachedFeatures(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         row = int(self.base.indices[i])
         n_views = self.features.shape[1]
-        # torch's generator: DataLoader seeds it differently in every worker
-        v = int(torch.randint(n_views, ())) if self.random_view else 0
-        item = self.base.item_without_image(i)
+        rng = item_rng(self.base.seed, i, row)
+        if not self.random_view:
+            v = 0
+        elif rng is not None:  # a training position: the view is keyed by (seed, epoch, row)
+            v = int(rng.integers(n_views))
+        else:  # torch's generator: DataLoader seeds it differently in every worker
+            v = int(torch.randint(n_views, ()))
+        item = self.base.item_without_image(i, rng)
         item[keys.BATCH_IMAGE_FEATURES] = torch.from_numpy(np.array(self.features[row, v]))
         return item

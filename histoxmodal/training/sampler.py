@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
+from histoxmodal.data.dataset import EpochIndex
+
 
 class GroupBatchSampler(Sampler[list[int]]):
     """Yields lists of dataset positions.
@@ -14,6 +16,11 @@ class GroupBatchSampler(Sampler[list[int]]):
     ``mode="by_batch"``: every training batch comes from a single group (the loss then contrasts
     spots of one sample/batch, so batch identity cannot separate positives from negatives).
     ``mode="balanced"``: every training batch holds (about) the same number of spots of each group.
+    One group for every row is a plain shuffle into full batches.
+
+    The order is a function of ``(seed, epoch)`` alone (Lightning calls :meth:`set_epoch` before
+    each epoch), and the positions are :class:`~histoxmodal.data.dataset.EpochIndex` carrying the
+    epoch, so a resumed run draws the batches and augmentations of an uninterrupted one.
     """
 
     def __init__(
@@ -52,7 +59,8 @@ class GroupBatchSampler(Sampler[list[int]]):
         return [out[i] for i in order]
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self._batches()
+        epoch = self.epoch
+        batches = [[EpochIndex(i, epoch) for i in b] for b in self._batches()]
         self.epoch += 1
         return iter(batches)
 

@@ -7,14 +7,22 @@ this module only runs Lightning inside it (its logs and checkpoints) and writes 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
+import sys
 import warnings
 from pathlib import Path
 
 from histoxmodal import keys
 from histoxmodal.errors import ConfigError
 from histoxmodal.fileutil import apply_umask
+
+log = logging.getLogger(__name__)
+
+#: in the environment of the processes Lightning starts for a multi-device fit: the pid of the
+#: process that runs ``fit``, so each of them can die with it (:func:`die_with_parent`)
+PARENT_PID_ENV = "HISTOXMODAL_FIT_PARENT_PID"
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -38,24 +46,134 @@ def check_max_epochs(max_epochs: int | None, optim) -> int:
     return epochs
 
 
-def check_devices(devices: int | str) -> int | str:
+def check_devices(devices: int | str, *, accelerator: str | None = None) -> int | str:
     """``devices`` as Lightning takes it: ``"auto"``, a count ``>= 1``, ``-1`` (all) or a list
-    of device indices such as ``"0,1"``; digits given as a string become an int."""
+    of device indices such as ``"0,1"``; digits given as a string become an int.
+
+    With ``accelerator`` (``"cpu"``, or ``"auto"`` on a machine without a GPU) a count above
+    ``os.cpu_count()`` is refused: Lightning starts one training process per CPU "device"."""
     if isinstance(devices, int) and not isinstance(devices, bool):
         if devices >= 1 or devices == -1:
+            if accelerator is not None and devices > 1:
+                _check_cpu_devices(devices, accelerator)
             return devices
     elif isinstance(devices, str):
         d = devices.strip()
         if d == "auto":
             return d
         if d.lstrip("-").isdigit():
-            return check_devices(int(d))
+            return check_devices(int(d), accelerator=accelerator)
         if re.fullmatch(r"\d+(\s*,\s*\d+)*\s*,?", d):
             return d
     raise ConfigError(
         f"devices={devices!r}: expected auto, a number of devices >= 1, -1 (all) or device "
         "indices such as 0,1"
     )
+
+
+def _check_cpu_devices(devices: int, accelerator: str) -> None:
+    cores = os.cpu_count() or 1
+    if devices <= cores or accelerator not in ("cpu", "auto"):
+        return
+    if accelerator == "auto":
+        import torch
+
+        mps = getattr(torch.backends, "mps", None)
+        if torch.cuda.is_available() or (mps is not None and mps.is_available()):
+            return  # Lightning trains on the GPUs, and says itself when there are too few
+    raise ConfigError(
+        f"devices={devices}: training on the CPU starts one process per device, and this "
+        f"machine has {cores} CPU cores; give at most --devices {cores} (usually 1: one "
+        "process already uses every core), or train on a GPU machine"
+    )
+
+
+def die_with_parent(parent_pid: int) -> bool:
+    """Make this process receive SIGKILL when the process that started it exits (Linux's
+    ``prctl(PR_SET_PDEATHSIG)``), so no training process outlives a killed ``fit``.
+
+    Exits at once when ``parent_pid`` is already gone (it died before this call). Returns whether
+    the kernel took the request (``False`` off Linux, where nothing is done).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        ok = libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError) as exc:
+        log.debug("prctl(PR_SET_PDEATHSIG) unavailable: %s", exc)
+        return False
+    if os.getppid() != parent_pid:  # the parent died before the request above was in place
+        print(
+            f"histoxmodal: the training process {parent_pid} that started this one "
+            f"(pid {os.getpid()}) has exited; stopping",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(1)
+    return ok
+
+
+def die_with_fit_parent() -> None:
+    """In a process Lightning started for a multi-device fit (it inherited
+    :data:`PARENT_PID_ENV` from the ``fit`` that started it): die with that process."""
+    parent = os.environ.get(PARENT_PID_ENV, "")
+    if parent.isdigit() and int(parent) != os.getpid():
+        die_with_parent(int(parent))
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed every random generator is reset to when epoch ``epoch`` starts."""
+    return (int(seed) * 1_000_003 + int(epoch)) % (2**32)
+
+
+def _reseed_each_epoch_callback(seed: int):
+    """A callback that resets every random generator (Python, NumPy, torch, data-loader
+    workers) to :func:`epoch_seed` when an epoch starts, before its data order is drawn.
+
+    A run resumed from ``last.ckpt`` (written at the end of an epoch) then draws the same
+    shuffles, augmentations and dropout masks as an uninterrupted run: together with the
+    weights, optimizer, scheduler and loop state that Lightning restores, it trains the same
+    model (tests/workflows/test_train.py checks it to float tolerance).
+    """
+    from lightning.pytorch.callbacks import Callback
+
+    class ReseedEachEpoch(Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            import lightning as L
+
+            L.seed_everything(epoch_seed(seed, trainer.current_epoch), workers=True, verbose=False)
+
+    return ReseedEachEpoch()
+
+
+def checkpoint_position(path: str | Path) -> tuple[int, int]:
+    """``(epoch, global_step)`` stored in a Lightning checkpoint, read with
+    ``torch.load(weights_only=True)``.
+
+    Raises
+    ------
+    ConfigError
+        The file is truncated, not a checkpoint, or carries objects other than tensors and
+        plain data (a pickle payload is refused by ``weights_only``).
+    """
+    import torch
+
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return int(ckpt["epoch"]), int(ckpt["global_step"])
+    except Exception as exc:  # torch raises many types for a bad or hostile file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(
+            f"--resume: {path} is not a readable checkpoint of this run ({first}); it is "
+            "truncated, corrupt or not written by histoxmodal. Train again without --resume "
+            "into a new --out"
+        ) from exc
 
 
 def _check_accelerator(accelerator: str) -> None:
@@ -96,12 +214,21 @@ def make_trainer(
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+    from histoxmodal.training.callbacks import DieWithParent
+
+    # a process Lightning started by running the command line again gets here before its
+    # distributed set-up, where it would otherwise wait for a dead parent
+    die_with_fit_parent()
     epochs = check_max_epochs(max_epochs, optim)
-    devices = check_devices(devices)
+    devices = check_devices(devices, accelerator=accelerator)
     if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
         raise ConfigError(f"num_nodes={num_nodes!r}: expected an integer >= 1")
     _check_accelerator(accelerator)
-    csv_logger = (_appending_csv_logger() if resume else CSVLogger)(root, name="csv", version="")
+    if resume:
+        epoch, _ = checkpoint_position(last_checkpoint(root))
+        csv_logger = _appending_csv_logger(keep_epochs=epoch)(root, name="csv", version="")
+    else:
+        csv_logger = CSVLogger(root, name="csv", version="")
     try:
         return L.Trainer(
             default_root_dir=root,
@@ -113,7 +240,17 @@ def make_trainer(
             accumulate_grad_batches=optim.accumulate,
             log_every_n_steps=1,
             logger=[csv_logger, TensorBoardLogger(root, name="tensorboard", version="")],
-            callbacks=[ModelCheckpoint(dirpath=root / keys.RUN_CHECKPOINT_DIR, save_last=True)],
+            callbacks=[
+                # only last.ckpt, always under that name: a copied or moved run would otherwise
+                # write last-v1.ckpt beside the stale one and the next resume read the stale one
+                ModelCheckpoint(
+                    dirpath=root / keys.RUN_CHECKPOINT_DIR,
+                    save_last=True,
+                    enable_version_counter=False,
+                ),
+                DieWithParent(),  # its setup runs in every process of the fit
+                _reseed_each_epoch_callback(optim.seed),
+            ],
             enable_progress_bar=enable_progress_bar,
             enable_model_summary=False,
         )
@@ -129,9 +266,12 @@ def _lightning_error(exc: Exception, accelerator, devices, num_nodes) -> ConfigE
     )
 
 
-def _appending_csv_logger():
+def _appending_csv_logger(keep_epochs: int):
     """A ``CSVLogger`` that keeps the rows already in ``metrics.csv`` (Lightning's deletes
-    the file when it opens the folder): a resumed run appends its epochs to the earlier ones."""
+    the file when it opens the folder): a resumed run appends its epochs to the earlier ones.
+
+    Only rows of epochs ``<= keep_epochs`` (those the checkpoint holds) are kept: a run killed
+    during a later epoch logged steps that the resumed run trains again."""
     from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.loggers.csv_logs import ExperimentWriter
     from lightning.pytorch.loggers.logger import rank_zero_experiment
@@ -142,7 +282,11 @@ def _appending_csv_logger():
             rows = []
             if path.is_file():
                 with path.open(newline="", encoding="utf-8") as f:
-                    rows = [{k: v for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+                    rows = [
+                        {k: v for k, v in r.items() if v != ""}
+                        for r in csv.DictReader(f)
+                        if _epoch_of(r) <= keep_epochs
+                    ]
             with warnings.catch_warnings():
                 # "previous log files will be deleted": they are written back just below
                 warnings.filterwarnings("ignore", message=".*log files in this directory")
@@ -164,6 +308,13 @@ def _appending_csv_logger():
     return AppendingCSVLogger
 
 
+def _epoch_of(row: dict[str, str]) -> float:
+    try:
+        return float(row.get("epoch") or "nan")
+    except ValueError:
+        return float("nan")
+
+
 def last_checkpoint(root: str | Path) -> Path:
     """Where :func:`make_trainer` keeps the checkpoint a resumed run continues from."""
     return Path(root) / keys.RUN_CHECKPOINT_DIR / keys.RUN_LAST_CHECKPOINT
@@ -178,7 +329,16 @@ def fit_module(
     if trainer is None:
         trainer = make_trainer(root, optim, resume=resume, **trainer_kw)
     ckpt = str(last_checkpoint(root)) if resume else None
-    trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt)
+    # the processes Lightning starts for other devices inherit the variable and die with this
+    # one (see make_trainer); set only while fitting, so no later process mistakes it as its own
+    own = PARENT_PID_ENV not in os.environ
+    if own:
+        os.environ[PARENT_PID_ENV] = str(os.getpid())
+    try:
+        trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt)
+    finally:
+        if own:
+            os.environ.pop(PARENT_PID_ENV, None)
     return bool(trainer.is_global_zero)
 
 

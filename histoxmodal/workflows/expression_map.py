@@ -36,8 +36,15 @@ from histoxmodal import keys
 from histoxmodal.errors import ConfigError, HistoxmodalError
 from histoxmodal.fileutil import clean_stale, publish_dir, staging_dir, write_json_atomic
 from histoxmodal.version import __version__
+from histoxmodal.workflows.predict import (
+    check_prediction,
+    check_spatial,
+    read_targets,
+)
 from histoxmodal.workflows.run import Run
 from histoxmodal.workflows.tile import (
+    LOCK_DIR,
+    STATUS_BUSY,
     STATUS_FAILED,
     STATUS_OK,
     STATUS_SKIPPED,
@@ -65,6 +72,8 @@ def expression_head(run: Run, head: str | None = None) -> str:
     ------
     ConfigError
         The run has no saved expression head (or not the one named).
+    StaleHeadError
+        The head was fitted on other weights than the run holds now.
     """
     saved = [h for h in run.heads if (run.path / keys.RUN_HEADS_DIR / h / "targets.json").exists()]
     if head is not None:
@@ -73,13 +82,15 @@ def expression_head(run: Run, head: str | None = None) -> str:
                 f"{run.path} has no expression head {head!r} (saved: {', '.join(saved) or 'none'})"
                 f"; fit one with `histoxmodal fit-head {run.path}`"
             )
-        return head
-    if not saved:
+    elif not saved:
         raise ConfigError(
             f"{run.path} has no saved expression head; fit one with "
             f"`histoxmodal fit-head {run.path}` (runs trained now fit one at the end)"
         )
-    return "expression_ridge" if "expression_ridge" in saved else saved[0]
+    else:
+        head = "expression_ridge" if "expression_ridge" in saved else saved[0]
+    run.check_head(head)  # fitted on the run's present weights, or refused before any slide
+    return head
 
 
 def pseudo_spots(
@@ -124,6 +135,47 @@ def _params(run: Run, head: str, grid_um, min_tissue, mpp, genes) -> dict[str, o
     }
 
 
+def check_min_tissue(min_tissue: object) -> float:
+    """``min_tissue`` as a fraction in [0, 1]; anything else is refused (5 is not 500 %)."""
+    ok = isinstance(min_tissue, int | float) and not isinstance(min_tissue, bool)
+    if not ok or not 0 <= min_tissue <= 1:  # also refuses nan
+        raise ConfigError(
+            f"--min-tissue {min_tissue!r}: must be a fraction in [0, 1] (0.5: half of a "
+            "pseudo-spot's window is tissue)"
+        )
+    return float(min_tissue)
+
+
+#: a grid pitch below this fraction of the patch's field of view needs ``allow_dense_grid``
+MIN_GRID_FRACTION = 0.25
+#: more grid windows than this on one slide need ``allow_dense_grid``
+MAX_GRID_WINDOWS = 2_000_000
+
+
+def check_grid(grid_um: float, patch_um: float, *, allow_dense_grid: bool = False) -> float:
+    """Refuse a pseudo-spot pitch that cannot make sense for patches of ``patch_um``.
+
+    Raises
+    ------
+    ConfigError
+        ``grid_um`` is not a positive number, or is finer than :data:`MIN_GRID_FRACTION` of the
+        patch (each spot overlapping its neighbours by more than 3/4) without
+        ``allow_dense_grid``.
+    """
+    g = float(grid_um)
+    if not (g > 0 and np.isfinite(g)):
+        raise ConfigError(f"--grid-um {grid_um}: must be a positive number of µm")
+    if g < MIN_GRID_FRACTION * patch_um and not allow_dense_grid:
+        raise ConfigError(
+            f"--grid-um {grid_um:g}: the run's patches are {patch_um:g} µm, so a pitch below "
+            f"{MIN_GRID_FRACTION * patch_um:g} µm makes each pseudo-spot overlap its neighbours "
+            f"by more than 3/4 and multiplies the work ({(patch_um / g) ** 2:.0f} spots per "
+            f"patch area); use --grid-um {patch_um:g} (adjacent patches), or pass "
+            f"--allow-dense-grid"
+        )
+    return g
+
+
 def predict_slide(
     run: str | Path | Run,
     slide: str | Path,
@@ -138,6 +190,7 @@ def predict_slide(
     batch_size: int = 64,
     overwrite: bool = False,
     name: str | None = None,
+    allow_dense_grid: bool = False,
 ) -> SlideResult:
     """Predict the expression map of one slide; see the module docstring for the outputs.
 
@@ -169,6 +222,9 @@ def predict_slide(
         Redo a slide already predicted with these settings.
     name
         Output folder name; default the slide's file stem.
+    allow_dense_grid
+        Allow a ``grid_um`` below a quarter of the patch, or a slide with more than
+        :data:`MAX_GRID_WINDOWS` grid windows (see :func:`check_grid`).
 
     Returns
     -------
@@ -176,9 +232,9 @@ def predict_slide(
         ``ok``, ``skipped`` or ``failed`` (``reason`` says why); errors are recorded, not raised.
     """
     t0 = time.perf_counter()
+    check_min_tissue(min_tissue)
     run = run if isinstance(run, Run) else Run.load(run)
-    if run.kind != "spatial":
-        raise ConfigError(f"{run.path}: a {run.kind} run has no image-to-expression path")
+    check_spatial(run)
     if not run.patch:
         raise ConfigError(
             f"{run.path}: the run does not record its patch size (patch_um, patch_px); "
@@ -186,9 +242,9 @@ def predict_slide(
         )
     head = expression_head(run, head)
     patch_um = float(run.patch["patch_um"])
-    grid_um = float(grid_um) if grid_um is not None else patch_um
-    if not grid_um > 0:
-        raise ConfigError(f"--grid-um {grid_um}: must be a positive number of µm")
+    grid_um = check_grid(
+        grid_um if grid_um is not None else patch_um, patch_um, allow_dense_grid=allow_dense_grid
+    )
     slide = Path(slide).expanduser()
     name = name or output_name(slide)
     out_dir = Path(out_dir)
@@ -207,7 +263,34 @@ def predict_slide(
                 str(slide), name, STATUS_SKIPPED, previous.get("n_spots"), reason="already done",
                 out_dir=str(final),
             )  # fmt: skip
+    from filelock import FileLock, Timeout
+
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / LOCK_DIR).mkdir(exist_ok=True)
+    # one process per slide: a second one would remove the first one's staging folder
+    lock = FileLock(out_dir / LOCK_DIR / f"{name}.predict.lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return SlideResult(
+            str(slide), name, STATUS_BUSY,
+            reason=f"in progress in another process (it holds {lock.lock_file}); its maps are "
+            "not finished: rerun when that process is done",
+            out_dir=str(final),
+        )  # fmt: skip
+    try:
+        return _predict_slide_locked(
+            run, head, slide, name, out_dir, final, params, source, t0, mpp, grid_um,
+            min_tissue, genes, centres, batch_size, allow_dense_grid,
+        )  # fmt: skip
+    finally:
+        lock.release()
+
+
+def _predict_slide_locked(
+    run, head, slide, name, out_dir, final, params, source, t0, mpp, grid_um, min_tissue, genes,
+    centres, batch_size, allow_dense_grid,
+) -> SlideResult:  # fmt: skip
     clean_stale(out_dir, name)
     tmp = staging_dir(final)
     manifest: dict[str, object] = {
@@ -221,8 +304,9 @@ def predict_slide(
     result = SlideResult(str(slide), name, STATUS_FAILED, out_dir=str(final))
     try:
         n, maps, slide_mpp = _predict_into(
-            run, head, slide, tmp, name, mpp, grid_um, min_tissue, genes, centres, batch_size
-        )
+            run, head, slide, tmp, name, mpp, grid_um, min_tissue, genes, centres, batch_size,
+            allow_dense_grid,
+        )  # fmt: skip
         manifest.update(
             {"status": STATUS_OK, "n_spots": n, "maps": maps, "mpp": slide_mpp, "files": None}
         )
@@ -247,7 +331,9 @@ def predict_slide(
     return result
 
 
-def _predict_into(run, head, slide, tmp, name, mpp, grid_um, min_tissue, genes, centres, bs):
+def _predict_into(
+    run, head, slide, tmp, name, mpp, grid_um, min_tissue, genes, centres, bs, allow_dense_grid
+):  # fmt: skip
     import anndata as ad
     import pandas as pd
 
@@ -258,7 +344,7 @@ def _predict_into(run, head, slide, tmp, name, mpp, grid_um, min_tissue, genes, 
     from histoxmodal.workflows.predict import HeadInputs
 
     fitted = run.load_head(head)
-    targets = json.loads((run.path / keys.RUN_HEADS_DIR / head / "targets.json").read_text())
+    targets = read_targets(run, head)
     all_genes = list(targets["genes"])
     wanted = list(genes) if genes else []
     unknown = [g for g in wanted if g not in all_genes]
@@ -271,10 +357,22 @@ def _predict_into(run, head, slide, tmp, name, mpp, grid_um, min_tissue, genes, 
     with open_slide(slide, mpp=mpp) as s:
         slide_mpp = s.require_mpp()
         if centres is None:
+            w_um, h_um = (d * slide_mpp for d in s.dimensions)
+            windows = (int(w_um // grid_um) + 1) * (int(h_um // grid_um) + 1)
+            if windows > MAX_GRID_WINDOWS and not allow_dense_grid:
+                raise ConfigError(
+                    f"--grid-um {grid_um:g} lays {windows:,} windows over this "
+                    f"{w_um / 1000:.1f} × {h_um / 1000:.1f} mm slide (more than "
+                    f"{MAX_GRID_WINDOWS:,}); use a coarser --grid-um, or pass --allow-dense-grid"
+                )
             mask = detect_tissue(s)
             xy, frac = pseudo_spots(
                 s, mask, patch_um=patch_um, grid_um=grid_um, min_tissue=min_tissue
             )
+            log.info(
+                "%s: %d of %d grid windows (%g µm pitch) on tissue; embedding them",
+                name, len(xy), windows, grid_um,
+            )  # fmt: skip
             if not len(xy):
                 raise ConfigError(
                     f"{slide}: no pseudo-spot reaches {min_tissue:.0%} tissue; check the tissue "
@@ -294,6 +392,7 @@ def _predict_into(run, head, slide, tmp, name, mpp, grid_um, min_tissue, genes, 
     # what the head read in training: the slide as one section (its own mean, neighbourhoods)
     inputs = HeadInputs.of(run, targets.get("head", "ridge"), targets)
     y = np.asarray(fitted.predict(inputs.apply(z, xy * slide_mpp)), np.float32)
+    check_prediction(y, all_genes, run, head)
     obs = pd.DataFrame({"tissue_fraction": frac}, index=[f"{name}_{i}" for i in range(len(xy))])
     a = ad.AnnData(X=y, obs=obs, var=pd.DataFrame(index=all_genes))
     a.obsm[keys.OBSM_SPATIAL] = xy
@@ -371,8 +470,16 @@ def predict_slides(
     """
     from histoxmodal.progress import progress
 
+    check_min_tissue(kwargs.get("min_tissue", 0.5))  # before any slide or folder
     run = run if isinstance(run, Run) else Run.load(run)
+    check_spatial(run)
     expression_head(run, kwargs.get("head"))  # type: ignore[arg-type]
+    if kwargs.get("grid_um") is not None and run.patch:
+        check_grid(
+            kwargs["grid_um"],  # type: ignore[arg-type]
+            float(run.patch["patch_um"]),
+            allow_dense_grid=bool(kwargs.get("allow_dense_grid")),
+        )
     slides, results = find_slides(inputs)
     if not slides and not results:
         raise ConfigError(f"no slides found in {', '.join(map(str, inputs))}")

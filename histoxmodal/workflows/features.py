@@ -56,6 +56,7 @@ from histoxmodal.fileutil import write_json_atomic
 from histoxmodal.version import __version__
 from histoxmodal.workflows.tile import (
     LOCK_DIR,
+    STATUS_BUSY,
     STATUS_EMPTY,
     STATUS_FAILED,
     STATUS_OK,
@@ -597,8 +598,8 @@ def extract_slide(
     Returns
     -------
     SlideResult
-        ``status`` ``ok``, ``empty`` (no tile), ``skipped`` (done already, or locked by another
-        process) or ``failed`` (``reason`` says why; recorded in ``<name>.json``).
+        ``status`` ``ok``, ``empty`` (no tile), ``skipped`` (done already), ``busy`` (another
+        process holds its lock) or ``failed`` (``reason`` says why; recorded in ``<name>.json``).
     """
     from filelock import FileLock, Timeout
 
@@ -616,8 +617,9 @@ def extract_slide(
         lock.acquire()
     except Timeout:
         return SlideResult(
-            str(item.path), item.name, STATUS_SKIPPED,
-            reason=f"another process is extracting it now (lock {lock.lock_file})",
+            str(item.path), item.name, STATUS_BUSY,
+            reason=f"in progress in another process (it holds {lock.lock_file}); its features "
+            "are not finished: rerun when that process is done",
         )  # fmt: skip
     try:
         return _extract_locked(

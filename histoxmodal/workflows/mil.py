@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import math
+import numbers
 import shutil
 import time
 from collections.abc import Sequence
@@ -145,16 +146,25 @@ def read_bag(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         ) from e
 
 
+#: label cells read as "no label" (a literal NaN is a missing value, never a class of its own)
+MISSING_LABELS = ["", "NA", "N/A", "NaN", "nan", "NULL", "null", "None"]
+
+
 def read_labels(path: str | Path, target: str):
     """``labels.csv`` as a DataFrame with columns ``slide``, ``patient`` and ``target`` (labels
-    as strings; empty cells stay missing), checked."""
+    as strings; empty cells and the spellings of :data:`MISSING_LABELS` are missing), checked."""
     import pandas as pd
 
     path = Path(path)
+    if target in ("slide", "patient"):
+        raise ConfigError(
+            f"--target {target}: that column names the slides and patients; give the label "
+            "column to learn (e.g. --target KRAS)"
+        )
     if not path.is_file():
         raise ConfigError(f"--labels {path}: no such file (a CSV with slide, patient, <target>)")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=MISSING_LABELS)
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise ConfigError(f"--labels {path}: not a readable CSV ({e})") from e
     missing = [c for c in ("slide", "patient", target) if c not in df.columns]
@@ -328,6 +338,38 @@ def _head(model: str, seed: int, params: dict[str, Any]):
 # ----------------------------------------------------------------------------------- train
 
 
+#: the largest seed every generator takes (numpy's legacy ``RandomState``: 32 bits)
+MAX_SEED = 2**32 - 1
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """``seeds`` as a list of distinct integers in [0, 2**32 - 1], at least one."""
+    out: list[int] = []
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 0 <= s <= MAX_SEED:
+            raise ConfigError(f"--seeds: seed {s!r} must be an integer in [0, {MAX_SEED}]")
+        if int(s) in out:
+            raise ConfigError(
+                f"--seeds: seed {s} is given twice; each seed is one more repeat of the "
+                "cross-validation, and a repeated one only counts the same folds twice"
+            )
+        out.append(int(s))
+    if not out:
+        raise ConfigError("--seeds: give at least one seed")
+    return out
+
+
+def check_lr(lr: float | None) -> None:
+    """Refuse a learning rate outside (0, 1): 0 trains nothing, nan/inf/1e9 diverge."""
+    if lr is None:
+        return
+    ok = isinstance(lr, numbers.Real) and not isinstance(lr, bool) and math.isfinite(lr)
+    if not ok or not 0 < lr < 1:
+        raise ConfigError(
+            f"--lr {lr!r}: must lie in (0, 1) (0 trains nothing, >= 1 diverges), e.g. 1e-4"
+        )
+
+
 def train_mil(
     features_dir: str | Path,
     labels: str | Path,
@@ -382,9 +424,12 @@ def train_mil(
         is_ours=lambda p: (p / METRICS_JSON).is_file() and (p / OOF_CSV).is_file(),
         kind=f"a MIL run (with its {METRICS_JSON})",
     )
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ConfigError("--seeds: give at least one seed")
+    seeds = check_seeds(seeds)
+    check_lr(lr)
+    if epochs is not None and (
+        isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1
+    ):
+        raise ConfigError(f"--epochs {epochs!r}: must be an integer >= 1")
     params = {k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None}
     cohort = load_cohort(features_dir, labels, target)
     classes, y = np.unique(cohort.labels, return_inverse=True)

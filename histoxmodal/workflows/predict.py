@@ -118,6 +118,45 @@ def _panel_targets(run: Run, adata, rows, genes, n_genes: int) -> list[str]:
     return list(genes)
 
 
+def read_targets(run: Run, head: str) -> dict:
+    """The ``targets.json`` of the saved head ``head`` (genes, normalization, what it reads),
+    checked, with one clear error for a missing, corrupt or foreign file."""
+    file = run.path / keys.RUN_HEADS_DIR / head / TARGETS_FILE
+    refit = f"refit it: histoxmodal fit-head {run.path}"
+    try:
+        targets = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{file} not found: the head folder is incomplete; {refit}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{file} is unreadable or not JSON ({exc}); {refit}") from exc
+    genes = targets.get("genes") if isinstance(targets, dict) else None
+    if not (isinstance(genes, list) and genes and all(isinstance(g, str) for g in genes)):
+        raise ConfigError(f"{file} has no list of predicted genes; {refit}")
+    return targets
+
+
+def check_prediction(y: np.ndarray, genes: list[str], run: Run, head: str) -> np.ndarray:
+    """Refuse a head whose output is not one column per gene of its ``targets.json`` (a head
+    copied in from another gene panel)."""
+    if y.ndim != 2 or y.shape[1] != len(genes):
+        raise ConfigError(
+            f"{run.path / keys.RUN_HEADS_DIR / head}: the head predicts {y.shape[-1]} values per "
+            f"spot but its targets.json lists {len(genes)} genes (a head or targets.json from "
+            f"another panel?); refit it: histoxmodal fit-head {run.path}"
+        )
+    return y
+
+
+def check_spatial(run: Run) -> None:
+    """Refuse a run that has no image-to-expression path (a cohort run), saying what it has."""
+    if run.kind != "spatial":
+        raise ConfigError(
+            f"{run.path} is a {run.kind} run: it aligns patient-level modalities and has no "
+            "image-to-expression path, so expression heads, `fit-head` and `predict` do not "
+            f"apply; evaluate it with `histoxmodal evaluate {run.path} --data DATASET`"
+        )
+
+
 def fit_expression_head(
     run: str | Path | Run,
     *,
@@ -153,6 +192,8 @@ def fit_expression_head(
     from histoxmodal.data.store import load_paired
 
     run = run if isinstance(run, Run) else Run.load(run)
+    check_spatial(run)
+    run.check_dataset()  # the training rows are read from the run's dataset
     adata, _ = load_paired(run.data)
     tr = run.training_fold().train(adata.n_obs)
     targets = _panel_targets(run, adata, tr, genes, n_genes)
@@ -232,7 +273,7 @@ def predict_expression(
     chosen = sp.fold(fold)
     if head in run.heads:
         fitted = run.load_head(head)
-        targets = json.loads((run.path / keys.RUN_HEADS_DIR / head / TARGETS_FILE).read_text())
+        targets = read_targets(run, head)
         genes = targets["genes"]
         inputs = HeadInputs.of(run, targets["head"], targets)
         rows = chosen.test if split else np.arange(adata.n_obs)
@@ -259,7 +300,9 @@ def predict_expression(
     out = adata[rows, genes].copy()
     out.X = y
     out.layers["measured"] = y
-    out.layers[layer] = np.asarray(fitted.predict(x), np.float32)
+    out.layers[layer] = check_prediction(
+        np.asarray(fitted.predict(x), np.float32), list(genes), run, str(head)
+    )
     out.obsm["X_image"] = za
     out.uns["prediction"] = {
         "head": head,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,12 @@ import numpy as np
 
 from histoxmodal import keys
 from histoxmodal.data.normalize import DEFAULT_NORMALIZATION
-from histoxmodal.errors import ConfigError
+from histoxmodal.errors import ConfigError, DatasetChangedError, StaleHeadError
 from histoxmodal.fileutil import write_json_atomic
 from histoxmodal.reprs import safe_repr, short_list, short_path
 from histoxmodal.version import __version__
+
+log = logging.getLogger(__name__)
 
 #: version of the run folder layout written by this package
 RUN_FORMAT = 1
@@ -208,6 +211,7 @@ class Run:
     split_sha256: str = ""
     patch: dict[str, float] = field(default_factory=dict)
     _module: Any = field(default=None, repr=False)
+    _weights_digest: Any = field(default=None, repr=False)
 
     @safe_repr
     def __repr__(self) -> str:
@@ -437,10 +441,34 @@ class Run:
 
     # -------------------------------------------------------------------------------- data
 
+    def check_dataset(self) -> None:
+        """Refuse a dataset at the run's recorded path that is not the one it trained on.
+
+        Raises
+        ------
+        DatasetChangedError
+            The dataset was rebuilt or replaced since (its manifest digest differs), or is gone.
+        """
+        if self.kind != "spatial" and not _is_paired(self.data):
+            return  # cohort stores have no build manifest to compare
+        if not (self.data / keys.PAIRED_MANIFEST_FILE).is_file():
+            raise DatasetChangedError(
+                f"{self.path} trained on {self.data}, which holds no dataset any more (moved "
+                f"or deleted?); put it back, or rebuild it with `histoxmodal build` at that path"
+            )
+        if self.dataset_sha256 and dataset_digest(self.data) != self.dataset_sha256:
+            raise DatasetChangedError(
+                f"{self.data} is not the dataset {self.path} trained on (it was rebuilt or "
+                f"replaced since: its manifest differs), so the run's training rows cannot be "
+                f"told apart there; restore that dataset, or train a new run on this one"
+            )
+
     def training_split(self):
-        """The :class:`~histoxmodal.data.splits.Split` the run trained on."""
+        """The :class:`~histoxmodal.data.splits.Split` the run trained on, after checking that
+        the dataset at the run's path is the one it trained on (:meth:`check_dataset`)."""
         from histoxmodal.data.splits import Split
 
+        self.check_dataset()
         return Split.load(self.split)
 
     def training_fold(self):
@@ -519,24 +547,91 @@ class Run:
 
     # ------------------------------------------------------------------------------- heads
 
+    def weights_sha256(self) -> str:
+        """SHA-256 of ``model.safetensors``: the weights whose embeddings a head is fitted on."""
+        from histoxmodal.data.store import file_sha256
+
+        f = self.path / keys.RUN_WEIGHTS_FILE
+        if not f.exists():
+            raise FileNotFoundError(f"{f} not found: is {self.path} a finished run?")
+        st = f.stat()
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+        if self._weights_digest is None or self._weights_digest[0] != stamp:
+            self._weights_digest = (stamp, file_sha256(f))
+        return self._weights_digest[1]
+
     def save_head(self, name: str, head) -> Path:
-        """Save a fitted head under ``heads/<name>`` (overwriting one of that name)."""
+        """Save a fitted head under ``heads/<name>`` (overwriting one of that name).
+
+        ``head.json`` records the checksum of the run's weights and the dataset the head was
+        fitted with, so :meth:`load_head` refuses it once either changes.
+        """
         folder = self.path / keys.RUN_HEADS_DIR / name
-        head.save(folder)
+        head.save(
+            folder,
+            provenance={
+                "weights_sha256": self.weights_sha256(),
+                "dataset_sha256": self.dataset_sha256,
+            },
+        )
         return folder
 
+    def head_is_current(self, name: str) -> bool:
+        """Whether the saved head ``name`` was fitted on the run's present weights."""
+        from histoxmodal.heads.base import read_head_json
+
+        try:
+            meta, _ = read_head_json(self.path / keys.RUN_HEADS_DIR / name)
+        except (OSError, ValueError):
+            return False
+        fitted_on = (meta.get("provenance") or {}).get("weights_sha256")
+        return fitted_on == self.weights_sha256()
+
     def load_head(self, name: str):
-        """A head saved with :meth:`save_head`."""
+        """A head saved with :meth:`save_head`, refused when it was fitted on other weights.
+
+        Raises
+        ------
+        StaleHeadError
+            The run's ``model.safetensors`` is not the one the head was fitted on (the run was
+            resumed, or the head or the weights were copied in from another run).
+        """
         from histoxmodal.heads import load_head
+
+        folder = self.check_head(name)
+        try:
+            return load_head(folder)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (histoxmodal fit-head {self.path})") from exc
+
+    def check_head(self, name: str) -> Path:
+        """The folder of the saved head ``name`` after checking, without loading it, that it
+        was fitted on the run's present weights (see :meth:`load_head`)."""
+        from histoxmodal.heads.base import read_head_json
 
         folder = self.path / keys.RUN_HEADS_DIR / name
         if not folder.exists():
             have = ", ".join(self.heads) or "none"
             raise FileNotFoundError(
                 f"{self.path} has no head {name!r} (saved heads: {have}); fit one with "
-                "`histoxmodal predict --fit-head` or Run.save_head"
+                f"`histoxmodal fit-head {self.path}` or Run.save_head"
             )
-        return load_head(folder)
+        meta, _ = read_head_json(folder)
+        fitted_on = (meta.get("provenance") or {}).get("weights_sha256")
+        if fitted_on is None:
+            log.warning(
+                "%s predates weight checksums: it cannot be checked against %s; refit it with "
+                "`histoxmodal fit-head %s` to be sure",
+                folder, keys.RUN_WEIGHTS_FILE, self.path,
+            )  # fmt: skip
+        elif fitted_on != self.weights_sha256():
+            raise StaleHeadError(
+                f"{folder} was fitted on other weights than {self.path / keys.RUN_WEIGHTS_FILE} "
+                f"(sha256 {fitted_on[:12]}… vs {self.weights_sha256()[:12]}…): the run was "
+                f"resumed or retrained, or the head or the weights were copied from another "
+                f"run. Refit it: histoxmodal fit-head {self.path}"
+            )
+        return folder
 
     @property
     def heads(self) -> list[str]:

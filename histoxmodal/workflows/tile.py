@@ -75,6 +75,8 @@ LOCK_DIR = ".locks"
 
 #: ``status`` values of a slide's manifest; ``empty`` means read fine but no tissue found
 STATUS_OK, STATUS_EMPTY, STATUS_FAILED, STATUS_SKIPPED = "ok", "empty", "failed", "skipped"
+#: another process holds the slide's lock: its output is not finished yet
+STATUS_BUSY = "busy"
 
 
 @dataclass
@@ -93,7 +95,9 @@ class SlideResult:
 
     @property
     def failed(self) -> bool:
-        return self.status == STATUS_FAILED
+        """Whether the slide has no finished output: it failed, or another process is still
+        working on it (``busy``); a pipeline must not go on as if it were done."""
+        return self.status in (STATUS_FAILED, STATUS_BUSY)
 
 
 #: characters an output name may not hold (path separators, NUL and control characters)
@@ -301,6 +305,24 @@ def user_mpp(
     return None if mpp is None else SlideMpp(mpp, override)
 
 
+#: how many times finer than a slide's own pixels tiles may be without ``allow_upsample``
+MAX_UPSAMPLE = 2.0
+
+
+def check_upsample(target_mpp: float, slide_mpp: float, *, allow: bool = False) -> None:
+    """Refuse tiles more than :data:`MAX_UPSAMPLE` times finer than the slide's pixels (e.g.
+    ``--mpp-target 0.0001`` makes millions of one-pixel tiles) unless ``allow``."""
+    if allow or target_mpp * MAX_UPSAMPLE >= slide_mpp:
+        return
+    raise ConfigError(
+        f"tiles at {target_mpp:g} µm/px (--mpp-target, or --tile-um / --tile-px) are "
+        f"{slide_mpp / target_mpp:.3g}x finer than the slide's own {slide_mpp:.4g} µm/px: they "
+        "would be upsampled, interpolated pixels; "
+        f"give --mpp-target >= {slide_mpp / MAX_UPSAMPLE:.4g} (at most {MAX_UPSAMPLE:g}x finer), "
+        "or pass --allow-upsample (allow_upsample=True) to tile it anyway"
+    )
+
+
 def _params(
     spec: TileSpec,
     tissue: TissueParams,
@@ -337,6 +359,7 @@ def tile_slide(
     *,
     mpp: float | SlideMpp | None = None,
     allow_implausible_mpp: bool = False,
+    allow_upsample: bool = False,
     tissue: TissueParams | None = None,
     save_tiles: bool = False,
     workers: int = 1,
@@ -365,6 +388,10 @@ def tile_slide(
         value used and where it came from (``mpp_source``, ``mpp_detail``).
     allow_implausible_mpp
         Accept a pixel size outside 0.1-10 µm/px.
+    allow_upsample
+        Accept a ``spec.target_mpp`` more than :data:`MAX_UPSAMPLE` times finer than the slide's
+        level-0 µm/px (tiles of interpolated pixels); without it such a slide fails with the
+        reason.
     tissue
         Tissue-detection settings.
     save_tiles
@@ -423,15 +450,16 @@ def tile_slide(
         return SlideResult(
             str(slide),
             name,
-            STATUS_SKIPPED,
-            reason=f"another process is tiling it now (lock {lock.lock_file}); left to that one",
+            STATUS_BUSY,
+            reason=f"in progress in another process (it holds {lock.lock_file}); its tiles are "
+            "not finished: rerun when that process is done",
             out_dir=str(final),
         )
     try:
         return _tile_locked(
             slide, name, out_dir, spec, tissue, params, source, t0,
             mpp=mpp, allow_implausible_mpp=allow_implausible_mpp, save_tiles=save_tiles,
-            workers=workers, overwrite=overwrite, reader=reader,
+            workers=workers, overwrite=overwrite, reader=reader, allow_upsample=allow_upsample,
             annotations=(annotations, geojson_in),
         )  # fmt: skip
     finally:
@@ -463,6 +491,7 @@ def _tile_locked(
     overwrite: bool,
     reader: str | None,
     annotations: tuple[list | None, Path | None] = (None, None),
+    allow_upsample: bool = False,
 ) -> SlideResult:
     from histoxmodal.io.slide import open_slide
     from histoxmodal.tiling.annotations import annotation_mask, points_in_polygons
@@ -531,7 +560,8 @@ def _tile_locked(
         ) as s:
             manifest.update(s.describe())
             result.mpp, result.mpp_source = s.mpp, s.mpp_info.source
-            geom = spec.resolve(s)
+            geom = spec.resolve(s)  # needs the slide's pixel size, and says so without one
+            check_upsample(spec.target_mpp, geom.mpp, allow=allow_upsample)
             w, h = s.dimensions
             if geom.tile_px_level0 > min(w, h):
                 raise ConfigError(

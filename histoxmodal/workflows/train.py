@@ -8,12 +8,15 @@ fold.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from histoxmodal import keys
 from histoxmodal.errors import ConfigError
 from histoxmodal.training.trainer import check_devices
 from histoxmodal.workflows.run import KINDS, Run
+
+log = logging.getLogger(__name__)
 
 __all__ = ["check_devices", "train"]
 
@@ -67,6 +70,7 @@ def train(
 
     from histoxmodal.training.trainer import (
         check_max_epochs,
+        checkpoint_position,
         fit_module,
         last_checkpoint,
         make_trainer,
@@ -85,6 +89,10 @@ def train(
         raise ConfigError(
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
         )
+    _check_full_batches(run)
+    # the towers are built before anything is written: a config they refuse leaves no folder
+    L.seed_everything(config.optim.seed, workers=True, verbose=False)
+    module = run.new_module()
     # Lightning's checks (accelerator, devices) pass before anything is written
     trainer = make_trainer(
         out,
@@ -98,26 +106,67 @@ def train(
     )
     if not resume:
         run.write_identity()
-    L.seed_everything(config.optim.seed, workers=True)
-    module = run.new_module()
-    train_dl, val_dl = _loaders(run, module)
+    start_epoch = checkpoint_position(last)[0] + 1 if resume else 0
+    train_dl, val_dl = _loaders(run, module, distributed=trainer.world_size > 1, epoch=start_epoch)
+    if len(train_dl) == 0:  # e.g. a batch sampler whose groups are all smaller than a batch
+        raise ConfigError(
+            f"no full training batch of optim.batch_size={config.optim.batch_size} can be formed "
+            f"(batches are drawn within groups, see correction.*); lower optim.batch_size"
+        )
     if fit_module(module, train_dl, val_dl, out, config.optim, resume=resume, trainer=trainer):
         save_weights(module, out / keys.RUN_WEIGHTS_FILE)
     run._module = module.eval()
     head = getattr(config, "head", None)
     expression = head.expression if head is not None and run.kind == "spatial" else None
-    if expression and f"expression_{expression}" not in run.heads:
+    name = f"expression_{expression}"
+    if expression and (name not in run.heads or not run.head_is_current(name)):
         from histoxmodal.workflows.predict import fit_expression_head
 
-        # every gene of the panel, so `histoxmodal predict` maps new slides on its own
+        # every gene of the panel, so `histoxmodal predict` maps new slides on its own; a
+        # resumed run's weights changed, so the head fitted on the old ones is refitted
         fit_expression_head(run, head=expression, genes=list(run.genes))
+    stale = [h for h in run.heads if not run.head_is_current(h)]
+    if stale:
+        log.warning(
+            "%s: heads %s were fitted on earlier weights and will be refused; refit them with "
+            "`histoxmodal fit-head %s`",
+            out, ", ".join(stale), out,
+        )  # fmt: skip
     return run
 
 
-def _loaders(run: Run, module):
+def _check_full_batches(run: Run) -> None:
+    """Refuse a training fold smaller than one batch before anything is written.
+
+    Incomplete batches are dropped (a contrastive loss needs its negatives), so such a run
+    would train nothing and still write weights and fit heads on them.
+    """
+    bs = run.config.optim.batch_size
+    n_train = len(run.training_fold().train(KINDS[run.kind].n_obs(run.data)))
+    if n_train < bs:
+        raise ConfigError(
+            f"optim.batch_size={bs}, but the training fold {run.fold!r} has {n_train} rows: "
+            f"not one full training batch, so nothing would train (incomplete batches are "
+            f"dropped). Lower it, e.g. --set optim.batch_size={max(2, n_train // 4)}"
+        )
+
+
+def _loaders(run: Run, module, *, distributed: bool = False, epoch: int = 0):
     """Training and validation ``DataLoader`` of a run (and the spatial run's gene-tower
-    pretraining and frozen-feature cache, which need the data)."""
+    pretraining and frozen-feature cache, which need the data).
+
+    On one device the training batches come from a :class:`GroupBatchSampler` set to ``epoch``
+    (the one a resumed run starts with), whose order and augmentations are functions of the
+    seed and the epoch, and the loaders draw nothing from the global generators; with
+    :func:`~histoxmodal.training.trainer.make_trainer`'s per-epoch reseeding, a resumed run
+    trains the model an uninterrupted one does. Across devices Lightning's distributed sampler
+    shuffles (also by seed and epoch).
+    """
+    import numpy as np
+    import torch
     from torch.utils.data import DataLoader
+
+    from histoxmodal.training.sampler import GroupBatchSampler
 
     o = run.config.optim
     fold = run.training_fold()
@@ -126,11 +175,20 @@ def _loaders(run: Run, module):
     val_rows = fold.val if len(fold.val) else (fold.test if run.kind == "spatial" else fold.val)
     train_ds = run.dataset(rows=train_rows, augment=True)
     val_ds = run.dataset(rows=val_rows) if len(val_rows) else None
-    kw = {"num_workers": o.num_workers, "persistent_workers": o.num_workers > 0}
+    kw = {
+        "num_workers": o.num_workers,
+        "persistent_workers": o.num_workers > 0,
+        # the loaders' own generator: creating an iterator draws nothing from torch's global
+        # one, whose state the per-epoch reseeding owns
+        "generator": torch.Generator().manual_seed(o.seed),
+    }
     sampler = None
     if run.kind == "spatial":
         train_ds, val_ds, sampler = _spatial_extras(run, module, train_rows, train_ds, val_ds)
+    if sampler is None and not distributed and run.kind == "spatial":
+        sampler = GroupBatchSampler(np.zeros(len(train_rows)), o.batch_size, seed=o.seed)
     if sampler is not None:
+        sampler.set_epoch(epoch)
         train_dl = DataLoader(train_ds, batch_sampler=sampler, collate_fn=run.collate, **kw)
     else:
         train_dl = DataLoader(

@@ -171,3 +171,43 @@ def test_batch_sizes_and_node_counts_must_be_positive(capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert ">= 1" in err and "Traceback" not in err
+
+
+BUILD = ["build", "--recipe", "her2st", "--src", "s", "--out", "o"]
+PREDICT = ["predict", "run", "s.svs", "--out", "o"]
+MIL = ["mil", "train", "f", "--labels", "l", "--target", "t", "--out", "o"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "option", "needle"),
+    [
+        ([*BUILD, "--mpp", "0"], "--mpp", "> 0"),
+        ([*BUILD, "--mpp", "-1"], "--mpp", "> 0"),
+        ([*BUILD, "--mpp", "nan"], "--mpp", "> 0"),
+        (["tile", "s.svs", "--out", "o", "--mpp-target", "0"], "--mpp-target", "> 0"),
+        (["tile", "s.svs", "--out", "o", "--mpp-target", "-0.5"], "--mpp-target", "> 0"),
+        (["tile", "s.svs", "--out", "o", "--tile-um", "0"], "--tile-um", "> 0"),
+        (["tile", "s.svs", "--out", "o", "--mpp", "0"], "--mpp", "> 0"),
+        (["tile", "s.svs", "--out", "o", "--min-tissue", "2"], "--min-tissue", "[0, 1]"),
+        ([*PREDICT, "--mpp", "0"], "--mpp", "> 0"),
+        ([*PREDICT, "--grid-um", "-5"], "--grid-um", "> 0"),
+        ([*PREDICT, "--min-tissue", "-1"], "--min-tissue", "[0, 1]"),
+        ([*PREDICT, "--min-tissue", "5"], "--min-tissue", "[0, 1]"),
+        ([*MIL, "--lr", "0"], "--lr", "(0, 1)"),
+        ([*MIL, "--lr", "1e9"], "--lr", "(0, 1)"),
+        ([*MIL, "--seeds", "-1"], "--seeds", "[0, 4294967295]"),
+        ([*MIL, "--seeds", "4294967296"], "--seeds", "[0, 4294967295]"),
+    ],
+)
+def test_numbers_that_make_no_sense_are_usage_errors(
+    tmp_path, monkeypatch, capsys, argv, option, needle
+):
+    """``build --mpp 0`` was silently ignored, ``tile --mpp-target 0`` and ``predict
+    --min-tissue 5`` were accepted (issue 26, item 9): argparse refuses them, naming the option
+    and the allowed range, before anything runs."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"argument {option}" in err and needle in err, err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()

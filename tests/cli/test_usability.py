@@ -290,3 +290,53 @@ def test_train_list_shows_whole_descriptions_wrapped(capsys):
         )
         assert prose.endswith(".") and prose in " ".join(out.split()), name  # nothing cut
     assert "Two epochs take a few minutes on 2 CPU cores." in " ".join(out.split())
+
+
+def test_an_ascii_terminal_gets_escapes_not_a_crash(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from histoxmodal.testing import make_synthetic_slide
+
+    made = make_synthetic_slide(tmp_path / "s.tif", width=1024, height=768, seed=1)
+    slide = tmp_path / "sé_µ.tif"
+    shutil.copy(made.path, slide)
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    cmd = [sys.executable, "-m", "histoxmodal.cli.main", "tile", str(slide), "--out",
+           str(tmp_path / "out"), "--tile-px", "64", "--mpp-target", "1"]  # fmt: skip
+    p = subprocess.run(cmd, env=env, capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr.decode(errors="replace")[-2000:]
+    assert b"s\\xe9_\\xb5" in p.stdout and b"Traceback" not in p.stderr
+    assert (tmp_path / "out" / "sé_µ" / "manifest.json").exists()
+
+
+def test_a_read_only_or_full_disk_is_one_line(monkeypatch, tmp_path, capsys):
+    import errno
+
+    import histoxmodal.cli.tile as tile_cli
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "x.h5"))
+
+    monkeypatch.setattr(tile_cli, "run_tile", full)
+    assert main(["tile", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the disk is full" in err and "x.h5" in err
+
+    def read_only(args):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "out"))
+
+    monkeypatch.setattr(tile_cli, "run_tile", read_only)
+    assert main(["tile", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+    assert "read-only" in capsys.readouterr().err
+
+
+def test_models_pattern_matching_nothing_is_an_error(capsys):
+    assert main(["models", "zzz*"]) == 2
+    err = capsys.readouterr().err
+    assert "no registered model matches 'zzz*'" in err and err.count("\n") == 1
+    assert main(["models", "unii"]) == 2
+    assert "did you mean uni" in capsys.readouterr().err
+    assert main(["models", "uni*"]) == 0

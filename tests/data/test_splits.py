@@ -71,3 +71,83 @@ def test_an_edited_split_file_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         Split.load(tmp_path / "missing.json")
     assert np.array_equal(np.sort(rnd.test), rnd.test)
+
+
+def _hand_made(tmp_path, edit, *, kind="random", name="hand.json"):
+    """A split file edited by hand, its sha256 recomputed so the hash check passes."""
+    from histoxmodal.data.splits import digest, make_split
+
+    split = make_split(_obs(), kind, seed=3)
+    split.pop("sha256")
+    edit(split)
+    split["sha256"] = digest(split)
+    path = tmp_path / name
+    path.write_text(json.dumps(split))
+    return path
+
+
+def _set(key, value, fold=0):
+    return lambda s: s["folds"][fold].__setitem__(key, value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_set("test", [0, -1]), r"fold 'random', 'test': row index -1 is out of range \[0, 11\]"),
+        (_set("test", [0, 9999]), r"'test': row index 9999 is out of range \[0, 11\]"),
+        (_set("val", [0, 12]), r"'val': row index 12 is out of range \[0, 11\]"),
+        (_set("test", [0, 2, 2]), r"'test': row index 2 is listed more than once"),
+        (_set("test", [0, 1.0]), r"'test': row index 1.0 is not an integer"),
+        (_set("test", [0, 1.5]), r"'test': row index 1.5 is not an integer"),
+        (_set("test", [0, True]), r"'test': row index True is not an integer"),
+        (_set("val", ["3"]), r"'val': row index '3' is not an integer"),
+        (_set("test", 5), r"'test': expected a list of row indices"),
+        (_set("test", []), r"fold 'random': the test list is empty"),
+        (_set("val", None), r"'val': expected a list of row indices"),
+        (
+            lambda s: s["folds"][0].update(test=[0, 1, 2], val=[2, 3]),
+            r"fold 'random': row index 2 is in both test and val",
+        ),
+        (
+            lambda s: s["folds"][0].update(test=list(range(8)), val=list(range(8, 12))),
+            r"fold 'random': test and val hold all 12 rows; no training rows",
+        ),
+        (lambda s: s.update(n_obs=1.5), r"n_obs=1.5 is not a number of rows"),
+    ],
+)
+def test_hand_made_split_with_bad_indices_is_refused(tmp_path, edit, message):
+    """A split file edited by hand (hash recomputed) names the file, the fold and the bad value
+    instead of scoring the wrong rows or ending in a traceback (issue 26, item 10)."""
+    from histoxmodal.data.splits import Split
+    from histoxmodal.errors import ConfigError
+
+    path = _hand_made(tmp_path, edit)
+    with pytest.raises(ConfigError, match=message) as e:
+        Split.load(path)
+    assert str(path) in str(e.value)
+
+
+def test_split_without_row_count_is_range_checked_against_the_dataset(tmp_path):
+    """Without ``n_obs`` the indices are checked when the split meets the dataset's rows."""
+    from histoxmodal.data.splits import Split
+    from histoxmodal.errors import ConfigError
+
+    def edit(s):
+        del s["n_obs"], s["obs_names_sha256"]
+        s["folds"][1]["test"] = [3, 40]
+
+    path = _hand_made(tmp_path, edit, kind="sample")
+    sp = Split.load(path)  # the row count is unknown until the dataset is given
+    with pytest.raises(ConfigError, match=r"fold 'sample=S1', 'test': row index 40 is out of"):
+        sp.check(_obs().index)
+
+
+def test_split_files_written_by_build_still_load(tmp_path):
+    from histoxmodal.data.splits import Split, make_split, write_split
+
+    for kind in ("patient", "sample", "random"):
+        path = tmp_path / f"{kind}.json"
+        write_split(make_split(_obs(), kind), path)
+        sp = Split.load(path)
+        sp.check(_obs().index)
+        assert all(len(f.test) and f.test.dtype == np.int64 for f in sp.folds)

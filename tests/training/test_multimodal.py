@@ -100,3 +100,28 @@ def test_missing_modalities_are_masked_not_dropped(xor_store, tmp_path):
     loss = module.compute_loss(batch)
     loss.backward()
     assert torch.isfinite(loss) and module.missing.grad is not None
+
+
+def test_cohort_run_refuses_expression_commands_and_oversized_batches(xor_store, tmp_path, capsys):
+    import yaml
+
+    from histoxmodal.cli.main import main
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    run = tmp_path / "run"
+    argv = ["train", str(cfg), "--data", str(xor_store), "--out", str(run), "--accelerator", "cpu",
+            "--devices", "1", "--max-epochs", "1"]  # fmt: skip
+    # a batch larger than the training patients: nothing would train, and no run is made
+    assert main([*argv, "--set", "optim.batch_size=5000"]) == 2
+    assert "not one full training batch" in capsys.readouterr().err
+    assert not run.exists()
+    assert main(argv) == 0
+    capsys.readouterr()
+    for cmd in (
+        ["fit-head", str(run)],
+        ["predict", str(run), str(tmp_path), "--out", str(tmp_path / "m")],
+    ):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is a cohort run" in err and "evaluate" in err

@@ -177,6 +177,34 @@ def test_a_run_without_a_head_says_how_to_fit_one(tiny_run, tmp_path, capsys):
     assert main(["predict", str(bare), str(slide), "--out", str(tmp_path / "o")]) == 0
 
 
+@pytest.mark.parametrize("value", ["-1", "5", "1.5", "nan"])
+def test_min_tissue_outside_0_1_is_a_usage_error(tiny_run, tmp_path, capsys, value):
+    """``--min-tissue -1`` was accepted and ``5`` said "no pseudo-spot reaches 500 %"
+    (issue 26, item 9): refused before anything is read or written."""
+    from histoxmodal.cli.main import main
+
+    _, run, slide = tiny_run
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as e:
+        main(["predict", str(run.path), str(slide), "--out", str(out), "--min-tissue", value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--min-tissue" in err and "[0, 1]" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("value", [-1, 5, float("nan"), True])
+def test_min_tissue_outside_0_1_is_refused_by_the_library(tiny_run, tmp_path, value):
+    from histoxmodal.errors import ConfigError
+    from histoxmodal.workflows.expression_map import predict_slide, predict_slides
+
+    _, run, slide = tiny_run
+    with pytest.raises(ConfigError, match=r"--min-tissue .*must be a fraction in \[0, 1\]"):
+        predict_slides(run.path, [slide], tmp_path / "many", min_tissue=value)
+    with pytest.raises(ConfigError, match=r"must be a fraction in \[0, 1\]"):
+        predict_slide(run, slide, tmp_path / "one", min_tissue=value)
+    assert not (tmp_path / "many").exists() and not (tmp_path / "one").exists()
+
+
 def test_held_out_her2st_section_slide_path_matches_evaluate(her2st_paired, data_dir, tmp_path):
     """B4 never seen in training (patient split, fold B): its expression predicted from the H&E
     image alone at its spot centres scores as `evaluate` scores the paired dataset."""
@@ -214,3 +242,87 @@ def test_held_out_her2st_section_slide_path_matches_evaluate(her2st_paired, data
     theirs = np.array([res["per_gene_pearson"][g] for g in genes])
     np.testing.assert_allclose(mine, theirs, atol=0.03)
     assert np.abs(mine - theirs).max() < 1e-3  # in fact the same pixels, so the same numbers
+
+
+def test_a_slide_predicted_by_another_process_is_left_alone_and_reported(
+    tiny_run, tmp_path, capsys
+):
+    from filelock import FileLock
+
+    from histoxmodal.cli.main import main
+    from histoxmodal.workflows.expression_map import predict_slide
+
+    _, run, slide = tiny_run
+    out = tmp_path / "maps"
+    (out / ".locks").mkdir(parents=True)
+    theirs = out / ".new.partial-999-abcdef01"  # the other process's staging folder
+    theirs.mkdir()
+    with FileLock(out / ".locks" / "new.predict.lock"):
+        r = predict_slide(run, slide, out, grid_um=80)
+        assert r.status == "busy" and r.failed and "in progress in another process" in r.reason
+        assert theirs.exists() and not (out / "new").exists()
+        assert main(["predict", str(run.path), str(slide), "--out", str(out)]) == 1
+        assert "in progress in another process" in capsys.readouterr().out
+    r = predict_slide(run, slide, out, grid_um=80)  # the lock is free: stale staging cleaned
+    assert r.status == "ok" and not theirs.exists()
+
+
+def test_a_grid_far_finer_than_the_patch_is_refused_before_any_work(tiny_run, tmp_path, capsys):
+    from histoxmodal.cli.main import main
+    from histoxmodal.errors import ConfigError
+    from histoxmodal.workflows.expression_map import check_grid, predict_slide
+
+    _, run, slide = tiny_run  # 16 µm patches
+    out = tmp_path / "maps"
+    assert main(["predict", str(run.path), str(slide), "--out", str(out), "--grid-um", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--grid-um 1" in err and "--allow-dense-grid" in err and err.count("\n") == 1
+    assert not out.exists()
+    assert check_grid(4, 16) == 4.0
+    with pytest.raises(ConfigError, match="allow-dense-grid"):
+        check_grid(3.9, 16)
+    assert check_grid(1, 16, allow_dense_grid=True) == 1.0
+    # the window count is estimated from the slide's size before the tissue is detected
+    from histoxmodal.workflows import expression_map
+
+    r = predict_slide(run, slide, out, grid_um=4)
+    assert r.status == "ok"
+    orig = expression_map.MAX_GRID_WINDOWS
+    try:
+        expression_map.MAX_GRID_WINDOWS = (
+            1000  # the 512 × 384 µm slide has 129 × 97 windows at 4 µm
+        )
+        r = predict_slide(run, slide, out, grid_um=4, overwrite=True)
+        assert r.status == "failed" and "12,513 windows" in r.reason
+    finally:
+        expression_map.MAX_GRID_WINDOWS = orig
+
+
+@pytest.mark.parametrize("damage", ["arrays", "targets", "panel"])
+def test_a_damaged_or_foreign_head_is_one_line(tiny_run, tmp_path, capsys, damage):
+    import shutil
+
+    from histoxmodal.cli.main import main
+
+    _, run, slide = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run.path, copy)
+    head = copy / "heads" / "expression_ridge"
+    if damage == "arrays":
+        data = (head / "arrays.safetensors").read_bytes()
+        (head / "arrays.safetensors").write_bytes(data[: len(data) // 2])
+        needle = "not a readable safetensors file"
+    elif damage == "targets":
+        (head / "targets.json").write_text('{"genes": [')
+        needle = "not JSON"
+    else:  # the head of another panel: its targets name fewer genes than it predicts
+        t = json.loads((head / "targets.json").read_text())
+        (head / "targets.json").write_text(json.dumps({**t, "genes": t["genes"][:3]}))
+        needle = "targets.json lists 3 genes"
+    rc = main(
+        ["predict", str(copy), str(slide), "--out", str(tmp_path / "maps"), "--grid-um", "80"]
+    )
+    out, err = capsys.readouterr()
+    text = out + err
+    assert rc in (1, 2) and needle in text and "Traceback" not in text
+    assert "fit-head" in text

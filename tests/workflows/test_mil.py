@@ -193,3 +193,77 @@ def test_overwrite_replaces_only_a_mil_run(cohort, tmp_path):
         == 3
         == m["protocol"]["folds"]
     )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lr": 0.0}, r"--lr 0.0: must lie in \(0, 1\)"),
+        ({"lr": -1.0}, r"--lr -1.0: must lie in \(0, 1\)"),
+        ({"lr": float("nan")}, r"--lr nan: must lie in \(0, 1\)"),
+        ({"lr": float("inf")}, r"--lr inf: must lie in \(0, 1\)"),
+        ({"lr": 1e9}, r"--lr 1000000000.0: must lie in \(0, 1\) \(0 trains nothing, >= 1"),
+        ({"seeds": (-1,)}, r"--seeds: seed -1 must be an integer in \[0, 4294967295\]"),
+        ({"seeds": (2**32,)}, r"--seeds: seed 4294967296 must be an integer in \[0, 4294967295\]"),
+        ({"seeds": (0, 1, 0)}, r"--seeds: seed 0 is given twice"),
+        ({"seeds": (0.5,)}, r"--seeds: seed 0.5 must be an integer"),
+        ({"epochs": 0}, r"--epochs 0: must be an integer >= 1"),
+    ],
+)
+def test_options_that_train_nothing_are_refused_before_any_work(cohort, tmp_path, kwargs, message):
+    """``--lr 0`` reported the metrics of heads that never trained, with exit 0; negative,
+    too large and repeated seeds were taken as they came (issue 26, item 9)."""
+    c, feats = cohort
+    base = {"model": "mean", "folds": 2, "seeds": (0,), "epochs": 1}
+    with pytest.raises(ConfigError, match=message):
+        train_mil(feats, c.labels, c.target, tmp_path / "run", **{**base, **kwargs})
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--lr", "0"], "must lie in (0, 1)"),
+        (["--lr", "-1"], "must lie in (0, 1)"),
+        (["--lr", "nan"], "expected a learning rate in (0, 1)"),
+        (["--lr", "inf"], "expected a learning rate in (0, 1)"),
+        (["--lr", "1e9"], ">= 1 diverges"),
+        (["--seeds", "-1"], "must be an integer in [0, 4294967295]"),
+        (["--seeds", "4294967296"], "must be an integer in [0, 4294967295]"),
+    ],
+)
+def test_cli_refuses_learning_rates_and_seeds_that_make_no_sense(tmp_path, capsys, flags, needle):
+    from histoxmodal.cli.main import main
+
+    argv = ["mil", "train", str(tmp_path), "--labels", "l.csv", "--target", "KRAS", "--out",
+            str(tmp_path / "run"), *flags]  # fmt: skip
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and flags[0] in err and needle in err and "Traceback" not in err
+
+
+def test_cli_refuses_repeated_seeds(cohort, tmp_path, capsys):
+    from histoxmodal.cli.main import main
+
+    c, feats = cohort
+    argv = ["mil", "train", str(feats), "--labels", str(c.labels), "--target", c.target,
+            "--out", str(tmp_path / "run"), "--seeds", "3", "3", "--epochs", "1"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--seeds: seed 3 is given twice" in err and not (tmp_path / "run").exists()
+
+
+def test_a_literal_nan_label_is_missing_not_a_class(cohort, tmp_path):
+    c, feats = cohort
+    df = pd.read_csv(c.labels)
+    df[c.target] = df[c.target].astype(object)
+    df.loc[0, c.target] = "NaN"
+    df.loc[1, c.target] = "NA"
+    df.to_csv(tmp_path / "labels.csv", index=False)
+    got = load_cohort(feats, tmp_path / "labels.csv", c.target)
+    assert sorted(set(got.labels)) == sorted(set(pd.read_csv(c.labels)[c.target]))
+    assert set(got.excluded["no_label"]) == {df.loc[0, "slide"], df.loc[1, "slide"]}
+    for bad in ("slide", "patient"):
+        with pytest.raises(ConfigError, match=f"--target {bad}"):
+            load_cohort(feats, tmp_path / "labels.csv", bad)

@@ -124,7 +124,7 @@ def test_a_failed_slide_leaves_only_its_manifest(slides, tmp_path, monkeypatch):
     assert (tmp_path / "out" / "a" / "tiles.h5").exists()
 
 
-def test_a_locked_slide_is_left_to_the_other_process(slides, tmp_path):
+def test_a_locked_slide_is_left_to_the_other_process(slides, tmp_path, capsys):
     from filelock import FileLock
 
     a, _ = slides
@@ -134,8 +134,12 @@ def test_a_locked_slide_is_left_to_the_other_process(slides, tmp_path):
     theirs.mkdir()
     with FileLock(out / ".locks" / "a.lock"):
         r = tile_slide(a, out, SPEC)
-        assert r.status == "skipped" and "another process is tiling it" in r.reason
+        assert r.status == "busy" and r.failed and "in progress in another process" in r.reason
         assert theirs.exists() and not (out / "a").exists()
+        # the command line says so and exits non-zero: the tiles are not finished
+        assert main(["tile", str(a), "--out", str(out)]) == 1
+        printed = capsys.readouterr().out
+        assert "busy: a: in progress in another process" in printed
     r = tile_slide(a, out, SPEC)  # the lock is free: a stale staging folder is cleaned
     assert r.status == "ok" and not theirs.exists()
 

@@ -103,3 +103,45 @@ def test_a_missing_mpp_csv(tmp_path, capsys, two_slides):
     _, _, png = two_slides
     assert _tile([png], tmp_path / "o", "--mpp-csv", str(tmp_path / "nope.csv")) == 2
     assert "nope.csv: file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", ["0", "-0.5", "nan", "inf", "abc"])
+def test_a_non_positive_mpp_target_is_a_usage_error(two_slides, tmp_path, capsys, target):
+    _, tif, _ = two_slides
+    with pytest.raises(SystemExit) as e:
+        _tile([tif], tmp_path / "o", "--mpp-target", target)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--mpp-target" in err and "> 0" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_upsampling_beyond_the_slide_needs_allow_upsample(two_slides, tmp_path, capsys):
+    """``--mpp-target 0.0001`` on a 0.25 µm/px slide wrote millions of one-pixel tiles with
+    exit 0 (issue 26, item 9); more than 2x finer than the slide now fails the slide."""
+    _, tif, _ = two_slides
+    # 0.1 µm/px is 2.5x finer than 0.25: refused; exactly 2x (0.125) is still plain tiling
+    assert _tile([tif], tmp_path / "fine", "--mpp-target", "0.1") == 1
+    assert "2.5x finer" in capsys.readouterr().out
+    assert _tile([tif], tmp_path / "ok", "--mpp-target", "0.125") == 0
+    capsys.readouterr()
+    assert _tile([tif], tmp_path / "tiny", "--mpp-target", "0.0001") == 1
+    out = capsys.readouterr().out
+    assert "failed: with_meta: tiles at 0.0001 µm/px" in out
+    assert "--mpp-target >= 0.125" in out and "--allow-upsample" in out
+    m = _manifest(tmp_path / "tiny", "with_meta")
+    assert m["status"] == "failed" and not (tmp_path / "tiny" / "with_meta" / "coords.h5").exists()
+    # the flag lets a user upsample on purpose
+    assert _tile([tif], tmp_path / "fine", "--mpp-target", "0.1", "--allow-upsample") == 0
+    m = _manifest(tmp_path / "fine", "with_meta")
+    assert m["status"] == "ok" and m["target_mpp"] == 0.1
+
+
+def test_upsampling_check_in_the_library(two_slides, tmp_path):
+    from histoxmodal.tiling.spec import TileSpec
+    from histoxmodal.workflows.tile import tile_slide
+
+    _, tif, _ = two_slides
+    spec = TileSpec(tile_px=64, target_mpp=0.05, min_tissue=0.0)
+    r = tile_slide(tif, tmp_path, spec)
+    assert r.failed and "5x finer than the slide's own 0.25 µm/px" in r.reason

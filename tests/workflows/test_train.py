@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -370,6 +371,35 @@ def test_bad_lightning_options_are_one_line_and_write_nothing(tiny, tmp_path, ca
     assert not out.exists()
 
 
+def test_more_cpu_devices_than_cores_is_refused_before_anything(
+    tiny, tmp_path, capsys, monkeypatch
+):
+    """``train --devices 99`` on CPU started 98 training processes (issue 26, item 11)."""
+    import os
+
+    import lightning
+
+    from histoxmodal.cli.main import main
+    from histoxmodal.errors import ConfigError
+    from histoxmodal.training.config import load_config
+
+    def no_trainer(*args, **kwargs):
+        raise AssertionError("a Trainer was made: Lightning would start one process per device")
+
+    monkeypatch.setattr(lightning, "Trainer", no_trainer)
+    cores = os.cpu_count() or 1
+    out = tmp_path / "r"
+    argv = _train_argv(tiny, out, None, "--max-epochs", "1")
+    argv[argv.index("--devices") + 1] = str(cores + 1)
+    assert main(argv) == 2
+    _one_line_error(capsys, f"--devices={cores + 1}", f"{cores} CPU cores")
+    assert not out.exists()
+    cfg = load_config(str(tiny["cfg"]))
+    with pytest.raises(ConfigError, match=f"devices={cores + 1}: training on the CPU"):
+        train(cfg, tmp_path / "lib", data=tiny["A"], accelerator="cpu", devices=cores + 1)
+    assert not (tmp_path / "lib").exists()
+
+
 def test_bad_split_or_fold_is_one_line(tiny, tmp_path, capsys):
     from histoxmodal.cli.main import main
     from histoxmodal.data.splits import make_split, write_split
@@ -414,3 +444,171 @@ def test_a_truncated_weights_file_is_one_line_for_embed_and_evaluate(tiny, tmp_p
         main(["embed", str(run), "--data", str(tiny["A"]), "--out", str(tmp_path / "e.h5ad")]) == 2
     )
     _one_line_error(capsys, "config.json", "not valid JSON")
+
+
+def test_resume_refits_the_head_and_a_head_on_other_weights_is_refused(tiny, tmp_path, capsys):
+    import shutil
+
+    from histoxmodal.cli.main import main
+    from histoxmodal.errors import StaleHeadError
+    from histoxmodal.heads.base import read_head_json
+    from histoxmodal.workflows.predict import predict_expression
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny["run"], run)
+    head = run / "heads" / "expression_ridge"
+    meta, _ = read_head_json(head)
+    assert meta["provenance"]["weights_sha256"] == Run.load(run).weights_sha256()
+    before = (head / "arrays.safetensors").read_bytes()
+    assert main(_train_argv(tiny, run, None, "--max-epochs", "2", "--resume")) == 0
+    r = Run.load(run)
+    # the weights changed, so the head was refitted on them
+    assert r.weights_sha256() != Run.load(tiny["run"]).weights_sha256()
+    assert r.head_is_current("expression_ridge")
+    assert (head / "arrays.safetensors").read_bytes() != before
+    predict_expression(r, tiny["A"], head="expression_ridge")
+    resumed = tmp_path / "resumed.safetensors"
+    shutil.copy(run / "model.safetensors", resumed)
+    # weights copied in from another run (here the one-epoch original): the head is refused
+    shutil.copy(tiny["run"] / "model.safetensors", run / "model.safetensors")
+    with pytest.raises(StaleHeadError, match="fit-head"):
+        predict_expression(Run.load(run), tiny["A"], head="expression_ridge")
+    # and a head copied in from another run beside this run's own weights
+    shutil.copy(resumed, run / "model.safetensors")
+    shutil.copytree(tiny["run"] / "heads" / "expression_ridge", run / "heads" / "copied")
+    Run.load(run).load_head("expression_ridge")
+    with pytest.raises(StaleHeadError, match=f"fit-head {run}"):
+        Run.load(run).load_head("copied")
+    # the command line: one line naming the fix
+    assert main(["fit-head", str(run)]) == 0
+    assert Run.load(run).head_is_current("expression_ridge")
+    capsys.readouterr()
+
+
+def test_fit_head_refuses_a_dataset_rebuilt_in_place(tiny, tmp_path, capsys):
+    import shutil
+
+    from histoxmodal.cli.main import main
+    from histoxmodal.errors import DatasetChangedError
+
+    data, run = tmp_path / "A", tmp_path / "run"
+    shutil.copytree(tiny["A"], data)
+    shutil.copytree(tiny["run"], run)
+    ident = json.loads((run / "run.json").read_text())
+    ident["data"] = str(data)
+    ident["split"] = str(data / Path(ident["split"]).relative_to(tiny["A"]))
+    (run / "run.json").write_text(json.dumps(ident))
+    assert main(["fit-head", str(run)]) == 0
+    capsys.readouterr()
+    # a rebuild in place with other parameters: same path, another dataset
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["created"] = "a later build"
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DatasetChangedError, match="not the dataset"):
+        Run.load(run).training_fold()
+    assert main(["fit-head", str(run)]) != 0
+    _one_line_error(capsys, "not the dataset", str(run))
+    assert main(["evaluate", str(run), "--data", str(data), "--out", str(tmp_path / "ev")]) != 0
+    _one_line_error(capsys, "not the dataset")
+    # the dataset moved away: said so, not "split file not found"
+    shutil.rmtree(data)
+    assert main(["fit-head", str(run)]) != 0
+    _one_line_error(capsys, "moved or deleted")
+
+
+def test_a_fold_smaller_than_one_batch_is_refused_before_the_run_exists(tiny, tmp_path, capsys):
+    from histoxmodal.cli.main import main
+
+    run = tmp_path / "run"
+    # 96 spots, about 3/4 of them in the training fold: no full batch of 1000
+    assert main(_train_argv(tiny, run, None, "--set", "optim.batch_size=1000")) == 2
+    _one_line_error(capsys, "optim.batch_size=1000", "not one full training batch")
+    assert not run.exists()
+
+
+KILL_IN_EPOCH_1 = """
+import os, signal, sys
+import histoxmodal.training.trainer as T
+from lightning.pytorch.callbacks import Callback
+
+class Kill(Callback):
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.current_epoch == 1 and trainer.global_step >= 6:
+            trainer.loggers[0].save()  # what was logged so far reaches metrics.csv
+            os.kill(os.getpid(), signal.SIGKILL)
+
+make = T.make_trainer
+def make_and_kill(*a, **k):
+    t = make(*a, **k)
+    t.callbacks.append(Kill())
+    return t
+T.make_trainer = make_and_kill
+from histoxmodal.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_moved_run_killed_mid_epoch_resumes_to_the_uninterrupted_model(tiny, tmp_path, capsys):
+    import csv
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from safetensors.numpy import load_file
+
+    from histoxmodal.cli.main import main
+
+    whole = tmp_path / "whole"
+    assert main(_train_argv(tiny, whole, None, "--max-epochs", "2")) == 0
+    # the same run killed (SIGKILL) during its second epoch, then moved elsewhere
+    killed = tmp_path / "killed"
+    argv = _train_argv(tiny, killed, None, "--max-epochs", "2")
+    p = subprocess.run([sys.executable, "-c", KILL_IN_EPOCH_1, *argv], capture_output=True)
+    assert p.returncode == -signal.SIGKILL, p.stderr.decode()[-2000:]
+    assert not (killed / "model.safetensors").exists()
+    metrics = killed / "csv" / "metrics.csv"
+    assert any(r["epoch"] == "1" for r in csv.DictReader(metrics.open()))  # a partial epoch
+    moved = tmp_path / "elsewhere" / "run"
+    moved.parent.mkdir()
+    shutil.move(killed, moved)
+    metrics = moved / "csv" / "metrics.csv"
+    assert main(_train_argv(tiny, moved, None, "--max-epochs", "2", "--resume")) == 0
+    names = {p.name for p in (moved / "checkpoints").iterdir()}
+    assert {"last.ckpt", "epoch=1-step=8.ckpt"} <= names and not any("-v" in n for n in names)
+    a, b = load_file(whole / "model.safetensors"), load_file(moved / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    got = list(csv.DictReader(metrics.open()))
+    ref = list(csv.DictReader((whole / "csv" / "metrics.csv").open()))
+    key = ("epoch", "step", "train/loss")
+    assert [tuple(r.get(k) for k in key) for r in got if r.get("train/loss")] == [
+        tuple(r.get(k) for k in key) for r in ref if r.get("train/loss")
+    ]
+    # a truncated or foreign checkpoint is one line
+    capsys.readouterr()
+    (moved / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    assert main(_train_argv(tiny, moved, None, "--max-epochs", "3", "--resume")) == 2
+    _one_line_error(capsys, "not a readable checkpoint")
+
+
+@pytest.mark.parametrize(
+    ("setting", "needle"),
+    [
+        ("model.image_kwargs.input_size=-5", "unexpected keyword argument 'input_size'"),
+        ("model.image_kwargs.bogus=3", "unexpected keyword argument 'bogus'"),
+        ("model.image_encoder=timm:resnet18", None),
+    ],
+)
+def test_a_config_the_towers_refuse_writes_nothing(tiny, tmp_path, capsys, setting, needle):
+    from histoxmodal.cli.main import main
+
+    run = tmp_path / "run"
+    extra = ["--set", setting]
+    if needle is None:  # a timm tower takes input_size, and checks it
+        extra += ["--set", "model.image_kwargs.input_size=0"]
+        needle = "input_size=0"
+    assert main(_train_argv(tiny, run, None, *extra)) == 2
+    _one_line_error(capsys, needle)
+    assert not run.exists()
