@@ -132,6 +132,28 @@ def _joint(a, b, inputs, coords, groups):
     return (inputs.apply(a, coords, groups), inputs.apply(b, coords, groups)) if inputs else (a, b)
 
 
+#: the benchmark's folds: cross-patient (trained on C, tested on B4) and one per C section
+CROSS_FOLD = "patient=B"
+LOSO_FOLDS = tuple(f"sample={s}" for s in C_SECTIONS)
+
+
+def check_bench_options(*, epochs: int, seed: int, folds: list[str] | None) -> None:
+    """Refuse options that cannot work, before anything is built or trained."""
+    from histoxmodal.errors import ConfigError
+
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"--epochs {epochs}: give a whole number of epochs >= 1")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed {seed}: give an integer in [0, {2**32 - 1}]")
+    if folds is not None:
+        known = (CROSS_FOLD, *LOSO_FOLDS)
+        unknown = sorted(set(folds) - set(known))
+        if unknown or not folds:
+            raise ConfigError(
+                f"--folds {','.join(unknown) or '(empty)'}: unknown (known: {', '.join(known)})"
+            )
+
+
 def run_her2st(
     src: Path,
     out: Path,
@@ -166,6 +188,7 @@ def run_her2st(
     """
     protocol = {} if protocol is None else protocol
     per_fold = {} if per_fold is None else per_fold
+    check_bench_options(epochs=epochs, seed=seed, folds=folds)  # before the dataset is built
     import torch
 
     from histoxmodal.data.neighbours import spot_coords_um
@@ -192,23 +215,10 @@ def run_her2st(
     )
     # cross-patient first: one fold, and the split where batch correction matters most
     tasks = [
-        ("cross_patient", paired_all, split_file(paired_all, "patient"), ["patient=B"]),
-        (
-            "loso_C",
-            paired_all,
-            split_file(paired_all, "sample"),
-            [f"sample={s}" for s in C_SECTIONS],
-        ),
+        ("cross_patient", paired_all, split_file(paired_all, "patient"), [CROSS_FOLD]),
+        ("loso_C", paired_all, split_file(paired_all, "sample"), list(LOSO_FOLDS)),
     ]
     if folds:
-        known = {f for *_, names in tasks for f in names}
-        unknown = sorted(set(folds) - known)
-        if unknown:
-            from histoxmodal.errors import ConfigError
-
-            raise ConfigError(
-                f"--folds {','.join(unknown)}: unknown (known: {', '.join(sorted(known))})"
-            )
         tasks = [(a, b, c, [f for f in names if f in folds]) for a, b, c, names in tasks]
         tasks = [t for t in tasks if t[3]]
     config_inputs = HeadInputs()  # what the config's expression head reads; plain for the rest
@@ -504,6 +514,7 @@ def run_her2st_bench(
         from histoxmodal.errors import ConfigError
 
         raise ConfigError("--only-config needs --config NAME|YAML")
+    check_bench_options(epochs=epochs, seed=seed, folds=folds)
     from histoxmodal.deps import require_extra
 
     for extra in ("wsi", "spatial", "torch"):

@@ -20,6 +20,14 @@ def embed(run: str | Path | Run, dataset: str | Path, out: str | Path, *, batch_
     """
     from histoxmodal.data.store import load_paired
 
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(
+            f"--out {out} is a folder; embed writes one .h5ad file (and .npy files beside it): "
+            f"give a file name such as --out {out / 'embeddings.h5ad'}"
+        )
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out {out}: the folder {out.parent} does not exist; create it first")
     run = run if isinstance(run, Run) else Run.load(run)
     if run.kind != "spatial":
         raise ConfigError(

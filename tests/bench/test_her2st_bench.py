@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from histoxmodal.bench.her2st import (
     BASELINES,
     CORRECTIONS,
@@ -106,3 +108,22 @@ def test_each_patch_geometry_has_its_own_dataset_and_the_cli_passes_it(monkeypat
     assert main(["bench", "her2st", "--src", "raw"]) == 0
     assert (seen[0]["patch_um"], seen[0]["patch_px"]) == (224.0, 128)
     assert (seen[1]["patch_um"], seen[1]["patch_px"]) == (112.0, 64)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--epochs", "0"], "--epochs 0"),
+        (["--epochs", "-3"], "--epochs -3"),
+        (["--seed", "-1"], "--seed -1"),
+        (["--folds", "sample=C9"], "--folds sample=C9: unknown"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_is_built(tmp_path, capsys, extra, needle):
+    from histoxmodal.cli.main import main
+
+    out = tmp_path / "bench"
+    assert main(["bench", "her2st", "--src", str(tmp_path), "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
+    assert not out.exists()

@@ -612,3 +612,15 @@ def test_a_config_the_towers_refuse_writes_nothing(tiny, tmp_path, capsys, setti
     assert main(_train_argv(tiny, run, None, *extra)) == 2
     _one_line_error(capsys, needle)
     assert not run.exists()
+
+
+def test_embed_out_that_is_a_folder_is_one_line(tiny, tmp_path, capsys):
+    from histoxmodal.cli.main import main
+
+    (tmp_path / "existing").mkdir()
+    argv = ["embed", str(tiny["run"]), "--data", str(tiny["A"]), "--out"]
+    assert main([*argv, str(tmp_path / "existing")]) == 2
+    _one_line_error(capsys, "is a folder", "embeddings.h5ad")
+    assert list((tmp_path / "existing").iterdir()) == []
+    assert main([*argv, str(tmp_path / "nope" / "e.h5ad")]) == 2
+    _one_line_error(capsys, "does not exist")
