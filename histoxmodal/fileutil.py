@@ -7,7 +7,8 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +183,35 @@ def check_replaceable(
             f"it, or choose another {option}"
         )
     return True
+
+
+@contextmanager
+def output_lock(out: str | os.PathLike, *, what: str = "--out") -> Iterator[None]:
+    """Hold the lock of output ``out`` (a hidden ``.NAME.lock`` beside it) while writing it.
+
+    A second process writing the same output is refused at once instead of removing the first
+    one's staging folder. The kernel releases the lock when the process dies.
+
+    Raises
+    ------
+    ConfigError
+        Another process holds the lock.
+    """
+    from filelock import FileLock, Timeout
+
+    from histoxmodal.errors import ConfigError
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out.parent / f".{out.name}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ConfigError(
+            f"{what} {out}: another histoxmodal process is writing it now (it holds "
+            f"{lock.lock_file}); wait for it to finish, or choose another {what}"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()

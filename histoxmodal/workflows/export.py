@@ -27,6 +27,7 @@ from histoxmodal.fileutil import (
     check_output_location,
     check_replaceable,
     clean_stale,
+    output_lock,
     publish_dir,
     staging_dir,
     write_json_atomic,
@@ -97,15 +98,15 @@ def export_folder(
         is_ours=lambda p: _export_format(p) == kind,
         kind=f"a histoxmodal {kind} export (with its {EXPORT_MANIFEST})",
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(out.parent, out.name)
-    tmp = staging_dir(out)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    publish_dir(tmp, out)
+    with output_lock(out):  # a second export to `out` would remove this one's staging folder
+        clean_stale(out.parent, out.name)
+        tmp = staging_dir(out)
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        publish_dir(tmp, out)
 
 
 def export_parquet(
@@ -461,25 +462,27 @@ def write_spatialdata(
     check_replaceable(
         out, overwrite=overwrite, is_ours=is_spatialdata_store, kind="a SpatialData zarr store"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(out.parent, out.name)
-    sdata, slides = to_spatialdata(adata, full_res=full_res)
-    tmp = staging_dir(out)
-    tmp.rmdir()  # SpatialData.write creates the store itself
-    try:
-        import warnings
+    with output_lock(out):  # a second export to `out` would remove this one's staging folder
+        clean_stale(out.parent, out.name)
+        sdata, slides = to_spatialdata(adata, full_res=full_res)
+        tmp = staging_dir(out)
+        tmp.rmdir()  # SpatialData.write creates the store itself
+        try:
+            import warnings
 
-        with warnings.catch_warnings():
-            # zarr's notice about a future default, once per array written
-            warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)
-            sdata.write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        for s in slides:
-            s.close()
-    publish_dir(tmp, out)
+            with warnings.catch_warnings():
+                # zarr's notice about a future default, once per array written
+                warnings.filterwarnings(
+                    "ignore", message="zarr v3 autosharding", category=UserWarning
+                )
+                sdata.write(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            for s in slides:
+                s.close()
+        publish_dir(tmp, out)
     return out
 
 

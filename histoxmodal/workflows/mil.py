@@ -44,6 +44,7 @@ from histoxmodal.fileutil import (
     check_output_location,
     check_replaceable,
     clean_stale,
+    output_lock,
     publish_dir,
     staging_dir,
     write_json_atomic,
@@ -412,8 +413,6 @@ def train_mil(
     dict
         The contents of ``metrics.json``.
     """
-    import pandas as pd
-
     out = Path(out)
     if model not in MIL_MODELS:
         raise ConfigError(f"--model {model!r}: choose one of {', '.join(MIL_MODELS)}")
@@ -430,6 +429,19 @@ def train_mil(
         isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1
     ):
         raise ConfigError(f"--epochs {epochs!r}: must be an integer >= 1")
+    # one process writes a MIL run at a time: a second would remove the first's staging folder
+    with output_lock(out):
+        return _train_mil_locked(
+            features_dir, labels, target, out, model=model, folds=folds, seeds=seeds,
+            epochs=epochs, lr=lr, attention_maps=attention_maps,
+        )  # fmt: skip
+
+
+def _train_mil_locked(
+    features_dir, labels, target, out, *, model, folds, seeds, epochs, lr, attention_maps
+) -> dict[str, Any]:  # fmt: skip
+    import pandas as pd
+
     params = {k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None}
     cohort = load_cohort(features_dir, labels, target)
     classes, y = np.unique(cohort.labels, return_inverse=True)

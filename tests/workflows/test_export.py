@@ -142,3 +142,19 @@ def test_parquet_shards_of_an_earlier_export_do_not_survive(her2st_paired, tmp_p
     assert [f.name for f in files] == ["data-00000-of-00001.parquet"]
     assert sorted(p.name for p in (out / "data").iterdir()) == ["data-00000-of-00001.parquet"]
     assert sorted(p.name for p in out.iterdir()) == ["data", "export.json", "genes.txt"]
+
+
+def test_a_second_export_to_one_out_is_refused_while_the_first_runs(her2st_paired, tmp_path):
+    from filelock import FileLock
+
+    from histoxmodal.workflows.export import export_hest
+
+    data, _ = her2st_paired
+    theirs = tmp_path / ".hest.partial-999-abcdef01"
+    theirs.mkdir()
+    with (
+        FileLock(tmp_path / ".hest.lock"),
+        pytest.raises(ValueError, match="another histoxmodal process"),
+    ):
+        export_hest(data, tmp_path / "hest")
+    assert theirs.exists() and not (tmp_path / "hest").exists()

@@ -267,3 +267,18 @@ def test_a_literal_nan_label_is_missing_not_a_class(cohort, tmp_path):
     for bad in ("slide", "patient"):
         with pytest.raises(ConfigError, match=f"--target {bad}"):
             load_cohort(feats, tmp_path / "labels.csv", bad)
+
+
+def test_a_second_mil_train_on_one_out_is_refused_while_the_first_runs(cohort, tmp_path):
+    from filelock import FileLock
+
+    c, feats = cohort
+    out = tmp_path / "run"
+    theirs = tmp_path / ".run.partial-999-abcdef01"  # the first process's staging folder
+    theirs.mkdir()
+    with (
+        FileLock(tmp_path / ".run.lock"),
+        pytest.raises(ConfigError, match="another histoxmodal process is writing"),
+    ):
+        train_mil(feats, c.labels, c.target, out, model="mean", folds=2, seeds=(0,), epochs=1)
+    assert theirs.exists() and not out.exists()
