@@ -602,6 +602,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="fold of --split (default: the run's own fold when it trained on that split, else 0)",
     )
     ev.add_argument(
+        "--allow-overlap",
+        action="store_true",
+        help="score test spots the run trained on (refused by default: inflated scores); the "
+        "count is stamped in metrics.json and the report",
+    )
+    ev.add_argument(
         "--out", required=True, metavar="DIR", help="output folder: metrics.json and report.html"
     )
     ev.add_argument(
@@ -1019,6 +1025,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 split=args.split,
                 fold=args.fold,
                 in_batch_size=args.in_batch_size,
+                allow_overlap=args.allow_overlap,
             )
             for k, v in r["metrics"].items():
                 print(f"{k:<52} {v:.4f}" if isinstance(v, float) else f"{k:<52} {v}")

@@ -13,12 +13,14 @@ array functions in :mod:`histoxmodal.evaluation`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from histoxmodal import keys
+from histoxmodal.errors import ConfigError
 from histoxmodal.fileutil import write_json_atomic
 from histoxmodal.version import __version__
 from histoxmodal.workflows.report import (
@@ -34,6 +36,8 @@ from histoxmodal.workflows.report import (
     retrieval_figure,
 )
 from histoxmodal.workflows.run import Run
+
+log = logging.getLogger(__name__)
 
 #: suffixes of the keys beside a metric in ``metrics.json``: what unrelated embeddings score
 #: (``retrieval.full.i2g.recall@5_chance`` = 5 / n; the mean predictor's MSE; Pearson 0), and
@@ -84,6 +88,18 @@ def resolve_rows(
     )
 
 
+def training_overlap(run: Run, test_names) -> int:
+    """How many of ``test_names`` (spot names) were training spots of ``run``.
+
+    Spot names carry their section (``C3:10x12``), so a dataset rebuilt from the same sections
+    is caught as well as the run's own.
+    """
+    run.check_dataset()
+    names = _obs_names(run.data)
+    trained = set(np.asarray(names, dtype=object)[run.training_fold().train(len(names))])
+    return int(sum(str(n) in trained for n in test_names))
+
+
 def _take(patches, rows: np.ndarray) -> np.ndarray:
     """``patches[rows]`` in the order of ``rows`` (h5py wants increasing indices)."""
     rows = np.asarray(rows)
@@ -114,6 +130,7 @@ def evaluate(
     n_genes: int = 50,
     k: int = 10,
     seed: int = 0,
+    allow_overlap: bool = False,
 ) -> dict[str, object]:
     """Evaluate ``run`` on ``dataset``; writes ``out/metrics.json`` and ``out/report.html``.
 
@@ -132,6 +149,14 @@ def evaluate(
         Expression is scored on the ``n_genes`` most variable genes of the training rows.
     k, seed
         Candidates per zero-shot query and the seed of their draw (cohort).
+    allow_overlap
+        Score test spots that the run trained on (spatial) instead of refusing; the number is
+        stamped in ``metrics.json`` (``protocol.overlap``) and in the report.
+
+    Raises
+    ------
+    ConfigError
+        A test spot was a training spot of the run and ``allow_overlap`` is not set.
 
     Returns
     -------
@@ -147,11 +172,12 @@ def evaluate(
     if run.kind == "cohort":
         return _evaluate_cohort(run, dataset, out, k=k, seed=seed)
     return _evaluate_spatial(
-        run, dataset, out, split=split, fold=fold, in_batch_size=in_batch_size, n_genes=n_genes
-    )
+        run, dataset, out, split=split, fold=fold, in_batch_size=in_batch_size, n_genes=n_genes,
+        allow_overlap=allow_overlap,
+    )  # fmt: skip
 
 
-def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes):
+def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes, allow_overlap):
     from histoxmodal.data.normalize import expression_matrix, top_variable_genes
     from histoxmodal.data.store import load_paired
     from histoxmodal.evaluation.baselines import handcrafted_features, ridge_to_expression_space
@@ -170,6 +196,20 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes)
     run.check_genes(dataset)
     adata, patches = load_paired(dataset)
     rows = resolve_rows(run, dataset, split, fold, adata.obs_names)
+    leaked = training_overlap(run, adata.obs_names[rows.test_rows])
+    if leaked and not allow_overlap:
+        raise ConfigError(
+            f"{leaked} of the {len(rows.test_rows)} test spots ({rows.split}, fold {rows.fold}) "
+            f"were training spots of {run.path} (fold {run.fold} of {run.split}): its scores "
+            f"would be inflated. Evaluate on the split and fold the run trained on (--split "
+            f"{run.split} --fold {run.fold}), or on a dataset of sections it never saw; "
+            f"--allow-overlap scores them anyway, stamped in metrics.json and the report"
+        )
+    if leaked:
+        log.warning(
+            "%d of the %d test spots were training spots of the run: scores are inflated",
+            leaked, len(rows.test_rows),
+        )  # fmt: skip
     train_adata, train_patches = (
         (adata, patches) if rows.train_data == dataset else load_paired(rows.train_data)
     )
@@ -291,6 +331,8 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes)
         "split": rows.split,
         "fold": rows.fold,
         "n_test": len(rows.test_rows),
+        # test spots the run trained on (scored only with allow_overlap): 0 is a clean split
+        "overlap": {"n_test_spots_trained_on": leaked, "allowed": bool(allow_overlap)},
         "in_batch_size": in_batch_size,
         "genes": top,
         "seed": seed,
@@ -327,6 +369,12 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes)
         run, dataset, rows, m, result["per_gene_pearson"], za, zb, patches, y_true, y_pred,
         top, samples, xy, labels, adata.uns.get(keys.UNS_SPATIAL, {}),
     )  # fmt: skip
+    if leaked:
+        report.warnings.insert(
+            0,
+            f"{leaked} of the {len(rows.test_rows)} test spots were training spots of this run "
+            "(scored with allow_overlap): these numbers are inflated and not a held-out result.",
+        )
     write_report(out / keys.REPORT_FILE, report)
     return result
 

@@ -166,6 +166,11 @@ def read_labels(path: str | Path, target: str):
         raise ConfigError(f"--labels {path}: no such file (a CSV with slide, patient, <target>)")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=MISSING_LABELS)
+    except pd.errors.EmptyDataError:
+        raise ConfigError(
+            f"--labels {path}: the file is empty; give a CSV with a header row slide,patient,"
+            f"{target} and one row per slide"
+        ) from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise ConfigError(f"--labels {path}: not a readable CSV ({e})") from e
     missing = [c for c in ("slide", "patient", target) if c not in df.columns]

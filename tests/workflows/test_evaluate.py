@@ -63,6 +63,31 @@ def test_evaluate_writes_metrics_and_report(tmp_path, capsys):
     assert m["expression.ridge.pearson_pooled_mean"] > 0.3  # the states drive both modalities
     page = (tmp_path / "eval" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and "image → gene Recall@5" in page
+    assert r["protocol"]["overlap"] == {"n_test_spots_trained_on": 0, "allowed": False}
+    capsys.readouterr()
+
+    # scoring spots the run trained on is refused: another split, or the whole dataset
+    from histoxmodal.data.splits import Split, make_split, write_split
+    from histoxmodal.data.store import load_paired
+
+    trained = set(Split.load(split).fold(0).train(128).tolist())
+    other = tmp_path / "sample.json"
+    write_split(make_split(load_paired(data)[0].obs, "sample"), other)
+    leaked = len(trained & set(Split.load(other).fold(0).test.tolist()))
+    assert leaked > 0
+    base = ["evaluate", str(tmp_path / "run"), "--data", str(data), "--in-batch-size", "16"]
+    assert main([*base, "--split", str(other), "--out", str(tmp_path / "ev2")]) == 2
+    err = capsys.readouterr().err
+    assert f"{leaked} of the " in err and "training spots" in err and "--allow-overlap" in err
+    assert not (tmp_path / "ev2").exists()
+    assert main([*base, "--out", str(tmp_path / "ev3")]) == 2  # whole dataset as test
+    assert f"{len(trained)} of the 128 test spots" in capsys.readouterr().err
+    # --allow-overlap scores them, stamped in metrics.json and the report
+    argv = [*base, "--split", str(other), "--out", str(tmp_path / "ev4"), "--allow-overlap"]
+    assert main(argv) == 0
+    r = json.loads((tmp_path / "ev4" / "metrics.json").read_text())
+    assert r["protocol"]["overlap"] == {"n_test_spots_trained_on": leaked, "allowed": True}
+    assert "not a held-out result" in (tmp_path / "ev4" / "report.html").read_text()
 
 
 def test_a_split_of_another_dataset_is_refused(tmp_path, capsys):

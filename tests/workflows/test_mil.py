@@ -282,3 +282,10 @@ def test_a_second_mil_train_on_one_out_is_refused_while_the_first_runs(cohort, t
     ):
         train_mil(feats, c.labels, c.target, out, model="mean", folds=2, seeds=(0,), epochs=1)
     assert theirs.exists() and not out.exists()
+
+
+def test_an_empty_labels_csv_is_one_clear_error(cohort, tmp_path):
+    _, feats = cohort
+    (tmp_path / "labels.csv").write_text("")
+    with pytest.raises(ConfigError, match="the file is empty"):
+        load_cohort(feats, tmp_path / "labels.csv", "KRAS")
