@@ -121,7 +121,7 @@ def run_features_bench(
         make_synthetic_slide(
             slide, width=side, height=side, tile=512, quality=80, texture_variants=8, seed=2
         )
-        ex = load_extractor(encoder)
+        ex = load_extractor(encoder, random_weights=True)  # speed only: weights do not matter
         tiles = _decoded(slide, ex, batch_size, dev)
         n = sum(len(x) for x in tiles)
         print(

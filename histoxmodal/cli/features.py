@@ -33,7 +33,13 @@ def add_features_parser(sub) -> None:
     )  # fmt: skip
     e.add_argument(
         "--weights", metavar="PATH",
-        help="local weights of --encoder (file or snapshot folder; default random, seeded)",
+        help="local weights of --encoder (file or snapshot folder); a foundation model needs "
+        "them",
+    )  # fmt: skip
+    e.add_argument(
+        "--random-weights", action="store_true",
+        help="run --encoder untrained on purpose (tests, speed benchmarks); outputs say "
+        "weights: random",
     )  # fmt: skip
     e.add_argument("--run", metavar="RUN", help="a trained run folder: its image tower")
     e.add_argument("--projection", action="store_true", help="with --run: the projected embedding")
@@ -135,8 +141,14 @@ def run_features(args: argparse.Namespace) -> int:
         mpp=args.mpp,
         min_tissue=args.min_tissue,
         overwrite=args.overwrite,
+        random_weights=args.random_weights,
     )
     print(format_summary(results))
+    if args.encoder and not args.weights:
+        print(
+            f"weights: random: {args.encoder} ran untrained (seeded); these features measure "
+            "nothing learned"
+        )
     print(f"features in {Path(args.out).resolve()}")
     return EXIT_FAILED if any(r.failed for r in results) else EXIT_OK
 

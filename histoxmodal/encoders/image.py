@@ -348,6 +348,9 @@ def _register(
         dim=dim,
         licence=licence,
         weights=weights or arch.source or "random initialisation (no published weights)",
+        # a model whose value lies in its published weights: running it without them is a
+        # mistake unless asked for explicitly (random_weights)
+        needs_weights=bool(weights or arch.source) and not name.startswith("test_"),
     )(factory)
 
 

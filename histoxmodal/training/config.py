@@ -28,6 +28,9 @@ class ModelConfig:
 
     image_encoder: str = "test_image_resnet"
     image_weights: str | None = None
+    #: train a foundation tower (one registered with published weights) from random weights on
+    #: purpose; without it such a tower needs image_weights
+    random_weights: bool = False
     image_mode: str = "finetune"
     image_kwargs: dict[str, Any] = field(default_factory=dict)
     cache_image_features: bool = True

@@ -118,6 +118,7 @@ def load_extractor(
     run: str | Path | None = None,
     projection: bool = False,
     seed: int = 0,
+    random_weights: bool = False,
 ) -> Extractor:
     """Build the image tower of ``encoder`` (from local ``weights``) or of a trained ``run``.
 
@@ -126,8 +127,13 @@ def load_extractor(
     encoder
         A registered image encoder (``histoxmodal models``) or ``"timm:<architecture>"``.
     weights
-        Local checkpoint of ``encoder``; without it the weights are random (initialised with
-        ``seed``, so every process of a sharded job gets the same tower).
+        Local checkpoint of ``encoder``. A foundation model (registered with published
+        weights, ``describe_encoder(name)["needs_weights"]``) requires it, unless
+        ``random_weights``.
+    random_weights
+        Run without weights on purpose (tests, speed benchmarks): random, initialised with
+        ``seed`` so every process of a sharded job gets the same tower; files and summaries
+        record ``weights: random``.
     run
         A spatial training run folder: its image tower, at the field of view it trained on.
     projection
@@ -169,6 +175,15 @@ def load_extractor(
                 f"--encoder {name}: a {meta.get('modality')} encoder; features need an image "
                 "encoder (`histoxmodal models` lists them)"
             )
+        if meta.get("needs_weights") and weights is None and not random_weights:
+            raise ConfigError(
+                f"--encoder {name} is a pretrained foundation model: without its weights it "
+                f"would run with random ones and its features mean nothing. Pass --weights PATH "
+                f"(a local copy of {meta.get('weights')}), or --random-weights to run it "
+                "untrained on purpose (tests, speed benchmarks)"
+            )
+    if weights is not None and random_weights:
+        raise ConfigError("--weights and --random-weights exclude each other; give one")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         tower = create_encoder(name, weights=weights, mode="frozen")
@@ -177,7 +192,7 @@ def load_extractor(
         "encoder": name,
         "architecture": tower.arch.timm_name,
         "weights_sha256": tower.weights_sha256,
-        "weights": str(Path(weights).expanduser().resolve()) if weights is not None else None,
+        "weights": str(Path(weights).expanduser().resolve()) if weights is not None else "random",
         "seed": None if weights is not None else seed,
         "run": None,
         "projection": False,
@@ -407,6 +422,8 @@ def _file_attrs(ex: Extractor, t: _Tiles, name: str, precision: str, device: str
         "encoder": ident["encoder"],
         "architecture": ident["architecture"],
         "weights_sha256": ident["weights_sha256"],
+        # "random" when the tower ran untrained (random_weights): never an empty field
+        "weights": ident.get("weights") or "random",
         "run": ident["run"],
         "projection": ident["projection"],
         "dim": ex.dim,
@@ -769,6 +786,7 @@ def extract_features(
     tissue=None,
     overwrite: bool = False,
     on_result: Callable[[SlideResult], None] | None = None,
+    random_weights: bool = False,
 ) -> list[SlideResult]:
     """Tile features of slides or tile folders with an image encoder (``hx.features``).
 
@@ -841,8 +859,10 @@ def extract_features(
             f"no slides or tile folders found in {', '.join(map(str, inputs))}; give slide "
             "files, folders of slides, or folders written by `histoxmodal tile`"
         )
+    extractor = load_extractor(  # before the output folder exists: a refused tower leaves none
+        encoder, weights=weights, run=run, projection=projection, random_weights=random_weights
+    )
     out = check_out_dir(out_dir)
-    extractor = load_extractor(encoder, weights=weights, run=run, projection=projection)
     if shard is not None:
         k, n = shard
         items = items[k::n]

@@ -79,6 +79,7 @@ def train(
 
     out = Path(out)
     check_max_epochs(max_epochs, config.optim)
+    check_image_weights(config)
     run = Run.create(out, config, data=data, split=split, fold=fold)
     last = last_checkpoint(out)
     if resume:
@@ -133,6 +134,30 @@ def train(
             out, ", ".join(stale), out,
         )  # fmt: skip
     return run
+
+
+def check_image_weights(config) -> None:
+    """Refuse a foundation image tower without its weights, unless asked for explicitly.
+
+    Raises
+    ------
+    ConfigError
+        ``model.image_encoder`` is registered with published weights (``needs_weights``),
+        ``model.image_weights`` is not set and ``model.random_weights`` is false.
+    """
+    m = getattr(config, "model", None)
+    if m is None or m.image_weights or m.random_weights or m.image_encoder.startswith("timm:"):
+        return
+    from histoxmodal.encoders import describe_encoder
+
+    meta = describe_encoder(m.image_encoder)
+    if meta.get("needs_weights"):
+        raise ConfigError(
+            f"model.image_encoder={m.image_encoder!r} is a pretrained foundation model, but "
+            f"model.image_weights is not set: it would train from random weights. Give a local "
+            f"copy of {meta.get('weights')} with --set model.image_weights=PATH, or --set "
+            "model.random_weights=true to start from random weights on purpose"
+        )
 
 
 def _check_full_batches(run: Run) -> None:

@@ -320,3 +320,43 @@ def test_models_lists_every_image_encoder_with_its_metadata(capsys):
     assert main(["models"]) == 0
     text = capsys.readouterr().out
     assert "virchow2" in text and "2560" in text and "CC-BY-NC-ND-4.0" in text
+
+
+def test_a_foundation_model_without_weights_is_refused_unless_asked(
+    small_slide, extracted, tmp_path, capsys
+):
+    from histoxmodal.cli.main import main
+    from histoxmodal.encoders import describe_encoder
+    from histoxmodal.errors import ConfigError
+    from histoxmodal.workflows.features import load_extractor, read_features
+
+    for name in ("uni", "conch", "virchow2", "ctranspath"):
+        assert describe_encoder(name)["needs_weights"] is True
+        with pytest.raises(ConfigError, match="--random-weights"):
+            load_extractor(name)
+    assert (
+        main(["features", str(small_slide.path), "--encoder", "uni", "--out", str(tmp_path / "f")])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "pretrained foundation model" in err and "--weights PATH" in err and err.count("\n") == 1
+    assert not (tmp_path / "f").exists()
+    with pytest.raises(ConfigError, match="exclude each other"):
+        load_extractor(ENC, weights=tmp_path / "w.pt", random_weights=True)
+    # a tower run untrained says so in every file
+    out, _ = extracted
+    _, _, attrs = read_features(out / "small.h5")
+    assert attrs["weights"] == "random" and attrs["weights_sha256"] == ""
+
+
+def test_training_a_foundation_tower_needs_its_weights_or_says_random(tmp_path):
+    from histoxmodal.errors import ConfigError
+    from histoxmodal.training.config import load_config
+    from histoxmodal.workflows.train import check_image_weights
+
+    cfg = load_config("frozen_uni_local")
+    with pytest.raises(ConfigError, match="model.image_weights is not set"):
+        check_image_weights(cfg)
+    check_image_weights(load_config("frozen_uni_local", ["model.random_weights=true"]))
+    check_image_weights(load_config("frozen_uni_local", [f"model.image_weights={tmp_path}"]))
+    check_image_weights(load_config("her2st_small"))  # a small tower of its own
