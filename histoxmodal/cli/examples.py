@@ -17,7 +17,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "tile": (
         "histoxmodal tile slides/*.svs --out tiles/ --mpp-target 0.5 --workers 4",
-        "histoxmodal tile B4.jpg --mpp 1.0 --out tiles/ --save-tiles   # a JPEG has no pixel size",
+        "histoxmodal tile B4.jpg --mpp 0.688 --out tiles/ --save-tiles  # pixel size from the 200 µm spot pitch",
         "histoxmodal tile slides/ --mpp-csv mpp.csv --out tiles/ --shard auto   # SLURM array",
     ),
     "mil": (
@@ -55,7 +55,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "predict": (
         "histoxmodal predict runs/small slides/*.svs --out maps/",
-        "histoxmodal predict runs/small B4.jpg --mpp 1.0 --genes ERBB2,CD74 --out maps/",
+        "histoxmodal predict runs/small B4.jpg --mpp 0.688 --genes ERBB2,CD74 --out maps/",
     ),
     "fit-head": (
         "histoxmodal fit-head runs/small                 # ridge, for histoxmodal predict",

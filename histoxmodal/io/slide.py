@@ -109,8 +109,11 @@ class SlideReader(ABC):
         if self.mpp is None:
             raise MppError(
                 f"{self.path}: the pixel size (µm per pixel) is not in the file's metadata. "
-                f"Pass it: open_slide({str(self.path)!r}, mpp=0.5) in Python or "
-                f"`histoxmodal tile ... --mpp 0.5` (0.25 is typical of 40x scans, 0.5 of 20x)."
+                f"Pass it to the command you ran with --mpp UM (tile and features also read "
+                f"--mpp-csv FILE, one row per slide), or open_slide(path, mpp=UM) in Python; "
+                f"0.25 is typical of 40x scans, 0.5 of 20x. For the H&E of a spatial sample "
+                f"(her2st, Visium), use the value histoxmodal.io.read_spatial derives from the "
+                f"spot pitch: uns['spatial'][sample]['metadata']['mpp']"
             )
         return self.mpp
 

@@ -340,3 +340,33 @@ def test_models_pattern_matching_nothing_is_an_error(capsys):
     assert main(["models", "unii"]) == 2
     assert "did you mean uni" in capsys.readouterr().err
     assert main(["models", "uni*"]) == 0
+
+
+def test_documented_b4_pixel_size_is_the_one_read_spatial_derives(data_dir):
+    import re
+    from pathlib import Path
+
+    from histoxmodal.cli.examples import EXAMPLES
+    from histoxmodal.io.spatial import read_her2st
+
+    derived = read_her2st(data_dir / "her2st", "B4").uns["spatial"]["B4"]["metadata"]["mpp"]
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    texts = [readme, *("\n".join(v) for v in EXAMPLES.values())]
+    found = [float(m) for t in texts for m in re.findall(r"B4\.jpg --mpp ([0-9.]+)", t)]
+    assert len(found) >= 3
+    for mpp in found:
+        assert abs(mpp - derived) / derived < 0.01, (mpp, derived)
+
+
+def test_a_missing_pixel_size_names_every_way_to_give_one(tmp_path):
+    from PIL import Image
+
+    from histoxmodal.errors import MppError
+    from histoxmodal.io.slide import open_slide
+
+    Image.new("RGB", (64, 48), "white").save(tmp_path / "x.jpg")
+    with open_slide(tmp_path / "x.jpg") as s, pytest.raises(MppError) as err:
+        s.require_mpp()
+    msg = str(err.value)
+    assert "--mpp UM" in msg and "--mpp-csv" in msg and "read_spatial" in msg
+    assert "histoxmodal tile" not in msg  # not one command's name when predict raises it
