@@ -17,7 +17,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "tile": (
         "histoxmodal tile slides/*.svs --out tiles/ --mpp-target 0.5 --workers 4",
-        "histoxmodal tile B4.jpg --mpp 0.688 --out tiles/ --save-tiles  # pixel size from the 200 µm spot pitch",
+        "histoxmodal tile B4.jpg --mpp 0.688 --out tiles/ --save-tiles   # 200 µm spot pitch",
         "histoxmodal tile slides/ --mpp-csv mpp.csv --out tiles/ --shard auto   # SLURM array",
     ),
     "mil": (
