@@ -296,18 +296,46 @@ def _pyramid(h: int, w: int) -> list[int]:
     return out
 
 
-def _image_element(img: np.ndarray, scale: float, *, pyramid: bool):
+def _placement(cs: str, scale: float, offset_x: float) -> dict:
+    """The transformations of one sample's element: into the sample's own coordinate system
+    ``cs`` (full-resolution pixels of its H&E) and into ``global``, where the samples lie side
+    by side (shifted by ``offset_x`` full-resolution pixels) instead of on top of each other."""
+    from spatialdata.transformations import Identity, Scale, Sequence, Translation
+
+    own = Identity() if scale == 1.0 else Scale([scale, scale], axes=("y", "x"))
+    if offset_x == 0:
+        return {cs: own, "global": own}
+    shift = Translation([offset_x], axes=("x",))
+    return {cs: own, "global": shift if scale == 1.0 else Sequence([own, shift])}
+
+
+def _image_element(img: np.ndarray, scale: float, *, pyramid: bool, cs: str, offset_x: float):
     """An ``Image2DModel`` of an ``(h, w, 3)`` image at ``scale`` full-res px per image px."""
     from spatialdata.models import Image2DModel
-    from spatialdata.transformations import Identity, Scale
 
     arr = np.moveaxis(np.asarray(img), -1, 0)
     factors = _pyramid(*arr.shape[1:]) if pyramid else None
-    t = Identity() if scale == 1.0 else Scale([scale, scale], axes=("y", "x"))
     return Image2DModel.parse(
         arr, dims=("c", "y", "x"), c_coords=["r", "g", "b"][: arr.shape[0]],
-        scale_factors=factors or None, transformations={"global": t},
+        scale_factors=factors or None, transformations=_placement(cs, scale, offset_x),
     )  # fmt: skip
+
+
+def _sample_width(entry: dict, xy: np.ndarray, diameter: float) -> float:
+    """How wide a sample is in full-resolution pixels: its H&E, else its spots."""
+    meta, scal, imgs = (
+        entry.get("metadata", {}),
+        entry.get("scalefactors", {}),
+        entry.get("images", {}),
+    )
+    widths = [float(xy[:, 0].max() + diameter)] if len(xy) else [0.0]
+    size = np.asarray(meta.get("image_size", []), dtype=float).ravel()
+    if size.size:  # (width, height) of the full-resolution H&E
+        widths.append(float(size[0]))
+    for key, sf in (("hires", keys.SCALEF_HIRES), ("lowres", keys.SCALEF_LOWRES)):
+        if imgs.get(key) is not None and scal.get(sf):
+            widths.append(np.asarray(imgs[key]).shape[1] / float(scal[sf]))
+    return max(widths)
 
 
 def _jsonable(d: dict) -> dict:
@@ -319,7 +347,9 @@ def to_spatialdata(adata, *, full_res: bool = True):
     """A ``spatialdata.SpatialData`` of an AnnData in the package's layout.
 
     For each library of ``uns['spatial']`` (rows by ``obs['sample']`` when there are several),
-    in the coordinate system ``"global"`` in full-resolution pixels:
+    in a coordinate system of its own named after it (its full-resolution pixels), as
+    spatialdata-io's readers do, and in ``"global"``, where the samples lie side by side along x
+    instead of on top of each other:
 
     - images ``<lib>_hires_image`` (multiscale) and ``<lib>_lowres_image``, scaled by
       ``1 / tissue_*_scalef``; with ``full_res`` and the source image recorded in the
@@ -348,7 +378,6 @@ def to_spatialdata(adata, *, full_res: bool = True):
 
     sd = import_spatialdata()
     from spatialdata.models import Image2DModel, ShapesModel, TableModel
-    from spatialdata.transformations import Identity
 
     libs = dict(adata.uns.get(keys.UNS_SPATIAL, {}))
     if not libs:
@@ -370,6 +399,7 @@ def to_spatialdata(adata, *, full_res: bool = True):
     region = np.empty(adata.n_obs, object)
     instance = np.zeros(adata.n_obs, np.int64)
     stored = {}
+    offset_x = 0.0
     for lib, entry in libs.items():
         name = element_name(lib)
         rows = np.flatnonzero(sample_of == str(lib))
@@ -384,16 +414,18 @@ def to_spatialdata(adata, *, full_res: bool = True):
             img = entry.get("images", {}).get(key)
             if img is not None and scal.get(sf):
                 images[f"{name}_{key}_image"] = _image_element(
-                    img, 1.0 / scal[sf], pyramid=key == "hires"
+                    img, 1.0 / scal[sf], pyramid=key == "hires", cs=name, offset_x=offset_x
                 )
         src = meta.get("image_path")
+        width = _sample_width(entry, xy[rows], scal[keys.SPOT_DIAMETER])
         if full_res and src and Path(src).is_file():
             full, slide = _lazy_full_image(src, meta.get("mpp"))
             slides.append(slide)
+            width = max(width, float(full.shape[2]))
             images[f"{name}_full_image"] = Image2DModel.parse(
                 full, dims=("c", "y", "x"), c_coords=["r", "g", "b"],
                 scale_factors=_pyramid(*full.shape[1:]) or None,
-                chunks=(3, 1024, 1024), transformations={"global": Identity()},
+                chunks=(3, 1024, 1024), transformations=_placement(name, 1.0, offset_x),
             )  # fmt: skip
         elif full_res and src:
             log.warning(
@@ -402,8 +434,9 @@ def to_spatialdata(adata, *, full_res: bool = True):
         shapes[f"{name}_spots"] = ShapesModel.parse(
             xy[rows], geometry=0, radius=np.full(len(rows), scal[keys.SPOT_DIAMETER] / 2.0),
             index=pd.Index(np.arange(len(rows)), name=SD_INSTANCE_KEY),
-            transformations={"global": Identity()},
+            transformations=_placement(name, 1.0, offset_x),
         )  # fmt: skip
+        offset_x += width * 1.05  # the next sample starts right of this one, with a gap
         region[rows] = f"{name}_spots"
         instance[rows] = np.arange(len(rows))
         stored[str(lib)] = _jsonable({"scalefactors": scal, "metadata": meta})

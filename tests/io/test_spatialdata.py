@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 
 import numpy as np
 import pytest
@@ -127,3 +128,46 @@ def test_missing_extra_is_one_clear_error(tmp_path, monkeypatch):
     )
     with pytest.raises(MissingDependencyError, match=r"pip install 'histoxmodal\[spatialdata\]'"):
         read_spatialdata(tmp_path)
+
+
+@needs_spatialdata
+def test_each_sample_has_its_own_coordinate_system_and_global_lays_them_side_by_side(
+    her2st_paired, tmp_path
+):
+    import spatialdata as sd
+
+    from histoxmodal.data.store import load_paired
+    from histoxmodal.io.spatial import read_spatial
+    from histoxmodal.workflows.export import export_spatialdata
+
+    data, _ = her2st_paired
+    out = tmp_path / "her2st.zarr"
+    export_spatialdata(data, out, full_res=False)
+    s = sd.read_zarr(out)
+    s.validate_table_in_spatialdata(s.tables["table"])
+    samples = ["B4", "C2", "C3", "C4", "C5"]
+    assert set(s.coordinate_systems) == {"global", *samples}
+    boxes = {}
+    for name in samples:
+        own = s.filter_by_coordinate_system(name)
+        assert set(own.images) == {f"{name}_hires_image", f"{name}_lowres_image"}
+        assert set(own.shapes) == {f"{name}_spots"}
+        spots = sd.get_extent(own.shapes[f"{name}_spots"], coordinate_system=name)
+        image = sd.get_extent(own.images[f"{name}_hires_image"], coordinate_system=name)
+        # in its own system every spot lies on its own H&E
+        assert spots["x"][0] >= image["x"][0] and spots["x"][1] <= image["x"][1]
+        assert spots["y"][0] >= image["y"][0] and spots["y"][1] <= image["y"][1]
+        boxes[name] = sd.get_extent(s.images[f"{name}_hires_image"], coordinate_system="global")
+    # in global no two sections overlap (they were all stacked at the origin)
+    xs = sorted(boxes.values(), key=lambda b: b["x"][0])
+    for left, right in itertools.pairwise(xs):
+        assert left["x"][1] < right["x"][0]
+    # read back, each sample keeps its own image and its own coordinates
+    adata, _ = load_paired(data)
+    for name in ("B4", "C4"):
+        b = read_spatial(out, sample=name)
+        rows = np.flatnonzero(adata.obs["sample"] == name)
+        np.testing.assert_allclose(b.obsm["spatial"], adata.obsm["spatial"][rows])
+        np.testing.assert_array_equal(
+            b.uns["spatial"][name]["images"]["hires"], adata.uns["spatial"][name]["images"]["hires"]
+        )

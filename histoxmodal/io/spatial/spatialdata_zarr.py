@@ -69,6 +69,17 @@ def element_name(name: str) -> str:
     return out or "sample"
 
 
+def _own_system(region: str, systems: list[str]) -> str:
+    """The coordinate system to read the spots ``region`` in: the sample's own (named after it,
+    as ``export --to spatialdata`` and spatialdata-io's readers write), else ``global``, else
+    their only one. In a multi-sample ``global`` the samples may lie side by side (shifted)."""
+    own = region[: -len("_spots")] if region.endswith("_spots") else region
+    for cs in (own, DEFAULT_COORDINATE_SYSTEM):
+        if cs in systems:
+            return cs
+    return systems[0]
+
+
 def _affine(element, cs: str) -> np.ndarray:
     """The ``(3, 3)`` affine matrix of ``element`` into ``cs``, on ``(x, y, 1)``."""
     from spatialdata.transformations import get_transformation
@@ -195,8 +206,9 @@ def read_spatialdata(
     table
         The table to read when the store has several.
     coordinate_system
-        The coordinate system (its units are taken as full-resolution pixels); default
-        ``"global"`` when the spots are in it, else their only one.
+        The coordinate system (its units are taken as full-resolution pixels); default the
+        sample's own (named after it), else ``"global"`` when the spots are in it, else their
+        only one.
     patient, batch
         Stored in ``obs`` when the table does not say.
     mpp
@@ -270,9 +282,7 @@ def read_spatialdata(
     from spatialdata.transformations import get_transformation
 
     systems = list(get_transformation(shapes, get_all=True))
-    cs = coordinate_system or (
-        DEFAULT_COORDINATE_SYSTEM if DEFAULT_COORDINATE_SYSTEM in systems else systems[0]
-    )
+    cs = coordinate_system or _own_system(region, systems)
     if cs not in systems:
         raise SpatialFormatError(
             f"{p}: coordinate_system={cs!r}: the spots {region!r} are in {', '.join(systems)}"
