@@ -8,6 +8,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
@@ -88,6 +89,11 @@ class PairedDataset(Dataset):
         Augmentations (:class:`~histoxmodal.data.transforms.Augment`); ``None`` for none.
     seed
         Base seed; each DataLoader worker derives its own stream from it.
+    categories
+        Names whose order fixes the codes of ``batch``, ``patient`` or ``sample`` (a run's own
+        batches, so another dataset's sections get the codes the towers were built with);
+        names not listed get the codes after them, in sorted order. Default: this dataset's
+        sorted names.
     """
 
     def __init__(
@@ -102,6 +108,7 @@ class PairedDataset(Dataset):
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         seed: int = 0,
+        categories: dict[str, list[str]] | None = None,
     ) -> None:
         import scipy.sparse as sp
 
@@ -144,13 +151,19 @@ class PairedDataset(Dataset):
         self.categories: dict[str, list[str]] = {}
         self._codes: dict[str, np.ndarray] = {}
         for key in (keys.OBS_BATCH, keys.OBS_PATIENT, keys.OBS_SAMPLE):
-            cat = adata.obs[key].astype("category")
-            self.categories[key] = [str(c) for c in cat.cat.categories]
-            self._codes[key] = cat.cat.codes.to_numpy().astype(np.int64)
+            names = adata.obs[key].astype(str).to_numpy()
+            known = [str(c) for c in (categories or {}).get(key, [])]
+            order = known + sorted(set(names) - set(known))
+            cat = pd.Categorical(names, categories=order)
+            self.categories[key] = order
+            self._codes[key] = np.asarray(cat.codes, np.int64)
         presence = adata.varm.get("sample_presence")
         samples = self.categories[keys.OBS_SAMPLE]
-        if presence is not None:
-            self._gene_mask = np.stack([np.asarray(presence[s], bool) for s in samples])
+        if presence is not None:  # names of a run's own list absent here have no rows
+            full = np.ones(len(self.genes), bool)
+            self._gene_mask = np.stack(
+                [np.asarray(presence[s], bool) if s in presence else full for s in samples]
+            )
         else:
             self._gene_mask = np.ones((len(samples), len(self.genes)), bool)
         self.augment = augment
@@ -193,6 +206,11 @@ class PairedDataset(Dataset):
             return out
         out[self._cols[s:e]] = self._vals[s:e]
         return out
+
+    def codes(self, key: str) -> np.ndarray:
+        """Integer codes of ``obs[key]`` for every row of the dataset (order of
+        :attr:`categories`)."""
+        return self._codes[key]
 
     @staticmethod
     def codes_of(path: str | Path, key: str) -> np.ndarray:

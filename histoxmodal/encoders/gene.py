@@ -102,6 +102,45 @@ class BatchSpecificNorm(nn.Module):
         return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
 
 
+def add_unseen_batches(tower: nn.Module, n_batches: int) -> int:
+    """Give every batch-conditioned layer of ``tower`` slots for ``n_batches`` batch ids, the
+    new ones unseen in training, so a dataset that brings sections the run never knew (a
+    separately built test set) is normalized with their own statistics (AdaBN, see
+    :func:`adapt_batch_norms`) instead of borrowing a training batch's id.
+
+    Returns the number of slots added (0 when ``tower`` already has enough, or is not
+    batch-conditioned).
+
+    Raises
+    ------
+    ConfigError
+        The tower conditions on a one-hot of the batch: its weights have no column for a
+        batch it was not built with.
+    """
+    added = 0
+    for m in tower.modules():
+        if getattr(m, "conditioning", None) == "onehot" and n_batches > m.n_batches:
+            raise ConfigError(
+                f"the gene tower conditions on a one-hot of {m.n_batches} batches and cannot "
+                f"embed the {n_batches - m.n_batches} new batch(es) of this dataset; evaluate on "
+                "the run's own dataset, or train with conditioning 'norm'"
+            )
+        if isinstance(m, BatchSpecificNorm) and n_batches > m.n_batches:
+            extra = n_batches - m.n_batches
+            for name, fill in (
+                ("running_mean", 0.0), ("running_var", 1.0), ("adapted_mean", 0.0),
+                ("adapted_var", 1.0), ("seen", False), ("adapted", False),
+            ):  # fmt: skip
+                old = getattr(m, name)
+                pad = torch.full((extra, *old.shape[1:]), fill, dtype=old.dtype, device=old.device)
+                setattr(m, name, torch.cat([old, pad]))
+            added = max(added, extra)
+            m.n_batches = n_batches
+        elif getattr(m, "conditioning", None) == "norm" and n_batches > m.n_batches:
+            m.n_batches = n_batches
+    return added
+
+
 def adapt_batch_norms(
     tower: nn.Module, encode: Callable[[torch.Tensor], object], batch: torch.Tensor
 ) -> list[int]:

@@ -93,6 +93,8 @@ class RunKind:
             normalization=run.normalization,
             augment=Augment(**run.config.augment) if augment else None,
             seed=seed,
+            # the batch ids the towers were built with, whatever dataset is read
+            categories={run.config.correction.batch_key: run.run_batch_names()},
         )
 
     @property
@@ -210,6 +212,7 @@ class Run:
     dataset_sha256: str = ""
     split_sha256: str = ""
     patch: dict[str, float] = field(default_factory=dict)
+    batch_names: list[str] = field(default_factory=list)
     _module: Any = field(default=None, repr=False)
     _weights_digest: Any = field(default=None, repr=False)
 
@@ -284,7 +287,8 @@ class Run:
             "normalization", DEFAULT_NORMALIZATION
         )
         key = self.config.correction.batch_key
-        self.n_batches = int(adata.obs[key].astype("category").cat.categories.size)
+        self.batch_names = [str(c) for c in adata.obs[key].astype("category").cat.categories]
+        self.n_batches = len(self.batch_names)
 
     def identity(self) -> dict[str, Any]:
         """What ``run.json`` records: everything that fixes what the run is."""
@@ -300,6 +304,8 @@ class Run:
             "n_genes": len(self.genes),
             "normalization": self.normalization,
             "n_batches": self.n_batches,
+            # the names behind the towers' batch ids 0 .. n_batches - 1 (correction.batch_key)
+            "batch_names": self.batch_names,
             "patch": self.patch,
         }
 
@@ -404,6 +410,7 @@ class Run:
             genes=genes,
             normalization=ident.get("normalization") or (DEFAULT_NORMALIZATION if genes else None),
             n_batches=int(ident.get("n_batches") or 1),
+            batch_names=[str(b) for b in ident.get("batch_names") or []],
             dataset_sha256=ident.get("dataset_sha256", ""),
             split_sha256=ident.get("split_sha256", ""),
             patch=ident.get("patch") or {},
@@ -517,21 +524,36 @@ class Run:
         from histoxmodal.encoders.gene import BatchSpecificNorm
 
         module = self.module
-        norms = [m for m in module.modules() if isinstance(m, BatchSpecificNorm)]
-        if not norms or not self.config.correction.batch_conditioned_genes:
+        if not self.config.correction.batch_conditioned_genes:
             return
-        from histoxmodal.data.dataset import PairedDataset
-
-        path = Path(data) if data is not None else self.data
-        ids = np.unique(PairedDataset.codes_of(path, self.config.correction.batch_key))
-        seen = norms[0].seen.cpu().numpy()
-        if ids.size and ids.max() < len(seen) and seen[ids].all():
-            return  # every batch trained on: nothing to adapt (ids out of range: forward says so)
-        import torch.utils.data as tud
+        from histoxmodal.encoders.gene import add_unseen_batches
 
         full = self.dataset(data)
+        key = self.config.correction.batch_key
+        # sections the run never knew (another dataset) get ids after the run's own
+        add_unseen_batches(module.gene, len(full.categories[key]))
+        norms = [m for m in module.modules() if isinstance(m, BatchSpecificNorm)]
+        if not norms:
+            return
+        ids = np.unique(full.codes(key))
+        seen = norms[0].seen.cpu().numpy()
+        if ids.size and seen[ids].all():
+            return  # every batch trained on: nothing to adapt
+        import torch.utils.data as tud
+
         items = [full.item_without_image(i) for i in range(len(full))]
         module.adapt_unseen_batches(tud.default_collate(items))
+
+    def run_batch_names(self) -> list[str]:
+        """The names of the batches (``correction.batch_key``) behind the towers' batch ids:
+        recorded in ``run.json``; for runs written before, read from the training dataset."""
+        if not self.batch_names and _is_paired(self.data):
+            import anndata as ad
+
+            obs = ad.read_h5ad(self.data / keys.PAIRED_ADATA_FILE, backed="r").obs
+            key = self.config.correction.batch_key
+            self.batch_names = [str(c) for c in obs[key].astype("category").cat.categories]
+        return self.batch_names
 
     def check_genes(self, data: str | Path) -> None:
         """Refuse a dataset that lacks genes of the run's panel."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -114,3 +115,81 @@ def test_a_split_of_another_dataset_is_refused(tmp_path, capsys):
         assert f"made for {n} rows, but {data} has 64" in err, err
         assert "Traceback" not in err
     assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+@pytest.fixture(scope="module")
+def her2st_parts(data_dir, tmp_path_factory):
+    """her2st B4 + C2 (training), C3 alone and B4 + C2 + C3, small patches."""
+    from histoxmodal.data.recipes import find_samples, load_recipe
+    from histoxmodal.workflows.build import PairedConfig, build_paired
+
+    root = tmp_path_factory.mktemp("her2st_parts")
+    refs = find_samples(load_recipe("her2st"), [data_dir / "her2st"])
+    cfg = PairedConfig(patch_um=112, patch_px=32, min_counts=0)
+    out = {}
+    for name, samples in (("tr", ("B4", "C2")), ("c3", ("C3",)), ("all", ("B4", "C2", "C3"))):
+        chosen = [r for r in refs if r.sample in samples]
+        out[name] = root / name
+        build_paired(chosen, out[name], cfg, recipe="her2st", workers=2)
+    return out
+
+
+def test_another_datasets_sections_get_their_own_batch_statistics(her2st_parts, tmp_path):
+    """A dataset built apart numbers its sections from 0, so C3 alone got the batch id of B4,
+    a section the batch-conditioned gene tower trained on, and was normalised with B4's
+    statistics (and no AdaBN). The run now maps batch names to its own ids; a section it never
+    knew gets a new id and its own statistics, so C3 embeds the same alone or beside others,
+    and evaluate's headline retrieval equals what the public API gives for the stated inputs."""
+    from histoxmodal.data.store import load_paired
+    from histoxmodal.evaluation.retrieval import cross_modal_retrieval
+    from histoxmodal.workflows.evaluate import evaluate
+    from histoxmodal.workflows.predict import HeadInputs
+    from histoxmodal.workflows.run import Run
+
+    cfg = config_from_dict(
+        {
+            "genes": 50,
+            "model": {
+                "image_encoder": "test_image_resnet",
+                "gene_encoder": "test_gene_mlp",
+                "embed_dim": 8,
+            },
+            "correction": {"batch_conditioned_genes": True, "batch_key": "sample"},
+            "optim": {"batch_size": 64, "max_epochs": 1, "num_workers": 0},
+            "head": {"expression": None, "centre": True, "smooth_um": 450},
+        }
+    )
+    train(cfg, tmp_path / "run", data=her2st_parts["tr"], accelerator="cpu", devices=1)
+    run = Run.load(tmp_path / "run")
+    assert run.batch_names == ["B4", "C2"]
+    alone = run.embed(her2st_parts["c3"])["gene"]
+    adata, _ = load_paired(her2st_parts["all"])
+    rows = np.flatnonzero(adata.obs["sample"] == "C3")
+    beside = Run.load(tmp_path / "run").embed(her2st_parts["all"])["gene"][rows]
+    # the two datasets differ only in their gene intersections (library sizes of log1p-CP10k)
+    np.testing.assert_allclose(alone, beside, atol=0.01)
+    # what it was: C3 read with B4's id and statistics
+    borrowed = Run.load(tmp_path / "run")
+    borrowed.batch_names = ["C3", "C2"]
+    old = borrowed.embed(her2st_parts["c3"])["gene"]
+    assert np.abs(old - beside).max() > 10 * np.abs(alone - beside).max()
+    # evaluate on the dataset of C3 alone: its headline retrieval, recomputed by hand
+    r = evaluate(Run.load(tmp_path / "run"), her2st_parts["c3"], tmp_path / "ev", n_genes=20)
+    assert r["protocol"]["retrieval_inputs"] == {
+        "context_um": 0.0,
+        "centre": True,
+        "smooth_um": 450.0,
+    }
+    from histoxmodal.data.neighbours import spot_coords_um
+
+    c3, _ = load_paired(her2st_parts["c3"])
+    z = Run.load(tmp_path / "run").embed(her2st_parts["c3"])
+    xy = spot_coords_um(c3)
+    ri = HeadInputs(0.0, True, 450.0)
+    by_hand = cross_modal_retrieval(ri.apply(z["image"], xy), ri.apply(z["gene"], xy))
+    assert r["metrics"]["retrieval.full.i2g.recall@5"] == pytest.approx(
+        by_hand["image_to_gene"]["R@5"]
+    )
+    assert r["metrics"]["retrieval.full.g2i.recall@5"] == pytest.approx(
+        by_hand["gene_to_image"]["R@5"]
+    )
