@@ -101,7 +101,7 @@ def format_summary(results) -> str:
     rows = [("slide", "status", "tiles", "mpp", "time", "tiles/s")]
     for r in results:
         n = "-" if r.n_tiles is None else str(r.n_tiles)
-        rate = f"{r.n_tiles / r.seconds:.0f}" if r.n_tiles and r.seconds > 0 else "-"
+        rate = f"{r.n_tiles / r.seconds:.1f}" if r.n_tiles and r.seconds > 0 else "-"
         mpp = f"{r.mpp:.3g}" if r.mpp else "-"
         rows.append((r.name, r.status, n, mpp, f"{r.seconds:.1f}s", rate))
     counts: dict[str, int] = {}

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from histoxmodal.version import __version__
 
@@ -407,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser(
         "export",
-        help="export a paired dataset (Parquet for Hugging Face datasets, HEST h5)",
+        help="export a paired dataset (Parquet for Hugging Face datasets, HEST h5, SpatialData)",
         description="Parquet: one row per spot with the patch as PNG, raw counts and metadata "
         "(load with datasets.load_dataset('parquet', data_dir='OUT/data')). "
         "hest: patches/<sample>.h5 (img, coords, barcode) and st/<sample>.h5ad. "
@@ -551,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
         "mil",
         help="slide-level mutation/clinical heads on tile features (train, predict)",
         description="Multiple-instance learning on histoxmodal features output: cross-validation "
-        "grouped by patient and stratified by label (AUROC, balanced accuracy, 95 %% CI over "
+        "grouped by patient and stratified by label (AUROC, balanced accuracy, 95 % CI over "
         "folds x seeds), a head fitted on every slide, attention maps; then calls on new slides.",
     )
     msub = mi.add_subparsers(dest="mil", required=True, metavar="ACTION")
@@ -960,6 +961,31 @@ _DISK_ERRNOS = {
 }
 
 
+def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, extras) -> None:
+    """Report unknown options with the usage of the (sub-)command they were given to and the
+    closest option names, not the top-level usage."""
+    import difflib
+
+    target = parser
+    for name in ("command", "bench", "mil"):
+        value = getattr(args, name, None)
+        subs = [a for a in target._actions if isinstance(a, argparse._SubParsersAction)]
+        if value is None or not subs or value not in subs[0].choices:
+            break
+        target = subs[0].choices[value]
+    options = [o for a in target._actions for o in a.option_strings if o.startswith("--")]
+    hints = []
+    for e in extras:
+        if e.startswith("-"):
+            close = difflib.get_close_matches(e.split("=")[0], options, n=2, cutoff=0.75)
+            if close:
+                hints.append(f"{e}: did you mean {' or '.join(close)}?")
+    target.error(
+        f"unrecognized arguments: {' '.join(extras)}"
+        + (f" ({'; '.join(hints)})" if hints else f"; see {target.prog} --help")
+    )
+
+
 def _printable_streams() -> None:
     """Never fail on a character the terminal's encoding lacks (µ under ``PYTHONIOENCODING=
     ascii``, or a C locale): it is printed escaped instead of ending the run."""
@@ -973,7 +999,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 some work failed, 2 bad usage)."""
     _printable_streams()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        _unrecognized(parser, args, extras)  # exits 2 with the command's usage
     _setup_logging(verbosity(args))
     if args.command is None:
         parser.print_help()
@@ -1029,7 +1057,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             for k, v in r["metrics"].items():
                 print(f"{k:<52} {v:.4f}" if isinstance(v, float) else f"{k:<52} {v}")
-            print(f"report: {args.out}/report.html")
+            print(f"report: {Path(args.out) / 'report.html'}")
             return EXIT_OK
         if args.command == "export":
             from histoxmodal.workflows.export import export_hest, export_parquet

@@ -370,3 +370,21 @@ def test_a_missing_pixel_size_names_every_way_to_give_one(tmp_path):
     msg = str(err.value)
     assert "--mpp UM" in msg and "--mpp-csv" in msg and "read_spatial" in msg
     assert "histoxmodal tile" not in msg  # not one command's name when predict raises it
+
+
+def test_an_unknown_option_gets_the_commands_usage_and_a_suggestion(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["tile", "x.svs", "--out", "t", "--mpp-targt", "0.5"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: histoxmodal tile" in err and "did you mean --mpp-target" in err
+    with pytest.raises(SystemExit):
+        main(["bench", "her2st", "--src", "x", "--epoch-count", "3"])
+    assert "usage: histoxmodal bench her2st" in capsys.readouterr().err
+
+
+def test_help_texts_show_plain_percent_signs(capsys):
+    with pytest.raises(SystemExit):
+        main(["mil", "--help"])
+    out = capsys.readouterr().out
+    assert "95 % CI" in out and "%%" not in out
