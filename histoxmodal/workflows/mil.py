@@ -275,20 +275,45 @@ def features_checksum(files: Sequence[Path], slides: Sequence[str]) -> str:
 
 
 def grouped_stratified_folds(
-    labels: np.ndarray, groups: np.ndarray, n_folds: int, seed: int
+    labels: np.ndarray,
+    groups: np.ndarray,
+    n_folds: int,
+    seed: int,
+    class_names: Sequence[str] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """``(train, test)`` index pairs: each patient in one fold only, classes balanced across
-    folds (``StratifiedGroupKFold``, shuffled by ``seed``)."""
+    folds (``StratifiedGroupKFold``, shuffled by ``seed``).
+
+    Raises
+    ------
+    ConfigError
+        ``n_folds`` cannot work: it names the largest fold count that does, or says why the
+        cohort cannot be cross-validated at all.
+    """
     from sklearn.model_selection import StratifiedGroupKFold
 
     labels, groups = np.asarray(labels), np.asarray(groups)
-    per_class = {c: len(np.unique(groups[labels == c])) for c in np.unique(labels)}
-    fewest = min(per_class.values())
-    if n_folds < 2 or fewest < n_folds:
+    classes = np.unique(labels)
+    names = [str(class_names[int(c)]) if class_names is not None else str(c) for c in classes]
+    counts = [len(np.unique(groups[labels == c])) for c in classes]
+    per_class = ", ".join(
+        f"{n}: {k} patient{'s' if k != 1 else ''}" for n, k in zip(names, counts, strict=True)
+    )
+    # every fold holds out patients of every class, so no class may have fewer patients
+    # than folds, and there are never more folds than patients
+    largest = min(min(counts), len(np.unique(groups)))
+    if largest < 2:
+        rare = names[int(np.argmin(counts))]
         raise ConfigError(
-            f"--folds {n_folds}: needs 2 <= folds <= the patients of the rarest class "
-            f"(patients per class: {per_class}); use --folds {max(2, min(fewest, 5))}"
-            + (" or label more patients" if fewest < 2 else "")
+            f"this cohort cannot be cross-validated: class {rare!r} has slides of only one "
+            f"patient ({per_class}), and every fold must hold out patients of each class; "
+            "label slides of more patients"
+        )
+    if not 2 <= n_folds <= largest:
+        raise ConfigError(
+            f"--folds {n_folds}: with these patients ({per_class}) at most {largest} folds keep "
+            f"patients of every class in each test fold; use --folds {largest}"
+            + (" (or fewer, down to 2)" if largest > 2 else "")
         )
     cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     return [(tr, te) for tr, te in cv.split(np.zeros(len(labels)), labels, groups)]
@@ -455,7 +480,7 @@ def _train_mil_locked(
             f"{target!r} has one class ({classes[0]!r}) among the {len(y)} usable slides: a "
             "classifier needs at least two"
         )
-    splits = {s: grouped_stratified_folds(y, cohort.patients, folds, s) for s in seeds}
+    splits = {s: grouped_stratified_folds(y, cohort.patients, folds, s, classes) for s in seeds}
     t0 = time.time()
     per_fold, oof_rows = [], []
     oof_attention: dict[int, np.ndarray] = {}

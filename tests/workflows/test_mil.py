@@ -113,8 +113,24 @@ def test_folds_are_grouped_by_patient_and_stratified():
     for tr, te in folds:
         assert not set(groups[tr]) & set(groups[te])
         assert (labels[te] == "a").sum() == (labels[te] == "b").sum() == 4
-    with pytest.raises(ConfigError, match="--folds 7"):
+    with pytest.raises(ConfigError, match="--folds 7: .* at most 6 folds .* use --folds 6"):
         grouped_stratified_folds(labels, groups, 7, seed=0)
+
+
+def test_fold_advice_can_be_followed():
+    # 5 slides of 3 patients: mutant on 2 patients, wildtype on 2 (one patient has both)
+    labels = np.array([1, 1, 0, 0, 1])
+    groups = np.array(["P1", "P1", "P2", "P3", "P3"])
+    names = ["wildtype", "mutant"]
+    with pytest.raises(ConfigError) as e:
+        grouped_stratified_folds(labels, groups, 5, seed=0, class_names=names)
+    msg = str(e.value)
+    assert "use --folds 2" in msg and "mutant: 2 patients" in msg and "np.int64" not in msg
+    assert len(grouped_stratified_folds(labels, groups, 2, seed=0, class_names=names)) == 2
+    # a class on a single patient: no fold count works, and the message says why
+    with pytest.raises(ConfigError, match="cannot be cross-validated: class 'mutant'"):
+        one = np.array(["P1", "P1", "P2", "P3", "P4"])
+        grouped_stratified_folds(np.array([1, 1, 0, 0, 0]), one, 2, seed=0, class_names=names)
 
 
 def test_summarise_interval():
