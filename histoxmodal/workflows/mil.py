@@ -570,8 +570,8 @@ def _train_mil_locked(
                 _attention_png(
                     tmp / ATTENTION_DIR / f"{cohort.slides[i]}.png",
                     cohort.slides[i], cohort.coords[i], att, cohort.attrs[i],
-                    f"{cohort.slides[i]} ({target}={cohort.labels[i]}): out-of-fold "
-                    f"P({classes[-1]})={row[f'p_{classes[-1]}']:.2f}",
+                    f"{cohort.slides[i]} ({target}={cohort.labels[i]}): out-of-fold call "
+                    f"{row['predicted']} (P={row['p_' + str(row['predicted'])]:.2f})",
                 )  # fmt: skip
         publish_dir(tmp, out)
     except BaseException:
