@@ -68,7 +68,7 @@ def test_pipe_is_quiet(env) -> None:
     assert not in_jupyter()
     assert not progress_enabled()
     assert _run() == [0, 1, 2, 3, 4]
-    assert err.getvalue() == ""
+    assert "/5 [" not in err.getvalue()  # no bar (off a terminal, log lines instead)
 
 
 def test_jupyter_kernel_shows_a_bar(env, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,7 +103,7 @@ def test_terminal_ipython_is_not_a_kernel(env, monkeypatch: pytest.MonkeyPatch) 
     assert not in_jupyter()
     assert not progress_enabled()
     _run()
-    assert err.getvalue() == ""
+    assert "/5 [" not in err.getvalue()  # no bar (off a terminal, log lines instead)
 
 
 def test_a_failing_get_ipython_is_not_a_kernel(env, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -125,7 +125,7 @@ def test_ci_with_a_kernel_is_quiet(env, monkeypatch: pytest.MonkeyPatch, value: 
     assert in_jupyter()
     assert not progress_enabled()
     _run()
-    assert err.getvalue() == ""
+    assert "/5 [" not in err.getvalue()  # no bar (off a terminal, log lines instead)
 
 
 def test_override_off(env, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,7 +133,7 @@ def test_override_off(env, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HISTOXMODAL_PROGRESS", "0")
     assert not progress_enabled()
     _run()
-    assert err.getvalue() == ""
+    assert "/5 [" not in err.getvalue()  # no bar (off a terminal, log lines instead)
 
 
 def test_demo_cli_asks_progress_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -158,3 +158,19 @@ def test_demo_cli_asks_progress_enabled(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(SystemExit):
         demo_cli.run_demo(args)
     assert seen["progress_bar"] == "decided"
+
+
+def test_off_a_terminal_a_loop_logs_where_it_is(env, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    env(tty=False)
+    with caplog.at_level(logging.INFO, logger="histoxmodal.progress"):
+        assert _run(5) == [0, 1, 2, 3, 4]
+        lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(" (")[0] for line in lines] == [f"tiling: {i}/5 tile" for i in range(1, 6)]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="histoxmodal.progress"):
+        list(progress(range(1000), total=1000, desc="batches", unit="batch"))
+        assert 20 <= len(caplog.records) <= 21  # a long loop: about LOG_LINES lines
+        list(progress(range(10)))  # no desc: silent
+        assert len(caplog.records) <= 21

@@ -25,6 +25,8 @@ TAMED_LOGGERS = (
 # Advertising lines a library logs at INFO; shown only with -v.
 ADVERTS = ("💡 Tip:", "💡 tip:")
 FORMAT = "%(levelname)s: %(message)s"
+#: the logger of progress lines (histoxmodal.progress and the per-epoch training line)
+PROGRESS_LOGGER = "histoxmodal.progress"
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -108,6 +110,9 @@ def setup_logging(verbosity: int, level: int) -> None:
             lg.own_level(library_level)
         else:
             lg.setLevel(library_level)
+    # where a long job is (one line per slide, sample or epoch off a terminal) shows by
+    # default, like Lightning's lines, and -q hides it
+    logging.getLogger(PROGRESS_LOGGER).setLevel(library_level)
     if verbosity < 1:
         for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
             warnings.filterwarnings("ignore", category=category)

@@ -151,6 +151,36 @@ def _reseed_each_epoch_callback(seed: int):
     return ReseedEachEpoch()
 
 
+def _epoch_log_callback():
+    """Off a terminal (no progress bar): one INFO line per epoch with its losses, so a SLURM or
+    nohup log shows where training is."""
+    import time
+
+    from lightning.pytorch.callbacks import Callback
+
+    class EpochLog(Callback):
+        t0 = 0.0
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            if not trainer.is_global_zero:
+                return
+            shown = [
+                f"{k} {float(v):.4f}"
+                for k, v in sorted(trainer.callback_metrics.items())
+                if k.endswith("loss") and k.startswith(("train/", "val/"))
+            ]
+            logging.getLogger("histoxmodal.progress").info(
+                "epoch %d/%d: %s (%.1f s)",
+                trainer.current_epoch + 1, trainer.max_epochs,
+                ", ".join(shown) or "no loss logged", time.perf_counter() - self.t0,
+            )  # fmt: skip
+
+    return EpochLog()
+
+
 def checkpoint_position(path: str | Path) -> tuple[int, int]:
     """``(epoch, global_step)`` stored in a Lightning checkpoint, read with
     ``torch.load(weights_only=True)``.
@@ -250,6 +280,7 @@ def make_trainer(
                 ),
                 DieWithParent(),  # its setup runs in every process of the fit
                 _reseed_each_epoch_callback(optim.seed),
+                *([] if enable_progress_bar else [_epoch_log_callback()]),
             ],
             enable_progress_bar=enable_progress_bar,
             enable_model_summary=False,

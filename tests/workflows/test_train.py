@@ -624,3 +624,15 @@ def test_embed_out_that_is_a_folder_is_one_line(tiny, tmp_path, capsys):
     assert list((tmp_path / "existing").iterdir()) == []
     assert main([*argv, str(tmp_path / "nope" / "e.h5ad")]) == 2
     _one_line_error(capsys, "does not exist")
+
+
+def test_off_a_terminal_training_logs_one_line_per_epoch(tiny, tmp_path, capsys, monkeypatch):
+    import re
+
+    from histoxmodal.cli.main import main
+
+    monkeypatch.setenv("HISTOXMODAL_PROGRESS", "0")  # as under SLURM, nohup or a pipe
+    assert main(_train_argv(tiny, tmp_path / "run", None, "--max-epochs", "2")) == 0
+    err = capsys.readouterr().err
+    lines = re.findall(r"epoch (\d)/2: train/loss [0-9.]+, val/loss [0-9.]+ \(", err)
+    assert lines == ["1", "2"], err
