@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -11,6 +12,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+#: errors of the disk rather than of one input: a batch job stops at the first (the next
+#: item would fail the same way) instead of recording one failure per item
+DISK_ERRNOS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exhausted",
+    errno.EROFS: "the file system is read-only",
+    errno.EFBIG: "the file is too large for the file system",
+}
+
+
+def is_disk_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a full, read-only or over-quota disk (:data:`DISK_ERRNOS`)."""
+    return isinstance(exc, OSError) and exc.errno in DISK_ERRNOS
 
 
 def current_umask() -> int:

@@ -87,16 +87,22 @@ LOG_LINES = 20
 
 
 def progress(
-    iterable: Iterable[T], *, total: int | None = None, desc: str = "", unit: str = "it"
+    iterable: Iterable[T],
+    *,
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    log_items: bool = False,
 ) -> Iterator[T]:
     """Wrap ``iterable`` in a progress bar when :func:`progress_enabled`.
 
-    Elsewhere (SLURM, nohup, pipes, CI) a loop with a ``desc`` logs one INFO line as each item
-    finishes, ``desc: 3/12 slides (41 s)``, at most about :data:`LOG_LINES` per loop, so a log
-    file shows where a job is; without ``desc`` it runs silently.
+    Elsewhere (SLURM, nohup, pipes, CI) a loop over the job's items (``log_items``: slides,
+    samples) logs one INFO line as each item finishes, ``desc: 3/12 slide (41 s)``, at most
+    about :data:`LOG_LINES` per loop, so a log file shows where a job is; inner loops (batches)
+    run silently.
     """
     if not progress_enabled():
-        if not desc:
+        if not (desc and log_items):
             yield from iterable
             return
         yield from _logged(iterable, total=total, desc=desc, unit=unit)

@@ -165,12 +165,19 @@ def test_off_a_terminal_a_loop_logs_where_it_is(env, caplog: pytest.LogCaptureFi
 
     env(tty=False)
     with caplog.at_level(logging.INFO, logger="histoxmodal.progress"):
-        assert _run(5) == [0, 1, 2, 3, 4]
+        assert list(progress(range(5), total=5, desc="tiling", unit="tile", log_items=True)) == [
+            0,
+            1,
+            2,
+            3,
+            4,
+        ]
+        assert _run(5) == [0, 1, 2, 3, 4]  # an inner loop (batches): silent
         lines = [r.getMessage() for r in caplog.records]
     assert [line.split(" (")[0] for line in lines] == [f"tiling: {i}/5 tile" for i in range(1, 6)]
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="histoxmodal.progress"):
-        list(progress(range(1000), total=1000, desc="batches", unit="batch"))
+        list(progress(range(1000), total=1000, desc="slides", unit="slide", log_items=True))
         assert 20 <= len(caplog.records) <= 21  # a long loop: about LOG_LINES lines
         list(progress(range(10)))  # no desc: silent
         assert len(caplog.records) <= 21

@@ -952,15 +952,6 @@ def _run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     )
 
 
-#: errors of the disk rather than of the input: one line and exit 1, not a traceback
-_DISK_ERRNOS = {
-    errno.ENOSPC: "the disk is full",
-    errno.EDQUOT: "the disk quota is exhausted",
-    errno.EROFS: "the file system is read-only",
-    errno.EFBIG: "the file is too large for the file system",
-}
-
-
 def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, extras) -> None:
     """Report unknown options with the usage of the (sub-)command they were given to and the
     closest option names, not the top-level usage."""
@@ -1087,12 +1078,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             with contextlib.suppress(OSError):
                 sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no flush error at exit
             return EXIT_OK
-        if exc.errno not in _DISK_ERRNOS:
+        from histoxmodal.fileutil import DISK_ERRNOS
+
+        if exc.errno not in DISK_ERRNOS:
             raise
         where = f" {exc.filename}" if exc.filename else ""
         print(
             f"histoxmodal: error: cannot write{where}: {exc.strerror or exc} "
-            f"({_DISK_ERRNOS[exc.errno]}); nothing partial is kept as finished output, rerun "
+            f"({DISK_ERRNOS[exc.errno]}); nothing partial is kept as finished output, rerun "
             "once there is room (or with a writable --out)",
             file=sys.stderr,
         )

@@ -440,7 +440,7 @@ def _build_paired_locked(
     skipped: dict[str, str] = {}
     failed: dict[str, str] = {}
     parts: list[tuple[str, Path]] = []
-    for ref in progress(samples, total=len(samples), desc="samples", unit="sample"):
+    for ref in progress(samples, total=len(samples), desc="samples", unit="sample", log_items=True):
         if ref.skip_reason:
             skipped[ref.sample] = ref.skip_reason
             continue

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
+from histoxmodal import keys
 from histoxmodal.errors import ConfigError
 from histoxmodal.workflows.run import Run
 
@@ -39,6 +42,17 @@ def embed(run: str | Path | Run, dataset: str | Path, out: str | Path, *, batch_
     z = run.embed(dataset, batch_size=batch_size)
     adata.obsm["X_image"], adata.obsm["X_gene"] = z["image"], z["gene"]
     out = Path(out)
+    # HDF5 can crash the process (not raise) when the disk fills mid-write: check first
+    need = (Path(dataset) / keys.PAIRED_ADATA_FILE).stat().st_size + 2 * sum(
+        v.nbytes for v in z.values()
+    )
+    free = shutil.disk_usage(out.parent).free
+    if free < 1.2 * need:
+        raise OSError(
+            errno.ENOSPC,
+            f"about {need / 1e6:.0f} MB are needed and {free / 1e6:.0f} MB are free",
+            str(out.parent),
+        )
     tmp = out.with_name(f".{out.name}.partial")
     adata.write_h5ad(tmp)
     os.replace(tmp, out)

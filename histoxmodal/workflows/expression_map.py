@@ -34,7 +34,13 @@ import numpy as np
 
 from histoxmodal import keys
 from histoxmodal.errors import ConfigError, HistoxmodalError
-from histoxmodal.fileutil import clean_stale, publish_dir, staging_dir, write_json_atomic
+from histoxmodal.fileutil import (
+    clean_stale,
+    is_disk_error,
+    publish_dir,
+    staging_dir,
+    write_json_atomic,
+)
 from histoxmodal.version import __version__
 from histoxmodal.workflows.predict import (
     check_prediction,
@@ -316,6 +322,9 @@ def _predict_slide_locked(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     except Exception as exc:  # recorded; the batch goes on
+        if is_disk_error(exc):  # every later slide would fail the same way: stop, one line
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         known = isinstance(exc, HistoxmodalError | OSError)
         reason = str(exc) if known else f"{type(exc).__name__}: {exc}"
         if not known:
@@ -484,6 +493,6 @@ def predict_slides(
     if not slides and not results:
         raise ConfigError(f"no slides found in {', '.join(map(str, inputs))}")
     out = check_out_dir(out_dir)
-    for p in progress(slides, total=len(slides), desc="slides", unit="slide"):
+    for p in progress(slides, total=len(slides), desc="slides", unit="slide", log_items=True):
         results.append(predict_slide(run, p, out, **kwargs))  # type: ignore[arg-type]
     return results

@@ -869,7 +869,7 @@ def extract_features(
     for r in results:
         if on_result:
             on_result(r)
-    for item in progress(items, total=len(items), desc="slides", unit="slide"):
+    for item in progress(items, total=len(items), desc="slides", unit="slide", log_items=True):
         r = extract_slide(
             item, out, extractor, format=format, batch_size=batch_size, workers=workers,
             device=device, precision=precision, mpp=mpp, min_tissue=min_tissue, tissue=tissue,

@@ -748,7 +748,9 @@ def tile_slides(
             on_result(r)
     with _StopOnSignals():
         if workers <= 1 or len(slides) <= 1:
-            for p in progress(slides, total=len(slides), desc="slides", unit="slide"):
+            for p in progress(
+                slides, total=len(slides), desc="slides", unit="slide", log_items=True
+            ):
                 r = tile_slide(p, out_dir, spec, workers=max(1, workers), **kwargs)
                 results.append(r)
                 if on_result:
@@ -794,7 +796,9 @@ def _tile_in_processes(
         for p in slides
     }
     try:
-        for fut in progress(as_completed(futs), total=len(futs), desc="slides", unit="slide"):
+        for fut in progress(
+            as_completed(futs), total=len(futs), desc="slides", unit="slide", log_items=True
+        ):
             p = futs[fut]
             try:
                 r = fut.result()

@@ -326,3 +326,30 @@ def test_a_damaged_or_foreign_head_is_one_line(tiny_run, tmp_path, capsys, damag
     text = out + err
     assert rc in (1, 2) and needle in text and "Traceback" not in text
     assert "fit-head" in text
+
+
+def test_a_full_disk_stops_predict_with_one_line(tiny_run, tmp_path, capsys, monkeypatch):
+    import errno
+    import shutil
+
+    from histoxmodal.cli.main import main
+    from histoxmodal.workflows import expression_map
+
+    _, run, slide = tiny_run
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(slide, slides / f"{name}.tif")
+    calls = []
+
+    def full(*args, **kwargs):
+        calls.append(args[2])
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "maps" / "x.png"))
+
+    monkeypatch.setattr(expression_map, "_predict_into", full)
+    out = tmp_path / "maps"
+    assert main(["predict", str(run.path), str(slides), "--out", str(out), "--grid-um", "80"]) == 1
+    err = capsys.readouterr().err
+    assert "the disk is full" in err and "Traceback" not in err
+    assert len(calls) == 1  # stopped at the first slide, not one failure per slide
+    assert not list(out.glob(".*partial*"))

@@ -636,3 +636,20 @@ def test_off_a_terminal_training_logs_one_line_per_epoch(tiny, tmp_path, capsys,
     err = capsys.readouterr().err
     lines = re.findall(r"epoch (\d)/2: train/loss [0-9.]+, val/loss [0-9.]+ \(", err)
     assert lines == ["1", "2"], err
+
+
+def test_embed_on_a_nearly_full_disk_is_one_line_before_writing(
+    tiny, tmp_path, capsys, monkeypatch
+):
+    import shutil
+    from collections import namedtuple
+
+    from histoxmodal.cli.main import main
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    out = tmp_path / "e.h5ad"
+    assert main(["embed", str(tiny["run"]), "--data", str(tiny["A"]), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "the disk is full" in err and "MB are free" in err and err.count("\n") == 1
+    assert not out.exists() and not list(tmp_path.glob(".*partial*"))
