@@ -78,8 +78,11 @@ def test_demo_runs_end_to_end_above_chance(demo):
     assert m["retrieval.full.g2i.recall@5"] > 3 * chance
     # expression follows the tissue type, which the image shows: measured pooled Pearson 0.72
     assert m["expression.ridge.pearson_pooled_mean"] > 0.5
-    for key in ("retrieval.full.i2g.recall@5", "retrieval.full.g2i.recall@5"):
-        assert re.search(rf"{re.escape(key)}\s.*{m[key]:.3f} \(chance {chance:.3f}\)", stdout)
+    # each learned number is printed beside the hand-crafted baseline and chance
+    for key in ("retrieval.full.i2g.recall@5", "expression.ridge.pearson_pooled_mean"):
+        base, ch = m[f"{key}_baseline"], m[f"{key}_chance"]
+        assert re.search(rf"{re.escape(key)}\s+{m[key]:.3f}\s+{base:.3f}\s+{ch:.3f}", stdout)
+    assert f"{chance:.3f}" in stdout and "hand-crafted baseline" in stdout
     html = (out / "report" / "report.html").read_text()
     assert html.lower().startswith("<!doctype html>") and "data:image/png;base64," in html
 
