@@ -987,7 +987,38 @@ def _printable_streams() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 1 some work failed, 2 bad usage)."""
+    """Run the command line; returns the exit code (0 ok, 1 some work failed, 2 bad usage).
+
+    With ``-q`` only errors are printed: tables and metric dumps are dropped, and the lines
+    naming a failed or busy item go to stderr.
+    """
+    stdout = sys.stdout
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout = stdout
+
+
+class _ErrorsOnly:
+    """A stdout for ``-q``: passes only the lines that report a failed or busy item, to
+    stderr."""
+
+    def __init__(self, err) -> None:
+        self.err, self.buf = err, ""
+
+    def write(self, text: str) -> int:
+        self.buf += text
+        *lines, self.buf = self.buf.split("\n")
+        for line in lines:
+            if line.startswith(("failed: ", "busy: ")):
+                self.err.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.err.flush()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     _printable_streams()
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
@@ -1003,6 +1034,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     from histoxmodal.errors import HistoxmodalError
 
+    if verbosity(args) < 0:
+        sys.stdout = _ErrorsOnly(sys.stderr)  # type: ignore[assignment]
     try:
         if args.command == "tile":
             from histoxmodal.cli.tile import run_tile

@@ -42,7 +42,12 @@ def test_verbosity_before_and_after_the_subcommand(flags, level, tmp_path, root_
     argv = [*before, "tile", str(tmp_path / "missing.svs"), "--out", str(tmp_path / "o"), *after]
     assert main(argv) == 1  # the slide is missing: a failed slide, not a usage error
     assert root_logging.level == level
-    assert "failed: missing" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    if "-q" in flags or "--quiet" in flags or "-qq" in flags:
+        if "-v" not in flags:  # -q: errors only, on stderr; no table
+            assert "failed: missing" in err and out == "" and "slide" not in err.split("failed")[0]
+    else:
+        assert "failed: missing" in out and "status" in out  # the table
 
 
 def test_verbosity_after_a_nested_subcommand(root_logging):
@@ -388,3 +393,12 @@ def test_help_texts_show_plain_percent_signs(capsys):
         main(["mil", "--help"])
     out = capsys.readouterr().out
     assert "95 % CI" in out and "%%" not in out
+
+
+def test_quiet_prints_errors_only(capsys):
+    assert main(["-q", "models", "uni*"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert main(["models", "uni*"]) == 0
+    assert "uni" in capsys.readouterr().out
+    assert main(["-q", "models", "zzz*"]) == 2
+    assert "no registered model matches" in capsys.readouterr().err
