@@ -305,3 +305,20 @@ def test_an_empty_labels_csv_is_one_clear_error(cohort, tmp_path):
     (tmp_path / "labels.csv").write_text("")
     with pytest.raises(ConfigError, match="the file is empty"):
         load_cohort(feats, tmp_path / "labels.csv", "KRAS")
+
+
+def test_truncated_mil_head_weights_are_one_line(cohort, runs, tmp_path, capsys):
+    import shutil
+
+    from histoxmodal.cli.main import main
+
+    _, feats = cohort
+    root, _ = runs
+    run = tmp_path / "run"
+    shutil.copytree(root / "abmil", run)
+    w = run / "head" / "weights.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    assert main(["mil", "predict", str(run), str(feats), "--out", str(tmp_path / "calls.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable safetensors file" in err and "Traceback" not in err
+    assert err.count("\n") == 1
