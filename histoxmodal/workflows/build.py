@@ -722,6 +722,11 @@ def build(
         in_tissue_only=in_tissue_only,
         allow_lowres=allow_lowres,
     )
+    if mpp is not None and not (isinstance(mpp, int | float) and 0 < mpp < 100):
+        raise ConfigError(
+            f"--mpp {mpp}: the µm per full-resolution pixel must be a number in (0, 100), e.g. "
+            "0.25 (40x) or 0.5 (20x); leave it out to use the files' own"
+        )  # 0 used to mean "not set" and was silently ignored
     srcs = [src] if isinstance(src, str | Path) else list(src)
     refs = find_samples(r, srcs, image=image, alignment=alignment, mpp=mpp)
     return build_paired(refs, out, cfg, recipe=r.name, workers=workers, overwrite=overwrite)

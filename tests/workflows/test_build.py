@@ -489,3 +489,13 @@ def test_counts_file_that_is_a_device_or_fifo_is_refused(data_dir, tmp_path):
     refs = find_samples(load_recipe("her2st"), [src])
     with deadline(10), pytest.raises(ConfigError, match=r"N1\.tsv\.gz.*FIFO"):
         _quiet_build(refs, tmp_path / "b", PairedConfig(patch_px=16))
+
+
+@pytest.mark.parametrize("mpp", [0, -1, 0.0, float("nan"), 1e9])
+def test_a_pixel_size_that_makes_no_sense_is_refused_by_the_library(tmp_path, mpp):
+    from histoxmodal.errors import ConfigError
+    from histoxmodal.workflows.build import build
+
+    with pytest.raises(ConfigError, match="--mpp"):
+        build("her2st", tmp_path / "out", src=tmp_path, mpp=mpp)
+    assert not (tmp_path / "out").exists()
