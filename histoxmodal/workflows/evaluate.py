@@ -449,7 +449,11 @@ def _spatial_report(
                 "Embeddings (PCA)",
                 figure_png(embedding_figure(za, zb, colourings or {"sample": samples})),
                 "Image and gene embeddings of the test spots in one PCA projection, coloured by "
-                "section" + (" and by label" if labels else "") + ".",
+                + " and by ".join(
+                    "section" if k == "sample" else k for k in (colourings or {"sample": 0})
+                )
+                + (" (one section)" if len(set(samples)) == 1 else "")
+                + "; spots without a label are grey, and the legend counts each.",
             )
         )
     warnings = embedding_warnings({"image": za, "gene": zb}, m, n)

@@ -474,6 +474,10 @@ def expression_maps_figure(
     return fig
 
 
+#: how a missing label reads once cast to text (pandas NaN, None, empty)
+MISSING_LABEL_TEXT = ("nan", "NaN", "None", "", "<NA>")
+
+
 def embedding_figure(
     za: np.ndarray, zb: np.ndarray, colourings: Mapping[str, np.ndarray], *, max_legend: int = 12
 ):
@@ -485,13 +489,19 @@ def embedding_figure(
     pa, pb = pca.transform(za), pca.transform(zb)
     ev = pca.explained_variance_ratio_
     fig, axes = subplots(len(colourings), 2, figsize=(10, 4 * len(colourings)), squeeze=False)
+    fig.set_layout_engine("constrained")  # axis labels of stacked rows never overlap
     for r, (name, labels) in enumerate(colourings.items()):
         labels = np.asarray(labels).astype(str)
+        # a missing label is named, drawn grey and last, never a 'nan' class of its own
+        missing = f"no {name}"
+        labels = np.where(np.isin(labels, list(MISSING_LABEL_TEXT)), missing, labels)
+        order = sorted(set(labels) - {missing}) + ([missing] if missing in labels else [])
         for c, (pc, what) in enumerate(((pa, "image"), (pb, "gene"))):
             ax = axes[r, c]
-            for u in np.unique(labels):
+            for u in order:
                 s = labels == u
-                ax.scatter(pc[s, 0], pc[s, 1], s=5, label=u)
+                grey = {"color": "lightgrey"} if u == missing else {}
+                ax.scatter(pc[s, 0], pc[s, 1], s=5, label=f"{u} ({int(s.sum())})", **grey)
             ax.set_title(f"{what} embeddings by {name}", fontsize=10)
             ax.set_xlabel(f"PC1 ({100 * ev[0]:.0f} %)")
             ax.set_ylabel(f"PC2 ({100 * ev[1]:.0f} %)")

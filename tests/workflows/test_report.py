@@ -122,3 +122,18 @@ def test_html_is_escaped(tmp_path):
     assert "<script>" not in page and "&lt;script&gt;" in page and "a &amp; b" in page
     assert '<td class="num">n/a</td>' in page
     parse_report(page)
+
+
+def test_embedding_pca_names_missing_labels_and_counts_each(tmp_path):
+    import numpy as np
+
+    from histoxmodal.workflows.report import embedding_figure
+
+    rng = np.random.default_rng(0)
+    za, zb = rng.normal(size=(30, 8)), rng.normal(size=(30, 8))
+    labels = np.array(["tumour"] * 10 + ["stroma"] * 12 + [np.nan] * 8, dtype=object)
+    fig = embedding_figure(za, zb, {"cluster": labels})
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert legend == ["stroma (12)", "tumour (10)", "no cluster (8)"]
+    assert not any("nan" in t for t in legend)
+    fig.savefig(tmp_path / "pca.png")  # the constrained layout renders
