@@ -100,6 +100,12 @@ def training_overlap(run: Run, test_names) -> int:
     return int(sum(str(n) in trained for n in test_names))
 
 
+def _named(path: str | Path) -> str:
+    """``parent/name`` of a folder: ``histoxmodal_demo/run``, not a bare ``run``."""
+    p = Path(path).resolve()
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
 def _take(patches, rows: np.ndarray) -> np.ndarray:
     """``patches[rows]`` in the order of ``rows`` (h5py wants increasing indices)."""
     rows = np.asarray(rows)
@@ -462,7 +468,7 @@ def _spatial_report(
              "context", h.context_um > 0)) if on]  # fmt: skip
     cfg = run.config.to_dict()
     return Report(
-        title=f"Evaluation of {run.path.name} on {Path(dataset).name}",
+        title=f"Evaluation of {_named(run.path)} on {_named(dataset)}",
         summary=(
             f"{rows.split} (fold {rows.fold}); {n} test spots; heads fitted on "
             f"{len(rows.train_rows)} training spots"

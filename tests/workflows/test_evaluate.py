@@ -65,6 +65,8 @@ def test_evaluate_writes_metrics_and_report(tmp_path, capsys):
     page = (tmp_path / "eval" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and "image → gene Recall@5" in page
     assert r["protocol"]["overlap"] == {"n_test_spots_trained_on": 0, "allowed": False}
+    title = f"Evaluation of {tmp_path.name}/run on {tmp_path.name}/data"
+    assert f"<title>{title}</title>" in page or title in page
     capsys.readouterr()
 
     # scoring spots the run trained on is refused: another split, or the whole dataset
