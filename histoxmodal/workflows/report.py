@@ -526,6 +526,10 @@ def _nice_length(um: float) -> float:
     return float(max(m * k for m in (1, 2, 5) if m * k <= um) if um >= k else k)
 
 
+#: colour map of expression over H&E (see :func:`expression_map_figure`)
+MAP_CMAP = "cividis"
+
+
 def expression_map_figure(
     thumb: np.ndarray,
     xy: np.ndarray,
@@ -570,7 +574,8 @@ def expression_map_figure(
     from matplotlib.collections import PolyCollection
 
     values = np.asarray(values, np.float64)
-    if vmin is None or vmax is None:
+    clipped = vmin is None or vmax is None
+    if clipped:
         lo, hi = np.percentile(values, [1, 99]) if len(values) else (0.0, 1.0)
         vmin = lo if vmin is None else vmin
         vmax = (hi if hi > lo else lo + 1e-6) if vmax is None else vmax
@@ -585,11 +590,20 @@ def expression_map_figure(
         [(x - half, y - half), (x + half, y - half), (x + half, y + half), (x - half, y + half)]
         for x, y in np.asarray(xy, np.float64)
     ]
-    coll = PolyCollection(squares, array=values, cmap="magma", alpha=0.75, edgecolors="none")
+    # cividis: its dark end is navy, not the purple of haematoxylin, so low values stay
+    # visible over the stain; no antialiasing, so adjacent squares leave no white seam
+    coll = PolyCollection(
+        squares, array=values, cmap=MAP_CMAP, alpha=0.85, edgecolors="none", antialiaseds=False
+    )
     coll.set_clim(vmin, vmax)
     ax.add_collection(coll)
     if colorbar:
-        fig.colorbar(coll, ax=ax, fraction=0.035, pad=0.02, label=label)
+        cut = bool(len(values)) and (values.min() < vmin or values.max() > vmax)
+        fig.colorbar(
+            coll, ax=ax, fraction=0.035, pad=0.02,
+            label=label + (" (clipped to 1st-99th percentile)" if clipped and cut else ""),
+            extend="both" if cut else "neither",
+        )  # fmt: skip
     ax.set_title(title, fontsize=10)
     ax.set_axis_off()
     if um_per_px is None:

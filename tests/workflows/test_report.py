@@ -137,3 +137,21 @@ def test_embedding_pca_names_missing_labels_and_counts_each(tmp_path):
     assert legend == ["stroma (12)", "tumour (10)", "no cluster (8)"]
     assert not any("nan" in t for t in legend)
     fig.savefig(tmp_path / "pca.png")  # the constrained layout renders
+
+
+def test_expression_map_says_when_its_colour_range_is_clipped():
+    import numpy as np
+
+    from histoxmodal.workflows.report import MAP_CMAP, expression_map_figure
+
+    thumb = np.full((200, 200, 3), 230, np.uint8)
+    xs, ys = np.meshgrid(np.arange(50, 150, 10) + 5.0, np.arange(50, 150, 10) + 5.0)
+    xy = np.column_stack([xs.ravel(), ys.ravel()])
+    # percentiles by default: the colour bar says so when values fall outside its range
+    values = np.r_[np.zeros(len(xy) - 1), 100.0]
+    fig = expression_map_figure(thumb, xy, values, 10, title="g", um_per_px=None)
+    assert "clipped to 1st-99th percentile" in fig.axes[1].get_ylabel()
+    assert fig.axes[0].collections[0].get_cmap().name == MAP_CMAP
+    # given limits that hold every value: no clipping note
+    fig = expression_map_figure(thumb, xy, values, 10, title="g", um_per_px=None, vmin=0, vmax=100)
+    assert "clipped" not in fig.axes[1].get_ylabel()
