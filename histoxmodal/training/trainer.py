@@ -151,6 +151,27 @@ def _reseed_each_epoch_callback(seed: int):
     return ReseedEachEpoch()
 
 
+def _atomic_checkpoint_io():
+    """Lightning's checkpoint writer, made atomic: each checkpoint goes to a ``.partial`` file
+    renamed into place, so a full disk or a kill mid-write leaves the previous ``last.ckpt``
+    whole instead of a truncated one."""
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+            path = Path(path)
+            tmp = path.with_name(f".{path.name}.partial")
+            try:
+                super().save_checkpoint(checkpoint, tmp, storage_options)
+                apply_umask(tmp)
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+
+    return AtomicCheckpointIO()
+
+
 def _epoch_log_callback():
     """Off a terminal (no progress bar): one INFO line per epoch with its losses, so a SLURM or
     nohup log shows where training is."""
@@ -284,6 +305,7 @@ def make_trainer(
             ],
             enable_progress_bar=enable_progress_bar,
             enable_model_summary=False,
+            plugins=[_atomic_checkpoint_io()],
         )
     except (MisconfigurationException, ValueError, TypeError, ImportError) as exc:
         raise _lightning_error(exc, accelerator, devices, num_nodes) from exc

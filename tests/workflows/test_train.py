@@ -653,3 +653,39 @@ def test_embed_on_a_nearly_full_disk_is_one_line_before_writing(
     err = capsys.readouterr().err
     assert "the disk is full" in err and "MB are free" in err and err.count("\n") == 1
     assert not out.exists() and not list(tmp_path.glob(".*partial*"))
+
+
+def test_a_checkpoint_write_that_fails_leaves_the_previous_one_whole(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    import errno
+    import io
+    import shutil
+
+    import lightning.fabric.plugins.io.torch_io as torch_io
+    import torch
+
+    from histoxmodal.cli.main import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny["run"], run)
+    last = run / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    real = torch_io._atomic_save
+
+    def disk_fills(checkpoint, path):  # half of last.ckpt reaches the disk, then it is full
+        if "last" not in Path(path).name:
+            return real(checkpoint, path)
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        with open(path, "wb") as f:
+            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(torch_io, "_atomic_save", disk_fills)
+    assert main(_train_argv(tiny, run, None, "--max-epochs", "2", "--resume")) == 1
+    assert "the disk is full" in capsys.readouterr().err
+    assert last.read_bytes() == before  # the epoch-1 checkpoint, whole
+    assert not list((run / "checkpoints").glob(".*partial"))
+    monkeypatch.setattr(torch_io, "_atomic_save", real)
+    assert main(_train_argv(tiny, run, None, "--max-epochs", "2", "--resume")) == 0
