@@ -302,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate slides with typed tissue regions and Visium-like spots whose "
         "expression follows the tissue, then tile, build the paired dataset, train a small "
         "contrastive model and evaluate it on a held-out sample, writing DIR/report/report.html "
-        "(a few minutes on a CPU; rerunning resumes). With --src PATH the same path runs on a "
+        "(about a minute on 2 CPU cores; rerunning resumes). With --src PATH the same path runs "
+        "on a "
         "her2st folder.",
     )
     d.add_argument(
