@@ -294,7 +294,7 @@ def test_train_list_shows_whole_descriptions_wrapped(capsys):
             if ln.startswith("# ") and not ln.startswith("#   ")
         )
         assert prose.endswith(".") and prose in " ".join(out.split()), name  # nothing cut
-    assert "Two epochs take a few minutes on 2 CPU cores." in " ".join(out.split())
+    assert "Two epochs take about 30 s on 2 CPU cores (31 s measured" in " ".join(out.split())
 
 
 def test_an_ascii_terminal_gets_escapes_not_a_crash(tmp_path):
