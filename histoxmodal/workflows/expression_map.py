@@ -50,13 +50,13 @@ from histoxmodal.workflows.predict import (
 from histoxmodal.workflows.run import Run
 from histoxmodal.workflows.tile import (
     LOCK_DIR,
-    STATUS_BUSY,
     STATUS_FAILED,
     STATUS_OK,
     STATUS_SKIPPED,
     SlideResult,
     check_out_dir,
     find_slides,
+    foreign_folder,
     output_name,
     slide_identity,
 )
@@ -278,12 +278,7 @@ def predict_slide(
     try:
         lock.acquire()
     except Timeout:
-        return SlideResult(
-            str(slide), name, STATUS_BUSY,
-            reason=f"in progress in another process (it holds {lock.lock_file}); its maps are "
-            "not finished: rerun when that process is done",
-            out_dir=str(final),
-        )  # fmt: skip
+        return SlideResult.busy(slide, name, lock.lock_file, "maps are", str(final))
     try:
         return _predict_slide_locked(
             run, head, slide, name, out_dir, final, params, source, t0, mpp, grid_um,
@@ -297,6 +292,9 @@ def _predict_slide_locked(
     run, head, slide, name, out_dir, final, params, source, t0, mpp, grid_um, min_tissue, genes,
     centres, batch_size, allow_dense_grid,
 ) -> SlideResult:  # fmt: skip
+    foreign = foreign_folder(final, (MANIFEST_FILE, "prediction.h5ad"))
+    if foreign:  # --overwrite included: only our own output is ever replaced
+        return SlideResult(str(slide), name, STATUS_FAILED, reason=foreign, out_dir=str(final))
     clean_stale(out_dir, name)
     tmp = staging_dir(final)
     manifest: dict[str, object] = {

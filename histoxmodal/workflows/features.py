@@ -56,7 +56,6 @@ from histoxmodal.fileutil import write_json_atomic
 from histoxmodal.version import __version__
 from histoxmodal.workflows.tile import (
     LOCK_DIR,
-    STATUS_BUSY,
     STATUS_EMPTY,
     STATUS_FAILED,
     STATUS_OK,
@@ -633,11 +632,7 @@ def extract_slide(
     try:
         lock.acquire()
     except Timeout:
-        return SlideResult(
-            str(item.path), item.name, STATUS_BUSY,
-            reason=f"in progress in another process (it holds {lock.lock_file}); its features "
-            "are not finished: rerun when that process is done",
-        )  # fmt: skip
+        return SlideResult.busy(item.path, item.name, lock.lock_file, "features are")
     try:
         return _extract_locked(
             item, out_dir, extractor, fmt=format, batch_size=batch_size, workers=workers,

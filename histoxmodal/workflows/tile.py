@@ -93,6 +93,17 @@ class SlideResult:
     seconds: float = 0.0
     out_dir: str = ""
 
+    @classmethod
+    def busy(cls, slide, name: str, lock_file: str, what: str, out_dir: str = "") -> SlideResult:
+        """The result of a slide whose lock another process holds: ``what`` (its tiles, maps,
+        features) is not finished, and the command must not exit 0 as if it were."""
+        return cls(
+            str(slide), name, STATUS_BUSY,
+            reason=f"in progress in another process (it holds {lock_file}); its {what} "
+            "not finished: rerun when that process is done",
+            out_dir=out_dir,
+        )  # fmt: skip
+
     @property
     def failed(self) -> bool:
         """Whether the slide has no finished output: it failed, or another process is still
@@ -345,6 +356,25 @@ def _params(
     return params
 
 
+def foreign_folder(final: Path, markers: tuple[str, ...]) -> str | None:
+    """Why ``final`` (one item's output folder inside ``--out``) may not be replaced, or None.
+
+    An existing non-empty folder holding none of the command's own files (``markers``: its
+    manifest, its main outputs) was not written by it (a lab's own folder that happens to bear
+    the slide's name): publishing over it would delete it.
+    """
+    if not final.exists():
+        return None
+    if not final.is_dir():
+        return f"{final} is a file, not an output folder; move it or choose another --out"
+    if any((final / m).is_file() for m in markers) or not any(final.iterdir()):
+        return None
+    return (
+        f"{final} is a folder histoxmodal did not write (none of {', '.join(markers)}); it is "
+        "left as it is: move it or choose another --out"
+    )
+
+
 def _read_manifest(folder: Path) -> dict | None:
     try:
         return json.loads((folder / keys.TILE_MANIFEST_FILE).read_text(encoding="utf-8"))
@@ -447,14 +477,7 @@ def tile_slide(
     try:
         lock.acquire()
     except Timeout:
-        return SlideResult(
-            str(slide),
-            name,
-            STATUS_BUSY,
-            reason=f"in progress in another process (it holds {lock.lock_file}); its tiles are "
-            "not finished: rerun when that process is done",
-            out_dir=str(final),
-        )
+        return SlideResult.busy(slide, name, lock.lock_file, "tiles are", str(final))
     try:
         return _tile_locked(
             slide, name, out_dir, spec, tissue, params, source, t0,
@@ -501,6 +524,9 @@ def _tile_locked(
     from histoxmodal.tiling.tissue import detect_tissue
 
     final = out_dir / name
+    foreign = foreign_folder(final, (keys.TILE_MANIFEST_FILE, keys.TILE_COORDS_FILE, "tiles.h5"))
+    if foreign:  # --overwrite included: only our own output is ever replaced
+        return SlideResult(str(slide), name, STATUS_FAILED, reason=foreign, out_dir=str(final))
     previous = _read_manifest(final)
     if (
         previous is not None

@@ -353,3 +353,15 @@ def test_a_full_disk_stops_predict_with_one_line(tiny_run, tmp_path, capsys, mon
     assert "the disk is full" in err and "Traceback" not in err
     assert len(calls) == 1  # stopped at the first slide, not one failure per slide
     assert not list(out.glob(".*partial*"))
+
+
+def test_predict_never_replaces_a_folder_it_did_not_write(tiny_run, tmp_path):
+    from histoxmodal.workflows.expression_map import predict_slide
+
+    _, run, slide = tiny_run
+    out = tmp_path / "maps"
+    (out / "new").mkdir(parents=True)
+    (out / "new" / "notes.txt").write_text("mine")
+    r = predict_slide(run, slide, out, grid_um=80, overwrite=True)
+    assert r.status == "failed" and "did not write" in r.reason
+    assert (out / "new" / "notes.txt").read_text() == "mine"

@@ -206,3 +206,16 @@ def test_bench_tiling_checks_the_slide_before_generating(tmp_path, monkeypatch, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("histoxmodal: error: bench tiling:") and "text.svs" in err
     assert err.count("\n") == 0
+
+
+def test_a_folder_named_like_the_slide_that_is_not_ours_is_never_replaced(slides, tmp_path):
+    a, _ = slides
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    (out / "a" / "notes.txt").write_text("mine")
+    for overwrite in (False, True):
+        r = tile_slide(a, out, SPEC, overwrite=overwrite)
+        assert r.status == "failed" and "did not write" in r.reason
+        assert (out / "a" / "notes.txt").read_text() == "mine"
+    (out / "a" / "notes.txt").unlink()  # an empty folder is free to use
+    assert tile_slide(a, out, SPEC).status == "ok"
