@@ -524,7 +524,9 @@ def _tile_locked(
     from histoxmodal.tiling.tissue import detect_tissue
 
     final = out_dir / name
-    foreign = foreign_folder(final, (keys.TILE_MANIFEST_FILE, keys.TILE_COORDS_FILE, "tiles.h5"))
+    foreign = foreign_folder(
+        final, (keys.TILE_MANIFEST_FILE, keys.TILE_COORDS_FILE, keys.TILE_STORE_FILE)
+    )
     if foreign:  # --overwrite included: only our own output is ever replaced
         return SlideResult(str(slide), name, STATUS_FAILED, reason=foreign, out_dir=str(final))
     previous = _read_manifest(final)
