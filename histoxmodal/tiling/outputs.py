@@ -107,12 +107,12 @@ def _font(size: int):
     from PIL import ImageFont
 
     candidates = ["DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"]
-    try:
-        import matplotlib
+    # matplotlib's bundled copy, found without importing matplotlib (70 ms)
+    import importlib.util
 
-        candidates.append(str(Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf"))
-    except ImportError:
-        pass
+    spec = importlib.util.find_spec("matplotlib")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        candidates.append(str(Path(folder) / "mpl-data/fonts/ttf/DejaVuSans.ttf"))
     for c in candidates:
         try:
             return ImageFont.truetype(c, size), True
@@ -234,6 +234,37 @@ def render_overlay(
     return np.asarray(canvas)
 
 
+#: the detection's own thumbnail is reused for the overlay when its longer side is at least this
+#: share of the overlay's (a 12 mm section at 8 µm/px: 1,500 of 1,536 px), instead of reading
+#: the slide a second time
+OVERLAY_REUSE_FRACTION = 0.75
+#: zlib level of ``overlay.png``: level 1 encodes 2.3x faster than Pillow's default 6 for a
+#: 21 % larger file (1536 x 1208 px overlay: 0.057 s / 1.2 MB against 0.132 s / 1.0 MB)
+OVERLAY_PNG_LEVEL = 1
+
+
+def overlay_thumbnail(slide: SlideReader, tissue: TissueMask, max_side: int) -> np.ndarray:
+    """The RGB image an overlay is drawn on, at most ``max_side`` pixels long.
+
+    The thumbnail tissue detection already read (``tissue.thumbnail``) when its longer side
+    reaches :data:`OVERLAY_REUSE_FRACTION` of the overlay's (``max_side``, or the slide's when
+    smaller), shrunk with area averaging if larger; otherwise a new thumbnail from the slide.
+    """
+    import cv2
+
+    W, H = slide.dimensions
+    thumb = tissue.thumbnail
+    side = min(max_side, max(W, H))
+    if thumb is not None and max(thumb.shape[:2]) >= OVERLAY_REUSE_FRACTION * side:
+        h, w = thumb.shape[:2]
+        scale = max_side / max(h, w)
+        if scale >= 1:
+            return thumb
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        return cv2.resize(thumb, size, interpolation=cv2.INTER_AREA)
+    return slide.get_thumbnail(max_size=side)
+
+
 def write_overlay(
     path: Path,
     thumbnail: np.ndarray,
@@ -252,6 +283,6 @@ def write_overlay(
         thumbnail, tissue, coords, size_level0, excluded=excluded, mpp=mpp, caption=caption
     )
     try:
-        Image.fromarray(img).save(path, format="PNG")
+        Image.fromarray(img).save(path, format="PNG", compress_level=OVERLAY_PNG_LEVEL)
     except OSError as exc:
         raise OSError(f"could not write the overlay PNG {path}: {exc}") from exc

@@ -281,13 +281,24 @@ def _disk(radius_px: float) -> np.ndarray | None:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
 
 
+def _components(mask: np.ndarray, connectivity: int) -> np.ndarray:
+    """Connected-component labels of a bool mask (0 = background), int32.
+
+    OpenCV's labelling, not ``skimage.measure.label``: the same components (tested against
+    it), and detection then never imports SciPy, which skimage's labelling, filters and colour
+    conversion pull in (0.3 s of a 1.6 s ``histoxmodal tile`` run on a 1,400-tile slide).
+    """
+    import cv2
+
+    _, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=connectivity)
+    return labels
+
+
 def _drop_small_objects(mask: np.ndarray, min_px: float) -> np.ndarray:
     """Drop 8-connected objects of fewer than ``min_px`` pixels."""
-    from skimage import measure
-
     if min_px <= 1 or not mask.any():
         return mask
-    labels = measure.label(mask, connectivity=2)
+    labels = _components(mask, 8)
     keep = np.bincount(labels.ravel()) >= min_px
     keep[0] = False
     return keep[labels]
@@ -297,16 +308,64 @@ def _fill_small_holes(mask: np.ndarray, max_px: float) -> np.ndarray:
     """Fill 4-connected background components of fewer than ``max_px`` pixels that do not
     touch the image border (``skimage.morphology.remove_small_holes`` would also fill notches
     cut by the border)."""
-    from skimage import measure
-
     if max_px <= 1 or mask.all():
         return mask
     # a background frame joins every border-touching component into one (label at [0, 0])
-    padded = measure.label(np.pad(~mask, 1, constant_values=True), connectivity=1)
+    padded = _components(np.pad(~mask, 1, constant_values=True), 4)
     fill = np.bincount(padded.ravel()) < max_px
     fill[0] = False  # the tissue itself
     fill[padded[0, 0]] = False
     return mask | fill[padded[1:-1, 1:-1]]
+
+
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """CIELAB (D65; L in [0, 100]) of uint8 sRGB, float32: OpenCV's conversion, within 0.4 ΔE
+    of ``skimage.color.rgb2lab`` and about ten times faster."""
+    import cv2
+
+    return cv2.cvtColor(np.asarray(rgb, np.float32) * np.float32(1 / 255), cv2.COLOR_RGB2Lab)
+
+
+def gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur with edge replication and a kernel truncated at 4 sigma: the result of
+    ``skimage.filters.gaussian(image, sigma, preserve_range=True)`` (to 1e-12), via OpenCV."""
+    import cv2
+
+    r = int(4.0 * sigma + 0.5)
+    return cv2.GaussianBlur(image, (2 * r + 1, 2 * r + 1), sigma, borderType=cv2.BORDER_REPLICATE)
+
+
+def otsu_threshold(image: np.ndarray, nbins: int = 256) -> float:
+    """Otsu's threshold of a float image over ``nbins`` bins between its minimum and maximum,
+    as ``skimage.filters.threshold_otsu`` computes it (tested against it).
+
+    Written out because OpenCV's Otsu takes 8- or 16-bit images only (it would quantise the
+    colour distance) and skimage's import brings SciPy into tiling (see :func:`_components`).
+    """
+    values = np.asarray(image, np.float64).ravel()
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return lo
+    hist, edges = np.histogram(values, bins=nbins, range=(lo, hi))
+    centres = (edges[:-1] + edges[1:]) / 2
+    hist = hist.astype(np.float64)
+    w1 = np.cumsum(hist)
+    w2 = np.cumsum(hist[::-1])[::-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m1 = np.cumsum(hist * centres) / w1
+        m2 = (np.cumsum((hist * centres)[::-1]) / w2[::-1])[::-1]
+    between = w1[:-1] * w2[1:] * (m1[:-1] - m2[1:]) ** 2
+    return float(centres[int(np.nanargmax(between))])
+
+
+def hysteresis_threshold(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Pixels above ``low`` whose 4-connected component reaches above ``high``: the mask
+    ``skimage.filters.apply_hysteresis_threshold`` returns (tested against it)."""
+    labels = _components(image > low, 4)
+    seeded = np.zeros(int(labels.max()) + 1, bool)
+    seeded[labels[image > high]] = True
+    seeded[0] = False
+    return seeded[labels]
 
 
 def _cleanup(mask: np.ndarray, mask_mpp: float, params: TissueParams) -> np.ndarray:
@@ -379,15 +438,13 @@ def background_hysteresis(
     rgb: np.ndarray, mask_mpp: float, params: TissueParams
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Colour distance from the border's glass colour, with hysteresis; the default."""
-    from skimage import color, filters
-
     # Lab and the colour difference in row stripes of about 1 Mpx: rgb2lab's float64
     # temporaries stay small (whole-image, they peaked at ~100 bytes per mask pixel: 1 GB for
     # a 25 mm slide at 8 µm/px); only the distance image is kept
     step = max(1, 1_000_000 // max(1, rgb.shape[1]))
     pen = pen_mask(rgb) if params.remove_pen else np.zeros(rgb.shape[:2], bool)
     # rgb2lab is per pixel: the border's Lab values need only the border's pixels
-    ring = color.rgb2lab(border_pixels(rgb)[:, None, :])[:, 0, :]
+    ring = rgb_to_lab(border_pixels(rgb)[:, None, :])[:, 0, :].astype(np.float64)
     border = ring[~border_pixels(pen[..., None])[:, 0]]
     if len(border) == 0:
         border = ring
@@ -397,21 +454,21 @@ def background_hysteresis(
     weight = np.array([params.lightness_weight, 1.0, 1.0])
     dist = np.empty(rgb.shape[:2], np.float64)
     for r in range(0, rgb.shape[0], step):
-        diff = (color.rgb2lab(rgb[r : r + step]) - bg) * weight
+        diff = (rgb_to_lab(rgb[r : r + step]) - bg) * weight
         dist[r : r + step] = np.sqrt((diff * diff).sum(axis=-1))
     del diff
     dist[pen] = 0.0
     sigma = params.smooth_um / mask_mpp / 2.0
     if sigma > 0.3:
-        dist = filters.gaussian(dist, sigma=sigma, preserve_range=True)
+        dist = gaussian(dist, sigma)
     edge = border_pixels(dist[..., None])[:, 0]
     med = float(np.median(edge))
     noise = med + 3.0 * 1.4826 * float(np.median(np.abs(edge - med)))
     span = float(dist.max() - dist.min())
-    otsu = float(filters.threshold_otsu(dist)) if span > 1e-6 else float(dist.max())
+    otsu = otsu_threshold(dist) if span > 1e-6 else float(dist.max())
     high = max(otsu, params.min_contrast, noise)
     low = max(params.hysteresis_low * high, noise)
-    mask = filters.apply_hysteresis_threshold(dist, low, high) & ~pen
+    mask = hysteresis_threshold(dist, low, high) & ~pen
     info = {
         "threshold": high,
         "low_threshold": low,

@@ -520,7 +520,13 @@ def _tile_locked(
     from histoxmodal.tiling.annotations import annotation_mask, points_in_polygons
     from histoxmodal.tiling.extract import iter_tiles
     from histoxmodal.tiling.grid import grid_coords, tile_grid
-    from histoxmodal.tiling.outputs import coords_attrs, write_coords, write_overlay, write_tiles
+    from histoxmodal.tiling.outputs import (
+        coords_attrs,
+        overlay_thumbnail,
+        write_coords,
+        write_overlay,
+        write_tiles,
+    )
     from histoxmodal.tiling.tissue import detect_tissue
 
     final = out_dir / name
@@ -614,7 +620,7 @@ def _tile_locked(
             attrs = coords_attrs(s, geom, name)
             write_coords(tmp / keys.TILE_COORDS_FILE, coords, frac, attrs)
             mask.write_geojson(tmp / keys.TILE_GEOJSON_FILE)
-            thumb = s.get_thumbnail(max_size=min(OVERLAY_MAX_SIDE, max(s.dimensions)))
+            thumb = overlay_thumbnail(s, mask, OVERLAY_MAX_SIDE)
             rule = (
                 f"centres inside {len(polygons)} annotations of {geojson_path.name}"
                 if polygons is not None

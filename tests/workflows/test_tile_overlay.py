@@ -150,3 +150,29 @@ def test_annotations_outside_the_slide_fail_that_slide(small_slide, tmp_path):
     path.write_text(json.dumps({"type": "Polygon", "coordinates": [far]}))
     r = tile_slide(small_slide.path, tmp_path / "o", TileSpec(), geojson_in=path)
     assert r.status == "failed" and "do not overlap the slide (3072 x 2048" in r.reason
+
+
+def test_overlay_reuses_the_detection_thumbnail_when_large_enough(monkeypatch):
+    """Tiling reads the slide's thumbnail once: the overlay is drawn on the detection's own
+    image when that reaches 3/4 of the overlay's size, and reads a new one only otherwise."""
+    from histoxmodal.io.slide_readers import ArraySlide
+    from histoxmodal.tiling.outputs import overlay_thumbnail
+    from histoxmodal.tiling.tissue import TissueMask
+
+    slide = ArraySlide(np.zeros((6000, 8000, 3), np.uint8), mpp=0.5)
+    reads = []
+    monkeypatch.setattr(
+        slide, "get_thumbnail", lambda max_size: reads.append(max_size) or np.zeros((3, 4, 3))
+    )
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 255, (1500, 2000, 3), dtype=np.uint8)
+    got = overlay_thumbnail(slide, TissueMask(big[..., 0] > 0, (4.0, 4.0), thumbnail=big), 1536)
+    assert got.shape == (1152, 1536, 3) and reads == []
+    # area averaging of the detection image: the mean colour is kept
+    np.testing.assert_allclose(got.mean((0, 1)), big.mean((0, 1)), atol=0.5)
+    near = big[:1125, :1500]  # 1,500 px of 1,536: used as it is
+    assert overlay_thumbnail(slide, TissueMask(near[..., 0] > 0, (5.3, 5.3), thumbnail=near),
+                             1536) is near  # fmt: skip
+    small = big[:750, :1000]  # a third too small: the slide is read again
+    got = overlay_thumbnail(slide, TissueMask(small[..., 0] > 0, (8.0, 8.0), thumbnail=small), 1536)
+    assert reads == [1536] and got.shape == (3, 4, 3)
