@@ -99,6 +99,13 @@ def expression_head(run: Run, head: str | None = None) -> str:
     return head
 
 
+def window_px(patch_um: float, mpp: float) -> int:
+    """Side in level-0 pixels of a pseudo-spot window of ``patch_um`` µm: whole pixels, so
+    windows laid at the same rounded pitch tile the slide without gaps (and the maps drawn from
+    them show no seam)."""
+    return max(1, round(patch_um / mpp))
+
+
 def pseudo_spots(
     slide, mask, *, patch_um: float, grid_um: float, min_tissue: float = 0.5
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -117,8 +124,8 @@ def pseudo_spots(
     from histoxmodal.tiling.grid import grid_coords
 
     mpp = slide.require_mpp()
-    side = max(1, round(patch_um / mpp))
-    step = max(1, round(grid_um / mpp))
+    side = window_px(patch_um, mpp)
+    step = window_px(grid_um, mpp)
     corners = grid_coords(slide.dimensions, side, step)
     frac = mask.fraction(corners, side) if len(corners) else np.zeros(0, np.float32)
     keep = frac >= min_tissue
@@ -404,7 +411,9 @@ def _predict_into(
     a = ad.AnnData(X=y, obs=obs, var=pd.DataFrame(index=all_genes))
     a.obsm[keys.OBSM_SPATIAL] = xy
     a.obsm["X_image"] = z
-    spot_px = patch_um / slide_mpp
+    # the windows' side in whole pixels, as laid: drawn at patch_um / mpp instead, squares on
+    # a grid of the same pitch fell short by a fraction of a pixel and left 1-px seams
+    spot_px = float(window_px(patch_um, slide_mpp))
     a.uns["spatial"] = {
         name: {
             "images": {"hires": thumb},

@@ -456,19 +456,30 @@ def expression_maps_figure(
     measured, predicted
         ``(n, len(genes))``.
     """
+    from matplotlib.figure import Figure
+
     h, w = thumb.shape[:2]
-    fig, axes = subplots(len(genes), 2, figsize=(10, len(genes) * 5 * h / w + 0.6),
-                             squeeze=False)  # fmt: skip
+    # two equal map columns and a narrow one for the shared colour bar, so the measured and
+    # the predicted map of a gene are drawn at the same size; each row is as tall as its maps
+    # (plus their title), so constrained layout leaves no empty band under the figure's title
+    map_in, bar_in, title_in = 4.4, 0.9, 0.35
+    fig = Figure(
+        figsize=(2 * map_in + bar_in, len(genes) * (map_in * h / w + title_in) + title_in),
+        layout="constrained",
+    )
+    grid = fig.add_gridspec(len(genes), 3, width_ratios=[map_in, map_in, 0.12])
     for i, g in enumerate(genes):
         t, p = np.asarray(measured[:, i], float), np.asarray(predicted[:, i], float)
         r = np.corrcoef(t, p)[0, 1] if t.std() > 0 and p.std() > 0 else float("nan")
         both = np.concatenate([t, p])
         lo, hi = np.percentile(both, [1, 99])
         hi = hi if hi > lo else lo + 1e-6
+        cax = fig.add_subplot(grid[i, 2])
         for j, (v, what) in enumerate(((t, "measured"), (p, "predicted"))):
             expression_map_figure(
                 thumb, xy, v, spot_px, title=f"{g} {what} (Pearson r = {r:.2f})",
-                um_per_px=um_per_px, vmin=lo, vmax=hi, ax=axes[i, j], colorbar=j == 1,
+                um_per_px=um_per_px, vmin=lo, vmax=hi, ax=fig.add_subplot(grid[i, j]),
+                colorbar=cax if j == 1 else False, clipped=True, clip_values=both,
             )  # fmt: skip
     fig.suptitle(f"section {section}: measured vs predicted expression, log1p-CP10k")
     return fig
@@ -542,7 +553,9 @@ def expression_map_figure(
     vmax: float | None = None,
     label: str = "log1p-CP10k",
     ax=None,
-    colorbar: bool = True,
+    colorbar=True,
+    clipped: bool | None = None,
+    clip_values: np.ndarray | None = None,
 ):
     """Values drawn as squares of ``spot_px`` over an H&E thumbnail, with a colour bar and a
     scale bar in µm.
@@ -565,7 +578,12 @@ def expression_map_figure(
     ax
         Draw into this axes; default a new figure.
     colorbar
-        Draw the colour bar (off for a map sharing another one's scale).
+        Draw the colour bar (``False`` for a map sharing another one's scale), or an axes to
+        draw it into.
+    clipped, clip_values
+        Whether ``vmin``/``vmax`` are the 1st-99th percentiles (default: when this function
+        chose them) and the values they were taken from (default ``values``): the colour bar
+        then says so when some value lies outside.
 
     Returns
     -------
@@ -574,8 +592,9 @@ def expression_map_figure(
     from matplotlib.collections import PolyCollection
 
     values = np.asarray(values, np.float64)
-    clipped = vmin is None or vmax is None
-    if clipped:
+    if clipped is None:
+        clipped = vmin is None or vmax is None
+    if vmin is None or vmax is None:
         lo, hi = np.percentile(values, [1, 99]) if len(values) else (0.0, 1.0)
         vmin = lo if vmin is None else vmin
         vmax = (hi if hi > lo else lo + 1e-6) if vmax is None else vmax
@@ -597,10 +616,14 @@ def expression_map_figure(
     )
     coll.set_clim(vmin, vmax)
     ax.add_collection(coll)
-    if colorbar:
-        cut = bool(len(values)) and (values.min() < vmin or values.max() > vmax)
+    if colorbar is not False and colorbar is not None:
+        ref = values if clip_values is None else np.asarray(clip_values, np.float64)
+        cut = bool(len(ref)) and (ref.min() < vmin or ref.max() > vmax)
+        where = {"cax": colorbar}
+        if colorbar is True:
+            where = {"ax": ax, "fraction": 0.035, "pad": 0.02}
         fig.colorbar(
-            coll, ax=ax, fraction=0.035, pad=0.02,
+            coll, **where,
             label=label + (" (clipped to 1st-99th percentile)" if clipped and cut else ""),
             extend="both" if cut else "neither",
         )  # fmt: skip

@@ -365,3 +365,40 @@ def test_predict_never_replaces_a_folder_it_did_not_write(tiny_run, tmp_path):
     r = predict_slide(run, slide, out, grid_um=80, overwrite=True)
     assert r.status == "failed" and "did not write" in r.reason
     assert (out / "new" / "notes.txt").read_text() == "mine"
+
+
+def _seams(spot_px: float, pitch: int, scale: float) -> int:
+    """Rows plus columns of background crossing a grid of value-1 squares drawn as predict
+    draws them (110 dpi, tight box)."""
+    import io
+
+    from PIL import Image
+
+    from histoxmodal.workflows.report import expression_map_figure
+
+    W, H = 12000, 9000
+    thumb = np.full((round(H * scale), round(W * scale), 3), 255, np.uint8)
+    c = np.arange(0, W - pitch, pitch) + pitch / 2, np.arange(0, H - pitch, pitch) + pitch / 2
+    xs, ys = np.meshgrid(*c)
+    xy = np.column_stack([xs.ravel(), ys.ravel()]) * scale
+    fig = expression_map_figure(thumb, xy, np.ones(len(xy)), spot_px * scale, title="",
+                                um_per_px=None, colorbar=False, vmin=0, vmax=2)  # fmt: skip
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, bbox_inches="tight")
+    img = np.asarray(Image.open(buf).convert("RGB")).astype(int)
+    ys_, xs_ = np.nonzero(np.abs(img - 255).sum(-1) > 30)
+    inner = img[ys_.min() + 3 : ys_.max() - 3, xs_.min() + 3 : xs_.max() - 3]
+    dev = np.abs(inner - np.median(inner.reshape(-1, 3), axis=0)).sum(-1)
+    return int((dev.mean(1) > 50).sum() + (dev.mean(0) > 50).sum())
+
+
+def test_pseudo_spot_squares_tile_the_grid_without_seams():
+    """112 µm windows at 0.688 µm/px are laid at 163 px (whole pixels); the maps draw them at
+    that side. Drawn at 112 / 0.688 = 162.79 px they fell short and left 1-px seams."""
+    from histoxmodal.workflows.expression_map import window_px
+
+    assert window_px(112.0, 0.688) == 163 and window_px(16.0, 0.25) == 64
+    assert window_px(0.1, 0.5) == 1
+    scale = 1536 / 12000
+    assert _seams(112.0 / 0.688, 163, scale) > 0  # the old drawing: the check sees seams
+    assert _seams(window_px(112.0, 0.688), 163, scale) == 0

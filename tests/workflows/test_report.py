@@ -155,3 +155,48 @@ def test_expression_map_says_when_its_colour_range_is_clipped():
     # given limits that hold every value: no clipping note
     fig = expression_map_figure(thumb, xy, values, 10, title="g", um_per_px=None, vmin=0, vmax=100)
     assert "clipped" not in fig.axes[1].get_ylabel()
+
+
+def test_measured_and_predicted_maps_are_the_same_size_under_the_title(data_dir):
+    """Each gene's two maps are drawn at one size (the colour bar has its own column), and the
+    first row starts right under the figure's title: no empty band."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from histoxmodal.workflows.report import expression_maps_figure
+
+    Image.MAX_IMAGE_PIXELS = None
+    with Image.open(data_dir / "her2st/images/C5.jpg") as im:
+        thumb = np.asarray(im.reduce(8).convert("RGB"))
+    h, w = thumb.shape[:2]
+    xs, ys = np.meshgrid(np.arange(60, w - 60, 25.0), np.arange(60, h - 60, 25.0))
+    xy = np.column_stack([xs.ravel(), ys.ravel()])
+    rng = np.random.default_rng(0)
+    measured = rng.random((len(xy), 3)) * 3
+    predicted = measured + rng.normal(0, 1, measured.shape)
+    genes = ["ERBB2", "GAPDH", "KRT19"]
+    fig = expression_maps_figure(
+        thumb, xy, measured, predicted, genes, 25.0, um_per_px=5.5, section="C5"
+    )
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    fig.savefig(io.BytesIO(), format="png", dpi=90, bbox_inches="tight")  # as the report does
+    fig.canvas.draw()
+    maps = [a for a in fig.axes if a.get_images()]
+    assert len(maps) == 6
+    for i in range(3):
+        m, p = (a.get_position(original=False) for a in maps[2 * i : 2 * i + 2])
+        assert (m.width, m.height) == pytest.approx((p.width, p.height), abs=1e-6)
+        assert m.y0 == pytest.approx(p.y0, abs=1e-6)
+        # the map fills its row: the image's aspect, not a box letterboxed inside the cell
+        cell = maps[2 * i].get_subplotspec().get_position(fig)
+        assert p.height > 0.9 * cell.height
+    # the first row's titles sit just under the figure's title (was 80 px of white at 90 dpi)
+    renderer = fig.canvas.get_renderer()
+    title_bottom = fig._suptitle.get_window_extent(renderer).y0
+    map_title_top = maps[0].title.get_window_extent(renderer).y1
+    assert 0 <= title_bottom - map_title_top < 0.15 * fig.dpi
+    assert fig.get_figheight() * fig.dpi > 3 * maps[0].get_window_extent(renderer).height
