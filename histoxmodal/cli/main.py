@@ -953,18 +953,28 @@ def _run_bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     )
 
 
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The sub-commands directly below ``parser``, by name."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(subs[0].choices) if subs else {}
+
+
 def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, extras) -> None:
     """Report unknown options with the usage of the (sub-)command they were given to and the
     closest option names, not the top-level usage."""
-    import difflib
-
     target = parser
     for name in ("command", "bench", "mil"):
         value = getattr(args, name, None)
-        subs = [a for a in target._actions if isinstance(a, argparse._SubParsersAction)]
-        if value is None or not subs or value not in subs[0].choices:
+        choices = _commands(target)
+        if value is None or value not in choices:
             break
-        target = subs[0].choices[value]
+        target = choices[value]
+    _report_unknown(target, extras)
+
+
+def _report_unknown(target: argparse.ArgumentParser, extras) -> None:
+    import difflib
+
     options = [o for a in target._actions for o in a.option_strings if o.startswith("--")]
     hints = []
     for e in extras:
@@ -976,6 +986,27 @@ def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, ext
         f"unrecognized arguments: {' '.join(extras)}"
         + (f" ({'; '.join(hints)})" if hints else f"; see {target.prog} --help")
     )
+
+
+def _unknown_first(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """Name an unknown ``--option`` before argparse complains about missing arguments:
+    ``histoxmodal tile --bogus`` says ``--bogus`` is unknown (with close matches), not only
+    that SLIDE and --out are missing."""
+    target, i = parser, 0
+    while i < len(argv) and argv[i] in _commands(target):  # the (nested) command
+        target, i = _commands(target)[argv[i]], i + 1
+    if target is parser:
+        return
+    options = [o for a in target._actions for o in a.option_strings]
+    unknown = []
+    for token in argv[i:]:
+        if token == "--":
+            break
+        name = token.split("=", 1)[0]
+        if name.startswith("--") and not any(o.startswith(name) for o in options):
+            unknown.append(token)
+    if unknown:
+        _report_unknown(target, unknown)
 
 
 def _printable_streams() -> None:
@@ -1022,6 +1053,7 @@ class _ErrorsOnly:
 def _main(argv: Sequence[str] | None) -> int:
     _printable_streams()
     parser = build_parser()
+    _unknown_first(parser, list(sys.argv[1:] if argv is None else argv))
     args, extras = parser.parse_known_args(argv)
     if extras:
         _unrecognized(parser, args, extras)  # exits 2 with the command's usage

@@ -386,6 +386,22 @@ def test_an_unknown_option_gets_the_commands_usage_and_a_suggestion(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "her2st", "--src", "x", "--epoch-count", "3"])
     assert "usage: histoxmodal bench her2st" in capsys.readouterr().err
+    # named even when the required arguments are missing too (was: "SLIDE, --out required")
+    for argv, prog in (
+        (["tile", "--bogus"], "tile"),
+        (["mil", "train", "--lables=x"], "mil train"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"usage: histoxmodal {prog}" in err
+        assert f"histoxmodal {prog}: error: unrecognized arguments: {argv[-1]}" in err
+    with pytest.raises(SystemExit):
+        main(["mil", "train", "--lables=x"])
+    assert "did you mean --labels" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a unique prefix is an option argparse accepts
+        main(["tile", "--save"])
+    assert "required: SLIDE, --out" in capsys.readouterr().err
 
 
 def test_help_texts_show_plain_percent_signs(capsys):
