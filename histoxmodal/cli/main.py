@@ -663,9 +663,10 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
     bt = bsub.add_parser(
         "tiling",
-        help="tile extraction vs a plain OpenSlide loop; tissue detection speed",
+        help="tile extraction and the whole tile command vs a plain OpenSlide loop; tissue detection",
         description="Tile extraction throughput against a plain OpenSlide read_region loop over "
-        "the same tiles in the same process (1 and 2 workers), and tissue detection "
+        "the same tiles in the same process (1 and 2 workers); the whole 'tile --save-tiles' "
+        "command against a plain OpenSlide loop, each in a fresh process; and tissue detection "
         "plus grid time and peak memory on generated slides of growing size.",
     )
     bt.add_argument(
