@@ -663,7 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
     bt = bsub.add_parser(
         "tiling",
-        help="tile extraction and the whole tile command vs a plain OpenSlide loop; tissue detection",
+        help="tile extraction and the whole tile command vs a plain OpenSlide loop; tissue "
+        "detection",
         description="Tile extraction throughput against a plain OpenSlide read_region loop over "
         "the same tiles in the same process (1 and 2 workers); the whole 'tile --save-tiles' "
         "command against a plain OpenSlide loop, each in a fresh process; and tissue detection "
