@@ -12,6 +12,7 @@ EXTRAS = {
     "spatial": ("anndata", "scanpy", "pandas", "scipy", "pyarrow", "yaml"),
     "torch": ("torch", "timm", "safetensors"),
     "scvi": ("scvi",),
+    "drvi": ("scvi", "drvi"),
     "medical": ("pydicom", "wfdb", "nibabel", "monai"),
     "spatialdata": ("spatialdata",),
 }

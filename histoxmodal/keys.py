@@ -68,6 +68,7 @@ RUN_FILE = "run.json"  # kind, dataset, split, fold, gene panel, normalization, 
 RUN_CONFIG_FILE = "config.json"  # the resolved training config
 RUN_WEIGHTS_FILE = "model.safetensors"
 RUN_GENES_FILE = "genes.txt"
+RUN_GENE_MODEL_DIR = "gene_model"  # a copy of model.gene_weights: the run stands on its own
 RUN_HEADS_DIR = "heads"
 RUN_CHECKPOINT_DIR = "checkpoints"
 RUN_LAST_CHECKPOINT = "last.ckpt"

@@ -514,12 +514,51 @@ class ScviGeneEncoder(nn.Module):
         return dist.loc
 
 
-_reg(
+def gene_scvi(weights: str | None = None, **kwargs) -> nn.Module:
+    """scVI encoder (scvi-tools); raw counts in, the posterior mean out. With ``weights=DIR``
+    a saved ``SCVI`` folder (``model.save(DIR)``, ``histoxmodal pretrain-genes``); without, it
+    is pretrained on the training spots with the batch key (``pretrain_epochs``)."""
+    if weights is not None:
+        from histoxmodal.encoders.scvi_models import ScviModelTower
+
+        return ScviModelTower(weights, **kwargs)
+    return ScviGeneEncoder(**kwargs)
+
+
+def gene_drvi(weights: str | None = None, **kwargs) -> nn.Module:
+    """DRVI encoder (drvi-py) from a saved ``DRVI`` folder (``weights=DIR``: ``model.save``,
+    ``histoxmodal pretrain-genes --model drvi``); raw counts in, the posterior mean out."""
+    from histoxmodal.encoders.scvi_models import DrviModelTower
+
+    if weights is None:
+        raise ConfigError(
+            "gene_drvi needs a saved DRVI model: set model.gene_weights=DIR (a folder "
+            "`histoxmodal pretrain-genes --model drvi` writes, or DRVI's model.save(DIR))"
+        )
+    return DrviModelTower(weights, **kwargs)
+
+
+ENCODERS.register(
     "gene_scvi",
-    ScviGeneEncoder,
-    {},
-    "scVI encoder (scvi-tools), pretrained on the training spots with batch_key; raw counts in.",
-)
+    modality="gene",
+    arch="ScviGeneEncoder",
+    normalization="counts",
+    input="raw counts, the dataset's panel (mapped by gene name onto a saved model's)",
+    output="the posterior mean (n_latent, 10 by default)",
+    weights="optional: a local scvi-tools SCVI folder (model.gene_weights=DIR)",
+    license="BSD-3-Clause (scvi-tools)",
+)(gene_scvi)
+ENCODERS.register(
+    "gene_drvi",
+    modality="gene",
+    arch="DRVI",
+    normalization="counts",
+    input="raw counts, mapped by gene name onto the model's genes (missing ones zero)",
+    output="the posterior mean (n_latent of the saved model)",
+    weights="required: a local DRVI folder (model.gene_weights=DIR); never downloaded",
+    needs_weights=True,
+    license="BSD-3-Clause (drvi-py)",
+)(gene_drvi)
 _reg(
     "test_gene_scvi",
     ScviGeneEncoder,

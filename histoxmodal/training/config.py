@@ -36,6 +36,9 @@ class ModelConfig:
     cache_image_features: bool = True
     cache_views: int = 8
     gene_encoder: str = "gene_mlp"
+    #: a saved gene model folder for a pretrained gene tower (``gene_drvi``, ``gene_scvi``):
+    #: written by ``histoxmodal pretrain-genes`` or the library's ``model.save(DIR)``
+    gene_weights: str | None = None
     gene_kwargs: dict[str, Any] = field(default_factory=dict)
     embed_dim: int = 128
     head: str = "mlp"

@@ -30,6 +30,8 @@ class ContrastiveModule(L.LightningModule):
             m.image_encoder, weights=m.image_weights, mode=m.image_mode, **m.image_kwargs
         )
         gene_kwargs = {**m.gene_kwargs, "genes": genes}
+        if m.gene_weights:
+            gene_kwargs["weights"] = m.gene_weights
         if c.batch_conditioned_genes:
             gene_kwargs["n_batches"] = n_batches
         self.gene = create_encoder(m.gene_encoder, **gene_kwargs)

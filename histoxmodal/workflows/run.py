@@ -76,7 +76,7 @@ class RunKind:
             return MultimodalModule(run.config)
         from histoxmodal.training.module import ContrastiveModule
 
-        return ContrastiveModule(run.config, run.genes, run.n_batches)
+        return ContrastiveModule(run.tower_config(), run.genes, run.n_batches)
 
     def dataset(self, run: Run, data: Path, rows, *, augment: bool, seed: int = 0):
         if self.name == "cohort":
@@ -215,6 +215,8 @@ class Run:
     batch_names: list[str] = field(default_factory=list)
     _module: Any = field(default=None, repr=False)
     _weights_digest: Any = field(default=None, repr=False)
+    #: opened from its folder (:meth:`load`): the towers' weights come from model.safetensors
+    _saved: bool = field(default=False, repr=False)
 
     @safe_repr
     def __repr__(self) -> str:
@@ -334,11 +336,26 @@ class Run:
         """Write ``config.json``, ``genes.txt`` and ``run.json`` (last: it marks the run)."""
         self.path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path / keys.RUN_CONFIG_FILE, self.config.to_dict())
+        self._copy_gene_model()
         if self.genes:
             tmp = self.path / f".{keys.RUN_GENES_FILE}.partial"
             tmp.write_text("\n".join(self.genes) + "\n", encoding="utf-8")
             tmp.replace(self.path / keys.RUN_GENES_FILE)
         write_json_atomic(self.path / keys.RUN_FILE, self.identity())
+
+    def _copy_gene_model(self) -> None:
+        """Copy ``model.gene_weights`` into the run (``gene_model/``), so the run reloads with
+        its gene tower's architecture after the original folder moves; staged, then renamed."""
+        import shutil
+
+        source = getattr(getattr(self.config, "model", None), "gene_weights", None)
+        target = self.path / keys.RUN_GENE_MODEL_DIR
+        if not source or target.exists() or Path(source).resolve() == target.resolve():
+            return
+        tmp = self.path / f".{keys.RUN_GENE_MODEL_DIR}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        tmp.replace(target)
 
     def save(self, module=None) -> None:
         """Write the run folder: identity (:meth:`write_identity`) and the weights of
@@ -384,11 +401,6 @@ class Run:
             config = parse_config(raw)
         except ConfigError as exc:
             raise ConfigError(f"{cfg_file}: {exc}; the run's config is not valid") from exc
-        if ident["kind"] == "spatial":
-            # the towers' original weight files are not needed: model.safetensors has them all
-            config = dataclasses.replace(
-                config, model=dataclasses.replace(config.model, image_weights=None)
-            )
         genes_file = path / keys.RUN_GENES_FILE
         genes = genes_file.read_text(encoding="utf-8").split() if genes_file.exists() else []
         if ident["kind"] == "spatial" and not genes:
@@ -414,6 +426,7 @@ class Run:
             dataset_sha256=ident.get("dataset_sha256", ""),
             split_sha256=ident.get("split_sha256", ""),
             patch=ident.get("patch") or {},
+            _saved=True,
         )
         if not run.patch and ident["kind"] == "spatial" and _is_paired(data):
             run.patch = dataset_patch(data)  # run folders written before run.json held it
@@ -441,6 +454,20 @@ class Run:
                 raise FileNotFoundError(f"{weights} not found: is {self.path} a finished run?")
             self._module = load_weights(self.new_module(), weights).eval()
         return self._module
+
+    def tower_config(self):
+        """The config the towers are built from. A saved spatial run needs no original weight
+        files (``model.safetensors`` has every weight, so ``image_weights`` is dropped), and
+        reads a saved gene model's architecture from its own copy (``gene_model/``)."""
+        if self.kind != "spatial" or not self._saved:
+            return self.config
+        copy = self.path / keys.RUN_GENE_MODEL_DIR
+        model = self.config.model
+        gene_weights = str(copy) if copy.is_dir() else model.gene_weights
+        return dataclasses.replace(
+            self.config,
+            model=dataclasses.replace(model, image_weights=None, gene_weights=gene_weights),
+        )
 
     def new_module(self):
         """A fresh (untrained) module of this run's config."""
