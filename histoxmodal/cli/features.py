@@ -154,16 +154,18 @@ def run_features(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    """``histoxmodal models``: one row per registered image encoder."""
-    from histoxmodal.workflows.features import list_models
+    """``histoxmodal models``: the registered image encoders, then the gene towers."""
+    from histoxmodal.workflows.features import list_gene_models, list_models
 
     models = list_models(args.pattern, include_tests=args.tests)
-    if not models:
+    genes = list_gene_models(args.pattern, include_tests=args.tests)
+    if not models and not genes:
         import difflib
 
         from histoxmodal.errors import ConfigError
 
         names = [m["name"] for m in list_models("*", include_tests=True)]
+        names += [m["name"] for m in list_gene_models("*", include_tests=True)]
         close = difflib.get_close_matches(str(args.pattern).strip("*?"), names, n=3, cutoff=0.5)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         tests = "" if args.tests else " (test models are listed with --tests)"
@@ -171,6 +173,17 @@ def run_models(args: argparse.Namespace) -> int:
             f"no registered model matches {args.pattern!r}{hint}; `histoxmodal models` lists "
             f"all {len(names)}{tests}"
         )
+    if genes:
+        rows = [("gene tower", "architecture", "dim", "input", "licence", "weights")]
+        for m in genes:
+            rows.append(
+                (m["name"], m["architecture"], str(m["dim"] or "?"), m["input"],
+                 m["licence"] or "-", m["weights"])
+            )  # fmt: skip
+        gene_table = format_table(rows)
+    if not models:
+        print(gene_table)
+        return EXIT_OK
     rows = [("name", "architecture", "dim", "mpp", "input", "licence", "weights")]
     for m in models:
         rows.append(
@@ -184,4 +197,11 @@ def run_models(args: argparse.Namespace) -> int:
         "Any timm architecture also works: --encoder timm:<name> (random or --weights). "
         "Weights are read from local files only."
     )
+    if genes:
+        print()
+        print(gene_table)
+        print(
+            "Gene towers are chosen in a training config (model.gene_encoder); saved models "
+            "are given as model.gene_weights=DIR."
+        )
     return EXIT_OK

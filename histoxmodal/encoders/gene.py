@@ -375,15 +375,40 @@ class GeneTransformerEncoder(nn.Module):
         return self.head(h)
 
 
+#: what each gene normalization means for a user (``histoxmodal models``)
+INPUTS = {
+    "log1p_cp10k": "log1p of counts per 10k, the dataset's panel",
+    "counts": "raw counts, the dataset's panel",
+}
+
+
+def _default_dim(cls: type, defaults: dict) -> int | None:
+    """The output size a tower has with ``defaults``: ``out_dim``, or ``n_latent`` (scVI)."""
+    import inspect
+
+    params = inspect.signature(cls).parameters
+    for key in ("out_dim", "n_latent"):
+        if key in params:
+            return int(defaults.get(key, params[key].default))
+    return None
+
+
 def _reg(name: str, cls: type, defaults: dict, summary: str) -> None:
     def factory(**overrides) -> nn.Module:
         return cls(**{**defaults, **overrides})
 
     factory.__name__ = name
     factory.__doc__ = summary
-    ENCODERS.register(name, modality="gene", arch=cls.__name__, normalization=cls.normalization)(
-        factory
-    )
+    ENCODERS.register(
+        name,
+        modality="gene",
+        arch=cls.__name__,
+        normalization=cls.normalization,
+        input=INPUTS[cls.normalization],
+        dim=_default_dim(cls, defaults),
+        weights="none: trained with the image tower",
+        licence="Apache-2.0 (histoxmodal)",
+    )(factory)
 
 
 _reg("gene_mlp", MLPGeneEncoder, {}, "MLP over a gene panel (1024-512 hidden, 256-d).")
@@ -543,10 +568,11 @@ ENCODERS.register(
     modality="gene",
     arch="ScviGeneEncoder",
     normalization="counts",
-    input="raw counts, the dataset's panel (mapped by gene name onto a saved model's)",
-    output="the posterior mean (n_latent, 10 by default)",
-    weights="optional: a local scvi-tools SCVI folder (model.gene_weights=DIR)",
-    license="BSD-3-Clause (scvi-tools)",
+    input="raw counts, mapped by gene name onto a saved model's genes",
+    dim="n_latent (10 untrained)",
+    weights="optional: a local SCVI folder (model.gene_weights=DIR), else pretrained on the "
+    "training spots",
+    licence="BSD-3-Clause (scvi-tools)",
 )(gene_scvi)
 ENCODERS.register(
     "gene_drvi",
@@ -554,10 +580,10 @@ ENCODERS.register(
     arch="DRVI",
     normalization="counts",
     input="raw counts, mapped by gene name onto the model's genes (missing ones zero)",
-    output="the posterior mean (n_latent of the saved model)",
+    dim="n_latent of the saved model",
     weights="required: a local DRVI folder (model.gene_weights=DIR); never downloaded",
     needs_weights=True,
-    license="BSD-3-Clause (drvi-py)",
+    licence="BSD-3-Clause (drvi-py)",
 )(gene_drvi)
 _reg(
     "test_gene_scvi",

@@ -933,3 +933,29 @@ def list_models(pattern: str = "*", *, include_tests: bool = False) -> list[dict
             }
         )
     return rows
+
+
+def list_gene_models(pattern: str = "*", *, include_tests: bool = False) -> list[dict[str, Any]]:
+    """The registered gene towers (``histoxmodal models``): ``name``, ``architecture``,
+    ``input`` (what they read, with the normalization), ``dim`` (output size), ``weights``
+    (where they come from), ``licence``, ``summary``."""
+    from histoxmodal.encoders import describe_encoder, list_encoders
+
+    rows = []
+    for name in list_encoders(pattern):
+        meta = describe_encoder(name)
+        if meta.get("modality") != "gene" or (name.startswith("test_") and not include_tests):
+            continue
+        rows.append(
+            {
+                "name": name,
+                "architecture": meta.get("arch", ""),
+                "input": meta.get("input", meta.get("normalization", "")),
+                "normalization": meta.get("normalization", ""),
+                "dim": meta.get("dim"),
+                "weights": meta.get("weights", ""),
+                "licence": meta.get("licence", ""),
+                "summary": meta.get("summary", ""),
+            }
+        )
+    return rows
