@@ -53,6 +53,14 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "--resume",
         "histoxmodal train my.yaml --set optim.lr=3e-4 --print-config   # check, train nothing",
     ),
+    "pretrain-genes": (
+        "histoxmodal pretrain-genes --src ../shared/data/her2st --model drvi "
+        "--out gene_models/drvi",
+        "histoxmodal pretrain-genes --src ../shared/data/her2st --model scvi --batch-key sample "
+        "--genes 1000 --out gene_models/scvi",
+        "histoxmodal train her2st --data her2st_paired --out runs/drvi "
+        "--set model.gene_encoder=gene_drvi --set model.gene_weights=gene_models/drvi",
+    ),
     "predict": (
         "histoxmodal predict runs/small slides/*.svs --out maps/",
         "histoxmodal predict runs/small B4.jpg --mpp 0.688 --genes ERBB2,CD74 --out maps/",

@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from histoxmodal import keys
@@ -151,7 +152,7 @@ def _reseed_each_epoch_callback(seed: int):
     return ReseedEachEpoch()
 
 
-def _atomic_checkpoint_io():
+def atomic_checkpoint_io():
     """Lightning's checkpoint writer, made atomic: each checkpoint goes to a ``.partial`` file
     renamed into place, so a full disk or a kill mid-write leaves the previous ``last.ckpt``
     whole instead of a truncated one."""
@@ -172,9 +173,13 @@ def _atomic_checkpoint_io():
     return AtomicCheckpointIO()
 
 
-def _epoch_log_callback():
-    """Off a terminal (no progress bar): one INFO line per epoch with its losses, so a SLURM or
-    nohup log shows where training is."""
+def _is_loss(name: str) -> bool:
+    return name.endswith("loss") and name.startswith(("train/", "val/"))
+
+
+def epoch_log_callback(shown: Callable[[str], bool] = _is_loss):
+    """Off a terminal (no progress bar): one INFO line per epoch with its losses (the logged
+    metrics ``shown`` selects by name), so a SLURM or nohup log shows where training is."""
     import time
 
     from lightning.pytorch.callbacks import Callback
@@ -188,15 +193,15 @@ def _epoch_log_callback():
         def on_train_epoch_end(self, trainer, pl_module) -> None:
             if not trainer.is_global_zero:
                 return
-            shown = [
+            values = [
                 f"{k} {float(v):.4f}"
                 for k, v in sorted(trainer.callback_metrics.items())
-                if k.endswith("loss") and k.startswith(("train/", "val/"))
+                if shown(k)
             ]
             logging.getLogger("histoxmodal.progress").info(
                 "epoch %d/%d: %s (%.1f s)",
                 trainer.current_epoch + 1, trainer.max_epochs,
-                ", ".join(shown) or "no loss logged", time.perf_counter() - self.t0,
+                ", ".join(values) or "no loss logged", time.perf_counter() - self.t0,
             )  # fmt: skip
 
     return EpochLog()
@@ -301,11 +306,11 @@ def make_trainer(
                 ),
                 DieWithParent(),  # its setup runs in every process of the fit
                 _reseed_each_epoch_callback(optim.seed),
-                *([] if enable_progress_bar else [_epoch_log_callback()]),
+                *([] if enable_progress_bar else [epoch_log_callback()]),
             ],
             enable_progress_bar=enable_progress_bar,
             enable_model_summary=False,
-            plugins=[_atomic_checkpoint_io()],
+            plugins=[atomic_checkpoint_io()],
         )
     except (MisconfigurationException, ValueError, TypeError, ImportError) as exc:
         raise _lightning_error(exc, accelerator, devices, num_nodes) from exc
