@@ -206,6 +206,15 @@ def read_saved_model(folder: str | Path) -> SavedModel:
     )
 
 
+def saved_model_genes(folder: str | Path) -> list[str]:
+    """The genes of a saved model folder, in the model's order: ``genes.txt`` where
+    ``histoxmodal pretrain-genes`` wrote one, else the ``var_names`` inside ``model.pt``."""
+    listed = Path(folder).expanduser() / keys.RUN_GENES_FILE
+    if listed.is_file():
+        return listed.read_text(encoding="utf-8").split()
+    return read_saved_model(folder).genes
+
+
 def _empty_adata(saved: SavedModel):
     """An AnnData with the saved genes and one row per category the registry knows, set up
     with the saved arguments: the model class then builds the saved architecture."""

@@ -37,7 +37,8 @@ class ModelConfig:
     cache_views: int = 8
     gene_encoder: str = "gene_mlp"
     #: a saved gene model folder for a pretrained gene tower (``gene_drvi``, ``gene_scvi``):
-    #: written by ``histoxmodal pretrain-genes`` or the library's ``model.save(DIR)``
+    #: written by ``histoxmodal pretrain-genes`` or the library's ``model.save(DIR)``; with
+    #: ``genes: null`` the run's panel is the model's genes that the dataset measures
     gene_weights: str | None = None
     gene_kwargs: dict[str, Any] = field(default_factory=dict)
     embed_dim: int = 128
@@ -162,6 +163,8 @@ class TrainConfig:
 
     kind: str = "spatial"
     data: str | None = None
+    #: the panel: the N most variable genes of the training spots; ``None``: every gene, or
+    #: with ``model.gene_weights`` the saved gene model's genes
     genes: int | None = 256
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)

@@ -331,7 +331,7 @@ def _train(adata, model: str, batch_key: str, epochs: int, seed: int, stage: Pat
 
         def on_train_epoch_end(self, trainer, pl_module) -> None:
             last.parent.mkdir(parents=True, exist_ok=True)
-            trainer.save_checkpoint(last)
+            trainer.save_checkpoint(last, weights_only=False)  # the optimizer too, to resume
 
     callbacks: list = [SaveLast()]
     if not bar:

@@ -283,7 +283,22 @@ class Run:
         from histoxmodal.encoders import describe_encoder
 
         adata, _ = load_paired(self.data)
-        self.genes = highly_variable_genes(adata, self.config.genes, rows=fold.train(adata.n_obs))
+        saved = self.config.model.gene_weights
+        if self.config.genes is None and saved:
+            # a saved gene model and no panel size: the model's genes the dataset measures
+            from histoxmodal.encoders.scvi_models import saved_model_genes
+
+            have = set(map(str, adata.var_names))
+            self.genes = [g for g in saved_model_genes(saved) if g in have]
+            if not self.genes:
+                raise ConfigError(
+                    f"model.gene_weights {saved}: none of its genes is in {self.data}; are "
+                    f"both gene symbols (or both Ensembl ids)?"
+                )
+        else:
+            self.genes = highly_variable_genes(
+                adata, self.config.genes, rows=fold.train(adata.n_obs)
+            )
         # the gene tower states the normalization it reads
         self.normalization = describe_encoder(self.config.model.gene_encoder).get(
             "normalization", DEFAULT_NORMALIZATION

@@ -224,3 +224,31 @@ def test_a_run_trains_with_a_saved_gene_model_and_reloads_without_it(tmp_path):
     with torch.no_grad():
         got = tower(torch.from_numpy(counts)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_with_no_panel_size_a_run_reads_the_saved_models_genes(tmp_path):
+    """genes: null and model.gene_weights: the panel is the saved model's genes that the
+    dataset measures, in the model's order (not every gene of the dataset)."""
+    pytest.importorskip("lightning")
+    import anndata as ad
+    import scvi
+
+    from histoxmodal.testing.paired import make_paired_dataset
+    from histoxmodal.training.config import config_from_dict
+    from histoxmodal.workflows.run import Run
+
+    data = make_paired_dataset(tmp_path / "data", spots_per_sample=16, n_genes=40)
+    adata = ad.read_h5ad(data / "adata.h5ad")
+    model_genes = [*reversed(list(adata.var_names[5:25])), "NOT_MEASURED"]
+    sub = ad.AnnData(np.random.default_rng(0).poisson(2, (40, len(model_genes))).astype(float))
+    sub.var_names = model_genes
+    scvi.model.SCVI.setup_anndata(sub)
+    scvi.model.SCVI(sub, n_latent=3, n_hidden=8).save(str(tmp_path / "gm"))
+    cfg = config_from_dict({"genes": None, "model": {
+        "image_encoder": "test_image_resnet", "gene_encoder": "gene_scvi",
+        "gene_weights": str(tmp_path / "gm")}})  # fmt: skip
+    run = Run.create(tmp_path / "run", cfg, data=data)
+    assert run.genes == model_genes[:-1]
+    assert Run.create(
+        tmp_path / "run2", config_from_dict({"genes": None}), data=data
+    ).genes == list(adata.var_names)
