@@ -13,6 +13,7 @@ EXTRAS = {
     "torch": ("torch", "timm", "safetensors"),
     "scvi": ("scvi",),
     "drvi": ("scvi", "drvi"),
+    "metrics": ("scib_metrics",),
     "medical": ("pydicom", "wfdb", "nibabel", "monai"),
     "spatialdata": ("spatialdata",),
 }

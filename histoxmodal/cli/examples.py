@@ -93,6 +93,12 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "histoxmodal bench her2st --src ../shared/data/her2st",
         "histoxmodal bench features --device cuda --json features.json",
     ),
+    "bench hescape": (
+        "histoxmodal bench hescape --data her2st_paired --image-encoders timm:resnet10t "
+        "--gene-encoders gene_mlp,gene_drvi --weights gene_drvi=gene_models/drvi --out hescape/",
+        "histoxmodal bench hescape --data hescape_breast --image-encoders uni,timm:resnet18 "
+        "--gene-encoders gene_mlp --weights uni=weights/uni.bin --loss siglip --out grid/",
+    ),
     "bench features": (
         "histoxmodal bench features",
         "histoxmodal bench features --encoder timm:resnet50 --device cuda --batch-size 128",
