@@ -58,8 +58,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "--out gene_models/drvi",
         "histoxmodal pretrain-genes --src ../shared/data/her2st --model scvi --batch-key sample "
         "--genes 1000 --out gene_models/scvi",
-        "histoxmodal train her2st --data her2st_paired --out runs/drvi "
-        "--set model.gene_encoder=gene_drvi --set model.gene_weights=gene_models/drvi",
+        "histoxmodal pretrain-genes --src sections/ --recipe h5ad --model drvi "
+        "--out gene_models/mine --resume",
     ),
     "predict": (
         "histoxmodal predict runs/small slides/*.svs --out maps/",
