@@ -34,3 +34,14 @@ class StaleHeadError(HistoxmodalError, ValueError):
 
 class DatasetChangedError(HistoxmodalError, ValueError):
     """The dataset at a run's recorded path is not the one the run trained on."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a run; ``signum`` says which (the command line exits with
+    128 + signum and says that finished work is kept)."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum

@@ -12,7 +12,8 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from histoxmodal import keys
@@ -393,11 +394,33 @@ def fit_module(
     if own:
         os.environ[PARENT_PID_ENV] = str(os.getpid())
     try:
-        trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt)
+        with sigterm_interrupts():
+            trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt)
     finally:
         if own:
             os.environ.pop(PARENT_PID_ENV, None)
     return bool(trainer.is_global_zero)
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Turn Lightning's reaction to SIGTERM into :class:`~histoxmodal.errors.Interrupted`.
+
+    Lightning stops a fit on SIGTERM (SLURM preemption, ``kill``) by raising
+    ``SIGTERMException``, a ``SystemExit`` without a code: the process would exit 0 as if
+    training had finished. Raised instead, ``Interrupted(SIGTERM)`` makes the command line say
+    the run was interrupted and exit 143; the last checkpoint is kept for ``--resume``.
+    """
+    import signal
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from histoxmodal.errors import Interrupted
+
+    try:
+        yield
+    except SIGTERMException:
+        raise Interrupted(signal.SIGTERM) from None
 
 
 def save_weights(module, path: str | Path) -> None:

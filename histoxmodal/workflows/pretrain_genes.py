@@ -308,7 +308,7 @@ def _train(adata, model: str, batch_key: str, epochs: int, seed: int, stage: Pat
     import scvi
     from lightning.pytorch.callbacks import Callback
 
-    from histoxmodal.training.trainer import atomic_checkpoint_io, epoch_log_callback
+    from histoxmodal.training.trainer import epoch_log_callback, sigterm_interrupts
 
     scvi.settings.seed = seed
     if model == "scvi":
@@ -336,6 +336,14 @@ def _train(adata, model: str, batch_key: str, epochs: int, seed: int, stage: Pat
     callbacks: list = [SaveLast()]
     if not bar:
         callbacks.append(epoch_log_callback(lambda k: k in _ELBO))
+    with sigterm_interrupts():  # a killed run exits 143, its last.ckpt kept for --resume
+        _fit(m, epochs, bar, callbacks, last, stage)
+    return m
+
+
+def _fit(m, epochs: int, bar: bool, callbacks: list, last: Path, stage: Path) -> None:
+    from histoxmodal.training.trainer import atomic_checkpoint_io
+
     m.train(
         max_epochs=epochs,
         accelerator="cpu",
@@ -346,7 +354,6 @@ def _train(adata, model: str, batch_key: str, epochs: int, seed: int, stage: Pat
         default_root_dir=str(stage),
         ckpt_path=str(last) if last.is_file() else None,
     )
-    return m
 
 
 def _versions(model: str) -> dict[str, str]:

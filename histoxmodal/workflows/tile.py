@@ -36,7 +36,7 @@ import numpy as np
 
 from histoxmodal import keys
 from histoxmodal.deps import require_extra
-from histoxmodal.errors import ConfigError, HistoxmodalError
+from histoxmodal.errors import ConfigError, HistoxmodalError, Interrupted
 from histoxmodal.fileutil import clean_stale, publish_dir, staging_dir, write_json_atomic
 from histoxmodal.io.mpp import SlideMpp, mpp_params
 from histoxmodal.progress import progress
@@ -144,14 +144,6 @@ def slide_identity(path: str | Path) -> dict[str, object]:
         "size": st.st_size,
         "mtime_ns": st.st_mtime_ns,
     }
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM stopped a tiling run; ``signum`` says which (exit code 128 + signum)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 #: set by the signal handlers of :func:`tile_slides`; an error raised while it is set is an

@@ -154,3 +154,21 @@ def test_her2st_all_35_sections_images_or_not(data_dir, tmp_path):
     assert len(set(manifest["sections"]) - images) == 30
     assert r.n_spots == manifest["n_spots"] == 13442
     assert manifest["batches"] == list("ABCDEFGH") and len(r.genes) == 50
+
+
+def test_sigterm_exits_143_publishes_nothing_and_keeps_the_checkpoint(tmp_path):
+    src = _sections(tmp_path / "src", n_sections=4, spots=3000)
+    out = tmp_path / "gm"
+    ckpt = tmp_path / ".gm.partial" / "checkpoints" / "last.ckpt"
+    argv = [sys.executable, "-m", "histoxmodal.cli.main", "pretrain-genes", "--src", str(src),
+            "--recipe", "h5ad", "--model", "scvi", "--genes", "40", "--max-epochs", "200",
+            "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not ckpt.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "training ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "interrupted (SIGTERM)" in err
+    assert not out.exists() and ckpt.is_file()

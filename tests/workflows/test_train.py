@@ -689,3 +689,28 @@ def test_a_checkpoint_write_that_fails_leaves_the_previous_one_whole(
     assert not list((run / "checkpoints").glob(".*partial"))
     monkeypatch.setattr(torch_io, "_atomic_save", real)
     assert main(_train_argv(tiny, run, None, "--max-epochs", "2", "--resume")) == 0
+
+
+def test_sigterm_stops_training_with_exit_143_and_resume_continues(tiny, tmp_path):
+    """SLURM preemption or `kill`: Lightning stops the fit with a SystemExit without a code, so
+    `histoxmodal train` used to exit 0 as if it had finished. It now says it was interrupted,
+    exits 143 and keeps last.ckpt; --resume finishes the run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "histoxmodal.cli.main", *_train_argv(tiny, run), "--max-epochs",
+            "200"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "training ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "interrupted (SIGTERM)" in err and last.exists()
+    assert not (run / "model.safetensors").exists()
