@@ -69,8 +69,10 @@ def load_recipe(name_or_path: str) -> Recipe:
     from histoxmodal.io.spatial import FORMATS
 
     fmt = data.get("format")
-    if fmt not in (*FORMATS, "cohort"):
-        raise ConfigError(f"{p}: format: {fmt!r} must be one of {', '.join(FORMATS)}, cohort")
+    if fmt not in (*FORMATS, "cohort", "hescape"):
+        raise ConfigError(
+            f"{p}: format: {fmt!r} must be one of {', '.join(FORMATS)}, cohort, hescape"
+        )
     return Recipe(
         name=data.get("name", p.stem),
         format=fmt,

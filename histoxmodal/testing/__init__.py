@@ -1,5 +1,6 @@
 """Public synthetic data generators for tests, demos and benchmarks (no downloads)."""
 
+from histoxmodal.testing.hescape import HescapeSampleSpec, SyntheticHescape, make_hescape_dataset
 from histoxmodal.testing.mil import SyntheticMILCohort, make_mil_cohort
 from histoxmodal.testing.slides import (
     LESION,
@@ -14,9 +15,12 @@ __all__ = [
     "LESION",
     "LESION_TYPE",
     "TISSUE_TYPES",
+    "HescapeSampleSpec",
+    "SyntheticHescape",
     "SyntheticMILCohort",
     "SyntheticSlide",
     "SyntheticSpatial",
+    "make_hescape_dataset",
     "make_mil_cohort",
     "make_synthetic_slide",
     "make_synthetic_visium",

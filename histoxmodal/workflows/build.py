@@ -712,6 +712,14 @@ def build(
             fs=float(d.get("fs", 100)),
             length_s=float(d.get("length_s", 10)),
         )
+    if r.format == "hescape":  # rows already paired with their H&E crops: a builder of its own
+        from histoxmodal.workflows.build_hescape import build_from_recipe
+
+        return build_from_recipe(
+            r, out, src=src, image=image, alignment=alignment, mpp=mpp, patch_um=patch_um,
+            patch_px=patch_px, min_counts=min_counts, allow_lowres=allow_lowres,
+            workers=workers, overwrite=overwrite,
+        )  # fmt: skip
     if src is None:
         raise ConfigError(f"recipe {r.name!r} needs --src, the folder its samples are found in")
     cfg = PairedConfig(
