@@ -598,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     pg.add_argument("--genes", type=positive_int, default=2000, metavar="N",
                     help="highly variable genes to model (default 2000)")  # fmt: skip
     pg.add_argument("--max-epochs", type=positive_int, default=None, metavar="N",
-                    help="epochs (default: drvi 60, scvi 200; measured to finish her2st in "
+                    help="epochs (default: drvi 60, scvi 100; measured to finish her2st in "
                     "under 15 minutes on 2 cores)")  # fmt: skip
     pg.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     pg.add_argument("--out", required=True, metavar="DIR", help="the gene model folder")
