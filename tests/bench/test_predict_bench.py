@@ -29,7 +29,7 @@ def test_bench_predict_small_slide(tmp_path, capsys):
 
     # 64 MiB of fresh anonymous pages, touched: a bytearray may reuse resident heap memory
     # that earlier tests freed (a raised malloc mmap threshold), and then RSS does not grow
-    with PeakRSS() as m, mmap.mmap(-1, 64 << 20) as block:
+    with mmap.mmap(-1, 64 << 20) as block, PeakRSS() as m:  # PeakRSS exits first, mapped
         for i in range(0, len(block), 4096):
             block[i] = 1
     assert m.growth >= 60 << 20
