@@ -172,6 +172,8 @@ def read_saved_model(folder: str | Path) -> SavedModel:
         for block in iter(lambda: fh.read(1 << 22), b""):
             h.update(block)
     try:
+        # weights_only=False, but every global goes through RestrictedUnpickler (data only):
+        # torch's weights_only reader cannot rebuild the registry's defaultdicts
         raw = torch.load(
             path, map_location="cpu", weights_only=False, pickle_module=restricted_pickle
         )

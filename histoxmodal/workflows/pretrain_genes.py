@@ -20,7 +20,6 @@ killed run keeps Lightning's ``last.ckpt`` there and continues with ``resume=Tru
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import shutil
@@ -112,15 +111,9 @@ def read_sections(src: str | Path, recipe: str):
         for col in (keys.OBS_SAMPLE, keys.OBS_PATIENT, keys.OBS_BATCH):
             if col in adata.obs:
                 adata.obs[col] = adata.obs[col].astype(str).astype("category")
-    return adata, {str(f): _sha256(f) for f in files}
+    from histoxmodal.data.store import file_sha256
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    return adata, {str(f): file_sha256(f) for f in files}
 
 
 def _check_counts(adata, src) -> None:
