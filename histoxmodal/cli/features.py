@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from histoxmodal.cli.main import EXIT_FAILED, EXIT_OK, format_table
+from histoxmodal.cli.common import EXIT_FAILED, EXIT_OK, format_table, positive_int
 
 
 def add_features_parser(sub) -> None:
     """Register ``features`` and ``models`` on the top-level sub-parsers."""
-    from histoxmodal.cli.main import positive_int
-
     f = sub.add_parser(
         "features",
         help="tile features of slides with an image encoder (TRIDENT/CLAM layout)",

@@ -17,157 +17,21 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from histoxmodal.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_data,
+    add_src,
+    check_aliases,
+    fraction,
+    learning_rate,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    random_seed,
+)
 from histoxmodal.version import __version__
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-def format_table(rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned plain-text columns; the first row is the header, underlined."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for i, row in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (batch sizes, node counts)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """An argparse type: a finite number >= 0 (radii in µm; 0 switches the option off)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def _finite(text: str, expected: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0 (pixel sizes in µm/px, lengths in µm)."""
-    value = _finite(text, "a finite number > 0")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """An argparse type: a fraction in [0, 1] (least tissue share of a tile)."""
-    value = _finite(text, "a fraction in [0, 1]")
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text}")
-    return value
-
-
-def learning_rate(text: str) -> float:
-    """An argparse type: a learning rate in (0, 1); 0 trains nothing, >= 1 diverges."""
-    value = _finite(text, "a learning rate in (0, 1), e.g. 1e-4")
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(
-            f"must lie in (0, 1) (0 trains nothing, >= 1 diverges), e.g. 1e-4; got {text}"
-        )
-    return value
-
-
-#: the largest seed every generator takes (numpy's legacy ``RandomState``: 32 bits)
-MAX_SEED = 2**32 - 1
-
-
-def random_seed(text: str) -> int:
-    """An argparse type: a random seed, an integer in [0, 2**32 - 1]."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected an integer seed in [0, {MAX_SEED}], got {text!r}"
-        ) from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}], got {value}")
-    return value
-
-
-#: the release that drops the deprecated spellings below
-ALIASES_REMOVED_IN = "0.2"
-
-
-def warn_deprecated(old: str, new: str) -> None:
-    """One line on stderr: ``old`` still works this release; ``new`` is the spelling to use."""
-    print(
-        f"histoxmodal: warning: {old} is deprecated and goes in {ALIASES_REMOVED_IN}; use {new}",
-        file=sys.stderr,
-    )
-
-
-class DeprecatedOption(argparse.Action):
-    """An old option spelling: stores into the new option's destination and warns."""
-
-    def __init__(self, option_strings, dest, *, new: str, **kwargs) -> None:
-        self.new = new
-        super().__init__(option_strings, dest, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        warn_deprecated(f"{parser.prog} {option_string}", self.new)
-        setattr(namespace, self.dest, values)
-
-
-def _add_src(p: argparse.ArgumentParser, help: str, *, required: bool = False) -> None:
-    """``--src PATH`` (raw source data), with ``--data`` as its deprecated spelling."""
-    p.add_argument("--src", metavar="PATH", default=None, help=help)
-    p.add_argument(
-        "--data", dest="src", action=DeprecatedOption, new="--src", help=argparse.SUPPRESS
-    )
-    if required:
-        p.set_defaults(_requires=("src", "--src PATH"))
-
-
-def _add_data(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
-    """``--data DIR`` (a paired dataset); the positional DATASET of before is deprecated."""
-    p.add_argument(
-        "--data", metavar="DIR", default=None,
-        help="paired dataset (required): a folder written by histoxmodal build",
-    )  # fmt: skip
-    if positional:
-        p.add_argument("dataset_positional", nargs="?", default=None, help=argparse.SUPPRESS)
-    p.set_defaults(_requires=("data", "--data DIR"))
-
-
-def _check_aliases(args: argparse.Namespace) -> str | None:
-    """Fold a deprecated positional DATASET into ``--data``; the error of a missing one."""
-    where = f"histoxmodal {args.command}" + (
-        f" {args.bench}" if getattr(args, "bench", None) else ""
-    )
-    pos = getattr(args, "dataset_positional", None)
-    if pos is not None:
-        if args.data is not None:
-            return f"{where}: error: the dataset is given twice ({pos}, --data {args.data})"
-        warn_deprecated(f"{where} DATASET (positional)", f"--data {pos}")
-        args.data = pos
-    required = getattr(args, "_requires", None)
-    if required and getattr(args, required[0], None) is None:
-        return f"{where}: error: {required[1]} is required"
-    return None
 
 
 def _add_tile_options(p: argparse.ArgumentParser) -> None:
@@ -312,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="output folder (default ./histoxmodal_demo)",
     )
-    _add_src(d, "a her2st-layout folder instead of generated data")
+    add_src(d, "a her2st-layout folder instead of generated data")
     d.add_argument(
         "--medical",
         action="store_true",
@@ -415,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         "hest: patches/<sample>.h5 (img, coords, barcode) and st/<sample>.h5ad. "
         "spatialdata: one OUT.zarr (images, spot circles, table) for spatialdata.read_zarr.",
     )
-    _add_data(ex)
+    add_data(ex)
     ex.add_argument(
         "--to",
         choices=["parquet", "hest", "spatialdata"],
@@ -587,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
         "versions). A training config uses it with model.gene_encoder=gene_drvi (or gene_scvi) "
         "and model.gene_weights=OUT.",
     )
-    _add_src(pg, "the sections: a her2st-layout folder, or .h5ad file(s) with --recipe h5ad",
+    add_src(pg, "the sections: a her2st-layout folder, or .h5ad file(s) with --recipe h5ad",
              required=True)  # fmt: skip
     pg.add_argument("--recipe", choices=["her2st", "h5ad"], default="her2st",
                     help="how --src is read (default her2st)")  # fmt: skip
@@ -608,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     em = sub.add_parser("embed", help="image and gene embeddings of a dataset with a trained run")
     em.add_argument("run", metavar="RUN", help="run folder written by histoxmodal train")
-    _add_data(em)
+    add_data(em)
     em.add_argument("--out", required=True, metavar="FILE", help="output .h5ad (+ .npy beside)")
     em.add_argument(
         "--batch-size", type=positive_int, default=128, help="spots per forward pass (default 128)"
@@ -624,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
         "of each modality given the others and Recall@k per pair, on the held-out patients.",
     )
     ev.add_argument("run", metavar="RUN", help="run folder written by histoxmodal train")
-    _add_data(ev)
+    add_data(ev)
     ev.add_argument("--split", default=None, metavar="FILE", help="split file with the test rows")
     ev.add_argument(
         "--fold",
@@ -737,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
         "scib-metrics batch mixing beside kNN purity. Writes OUT/hescape_bench.json, "
         "OUT/hescape_table.md and OUT/report.html; finished cells are kept on a rerun.",
     )
-    _add_data(bh, positional=False)
+    add_data(bh, positional=False)
     bh.add_argument("--image-encoders", required=True, metavar="A,B",
                     help="image towers, comma-separated (histoxmodal models)")  # fmt: skip
     bh.add_argument("--gene-encoders", required=True, metavar="A,B",
@@ -762,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Samples/s of the PairedDataset DataLoader (flips + rotations, with stain "
         "jitter, with float normalization) against raw reads of the same store.",
     )
-    _add_data(bds)
+    add_data(bds)
     bds.add_argument(
         "--workers", type=int, default=2, help="DataLoader worker processes (default 2)"
     )
@@ -796,7 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
         "every step, against the same model training from cached tower features, "
         "and the time of one epoch from the cache.",
     )
-    _add_data(btr)
+    add_data(btr)
     btr.add_argument(
         "--encoder", default="timm:resnet18", help="frozen image tower (default timm:resnet18)"
     )
@@ -817,7 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
         "each batch correction; Recall@5 both ways, Pearson top-50, batch purity. Writes "
         "OUT/her2st_bench.{json,md}; a killed run resumes.",
     )
-    _add_src(bh, "a her2st-layout folder, e.g. ../shared/data/her2st", required=True)
+    add_src(bh, "a her2st-layout folder, e.g. ../shared/data/her2st", required=True)
     bh.add_argument(
         "--out",
         default="bench_her2st",
@@ -874,7 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(share of off-tissue spots outside it) of each tissue method on the her2st sections "
         "with an image and the Visium heart of the shared data.",
     )
-    _add_src(bti, "the shared data folder (her2st/, visium/ ...)", required=True)
+    add_src(bti, "the shared data folder (her2st/, visium/ ...)", required=True)
     bti.add_argument("--methods", default=None, metavar="M1,M2", help="tissue methods to compare")
     bti.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
     from histoxmodal.cli.examples import add_examples
@@ -1141,7 +1005,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    usage_error = _check_aliases(args)
+    usage_error = check_aliases(args)
     if usage_error:
         print(usage_error, file=sys.stderr)
         return EXIT_USAGE

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from histoxmodal.cli.main import EXIT_FAILED, EXIT_OK, format_table
+from histoxmodal.cli.common import EXIT_FAILED, EXIT_OK, format_table
 
 
 def _fmt(summary: dict) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from histoxmodal.cli.main import EXIT_OK
+from histoxmodal.cli.common import EXIT_OK
 
 
 def run_pretrain_genes(args: argparse.Namespace) -> int:

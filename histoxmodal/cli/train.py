@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from histoxmodal.cli.main import EXIT_OK
+from histoxmodal.cli.common import EXIT_OK
 
 
 def config_description(path: Path) -> str:
