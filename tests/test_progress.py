@@ -156,7 +156,7 @@ def test_demo_cli_asks_progress_enabled(monkeypatch: pytest.MonkeyPatch) -> None
         out="x", src=None, medical=False, seed=0, workers=1, max_epochs=1, patients=4
     )
     with pytest.raises(SystemExit):
-        demo_cli.run_demo(args)
+        demo_cli.run(args)
     assert seen["progress_bar"] == "decided"
 
 

@@ -5,10 +5,96 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from histoxmodal.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, format_table
+from histoxmodal.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, format_table, positive_float
+
+NAME = "build"
 
 
-def run_build(args: argparse.Namespace) -> int:
+def add_parser(subparsers) -> None:
+    """Register ``histoxmodal build`` on the top-level sub-parsers."""
+    p = subparsers.add_parser(
+        NAME,
+        help="build a paired dataset (spot patches + expression) from a recipe",
+        description="Read spatial-omics samples with a recipe (--list; your own in "
+        "$HISTOXMODAL_RECIPES or a .yaml path), cut one "
+        "image patch per spot, harmonise gene panels, and write DIR/adata.h5ad, "
+        "DIR/patches.h5, DIR/manifest.json and DIR/splits/. Restarting resumes.",
+    )
+    p.add_argument("--recipe", metavar="NAME", help="recipe name or path to a recipe .yaml")
+    p.add_argument("--list", action="store_true", help="list the recipes and exit")
+    p.add_argument(
+        "--src",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="sample folder/file, or a folder of samples (repeatable)",
+    )
+    p.add_argument("--out", metavar="DIR", help="output folder")
+    p.add_argument(
+        "--manifest", metavar="FILE", help="cohort recipe: CSV/Parquet listing the records"
+    )
+    p.add_argument(
+        "--anchor", metavar="MODALITY", help="cohort recipe: modality defining the rows (cxr)"
+    )
+    p.add_argument(
+        "--patch-um",
+        type=float,
+        default=None,
+        metavar="UM",
+        help="field of view of each patch (recipe default, usually 112)",
+    )
+    p.add_argument(
+        "--patch-px",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="patch size in pixels (recipe default, usually 224)",
+    )
+    p.add_argument(
+        "--genes",
+        choices=["intersection", "union"],
+        default=None,
+        help="gene panel across samples (recipe default)",
+    )
+    p.add_argument(
+        "--min-counts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="drop spots with fewer total counts (recipe default)",
+    )
+    p.add_argument(
+        "--all-spots", action="store_true", help="keep spots the source marks as outside tissue"
+    )
+    p.add_argument(
+        "--image",
+        metavar="PATH",
+        help="full-resolution image of a single --src (Visium, Xenium, h5ad)",
+    )
+    p.add_argument(
+        "--alignment",
+        metavar="CSV",
+        help="Xenium: 10x image-to-Xenium alignment matrix for --image",
+    )
+    p.add_argument(
+        "--mpp",
+        type=positive_float,
+        default=None,
+        metavar="UM",
+        help="µm per full-resolution pixel, > 0, overriding what the data says",
+    )
+    p.add_argument(
+        "--allow-lowres",
+        action="store_true",
+        help="cut patches even from coarse (hires/lowres) images",
+    )
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="reading threads")
+    p.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``histoxmodal build``: the recipe's workflow, then a table of its samples; exit 1 when a
+    sample failed, 2 when none was built."""
     from histoxmodal.data.recipes import list_recipes, load_recipe
     from histoxmodal.deps import require_extra
     from histoxmodal.errors import ConfigError

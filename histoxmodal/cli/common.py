@@ -161,3 +161,27 @@ def check_aliases(args: argparse.Namespace) -> str | None:
     if required and getattr(args, required[0], None) is None:
         return f"{where}: error: {required[1]} is required"
     return None
+
+
+def format_tile_summary(results) -> str:
+    """A plain-text table of tiled slides' results (``histoxmodal tile``, the demo), then the
+    full reason of each slide not ``ok``."""
+    rows = [("slide", "status", "tiles", "mpp (source)", "time")]
+    for r in results:
+        mpp = f"{r.mpp:.4g} ({r.mpp_source})" if r.mpp else (r.mpp_source or "-")
+        n = "-" if r.n_tiles is None else str(r.n_tiles)
+        rows.append((r.name, r.status, n, mpp, f"{r.seconds:.1f}s"))
+    lines = [format_table(rows)]
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    total = sum(r.n_tiles or 0 for r in results)
+    lines.append(
+        f"{len(results)} slides: "
+        + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        + f"; {total} tiles"
+    )
+    for r in results:
+        if r.status in ("failed", "empty", "busy"):
+            lines.append(f"{r.status}: {r.name}: {r.reason}")
+    return "\n".join(lines)

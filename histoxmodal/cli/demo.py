@@ -5,14 +5,52 @@ from __future__ import annotations
 import argparse
 import sys
 
-from histoxmodal.cli.common import EXIT_FAILED, EXIT_OK, format_table
+from histoxmodal.cli.common import EXIT_FAILED, EXIT_OK, add_src, format_table, format_tile_summary
+
+NAME = "demo"
+
+
+def add_parser(subparsers) -> None:
+    """Register ``histoxmodal demo`` on the top-level sub-parsers."""
+    p = subparsers.add_parser(
+        NAME,
+        help="the whole path on generated data: slides, tiles, paired dataset, training, report",
+        description="Generate slides with typed tissue regions and Visium-like spots whose "
+        "expression follows the tissue, then tile, build the paired dataset, train a small "
+        "contrastive model and evaluate it on a held-out sample, writing DIR/report/report.html "
+        "(about a minute on 2 CPU cores; rerunning resumes). With --src PATH the same path runs "
+        "on a "
+        "her2st folder.",
+    )
+    p.add_argument(
+        "--out",
+        default="histoxmodal_demo",
+        metavar="DIR",
+        help="output folder (default ./histoxmodal_demo)",
+    )
+    add_src(p, "a her2st-layout folder instead of generated data")
+    p.add_argument(
+        "--medical",
+        action="store_true",
+        help="the medical path instead: a generated radiograph + ECG + report cohort, Symile "
+        "vs pairwise CLIP, zero-shot accuracy (DIR/metrics.json, DIR/report.html)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated data (default 0)")
+    p.add_argument(
+        "--patients", type=int, default=1000, metavar="N", help="--medical cohort size (1000)"
+    )
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="tiling processes")
+    p.add_argument(
+        "--max-epochs", type=int, metavar="N", help="training epochs (default: the config's)"
+    )
 
 
 def _echo(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """``histoxmodal demo``: the demo workflow, then its metrics beside the baselines."""
     from histoxmodal.deps import require_extra
     from histoxmodal.progress import progress_enabled
     from histoxmodal.workflows.demo import MEDICAL_LOSSES, demo
@@ -32,9 +70,7 @@ def run_demo(args: argparse.Namespace) -> int:
         progress_bar=progress_enabled(),
     )
     if r.get("failed"):
-        from histoxmodal.cli.tile import format_summary
-
-        print(format_summary(r["failed"]))
+        print(format_tile_summary(r["failed"]))
         return EXIT_FAILED
     metrics = r["metrics"]
     if r["kind"] == "cohort":

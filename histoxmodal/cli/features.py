@@ -1,4 +1,4 @@
-"""``histoxmodal features`` and ``histoxmodal models``."""
+"""``histoxmodal features``: tile features of slides with an image encoder."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from pathlib import Path
 
 from histoxmodal.cli.common import EXIT_FAILED, EXIT_OK, format_table, positive_int
 
+NAME = "features"
 
-def add_features_parser(sub) -> None:
-    """Register ``features`` and ``models`` on the top-level sub-parsers."""
-    f = sub.add_parser(
-        "features",
+
+def add_parser(subparsers) -> None:
+    """Register ``histoxmodal features`` on the top-level sub-parsers."""
+    p = subparsers.add_parser(
+        NAME,
         help="tile features of slides with an image encoder (TRIDENT/CLAM layout)",
         description="Tile slides on the fly at the encoder's own µm/px and input size (or read "
         "a `histoxmodal tile` output) and write DIR/<slide>.h5 with datasets features (n_tiles, "
@@ -19,12 +21,12 @@ def add_features_parser(sub) -> None:
         "checksum, mpp and tile size; --format anndata writes DIR/<slide>.h5ad. A rerun skips "
         "finished slides; a failed slide is recorded in DIR/<slide>.json and the rest go on.",
     )
-    f.add_argument(
+    p.add_argument(
         "inputs", nargs="+", metavar="SLIDE|TILES_DIR",
         help="slide files, folders of slides, or folders written by histoxmodal tile",
     )  # fmt: skip
-    f.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    e = f.add_argument_group("encoder (one of --encoder or --run)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    e = p.add_argument_group("encoder (one of --encoder or --run)")
     e.add_argument(
         "--encoder", metavar="NAME",
         help="registered image encoder (histoxmodal models) or timm:<architecture>",
@@ -41,7 +43,7 @@ def add_features_parser(sub) -> None:
     )  # fmt: skip
     e.add_argument("--run", metavar="RUN", help="a trained run folder: its image tower")
     e.add_argument("--projection", action="store_true", help="with --run: the projected embedding")
-    r = f.add_argument_group("run")
+    r = p.add_argument_group("run")
     r.add_argument(
         "--batch-size",
         type=positive_int,
@@ -74,7 +76,7 @@ def add_features_parser(sub) -> None:
         "--overwrite", action="store_true",
         help="replace features made from another file or with another encoder",
     )  # fmt: skip
-    s = f.add_argument_group("slides tiled here")
+    s = p.add_argument_group("slides tiled here")
     s.add_argument(
         "--mpp", type=float, default=None, metavar="UM",
         help="level-0 µm/px of the slides, overriding their metadata",
@@ -83,15 +85,6 @@ def add_features_parser(sub) -> None:
         "--min-tissue", type=float, default=0.5, metavar="FRAC",
         help="least tissue fraction of a kept tile (default 0.5)",
     )  # fmt: skip
-
-    m = sub.add_parser(
-        "models",
-        help="list the registered image encoders (dim, mpp, input size, weights, licence)",
-        description="The image encoders histoxmodal features can run. Weights are read from "
-        "local files only: download them once from the source shown, then pass --weights.",
-    )
-    m.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'uni*'")
-    m.add_argument("--tests", action="store_true", help="also list the tiny test_* towers")
 
 
 def format_summary(results) -> str:
@@ -118,7 +111,7 @@ def format_summary(results) -> str:
     return "\n".join(lines)
 
 
-def run_features(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """``histoxmodal features``: the workflow, then the summary table; exit 1 when a slide
     failed."""
     from histoxmodal.workflows.features import extract_features
@@ -149,57 +142,3 @@ def run_features(args: argparse.Namespace) -> int:
         )
     print(f"features in {Path(args.out).resolve()}")
     return EXIT_FAILED if any(r.failed for r in results) else EXIT_OK
-
-
-def run_models(args: argparse.Namespace) -> int:
-    """``histoxmodal models``: the registered image encoders, then the gene towers."""
-    from histoxmodal.workflows.features import list_gene_models, list_models
-
-    models = list_models(args.pattern, include_tests=args.tests)
-    genes = list_gene_models(args.pattern, include_tests=args.tests)
-    if not models and not genes:
-        import difflib
-
-        from histoxmodal.errors import ConfigError
-
-        names = [m["name"] for m in list_models("*", include_tests=True)]
-        names += [m["name"] for m in list_gene_models("*", include_tests=True)]
-        close = difflib.get_close_matches(str(args.pattern).strip("*?"), names, n=3, cutoff=0.5)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        tests = "" if args.tests else " (test models are listed with --tests)"
-        raise ConfigError(
-            f"no registered model matches {args.pattern!r}{hint}; `histoxmodal models` lists "
-            f"all {len(names)}{tests}"
-        )
-    if genes:
-        rows = [("gene tower", "architecture", "dim", "input", "licence", "weights")]
-        for m in genes:
-            rows.append(
-                (m["name"], m["architecture"], str(m["dim"] or "?"), m["input"],
-                 m["licence"] or "-", m["weights"])
-            )  # fmt: skip
-        gene_table = format_table(rows)
-    if not models:
-        print(gene_table)
-        return EXIT_OK
-    rows = [("name", "architecture", "dim", "mpp", "input", "licence", "weights")]
-    for m in models:
-        rows.append(
-            (
-                m["name"], m["architecture"], str(m["dim"] or "?"), f"{m['mpp']:g}",
-                str(m["input_size"]), m["licence"] or "-", m["weights"],
-            )
-        )  # fmt: skip
-    print(format_table(rows))
-    print(
-        "Any timm architecture also works: --encoder timm:<name> (random or --weights). "
-        "Weights are read from local files only."
-    )
-    if genes:
-        print()
-        print(gene_table)
-        print(
-            "Gene towers are chosen in a training config (model.gene_encoder); saved models "
-            "are given as model.gene_weights=DIR."
-        )
-    return EXIT_OK

@@ -5,7 +5,47 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from histoxmodal.cli.common import EXIT_FAILED, EXIT_OK, format_table
+from histoxmodal.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    format_table,
+    learning_rate,
+    positive_int,
+    random_seed,
+)
+
+NAME = "mil"
+
+
+def add_parser(subparsers) -> None:
+    """Register ``histoxmodal mil`` on the top-level sub-parsers."""
+    p = subparsers.add_parser(
+        NAME,
+        help="slide-level mutation/clinical heads on tile features (train, predict)",
+        description="Multiple-instance learning on histoxmodal features output: cross-validation "
+        "grouped by patient and stratified by label (AUROC, balanced accuracy, 95 % CI over "
+        "folds x seeds), a head fitted on every slide, attention maps; then calls on new slides.",
+    )
+    msub = p.add_subparsers(dest="mil", required=True, metavar="ACTION")
+    mt = msub.add_parser("train", help="cross-validate and fit a MIL head on labelled slides")
+    mt.add_argument("features", metavar="FEATURES_DIR", help="histoxmodal features --out folder")
+    mt.add_argument("--labels", required=True, metavar="CSV", help="CSV: slide, patient, targets")
+    mt.add_argument("--target", required=True, help="the label column to learn, e.g. KRAS")
+    mt.add_argument("--out", required=True, metavar="MIL_RUN", help="MIL run folder to create")
+    mt.add_argument("--model", default="abmil", choices=("abmil", "mean"),
+                    help="gated-attention MIL or mean pooling (default abmil)")  # fmt: skip
+    mt.add_argument("--folds", type=positive_int, default=5, help="CV folds (default 5)")
+    mt.add_argument("--seeds", type=random_seed, nargs="+", default=[0, 1, 2], metavar="S",
+                    help="CV repeats, one per distinct seed in [0, 2**32-1] (default 0 1 2)",
+                    )  # fmt: skip
+    mt.add_argument("--epochs", type=positive_int, default=None, help="training epochs")
+    mt.add_argument("--lr", type=learning_rate, default=None, help="learning rate, in (0, 1)")
+    mt.add_argument("--overwrite", action="store_true", help="replace an existing MIL run")
+    mp = msub.add_parser("predict", help="call new slides with a trained MIL run")
+    mp.add_argument("run", metavar="MIL_RUN", help="folder written by histoxmodal mil train")
+    mp.add_argument("features", metavar="FEATURES_DIR", help="features of the slides to call")
+    mp.add_argument("--out", required=True, metavar="CSV",
+                    help="calls CSV (attention maps in <stem>_attention/)")  # fmt: skip
 
 
 def _fmt(summary: dict) -> str:
@@ -16,7 +56,7 @@ def _fmt(summary: dict) -> str:
     return f"{summary['mean']:.3f}{ci}"
 
 
-def run_mil(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Dispatch ``histoxmodal mil train|predict``."""
     from histoxmodal.deps import require_extra
 

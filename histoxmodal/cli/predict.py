@@ -1,14 +1,62 @@
-"""``histoxmodal predict`` and ``histoxmodal fit-head``."""
+"""``histoxmodal predict``: whole-slide expression maps of new slides with a trained run."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from histoxmodal.cli.common import EXIT_FAILED, EXIT_OK, format_table
+from histoxmodal.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    format_table,
+    fraction,
+    positive_float,
+    positive_int,
+)
+
+NAME = "predict"
 
 
-def run_predict(args: argparse.Namespace) -> int:
+def add_parser(subparsers) -> None:
+    """Register ``histoxmodal predict`` on the top-level sub-parsers."""
+    p = subparsers.add_parser(
+        NAME,
+        help="whole-slide expression maps of new slides with a trained run",
+        description="Detect tissue, lay pseudo-spots (the run's field of view every --grid-um) "
+        "over it, embed them with the run's image tower and predict every gene of the run's "
+        "saved expression head. Writes OUT/<slide>/prediction.h5ad (scanpy/squidpy-ready), a "
+        "heatmap PNG per --genes gene and manifest.json; a rerun skips finished slides.",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder written by histoxmodal train")
+    p.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files or folders")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--grid-um", type=positive_float, default=None, metavar="UM",
+        help="pseudo-spot pitch in µm, > 0 (default: the run's patch field of view); below a "
+        "quarter of it needs --allow-dense-grid",
+    )  # fmt: skip
+    p.add_argument(
+        "--allow-dense-grid", action="store_true",
+        help="allow a --grid-um below a quarter of the patch, or over 2 million grid windows "
+        "on a slide",
+    )  # fmt: skip
+    p.add_argument(
+        "--genes", default=None, metavar="G1,G2", help="genes to draw as heatmaps (default: "
+        "the 4 most variable predicted); every gene is predicted either way",
+    )  # fmt: skip
+    p.add_argument("--mpp", type=positive_float, default=None, metavar="UM", help="level-0 µm/px")
+    p.add_argument("--head", default=None, help="saved head name (default expression_ridge)")
+    p.add_argument(
+        "--min-tissue", type=fraction, default=0.5, metavar="FRAC",
+        help="least tissue fraction of a pseudo-spot, in [0, 1] (default 0.5)",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=positive_int, default=64, help="patches per pass")
+    p.add_argument("--overwrite", action="store_true", help="redo finished slides")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``histoxmodal predict``: the workflow, then a table of slides; exit 1 when a slide
+    failed."""
     from histoxmodal.deps import require_extra
 
     require_extra("torch", "histoxmodal predict")
@@ -38,29 +86,3 @@ def run_predict(args: argparse.Namespace) -> int:
             print(f"{r.status}: {r.name}: {r.reason}")
     print(f"maps in {Path(args.out).resolve()}")
     return EXIT_FAILED if any(r.failed for r in results) else EXIT_OK
-
-
-def run_fit_head(args: argparse.Namespace) -> int:
-    from histoxmodal.deps import require_extra
-
-    require_extra("torch", "histoxmodal fit-head")
-    from histoxmodal.workflows.predict import HeadInputs, check_spatial, fit_expression_head
-    from histoxmodal.workflows.run import Run
-
-    run = Run.load(args.run)
-    check_spatial(run)
-    h = run.config.head
-    inputs = HeadInputs(
-        h.context_um if args.context_um is None else args.context_um,
-        h.centre if args.centre is None else args.centre,
-        h.smooth_um if args.smooth_um is None else args.smooth_um,
-    )
-    fit_expression_head(run, head=args.head, genes=list(run.genes), inputs=inputs)
-    reads = (
-        f"centre={inputs.centre}, context_um={inputs.context_um:g}, smooth_um={inputs.smooth_um:g}"
-    )
-    print(
-        f"saved {run.path / 'heads' / f'expression_{args.head}'} ({len(run.genes)} genes; "
-        f"reads {reads})"
-    )
-    return EXIT_OK

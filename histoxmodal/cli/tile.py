@@ -1,11 +1,139 @@
-"""``histoxmodal tile``."""
+"""``histoxmodal tile``: detect tissue and tile slides at a physical resolution."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from histoxmodal.cli.common import EXIT_FAILED, EXIT_OK, format_table
+from histoxmodal.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    format_tile_summary,
+    fraction,
+    positive_float,
+)
+
+NAME = "tile"
+
+
+def add_parser(subparsers) -> None:
+    """Register ``histoxmodal tile`` on the top-level sub-parsers."""
+    p = subparsers.add_parser(
+        NAME,
+        help="detect tissue and tile slides at a physical resolution",
+        description="Detect tissue and tile whole-slide images. Writes OUT/<slide name>/ with "
+        "coords.h5, manifest.json, overlay.png, tissue.geojson (and tiles.h5 with "
+        "--save-tiles). Finished slides are skipped when the run is restarted.",
+    )
+    p.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files or folders of slides")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _add_tile_options(p)
+    r = p.add_argument_group("run")
+    r.add_argument(
+        "--save-tiles",
+        action="store_true",
+        help="also store tile pixels in tiles.h5 (readable by index)",
+    )
+    r.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="parallel workers: processes over slides, or threads within one slide",
+    )
+    r.add_argument(
+        "--shard",
+        default=None,
+        metavar="K/N",
+        help="process shard K of N (0-based) of the sorted slide list, or 'auto' "
+        "from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT",
+    )
+    r.add_argument(
+        "--overwrite", action="store_true", help="redo slides that already have finished output"
+    )
+
+
+def _add_tile_options(p: argparse.ArgumentParser) -> None:
+    """The ``tile geometry`` and ``slide`` option groups."""
+    g = p.add_argument_group("tile geometry")
+    g.add_argument(
+        "--mpp-target",
+        type=positive_float,
+        default=0.5,
+        metavar="UM",
+        help="µm per pixel of the tiles, > 0 (default 0.5, about 20x); more than 2x finer than "
+        "a slide's own pixel size needs --allow-upsample",
+    )
+    g.add_argument(
+        "--allow-upsample",
+        action="store_true",
+        help="tile at a --mpp-target more than 2x finer than a slide's own µm/px (interpolated "
+        "pixels; refused per slide without this flag)",
+    )
+    g.add_argument(
+        "--tile-px", type=int, default=224, metavar="PX", help="tile side in pixels (default 224)"
+    )
+    g.add_argument(
+        "--tile-um",
+        type=positive_float,
+        default=None,
+        metavar="UM",
+        help="tile side in µm instead of --mpp-target (target = tile-um / tile-px)",
+    )
+    g.add_argument(
+        "--overlap",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="overlap between neighbouring tiles in tile pixels (default 0)",
+    )
+    g.add_argument(
+        "--min-tissue",
+        type=fraction,
+        default=0.5,
+        metavar="FRAC",
+        help="minimum tissue fraction of a kept tile, in [0, 1] (default 0.5; 0 keeps all)",
+    )
+    g.add_argument(
+        "--geojson-in",
+        default=None,
+        metavar="FILE",
+        help="tile only inside these annotations instead of the detected tissue: a GeoJSON of "
+        "Polygon/MultiPolygon features in level-0 pixels (QuPath's export, or an edited "
+        "tissue.geojson); a tile is kept when its centre falls inside one",
+    )
+    s = p.add_argument_group("slide")
+    s.add_argument(
+        "--mpp",
+        type=positive_float,
+        default=None,
+        metavar="UM",
+        help="level-0 µm per pixel of slides without a pixel size in their metadata "
+        "(JPEG/PNG, stripped TIFFs); slides with one keep it unless --mpp-override",
+    )
+    s.add_argument(
+        "--mpp-override",
+        action="store_true",
+        help="--mpp replaces the metadata of every slide, not only of slides without one",
+    )
+    s.add_argument(
+        "--mpp-csv",
+        default=None,
+        metavar="FILE",
+        help="CSV with columns slide,mpp (file name, stem or path; as TRIDENT): the pixel "
+        "size of the slides it lists, over their metadata and --mpp",
+    )
+    s.add_argument(
+        "--allow-implausible-mpp",
+        action="store_true",
+        help="accept a pixel size outside 0.1-10 µm/px",
+    )
+    s.add_argument(
+        "--reader",
+        default=None,
+        choices=["openslide", "tifffile", "pillow"],
+        help="force a slide-reader backend (default: chosen per file)",
+    )
 
 
 def spec_from_args(args: argparse.Namespace):
@@ -24,30 +152,8 @@ def spec_from_args(args: argparse.Namespace):
     )
 
 
-def format_summary(results) -> str:
-    """A plain-text table of slide results, then the full reason of each slide not ``ok``."""
-    rows = [("slide", "status", "tiles", "mpp (source)", "time")]
-    for r in results:
-        mpp = f"{r.mpp:.4g} ({r.mpp_source})" if r.mpp else (r.mpp_source or "-")
-        n = "-" if r.n_tiles is None else str(r.n_tiles)
-        rows.append((r.name, r.status, n, mpp, f"{r.seconds:.1f}s"))
-    lines = [format_table(rows)]
-    counts: dict[str, int] = {}
-    for r in results:
-        counts[r.status] = counts.get(r.status, 0) + 1
-    total = sum(r.n_tiles or 0 for r in results)
-    lines.append(
-        f"{len(results)} slides: "
-        + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-        + f"; {total} tiles"
-    )
-    for r in results:
-        if r.status in ("failed", "empty", "busy"):
-            lines.append(f"{r.status}: {r.name}: {r.reason}")
-    return "\n".join(lines)
-
-
-def run_tile(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """``histoxmodal tile``: the workflow, then the summary table; exit 1 when a slide failed."""
     from histoxmodal.workflows.tile import parse_shard, tile_slides, user_mpp
 
     if args.workers < 1:
@@ -69,6 +175,6 @@ def run_tile(args: argparse.Namespace) -> int:
         reader=args.reader,
         geojson_in=args.geojson_in,
     )
-    print(format_summary(results))
+    print(format_tile_summary(results))
     print(f"outputs in {Path(args.out).resolve()}")
     return EXIT_FAILED if any(r.failed for r in results) else EXIT_OK

@@ -5,7 +5,61 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from histoxmodal.cli.common import EXIT_OK
+from histoxmodal.cli.common import EXIT_OK, positive_int
+
+NAME = "train"
+
+
+def add_parser(subparsers) -> None:
+    """Register ``histoxmodal train`` on the top-level sub-parsers."""
+    p = subparsers.add_parser(
+        NAME,
+        help="contrastive training of image and gene towers",
+        description="Train from a YAML config or a bundled example (--list). Writes OUT with "
+        "config.json, genes.txt, csv/metrics.csv, tensorboard/, checkpoints/ and "
+        "model.safetensors; --resume continues an interrupted or finished run.",
+    )
+    p.add_argument("config", nargs="?", metavar="CONFIG", help="YAML file or example name")
+    p.add_argument("--list", action="store_true", help="list the bundled example configs")
+    p.add_argument("--data", metavar="DIR", help="paired dataset (histoxmodal build)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder")
+    p.add_argument(
+        "--max-epochs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="epochs to train, >= 1 (default: the config's optim.max_epochs)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=3e-4 (repeatable)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--print-config", nargs="?", const="yaml", choices=("yaml", "json"), default=None,
+        metavar="yaml|json",
+        help="print the resolved config (CONFIG + --set, --data, --max-epochs) and exit",
+    )  # fmt: skip
+    p.add_argument(
+        "--split",
+        default=None,
+        metavar="FILE",
+        help="split file choosing the training rows (default: the dataset's random)",
+    )
+    p.add_argument(
+        "--fold",
+        default="0",
+        metavar="K|NAME",
+        help="fold index or name, e.g. sample=C5 (default 0)",
+    )
+    p.add_argument("--accelerator", default="auto", help="cpu, gpu, ... (Lightning)")
+    p.add_argument("--devices", default="auto", help="devices per node (Lightning)")
+    p.add_argument(
+        "--num-nodes", type=positive_int, default=1, help="nodes (Lightning; SLURM detected)"
+    )
 
 
 def config_description(path: Path) -> str:
@@ -65,7 +119,8 @@ def format_config(cfg, args: argparse.Namespace) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """``histoxmodal train``: list or print configs, or check everything and train."""
     from histoxmodal.deps import require_extra
     from histoxmodal.errors import ConfigError
     from histoxmodal.progress import progress_enabled

@@ -325,7 +325,7 @@ def test_a_read_only_or_full_disk_is_one_line(monkeypatch, tmp_path, capsys):
     def full(args):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "x.h5"))
 
-    monkeypatch.setattr(tile_cli, "run_tile", full)
+    monkeypatch.setattr(tile_cli, "run", full)
     assert main(["tile", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the disk is full" in err and "x.h5" in err
@@ -333,7 +333,7 @@ def test_a_read_only_or_full_disk_is_one_line(monkeypatch, tmp_path, capsys):
     def read_only(args):
         raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "out"))
 
-    monkeypatch.setattr(tile_cli, "run_tile", read_only)
+    monkeypatch.setattr(tile_cli, "run", read_only)
     assert main(["tile", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
     assert "read-only" in capsys.readouterr().err
 

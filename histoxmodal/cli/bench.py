@@ -1,0 +1,345 @@
+"""``histoxmodal bench``: the performance benchmarks of :mod:`histoxmodal.bench`, one
+sub-command each, on this machine."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from histoxmodal.cli.common import EXIT_OK, add_data, add_src, positive_int
+
+NAME = "bench"
+
+
+def add_parser(subparsers) -> None:
+    """Register ``histoxmodal bench`` and its benchmarks on the top-level sub-parsers."""
+    p = subparsers.add_parser(NAME, help="performance benchmarks on this machine")
+    # `histoxmodal bench` without a benchmark prints this help, as `bench --help` does
+    p.set_defaults(_bench_parser=p)
+    bsub = p.add_subparsers(dest="bench", metavar="BENCH")
+    bf = bsub.add_parser(
+        "features",
+        help="tiles/s of histoxmodal features against the encoder's forward pass alone",
+        description="Tiles/s of the whole features command on a generated slide (open, tissue, "
+        "grid, decode, resize, encode, write) against the encoder's forward pass alone on the "
+        "same number of pre-decoded tiles, in the same process, and their ratio.",
+    )
+    bf.add_argument("--encoder", default="timm:resnet18", help="encoder (default timm:resnet18)")
+    bf.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    bf.add_argument("--precision", default="auto", help="auto, 32, bf16 or 16 (default auto)")
+    bf.add_argument(
+        "--batch-size", type=positive_int, default=32, help="tiles per forward pass (default 32)"
+    )
+    bf.add_argument("--workers", type=positive_int, default=2, help="decoding threads")
+    bf.add_argument("--side", type=positive_int, default=32768, help="slide side in px (32768)")
+    bf.add_argument("--repeats", type=positive_int, default=3, help="interleaved rounds (3)")
+    bf.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    bp = bsub.add_parser(
+        "predict",
+        help="seconds and peak memory of a whole-slide expression map (100k x 100k px)",
+        description="histoxmodal predict with a tiny trained run on a generated slide, timed, "
+        "with its peak resident memory, against the run's image tower alone on the same "
+        "number of pseudo-spots, in the same process.",
+    )
+    bp.add_argument("--side", type=positive_int, default=100_000, help="slide side in px")
+    bp.add_argument("--slide", default=None, metavar="SLIDE", help="an existing slide instead")
+    bp.add_argument("--grid-um", type=float, default=100.0, help="pseudo-spot pitch (100 µm)")
+    bp.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=64,
+        help="pseudo-spots per forward pass (default 64)",
+    )
+    bp.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    bp.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    bt = bsub.add_parser(
+        "tiling",
+        help="tile extraction and the whole tile command vs a plain OpenSlide loop; tissue "
+        "detection",
+        description="Tile extraction throughput against a plain OpenSlide read_region loop over "
+        "the same tiles in the same process (1 and 2 workers); the whole 'tile --save-tiles' "
+        "command against a plain OpenSlide loop, each in a fresh process; and tissue detection "
+        "plus grid time and peak memory on generated slides of growing size.",
+    )
+    bt.add_argument(
+        "slide",
+        nargs="?",
+        default=None,
+        metavar="SLIDE",
+        help="slide to measure extraction on (default: a generated slide)",
+    )
+    bt.add_argument("--repeats", type=int, default=5, help="measurement rounds (default 5)")
+    bt.add_argument(
+        "--min-seconds",
+        type=float,
+        default=1.0,
+        help="minimum duration of one measurement (default 1.0)",
+    )
+    bt.add_argument(
+        "--large",
+        type=int,
+        default=100_000,
+        metavar="PX",
+        help="side of the large generated slide for tissue detection (default 100000; 0 skips)",
+    )
+    bt.add_argument(
+        "--max-tiles",
+        type=int,
+        default=2000,
+        help="tiles used for the extraction measurement (default 2000)",
+    )
+    bt.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    bh = bsub.add_parser(
+        "hescape",
+        help="HESCAPE's grid: image tower x gene tower on one dataset and split",
+        description="Train every image tower x gene tower pair with one recipe on the "
+        "training fold and measure it on the test fold as HESCAPE does: Recall@1/5/10 both "
+        "ways in-batch at B=64 and over the full gallery, HEST's expression probe (PCA 256, "
+        "ridge alpha=100/(d*n_genes), top-50 HVGs; Pearson pooled and per sample) and "
+        "scib-metrics batch mixing beside kNN purity. Writes OUT/hescape_bench.json, "
+        "OUT/hescape_table.md and OUT/report.html; finished cells are kept on a rerun.",
+    )
+    add_data(bh, positional=False)
+    bh.add_argument("--image-encoders", required=True, metavar="A,B",
+                    help="image towers, comma-separated (histoxmodal models)")  # fmt: skip
+    bh.add_argument("--gene-encoders", required=True, metavar="A,B",
+                    help="gene towers, comma-separated, e.g. gene_mlp,gene_drvi")  # fmt: skip
+    bh.add_argument("--weights", nargs="+", default=None, metavar="NAME=PATH",
+                    help="local weights per tower: uni=uni.bin gene_drvi=DIR")  # fmt: skip
+    bh.add_argument("--random-weights", action="store_true",
+                    help="foundation image towers from random weights (tests)")  # fmt: skip
+    bh.add_argument("--loss", choices=["clip", "siglip"], default=None,
+                    help="contrastive loss (default the config's)")  # fmt: skip
+    bh.add_argument("--config", default="her2st", metavar="NAME|YAML",
+                    help="the training recipe of every cell (default her2st)")  # fmt: skip
+    bh.add_argument("--split", default=None, metavar="FILE",
+                    help="split file (default the dataset's patient split)")  # fmt: skip
+    bh.add_argument("--fold", default=None, help="fold of --split (default its first)")
+    bh.add_argument("--epochs", type=positive_int, default=None, help="epochs per cell")
+    bh.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    bh.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    bds = bsub.add_parser(
+        "dataset",
+        help="training-loader throughput of a paired dataset",
+        description="Samples/s of the PairedDataset DataLoader (flips + rotations, with stain "
+        "jitter, with float normalization) against raw reads of the same store.",
+    )
+    add_data(bds)
+    bds.add_argument(
+        "--workers", type=int, default=2, help="DataLoader worker processes (default 2)"
+    )
+    bds.add_argument("--batch-size", type=int, default=64, help="samples per batch (default 64)")
+    bds.add_argument(
+        "--min-seconds",
+        type=float,
+        default=5.0,
+        help="minimum duration of one measurement (default 5.0)",
+    )
+    bds.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    brt = bsub.add_parser(
+        "retrieval",
+        help="tiled whole-test-set retrieval vs a full N x N argsort",
+        description="Ranks of 100,000 x 100,000 embeddings in tiles (time and memory), and "
+        "against the full similarity matrix + argsort at a size where it fits.",
+    )
+    brt.add_argument("--n", type=int, default=100_000, help="embeddings per side (default 100000)")
+    brt.add_argument("--dim", type=int, default=128, help="embedding dimension (default 128)")
+    brt.add_argument(
+        "--baseline-n",
+        type=int,
+        default=10_000,
+        help="size of the full N x N argsort comparison (default 10000)",
+    )
+    brt.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    btr = bsub.add_parser(
+        "train",
+        help="training steps/s: frozen tower end to end vs cached features",
+        description="Steps/s and pairs/s of contrastive training with a frozen image tower run "
+        "every step, against the same model training from cached tower features, "
+        "and the time of one epoch from the cache.",
+    )
+    add_data(btr)
+    btr.add_argument(
+        "--encoder", default="timm:resnet18", help="frozen image tower (default timm:resnet18)"
+    )
+    btr.add_argument(
+        "--input-size", type=int, default=112, help="tower input side in px (default 112)"
+    )
+    btr.add_argument("--batch-size", type=int, default=64, help="pairs per step (default 64)")
+    btr.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
+    btr.add_argument(
+        "--workers", type=int, default=2, help="DataLoader worker processes (default 2)"
+    )
+    btr.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    bh = bsub.add_parser(
+        "her2st",
+        help="the her2st benchmark: baselines vs contrastive training and batch corrections",
+        description="Leave-one-section-out over patient C and cross-patient (C -> B4): "
+        "hand-crafted features + ridge, a random tower, contrastive training without and with "
+        "each batch correction; Recall@5 both ways, Pearson top-50, batch purity. Writes "
+        "OUT/her2st_bench.{json,md}; a killed run resumes.",
+    )
+    add_src(bh, "a her2st-layout folder, e.g. ../shared/data/her2st", required=True)
+    bh.add_argument(
+        "--out",
+        default="bench_her2st",
+        metavar="DIR",
+        help="output folder (default ./bench_her2st)",
+    )
+    bh.add_argument(
+        "--epochs",
+        type=int,
+        default=6,
+        help="training epochs of each contrastive model (default 6)",
+    )
+    bh.add_argument("--seed", type=int, default=0, help="seed of splits and training (default 0)")
+    bh.add_argument(
+        "--config",
+        default=None,
+        metavar="NAME|YAML",
+        help="also run this training config through the protocol, as one more row "
+        "(e.g. her2st_small or my.yaml); its own epochs",
+    )
+    bh.add_argument(
+        "--folds",
+        default=None,
+        metavar="LIST",
+        help="only these folds, comma-separated (default all: patient=B and sample=C2..C5), "
+        "e.g. --folds sample=C3,patient=B",
+    )
+    bh.add_argument(
+        "--only-config",
+        action="store_true",
+        help="train only the --config rows (the config; without its batch correction, on "
+        "cross_patient; by direct regression, no contrastive loss) beside the two baselines, "
+        "not the built-in rows",
+    )
+    bh.add_argument(
+        "--patch-um",
+        type=float,
+        default=112.0,
+        metavar="UM",
+        help="µm of tissue in each patch, for every row (hand-crafted included; default 112)",
+    )
+    bh.add_argument(
+        "--patch-px",
+        type=int,
+        default=64,
+        metavar="PX",
+        help="pixels per patch side (default 64); the her2st config wants --patch-um 224 "
+        "--patch-px 128",
+    )
+    bti = bsub.add_parser(
+        "tissue",
+        help="tissue detection recall/specificity against real spot tables",
+        description="Recall (share of on-tissue spot centres inside the mask) and specificity "
+        "(share of off-tissue spots outside it) of each tissue method on the her2st sections "
+        "with an image and the Visium heart of the shared data.",
+    )
+    add_src(bti, "the shared data folder (her2st/, visium/ ...)", required=True)
+    bti.add_argument("--methods", default=None, metavar="M1,M2", help="tissue methods to compare")
+    bti.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``histoxmodal bench NAME``: the typed benchmark function with the parsed options."""
+    if args.bench == "retrieval":
+        from histoxmodal.bench.retrieval import run_retrieval_bench
+
+        return run_retrieval_bench(
+            n=args.n, dim=args.dim, baseline_n=args.baseline_n, json_path=args.json
+        )
+    if args.bench == "train":
+        from histoxmodal.bench.train import run_train_bench
+
+        return run_train_bench(
+            args.data,
+            encoder=args.encoder,
+            input_size=args.input_size,
+            batch_size=args.batch_size,
+            steps=args.steps,
+            workers=args.workers,
+            json_path=args.json,
+        )
+    if args.bench == "hescape":
+        from histoxmodal.bench.hescape import format_table, parse_weights, run_hescape_bench
+
+        result = run_hescape_bench(
+            args.data,
+            args.out,
+            image_encoders=[e.strip() for e in args.image_encoders.split(",") if e.strip()],
+            gene_encoders=[e.strip() for e in args.gene_encoders.split(",") if e.strip()],
+            weights=parse_weights(args.weights),
+            loss=args.loss,
+            config=args.config,
+            split=args.split,
+            fold=args.fold,
+            epochs=args.epochs,
+            seed=args.seed,
+            random_weights=args.random_weights,
+        )
+        print(format_table(result))
+        print(f"report: {Path(args.out) / 'report.html'}")
+        return EXIT_OK
+    if args.bench == "her2st":
+        from histoxmodal.bench.her2st import run_her2st_bench
+
+        return run_her2st_bench(
+            args.src,
+            out=args.out,
+            epochs=args.epochs,
+            seed=args.seed,
+            config=args.config,
+            folds=[f.strip() for f in args.folds.split(",") if f.strip()] if args.folds else None,
+            only_config=args.only_config,
+            patch_um=args.patch_um,
+            patch_px=args.patch_px,
+        )
+    if args.bench == "tissue":
+        from histoxmodal.bench.tissue import BENCH_METHODS, run_tissue_bench
+
+        methods = args.methods.split(",") if args.methods else BENCH_METHODS
+        return run_tissue_bench(args.src, methods=methods, json_path=args.json)
+    if args.bench == "features":
+        from histoxmodal.bench.features import run_features_bench
+
+        return run_features_bench(
+            encoder=args.encoder,
+            device=args.device,
+            precision=args.precision,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            side=args.side,
+            repeats=args.repeats,
+            json_path=args.json,
+        )
+    if args.bench == "predict":
+        from histoxmodal.bench.predict import run_predict_bench
+
+        return run_predict_bench(
+            side=args.side, grid_um=args.grid_um, batch_size=args.batch_size,
+            device=args.device, slide=args.slide, json_path=args.json,
+        )  # fmt: skip
+    if args.bench == "dataset":
+        from histoxmodal.bench.dataset import run_dataset_bench
+
+        return run_dataset_bench(
+            args.data,
+            workers=args.workers,
+            batch_size=args.batch_size,
+            min_seconds=args.min_seconds,
+            json_path=args.json,
+        )
+    if args.bench != "tiling":
+        args._bench_parser.print_help()
+        args._bench_parser.exit()
+    from histoxmodal.bench.tiling import run_tiling_bench
+
+    return run_tiling_bench(
+        args.slide,
+        repeats=args.repeats,
+        min_seconds=args.min_seconds,
+        large=args.large,
+        max_tiles=args.max_tiles,
+        json_path=args.json,
+    )
