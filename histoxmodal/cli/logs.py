@@ -1,4 +1,6 @@
-"""Logging and warnings of the command line: one handler, libraries' own handlers tamed.
+"""Logging, warnings and output streams of the command line: ``-v``/``-q`` on every parser,
+one handler, libraries' own handlers tamed, the stdout of ``-q``, streams that print what the
+terminal cannot encode escaped.
 
 Only the command line sets up handlers (the library only logs). Lightning's umbrella package adds
 its own stderr handler at import while also propagating to the root, so every Lightning INFO line
@@ -9,6 +11,8 @@ module is imported on every start.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import logging
 import sys
 import warnings
@@ -118,3 +122,58 @@ def setup_logging(verbosity: int, level: int) -> None:
             warnings.filterwarnings("ignore", category=category)
             # our own deprecations (old option spellings, moved functions) stay visible
             warnings.filterwarnings("default", category=category, module=r"histoxmodal(\.|$)")
+
+
+def add_verbosity(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """``-v``/``-q`` on ``p``; a sub-command's own counts are added to the top-level ones."""
+    prefix = "" if top else "sub_"
+    default = 0 if top else argparse.SUPPRESS
+    p.add_argument(
+        "-v", "--verbose", action="count", default=default, dest=f"{prefix}verbose",
+        help="more logging: -v info and library tips, -vv debug",
+    )  # fmt: skip
+    p.add_argument(
+        "-q", "--quiet", action="count", default=default, dest=f"{prefix}quiet",
+        help="less logging: -q errors only, -qq nothing but critical errors",
+    )  # fmt: skip
+
+
+def verbosity(args: argparse.Namespace) -> int:
+    """The net ``-v`` count minus the ``-q`` count, wherever on the line they were given."""
+    v = getattr(args, "verbose", 0) + getattr(args, "sub_verbose", 0)
+    return v - getattr(args, "quiet", 0) - getattr(args, "sub_quiet", 0)
+
+
+def log_level(verbosity: int) -> int:
+    """Root logging level of a net verbosity: 0 WARNING, 1 INFO, 2+ DEBUG, -1 ERROR, -2 CRITICAL."""
+    if verbosity >= 2:
+        return logging.DEBUG
+    return {1: logging.INFO, 0: logging.WARNING, -1: logging.ERROR}.get(verbosity, logging.CRITICAL)
+
+
+class ErrorsOnly:
+    """A stdout for ``-q``: passes only the lines that report a failed or busy item, to
+    stderr."""
+
+    def __init__(self, err) -> None:
+        self.err, self.buf = err, ""
+
+    def write(self, text: str) -> int:
+        self.buf += text
+        *lines, self.buf = self.buf.split("\n")
+        for line in lines:
+            if line.startswith(("failed: ", "busy: ")):
+                self.err.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.err.flush()
+
+
+def printable_streams() -> None:
+    """Never fail on a character the terminal's encoding lacks (µ under ``PYTHONIOENCODING=
+    ascii``, or a C locale): it is printed escaped instead of ending the run."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and (stream.errors or "strict") == "strict":
+            with contextlib.suppress(ValueError, OSError):  # closed, or cannot change
+                stream.reconfigure(errors="backslashreplace")

@@ -51,7 +51,8 @@ def test_verbosity_before_and_after_the_subcommand(flags, level, tmp_path, root_
 
 
 def test_verbosity_after_a_nested_subcommand(root_logging):
-    from histoxmodal.cli.main import build_parser, log_level, verbosity
+    from histoxmodal.cli.logs import log_level, verbosity
+    from histoxmodal.cli.main import build_parser
 
     args = build_parser().parse_args(["bench", "retrieval", "--n", "10", "-vv"])
     assert verbosity(args) == 2 and log_level(verbosity(args)) == logging.DEBUG
