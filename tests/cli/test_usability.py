@@ -50,14 +50,6 @@ def test_verbosity_before_and_after_the_subcommand(flags, level, tmp_path, root_
         assert "failed: missing" in out and "status" in out  # the table
 
 
-def test_verbosity_after_a_nested_subcommand(root_logging):
-    from histoxmodal.cli.logs import log_level, verbosity
-    from histoxmodal.cli.main import build_parser
-
-    args = build_parser().parse_args(["bench", "retrieval", "--n", "10", "-vv"])
-    assert verbosity(args) == 2 and log_level(verbosity(args)) == logging.DEBUG
-
-
 # ------------------------------------------------------------------ Lightning's output, once
 
 TINY = (
@@ -316,27 +308,6 @@ def test_an_ascii_terminal_gets_escapes_not_a_crash(tmp_path):
     assert p.returncode == 0, p.stderr.decode(errors="replace")[-2000:]
     assert b"s\\xe9_\\xb5" in p.stdout and b"Traceback" not in p.stderr
     assert (tmp_path / "out" / "sé_µ" / "manifest.json").exists()
-
-
-def test_a_read_only_or_full_disk_is_one_line(monkeypatch, tmp_path, capsys):
-    import errno
-
-    import histoxmodal.cli.tile as tile_cli
-
-    def full(args):
-        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "x.h5"))
-
-    monkeypatch.setattr(tile_cli, "run", full)
-    assert main(["tile", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "the disk is full" in err and "x.h5" in err
-
-    def read_only(args):
-        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "out"))
-
-    monkeypatch.setattr(tile_cli, "run", read_only)
-    assert main(["tile", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
-    assert "read-only" in capsys.readouterr().err
 
 
 def test_models_pattern_matching_nothing_is_an_error(capsys):
