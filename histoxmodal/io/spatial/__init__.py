@@ -4,13 +4,16 @@
 own reader: :func:`read_visium`, :func:`read_her2st` / :func:`read_st` (legacy ST; the her2st
 sections with pathologist labels: :func:`read_her2st_pathology`), :func:`read_xenium`,
 :func:`read_h5ad`, :func:`read_spatialdata` (a SpatialData zarr store; needs the ``spatialdata``
-extra).
+extra). Xenium transcripts are pooled by :func:`pool_transcripts` (``read_xenium(...,
+source="transcripts")``); H&E alignments (10x's matrix or Xenium Explorer's keypoints) are read by
+:func:`read_he_alignment`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from histoxmodal.io.spatial.alignment import HEAlignment, fit_affine, read_he_alignment
 from histoxmodal.io.spatial.common import MissingSpatialFileError, SpatialFormatError, library_id
 from histoxmodal.io.spatial.h5ad import read_h5ad
 from histoxmodal.io.spatial.spatialdata_zarr import is_spatialdata_store, read_spatialdata
@@ -27,20 +30,26 @@ from histoxmodal.io.spatial.visium import (
     read_visium,
     visium_input_files,
 )
-from histoxmodal.io.spatial.xenium import read_xenium, xenium_input_files
+from histoxmodal.io.spatial.xenium import read_xenium, xenium_he_files, xenium_input_files
+from histoxmodal.io.spatial.xenium_transcripts import TranscriptPool, pool_transcripts
 
 FORMATS = ("visium", "her2st", "xenium", "h5ad", "spatialdata")
 
 __all__ = [
     "FORMATS",
     "PATHOLOGY_SECTIONS",
+    "HEAlignment",
     "MissingSpatialFileError",
     "SpatialFormatError",
+    "TranscriptPool",
     "detect_format",
     "find_visium_outs",
+    "fit_affine",
     "is_spatialdata_store",
     "library_id",
+    "pool_transcripts",
     "read_h5ad",
+    "read_he_alignment",
     "read_her2st",
     "read_her2st_pathology",
     "read_mtx_folder",
@@ -51,6 +60,7 @@ __all__ = [
     "read_xenium",
     "st_sections",
     "visium_input_files",
+    "xenium_he_files",
     "xenium_input_files",
 ]
 
@@ -58,7 +68,8 @@ __all__ = [
 def detect_format(path: str | Path) -> str:
     """The spatial format of a file or folder, from its contents.
 
-    ``.h5ad`` file -> ``h5ad``; ``cell_feature_matrix.h5`` -> ``xenium``; ``spatial/`` (or
+    ``.h5ad`` file -> ``h5ad``; ``cell_feature_matrix.h5`` (or ``transcripts.parquet``) ->
+    ``xenium``; ``spatial/`` (or
     ``outs/spatial/``, a Space Ranger run folder) -> ``visium``; ``counts/`` with ``spots/`` ->
     ``her2st``; a zarr folder (``zarr.json`` or ``.zattrs``) with ``images/``, ``shapes/`` or
     ``tables/`` -> ``spatialdata``.
@@ -76,7 +87,7 @@ def detect_format(path: str | Path) -> str:
     if is_spatialdata_store(p):
         return "spatialdata"
     names = {q.name for q in p.iterdir()}
-    if "cell_feature_matrix.h5" in names or "cell_feature_matrix" in names:
+    if names & {"cell_feature_matrix.h5", "cell_feature_matrix", "transcripts.parquet"}:
         return "xenium"
     if (p / "spatial").is_dir() or (p / "outs" / "spatial").is_dir():
         return "visium"
@@ -84,8 +95,8 @@ def detect_format(path: str | Path) -> str:
         return "her2st"
     raise SpatialFormatError(
         f"{p}: cannot tell the format (expected a Space Ranger folder with spatial/ or "
-        f"outs/spatial/, a Xenium "
-        f"folder with cell_feature_matrix.h5, a her2st folder with counts/ and spots/, a "
+        f"outs/spatial/, a Xenium folder with cell_feature_matrix.h5 or transcripts.parquet, "
+        f"a her2st folder with counts/ and spots/, a "
         f"SpatialData .zarr, or an .h5ad); pass format= one of {', '.join(FORMATS)}"
     )
 
@@ -102,7 +113,9 @@ def read_spatial(path: str | Path, format: str | None = None, **kwargs):
     format
         One of :data:`FORMATS`.
     **kwargs
-        Passed to the format's reader (``image=``, ``mpp=``, ``pseudo_spot_um=``, ...).
+        Passed to the format's reader (``image=``, ``mpp=``, ``pseudo_spot_um=``, ...); for
+        Xenium ``source="transcripts"`` pools ``transcripts.parquet`` (``min_qv=``,
+        ``alignment=`` a matrix or keypoints CSV; see :func:`read_xenium`).
     """
     fmt = format or detect_format(path)
     if fmt == "visium":
