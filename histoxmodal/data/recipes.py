@@ -98,12 +98,43 @@ class SampleRef:
         The files it is read from (hashed into the manifest).
     skip_reason
         Set when the sample cannot enter the paired dataset (e.g. no image).
+    options
+        The reader options ``load`` applies (a recipe's ``reader`` section and its overrides):
+        recorded with the inputs, so that changing one rebuilds the sample.
     """
 
     sample: str
     load: Callable[[], Any]
     inputs: list[Path] = field(default_factory=list)
     skip_reason: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def check_reader_options(reader: Callable[..., Any], options: dict[str, Any], where: str) -> None:
+    """Refuse reader options that ``reader`` does not take, naming the ones it does.
+
+    ``image``, ``alignment``, ``mpp`` and ``sample`` are refused too: they are given per build
+    (``--image``, ``--alignment``, ``--mpp``) or per sample, not in a recipe's ``reader``
+    section.
+    """
+    import inspect
+
+    taken = [
+        n
+        for n, p in inspect.signature(reader).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+        and n not in ("image", "alignment", "mpp", "sample")
+    ]
+    bad = sorted(k for k in options if k not in taken)
+    if bad:
+        import difflib
+
+        close = {k: difflib.get_close_matches(k, taken, n=1) for k in bad}
+        hint = "".join(f"; {k!r}: did you mean {c[0]!r}?" for k, c in close.items() if c)
+        raise ConfigError(
+            f"{where}: unknown reader option(s) {', '.join(map(repr, bad))}{hint}; "
+            f"{reader.__name__} takes {', '.join(taken)}"
+        )
 
 
 def _visium_samples(src: Path) -> list[tuple[str, Path, str]]:
@@ -147,7 +178,11 @@ def find_samples(
 ) -> list[SampleRef]:
     """The samples under ``sources`` for ``recipe``'s format, in a stable order.
 
-    ``image`` and ``alignment`` apply to a single source only.
+    ``image`` and ``alignment`` apply to a single source only. A Xenium folder given without
+    ``image`` is searched for 10x's post-Xenium H&E and its alignment by name
+    (:func:`~histoxmodal.io.spatial.xenium_he_files`: ``*he_image.ome.tif`` with
+    ``*he_imagealignment.csv``, or Xenium Explorer's ``*he_image_matrix.csv`` /
+    ``*he_image_keypoints.csv``).
     """
     from histoxmodal.io.spatial import (
         read_h5ad,
@@ -156,6 +191,7 @@ def find_samples(
         read_xenium,
         st_sections,
         visium_input_files,
+        xenium_he_files,
         xenium_input_files,
     )
 
@@ -171,6 +207,9 @@ def find_samples(
     alignment = Path(os.path.abspath(alignment)) if alignment else None
     refs: list[SampleRef] = []
     kw = dict(recipe.reader)
+    reader_of = {"visium": read_visium, "xenium": read_xenium, "h5ad": read_h5ad}
+    if kw and recipe.format in reader_of:
+        check_reader_options(reader_of[recipe.format], kw, f"recipe {recipe.name!r}")
     for src in (Path(os.path.abspath(s)) for s in sources):
         if not src.exists():
             raise FileNotFoundError(f"--src {src}: not found")
@@ -204,37 +243,57 @@ def find_samples(
                         name,
                         (lambda f=outs: read_visium(f, image=image, mpp=mpp, **kw)),
                         [*visium_input_files(outs), *([Path(image)] if image else [])],
+                        options=kw,
                     )
                 )
         elif recipe.format == "xenium":
-            found = [(src, xenium_input_files(src))]
+            source = kw.get("source", "cells")
+            found = [(src, xenium_input_files(src, source))]
             if found[0][1] is None and src.is_dir():
-                found = [(p, xenium_input_files(p)) for p in sorted(src.iterdir()) if p.is_dir()]
+                found = [
+                    (p, xenium_input_files(p, source)) for p in sorted(src.iterdir()) if p.is_dir()
+                ]
             found = [(f, files) for f, files in found if files is not None]
             if not found:
+                what = (
+                    "transcripts.parquet"
+                    if source == "transcripts"
+                    else "cell_feature_matrix.h5 or cell_feature_matrix/"
+                )
                 raise ConfigError(
-                    f"--src {src}: no Xenium output (a folder with cell_feature_matrix.h5 or "
-                    f"cell_feature_matrix/), here or one level down"
+                    f"--src {src}: no Xenium output (a folder with {what}), here or one level down"
                 )
             for f, files in found:
-                skip = (
-                    None
-                    if image
-                    else (
-                        "no registered image: pass --image and --alignment "
-                        "(10x's *_imagealignment.csv)"
+                img, aln = (image, alignment) if image else xenium_he_files(f)
+                if img is None:
+                    skip = (
+                        "no registered image: pass --image and --alignment (10x's "
+                        "*_he_imagealignment.csv or Xenium Explorer's *_keypoints.csv), or put "
+                        "<run>_he_image.ome.tif and <run>_he_imagealignment.csv in the folder"
                     )
-                )
+                elif aln is None and not image:
+                    skip = (
+                        f"{img.name} found but no alignment beside it "
+                        "(*he_imagealignment.csv, *he_image_matrix.csv or "
+                        "*he_image_keypoints.csv); pass --alignment"
+                    )
+                else:
+                    skip = None
                 refs.append(
                     SampleRef(
                         f.name,
-                        (lambda f=f: read_xenium(f, image=image, alignment=alignment, **kw)),
+                        (
+                            lambda f=f, img=img, aln=aln: read_xenium(
+                                f, image=img, alignment=aln, **kw
+                            )
+                        ),
                         [
                             *files,
-                            *([Path(image)] if image else []),
-                            *([Path(alignment)] if alignment else []),
+                            *([Path(img)] if img else []),
+                            *([Path(aln)] if aln else []),
                         ],
                         skip,
+                        options=kw,
                     )
                 )
         elif recipe.format == "h5ad":
@@ -247,6 +306,7 @@ def find_samples(
                         f.stem,
                         (lambda f=f: read_h5ad(f, image=image, mpp=mpp, **kw)),
                         [f, *([Path(image)] if image else [])],
+                        options=kw,
                     )
                 )
     names = [r.sample for r in refs]

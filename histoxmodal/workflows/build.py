@@ -32,7 +32,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -414,6 +414,10 @@ def _build_paired_locked(
         for r in samples
     }
     params = asdict(cfg)
+    # the reader options shape the counts too (pseudo-spot size, qv threshold, source)
+    options = {r.sample: r.options for r in samples if r.options}
+    if options:
+        params["reader"] = options
     previous = None
     if manifest_path.exists():
         try:
@@ -677,6 +681,7 @@ def build(
     in_tissue_only: bool = True,
     allow_lowres: bool = False,
     anchor: str | None = None,
+    reader: dict[str, Any] | None = None,
     workers: int = 1,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -684,6 +689,13 @@ def build(
     samples the recipe finds under ``src`` (a folder or file, or a list of them), or a cohort
     store from ``manifest`` for the ``cohort`` recipe. Options left ``None`` take the recipe's
     defaults, then the built-in ones.
+
+    ``reader`` overrides the recipe's ``reader`` section, option by option: the keyword options
+    of the format's reader, e.g. for Xenium (:func:`~histoxmodal.io.spatial.read_xenium`)
+    ``{"source": "transcripts", "pseudo_spot_um": 55, "min_qv": 20, "max_residual_um": 5}``.
+    ``alignment`` is 10x's ``*_he_imagealignment.csv`` or Xenium Explorer's
+    ``*_keypoints.csv``, told apart by content; without ``image``, a Xenium folder's own
+    ``*he_image.ome.tif`` and alignment are used.
 
     Returns
     -------
@@ -693,6 +705,10 @@ def build(
     from histoxmodal.data.recipes import find_samples, load_recipe
 
     r = load_recipe(recipe)
+    if reader:
+        if not isinstance(reader, dict):
+            raise ConfigError(f"reader={reader!r}: expected a mapping of reader options")
+        r = replace(r, reader={**r.reader, **reader})
     d = r.defaults
 
     def pick(value, key, default):
