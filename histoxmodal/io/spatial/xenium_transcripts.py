@@ -54,6 +54,9 @@ CONTROL_PREFIXES: dict[str, str] = {
 }
 #: rows per record batch: ~40 MB of the columns read
 DEFAULT_BATCH_ROWS = 1 << 20
+#: (spot, feature, count) triples held before they are folded into the sparse total (at least;
+#: up to half the total's nonzeros)
+FOLD_MIN_TRIPLES = 1 << 22
 #: feature codes are packed with the spot into one int64 key
 _MAX_FEATURES = 1 << 24
 
@@ -89,7 +92,7 @@ class TranscriptPool:
     stats
         Totals over the file: ``n_transcripts`` (rows read), ``n_low_qv``, ``n_gene`` and
         ``n_control`` (kept), ``control_by_category``, ``n_bins_low_qv_only`` (bins dropped for
-        holding no transcript above the threshold), ``n_batches``.
+        holding no transcript above the threshold), ``n_batches``, ``n_folds``.
     """
 
     counts: object
@@ -202,7 +205,7 @@ def pool_transcripts(
     pending: list[tuple[np.ndarray, np.ndarray]] = []  # (key, count) per batch
     n_pending = 0
     total = None
-    n_rows = n_batches = 0
+    n_rows = n_batches = n_folds = 0
 
     def fold(total, n_spots: int, n_features: int):
         keys = np.concatenate([k for k, _ in pending])
@@ -274,8 +277,9 @@ def pool_transcripts(
         n_pending += len(key)
         # Fold the triples into the sparse total before they outgrow half of it: memory stays
         # within the batch plus ~1.5x the result, and each triple is folded O(1) times.
-        if n_pending > max(1 << 22, (total.nnz if total is not None else 0) // 2):
+        if n_pending > max(FOLD_MIN_TRIPLES, (total.nnz if total is not None else 0) // 2):
             total = fold(total, n_spots, len(feature_of))
+            n_folds += 1
             pending.clear()
             n_pending = 0
     n_spots, n_features = len(spot_of), len(feature_of)
@@ -283,6 +287,7 @@ def pool_transcripts(
         if not pending:
             pending.append((np.zeros(0, np.int64), np.zeros(0, np.int64)))
         total = fold(total, n_spots, n_features)
+        n_folds += 1
         pending.clear()
     total.resize((n_spots, n_features))
 
@@ -315,6 +320,7 @@ def pool_transcripts(
         "control_by_category": dict(sorted(control_by_category.items())),
         "n_bins_low_qv_only": int((~kept).sum()),
         "n_batches": int(n_batches),
+        "n_folds": int(n_folds),
         "category_source": "codeword_category" if has_category else "feature_name prefixes",
     }
     log.info(
