@@ -52,11 +52,11 @@ CONTROL_PREFIXES: dict[str, str] = {
     "antisense_": "antisense_probe",
     "Intergenic": "genomic_control_probe",
 }
-#: rows per record batch: ~40 MB of the columns read
-DEFAULT_BATCH_ROWS = 1 << 20
+#: rows per record batch (a batch never spans two Parquet row groups)
+DEFAULT_BATCH_ROWS = 1 << 19
 #: (spot, feature, count) triples held before they are folded into the sparse total (at least;
 #: up to half the total's nonzeros)
-FOLD_MIN_TRIPLES = 1 << 22
+FOLD_MIN_TRIPLES = 1 << 21
 #: feature codes are packed with the spot into one int64 key
 _MAX_FEATURES = 1 << 24
 
@@ -119,23 +119,150 @@ def _column(batch, name: str) -> np.ndarray:
     return batch.column(name).to_numpy(zero_copy_only=False)
 
 
-def _feature_names(batch, path: Path):
-    """Dictionary-encoded ``feature_name``: ``(codes, names)``; bytes decoded as UTF-8."""
+def _feature_names(batch, path: Path) -> tuple[np.ndarray, list[str]]:
+    """``feature_name`` as ``(codes (n,), names)``: its Parquet dictionary when read as one
+    (the names need not all occur in this batch), else dictionary-encoded here; bytes decoded as
+    UTF-8 (older XOA versions store the names as bytes)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     col = batch.column("feature_name")
-    if pa.types.is_dictionary(col.type):
-        col = col.cast(col.type.value_type)
-    if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
-        col = col.cast(pa.string())  # older XOA versions store the names as bytes
     if col.null_count:
         raise SpatialFormatError(
             f"{path}: {col.null_count} transcripts have no feature_name; the file is damaged or "
             f"not Xenium's transcripts table"
         )
-    enc = pc.dictionary_encode(col)
-    return enc.indices.to_numpy(zero_copy_only=False), enc.dictionary.to_pylist()
+    if not pa.types.is_dictionary(col.type):
+        col = pc.dictionary_encode(col)
+    names = col.dictionary
+    if pa.types.is_binary(names.type) or pa.types.is_large_binary(names.type):
+        names = names.cast(pa.string())
+    return col.indices.to_numpy(zero_copy_only=False), names.to_pylist()
+
+
+class _Accumulator:
+    """The running counts of :func:`pool_transcripts`.
+
+    :meth:`add` reduces one record batch to (spot, feature, count) triples; its arrays die when
+    it returns, so no batch's temporaries outlive it (in a loop body they would stay alive
+    while the next batch is processed, doubling the peak).
+    """
+
+    def __init__(self, path: Path, *, bin_um: float, min_qv: float, category: bool) -> None:
+        self.path, self.bin_um, self.min_qv, self.category = path, bin_um, min_qv, category
+        self.feature_of: dict[str, int] = {}
+        self.category_of: list[str] = []
+        self.spot_of: dict[int, int] = {}
+        self.low = np.zeros(0, np.int64)
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []  # (key, count) per batch
+        self.n_pending = 0
+        self.total = None
+        self.n_rows = self.n_batches = self.n_folds = 0
+
+    def _new_features(self, batch, codes: np.ndarray, local_names: list[str]) -> None:
+        present = np.zeros(len(local_names), bool)
+        present[codes] = True
+        known = self.feature_of
+        new = [s for s, p in zip(local_names, present, strict=True) if p and s not in known]
+        if not new:
+            return
+        if self.category:
+            import pyarrow.compute as pc
+
+            # a feature's category is the same on every row: read it at one row each
+            first = np.zeros(len(local_names), np.int64)
+            first[codes] = np.arange(len(codes))
+            cats = pc.take(batch.column("codeword_category"), first).to_pylist()
+            cat_of = {s: c for s, c, p in zip(local_names, cats, present, strict=True) if p}
+        for s in dict.fromkeys(new):
+            if self.category:
+                c = cat_of[s]
+                c = c.decode() if isinstance(c, bytes) else str(c)
+                cat = "gene" if c in GENE_CATEGORIES else c
+            else:
+                cat = control_class(s) or "gene"
+            self.feature_of[s] = len(self.feature_of)
+            self.category_of.append(cat)
+        if len(self.feature_of) >= _MAX_FEATURES:
+            raise SpatialFormatError(f"{self.path}: more than {_MAX_FEATURES} distinct features")
+
+    def _bins(self, batch, name: str) -> np.ndarray:
+        v = _column(batch, name).astype(np.float64)
+        bad = ~np.isfinite(v)
+        if bad.any():
+            raise SpatialFormatError(
+                f"{self.path}: {int(bad.sum())} transcripts in rows {self.n_rows}-"
+                f"{self.n_rows + len(v) - 1} have no finite {name}; the file is damaged"
+            )
+        np.floor(v / self.bin_um, out=v)
+        return v.astype(np.int64)
+
+    def add(self, batch) -> None:
+        n = batch.num_rows
+        if n == 0:
+            return
+        codes, local_names = _feature_names(batch, self.path)
+        self._new_features(batch, codes, local_names)
+        # names of the Parquet dictionary absent from this batch are never looked up
+        lut = np.array([self.feature_of.get(s, -1) for s in local_names], np.int64)
+        # one int64 per bin: column in the high 32 bits, row + 2^31 in the low (|index| < 2^31)
+        code = (self._bins(batch, "x_location") << 32) + (
+            self._bins(batch, "y_location") + (1 << 31)
+        )
+        uniq, inverse = np.unique(code, return_inverse=True)
+        del code
+        spot_of = self.spot_of
+        ids = np.fromiter(
+            (spot_of.setdefault(c, len(spot_of)) for c in uniq.tolist()), np.int64, len(uniq)
+        )
+        spot = ids[inverse.ravel()]
+        del inverse
+        n_spots = len(spot_of)
+        # NaN qv fails the test: counted as low quality
+        good = _column(batch, "qv").astype(np.float64) >= self.min_qv
+        if len(self.low) < n_spots:
+            self.low = np.concatenate([self.low, np.zeros(n_spots - len(self.low), np.int64)])
+        self.low += np.bincount(spot[~good], minlength=n_spots)
+        key = spot[good] * _MAX_FEATURES + lut[codes[good]]
+        key, count = np.unique(key, return_counts=True)
+        self.pending.append((key, count.astype(np.int32)))
+        self.n_pending += len(key)
+        self.n_rows += n
+        self.n_batches += 1
+        # Fold the triples into the sparse total before they outgrow half of it: memory stays
+        # within the batch plus ~1.5x the result, and each triple is folded O(1) times.
+        nnz = self.total.nnz if self.total is not None else 0
+        if self.n_pending > max(FOLD_MIN_TRIPLES, nnz // 2):
+            self.fold()
+
+    def fold(self) -> None:
+        import scipy.sparse as sp
+
+        shape = (len(self.spot_of), len(self.feature_of))
+        if self.pending:
+            keys = np.concatenate([k for k, _ in self.pending])
+            vals = np.concatenate([v for _, v in self.pending])
+        else:
+            keys, vals = np.zeros(0, np.int64), np.zeros(0, np.int32)
+        self.pending.clear()
+        self.n_pending = 0
+        # duplicates (the same pair in several batches) are summed
+        part = sp.csr_matrix(
+            (vals, (keys // _MAX_FEATURES, keys % _MAX_FEATURES)), shape=shape, dtype=np.int32
+        )
+        del keys, vals
+        if self.total is None:
+            self.total = part
+        else:
+            self.total.resize(shape)
+            self.total = self.total + part
+        self.n_folds += 1
+
+    def finish(self):
+        if self.pending or self.total is None:
+            self.fold()
+        self.total.resize((len(self.spot_of), len(self.feature_of)))
+        return self.total, self.spot_of, self.feature_of, self.category_of, self.low
 
 
 def pool_transcripts(
@@ -168,7 +295,6 @@ def pool_transcripts(
     TranscriptPool
     """
     import pyarrow.parquet as pq
-    import scipy.sparse as sp
 
     path = Path(path)
     if not (isinstance(bin_um, int | float) and bin_um > 0 and np.isfinite(bin_um)):
@@ -180,7 +306,14 @@ def pool_transcripts(
     if not (isinstance(batch_rows, int) and batch_rows > 0):
         raise SpatialFormatError(f"batch_rows={batch_rows!r} must be a positive integer")
     try:
-        pf = pq.ParquetFile(path)
+        # pre_buffer off: with it, pyarrow keeps every column chunk it has read cached until the
+        # file is closed (measured: +15 MB of Arrow memory per 1M-row batch, 0 without), which
+        # would make memory grow with the file instead of staying flat. The string columns are
+        # read as their Parquet dictionaries (int32 codes, not one string per row): about 100 MB
+        # less per 1M-row batch.
+        schema = pq.read_schema(path)
+        dictionary = [c for c in ("feature_name", "codeword_category") if c in schema.names]
+        pf = pq.ParquetFile(path, pre_buffer=False, read_dictionary=dictionary)
     except FileNotFoundError:
         raise
     except Exception as exc:  # pyarrow raises ArrowInvalid / OSError on non-Parquet files
@@ -198,98 +331,13 @@ def pool_transcripts(
     has_category = "codeword_category" in names
     columns = [*TRANSCRIPT_COLUMNS, *(["codeword_category"] if has_category else [])]
 
-    feature_of: dict[str, int] = {}
-    category_of: list[str] = []
-    spot_of: dict[int, int] = {}
-    low = np.zeros(0, np.int64)
-    pending: list[tuple[np.ndarray, np.ndarray]] = []  # (key, count) per batch
-    n_pending = 0
-    total = None
-    n_rows = n_batches = n_folds = 0
-
-    def fold(total, n_spots: int, n_features: int):
-        keys = np.concatenate([k for k, _ in pending])
-        vals = np.concatenate([v for _, v in pending])
-        part = sp.csr_matrix(
-            (vals, (keys // _MAX_FEATURES, keys % _MAX_FEATURES)),
-            shape=(n_spots, n_features),
-            dtype=np.int32,
-        )  # duplicates (the same pair in several batches) are summed
-        if total is None:
-            return part
-        total.resize((n_spots, n_features))
-        return total + part
-
+    acc = _Accumulator(path, bin_um=float(bin_um), min_qv=float(min_qv), category=has_category)
     for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
-        n = batch.num_rows
-        if n == 0:
-            continue
-        n_batches += 1
-        n_rows += n
-        codes, local_names = _feature_names(batch, path)
-        new = [s for s in local_names if s not in feature_of]
-        if new:
-            if has_category:
-                import pyarrow.compute as pc
-
-                # a feature's category is the same on every row: read it at one row each
-                first = np.zeros(len(local_names), np.int64)
-                first[codes] = np.arange(n)
-                cats = pc.take(batch.column("codeword_category"), first).to_pylist()
-                cat_of = dict(zip(local_names, cats, strict=True))
-            for s in new:
-                if has_category:
-                    c = cat_of[s]
-                    c = c.decode() if isinstance(c, bytes) else str(c)
-                    cat = "gene" if c in GENE_CATEGORIES else c
-                else:
-                    cat = control_class(s) or "gene"
-                feature_of[s] = len(feature_of)
-                category_of.append(cat)
-            if len(feature_of) >= _MAX_FEATURES:
-                raise SpatialFormatError(f"{path}: more than {_MAX_FEATURES} distinct features")
-        lut = np.array([feature_of[s] for s in local_names], np.int64)
-        feat = lut[codes]
-        x = _column(batch, "x_location").astype(np.float64, copy=False)
-        y = _column(batch, "y_location").astype(np.float64, copy=False)
-        qv = _column(batch, "qv").astype(np.float64, copy=False)
-        finite = np.isfinite(x) & np.isfinite(y)
-        if not finite.all():
-            raise SpatialFormatError(
-                f"{path}: {int((~finite).sum())} transcripts in rows {n_rows - n}-{n_rows - 1} "
-                f"have no finite x_location/y_location; the file is damaged"
-            )
-        ix = np.floor(x / bin_um).astype(np.int64)
-        iy = np.floor(y / bin_um).astype(np.int64)
-        code = (ix << 32) + (iy + (1 << 31))  # one int64 per bin (|index| < 2^31)
-        uniq, inverse = np.unique(code, return_inverse=True)
-        ids = np.fromiter(
-            (spot_of.setdefault(c, len(spot_of)) for c in uniq.tolist()), np.int64, len(uniq)
-        )
-        spot = ids[inverse.ravel()]
-        n_spots = len(spot_of)
-        good = qv >= min_qv  # NaN qv fails the test: counted as low quality
-        if len(low) < n_spots:
-            low = np.concatenate([low, np.zeros(n_spots - len(low), np.int64)])
-        low += np.bincount(spot[~good], minlength=n_spots)
-        key, count = np.unique(spot[good] * _MAX_FEATURES + feat[good], return_counts=True)
-        pending.append((key, count))
-        n_pending += len(key)
-        # Fold the triples into the sparse total before they outgrow half of it: memory stays
-        # within the batch plus ~1.5x the result, and each triple is folded O(1) times.
-        if n_pending > max(FOLD_MIN_TRIPLES, (total.nnz if total is not None else 0) // 2):
-            total = fold(total, n_spots, len(feature_of))
-            n_folds += 1
-            pending.clear()
-            n_pending = 0
-    n_spots, n_features = len(spot_of), len(feature_of)
-    if pending or total is None:
-        if not pending:
-            pending.append((np.zeros(0, np.int64), np.zeros(0, np.int64)))
-        total = fold(total, n_spots, n_features)
-        n_folds += 1
-        pending.clear()
-    total.resize((n_spots, n_features))
+        acc.add(batch)
+        del batch  # or it stays alive while the next batch is read
+    total, spot_of, feature_of, category_of, low = acc.finish()
+    n_rows, n_batches, n_folds = acc.n_rows, acc.n_batches, acc.n_folds
+    n_spots = len(spot_of)
 
     codes_all = np.fromiter(spot_of.keys(), np.int64, n_spots)
     grid = np.c_[codes_all >> 32, (codes_all & 0xFFFFFFFF) - (1 << 31)]
