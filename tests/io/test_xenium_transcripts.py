@@ -379,3 +379,36 @@ def test_folder_detection_inputs_and_errors(bundle, tmp_path):
     shutil.copy(bundle.image, two / "other_he_image.ome.tif")
     with pytest.raises(SpatialFormatError, match="several H&E image files"):
         xenium_he_files(two)
+
+
+def test_keypoints_in_the_other_units_are_flagged(bundle, tmp_path):
+    kp = pd.read_csv(bundle.keypoints_csv)
+    px = tmp_path / "kp_px.csv"
+    kp.assign(fixedX=kp.fixedX / 0.2125, fixedY=kp.fixedY / 0.2125).to_csv(px, index=False)
+    # pixels read as µm squeeze the spots into a corner, which the image check notes too
+    with (
+        pytest.warns(UserWarning, match=r"look like morphology pixels: pass keypoint_units='px'"),
+        pytest.warns(UserWarning, match="all spots lie within the top-left"),
+    ):
+        read_xenium(bundle.folder, source="transcripts", image=bundle.image, alignment=px)
+    # µm read as pixels put the spots 4.7x too far out: said before the image refuses them
+    with (
+        pytest.warns(UserWarning, match=r"look like µm: pass keypoint_units='um'"),
+        pytest.raises(SpatialFormatError, match="exceed the image"),
+    ):
+        read_xenium(
+            bundle.folder,
+            source="transcripts",
+            image=bundle.image,
+            alignment=bundle.keypoints_csv,
+            keypoint_units="px",
+        )
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a = read_xenium(
+            bundle.folder, source="transcripts", image=bundle.image, alignment=px,
+            keypoint_units="px",
+        )  # fmt: skip
+    assert a.uns["spatial"][bundle.folder.name]["metadata"]["mpp"] == pytest.approx(0.5, rel=2e-3)

@@ -171,6 +171,32 @@ def _check_source(source: str) -> None:
         raise SpatialFormatError(f"source={source!r}: expected one of {', '.join(SOURCES)}")
 
 
+def _check_alignment_scale(aln: HEAlignment, image: Path, where: str) -> None:
+    """Warn when the alignment's pixel size and the image's own (its metadata) disagree, the
+    sign of keypoints in the other units (µm vs morphology pixels) or of the wrong image."""
+    from histoxmodal.io.slide import open_slide
+
+    try:
+        with open_slide(image, allow_implausible_mpp=True) as s:
+            own = s.mpp_info.metadata_mpp
+    except Exception:  # the image was read once already; its metadata is a bonus
+        return
+    if not own or abs(aln.mpp - own) / own <= 0.1:
+        return
+    hint = ""
+    if aln.kind == "keypoints":
+        for units, factor in (("px", XENIUM_MORPHOLOGY_MPP), ("um", 1 / XENIUM_MORPHOLOGY_MPP)):
+            if units != aln.keypoint_units and abs(aln.mpp * factor - own) / own <= 0.1:
+                word = "morphology pixels" if units == "px" else "µm"
+                hint = f"; its fixedX/fixedY look like {word}: pass keypoint_units={units!r}"
+    warnings.warn(
+        f"{where}: the {aln.kind} alignment ({aln.path or 'array'}) gives {aln.mpp:.4g} µm per "
+        f"pixel of {image.name}, whose metadata says {own:.4g}{hint}",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
 def _place_on_image(
     xy_um: np.ndarray,
     *,
@@ -206,6 +232,7 @@ def _place_on_image(
             else:
                 src += " and alignment"
             meta.update(aln.metadata())
+            _check_alignment_scale(aln, image, sample)
         check_coords_in_image(px, size, f"{sample} ({image.name})", scal)
         meta.update({"image_path": absolute(image), "image_size": list(size)})
     return px, mpp, src, images, scal
