@@ -35,21 +35,17 @@ from histoxmodal import keys
 from histoxmodal.fileutil import write_json_atomic
 
 #: The contrastive model of the benchmark: ResNet-18 from scratch on 64 px patches of 112 µm.
-BASE_CONFIG = {
-    "genes": 256,
-    "model": {
-        "image_encoder": "timm:resnet18",
-        "image_kwargs": {"input_size": 64},
-        "gene_encoder": "gene_mlp",
-        "gene_kwargs": {"hidden": [256], "out_dim": 128},
-        "embed_dim": 64,
-        "head": "mlp",
-    },
-    "loss": {"name": "clip"},
-    "correction": {"batch_key": "sample"},
-    "optim": {"lr": 2e-3, "batch_size": 64, "max_epochs": 6, "num_workers": 0},
-    "augment": {"flips": True, "rot90": True, "hed_sigma": 0.05},
-}
+#: The built-in rows' config: the bundled ``configs/her2st_bench.yaml`` (read by
+#: :func:`base_config`), each row changing its ``correction:`` or ``loss:``.
+BASE_CONFIG = "her2st_bench"
+
+
+def base_config() -> dict:
+    """A fresh copy of the built-in rows' config (:data:`BASE_CONFIG`) as a dict."""
+    from histoxmodal.training.config import bundled_config_data
+
+    return bundled_config_data(BASE_CONFIG)
+
 
 #: Rows trained contrastively: name -> ``correction:`` overrides.
 CORRECTIONS = {
@@ -223,7 +219,7 @@ def run_her2st(
         tasks = [t for t in tasks if t[3]]
     config_inputs = HeadInputs()  # what the config's expression head reads; plain for the rest
     trained_rows: dict[str, dict] = {
-        row: {"correction": {**BASE_CONFIG["correction"], **corr}}
+        row: {"correction": {**base_config()["correction"], **corr}}
         for row, corr in CORRECTIONS.items()
     }
     trained_rows[REGRESSION] = {"loss": REGRESSION_LOSS}
@@ -297,10 +293,8 @@ def run_her2st(
                     if overrides and "__whole__" in overrides:
                         cfg = config_from_dict(overrides["__whole__"])
                     else:
-                        base = {
-                            **BASE_CONFIG,
-                            "optim": {**BASE_CONFIG["optim"], "max_epochs": epochs, "seed": seed},
-                        }
+                        base = base_config()
+                        base["optim"] |= {"max_epochs": epochs, "seed": seed}
                         cfg = config_from_dict({**base, **(overrides or {})})
                     if row in (BASELINES[0], HANDCRAFTED_HEAD):
                         feats = head_in.of_dataset(hc_std, adata)
@@ -552,7 +546,7 @@ def run_her2st_bench(
         "per_fold": per_fold,
         "protocol": {
             **protocol,
-            "config": BASE_CONFIG,
+            "config": base_config(),
             "regression_loss": REGRESSION_LOSS,
             "extra_config": config,
             "folds": folds,

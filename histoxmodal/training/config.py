@@ -12,13 +12,51 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from histoxmodal.errors import ConfigError
 
 
+class ValidatedConfig:
+    """Base of the config dataclasses: ``__post_init__`` converts every field to its annotation
+    (only where nothing is lost, :func:`coerce_value`), builds nested sections given as dicts
+    and runs :meth:`validate`, so a config built in Python (``TrainConfig(genes=0)``) is refused
+    with the same message as the same value in YAML or ``--set``."""
+
+    #: prefix of this section's keys in messages (``"optim."``); empty at the top level
+    key_prefix: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for name, tp in field_types(type(self)).items():
+            key = f"{self.key_prefix}{name}"
+            value = getattr(self, name)
+            if isinstance(tp, type) and issubclass(tp, ValidatedConfig):
+                if isinstance(value, dict):
+                    value = build_dataclass(tp, value, f"{key}.")
+                elif not isinstance(value, tp):
+                    raise _bad(key, value, "a mapping (key: value, ...)")
+            else:
+                value = coerce_value(value, tp, key)
+            object.__setattr__(self, name, value)
+        self.validate()
+
+    def validate(self) -> None:
+        """Ranges and registered names, once the types are right (override per section)."""
+
+
+_FIELD_TYPES: dict[type, dict[str, Any]] = {}
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """``{field: resolved annotation}`` of a dataclass (cached: annotations are strings)."""
+    if cls not in _FIELD_TYPES:
+        hints = typing.get_type_hints(cls)
+        _FIELD_TYPES[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return _FIELD_TYPES[cls]
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(ValidatedConfig):
     """Towers and heads: registered encoder names (``list_encoders()``) and their options.
 
     With ``image_mode: frozen`` and ``cache_image_features`` the image tower runs once per patch
@@ -26,12 +64,14 @@ class ModelConfig:
     and the gene tower only (colour augmentation does not apply to cached features).
     """
 
+    key_prefix: ClassVar[str] = "model."
+
     image_encoder: str = "test_image_resnet"
     image_weights: str | None = None
     #: train a foundation tower (one registered with published weights) from random weights on
     #: purpose; without it such a tower needs image_weights
     random_weights: bool = False
-    image_mode: str = "finetune"
+    image_mode: Literal["finetune", "frozen", "lora"] = "finetune"
     image_kwargs: dict[str, Any] = field(default_factory=dict)
     cache_image_features: bool = True
     cache_views: int = 8
@@ -42,11 +82,21 @@ class ModelConfig:
     gene_weights: str | None = None
     gene_kwargs: dict[str, Any] = field(default_factory=dict)
     embed_dim: int = 128
-    head: str = "mlp"
+    head: Literal["linear", "mlp"] = "mlp"
+
+    def validate(self) -> None:
+        check_encoder(self.image_encoder, "model.image_encoder", allow_timm=True)
+        check_encoder(self.gene_encoder, "model.gene_encoder")
+        if self.embed_dim < 1:
+            raise ConfigError(f"model.embed_dim={self.embed_dim!r}: expected an integer >= 1")
+        if not 1 <= self.cache_views <= 8:
+            raise ConfigError(
+                f"model.cache_views={self.cache_views!r}: expected an integer in 1..8"
+            )
 
 
 @dataclass(frozen=True)
-class LossConfig:
+class LossConfig(ValidatedConfig):
     """A registered loss (``list_losses()``) and its options, and direct expression regression.
 
     Attributes
@@ -61,13 +111,25 @@ class LossConfig:
         contrastive loss the two are trained together.
     """
 
+    key_prefix: ClassVar[str] = "loss."
+
     name: str = "clip"
     kwargs: dict[str, Any] = field(default_factory=dict)
     expression_weight: float = 0.0
 
+    def validate(self) -> None:
+        _check_range("loss.expression_weight", self.expression_weight, low=0)
+        if self.name != "none":
+            check_loss(self.name)
+        elif self.expression_weight <= 0:
+            raise ConfigError(
+                "loss.name='none' trains nothing: set loss.expression_weight > 0 "
+                "(direct expression regression) or name a contrastive loss"
+            )
+
 
 @dataclass(frozen=True)
-class CorrectionConfig:
+class CorrectionConfig(ValidatedConfig):
     """Batch-effect correction; each part can be switched on alone or combined.
 
     Attributes
@@ -92,16 +154,21 @@ class CorrectionConfig:
         Weight of a batch classifier on the embeddings behind gradient reversal (0 = off).
     """
 
-    batch_key: str = "batch"
+    key_prefix: ClassVar[str] = "correction."
+
+    batch_key: Literal["batch", "sample", "patient"] = "batch"
     batch_conditioned_genes: bool = False
-    cross_batch: str = "keep"
-    same_batch: str = "keep"
-    sampler: str = "random"
+    cross_batch: Literal["keep", "mask", "downweight"] = "keep"
+    same_batch: Literal["keep", "mask", "downweight"] = "keep"
+    sampler: Literal["random", "by_batch", "balanced"] = "random"
     adversarial_weight: float = 0.0
+
+    def validate(self) -> None:
+        _check_range("correction.adversarial_weight", self.adversarial_weight, low=0)
 
 
 @dataclass(frozen=True)
-class HeadConfig:
+class HeadConfig(ValidatedConfig):
     """The expression head fitted at the end of training on the run's training spots, for every
     gene of the run's panel, and saved with the run (``RUN/heads/expression_<name>``), so
     ``histoxmodal predict`` maps new slides without the training data.
@@ -132,14 +199,20 @@ class HeadConfig:
         metrics read it, the ``ridge``/``mlp`` heads do not.
     """
 
-    expression: str | None = "ridge"
+    key_prefix: ClassVar[str] = "head."
+
+    expression: Literal["ridge", "mlp", "retrieval"] | None = "ridge"
     context_um: float = 0.0
     centre: bool = False
     smooth_um: float = 0.0
 
+    def validate(self) -> None:
+        _check_range("head.context_um", self.context_um, low=0)
+        _check_range("head.smooth_um", self.smooth_um, low=0)
+
 
 @dataclass(frozen=True)
-class OptimConfig:
+class OptimConfig(ValidatedConfig):
     """AdamW with linear warm-up and cosine decay, and the loop's sizes.
 
     ``precision="auto"`` trains in bf16 mixed precision on GPUs that support it, fp16 mixed on
@@ -156,12 +229,17 @@ class OptimConfig:
     seed: int = 0
     num_workers: int = 2
 
+    key_prefix: ClassVar[str] = "optim."
+
+    def validate(self) -> None:
+        check_optim(self)
+
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ValidatedConfig):
     """Everything a training run needs; saved beside every checkpoint."""
 
-    kind: str = "spatial"
+    kind: Literal["spatial"] = "spatial"
     data: str | None = None
     #: the panel: the N most variable genes of the training spots; ``None``: every gene, or
     #: with ``model.gene_weights`` the saved gene model's genes
@@ -172,6 +250,11 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: dict[str, Any] = field(default_factory=lambda: {"flips": True, "rot90": True})
     head: HeadConfig = field(default_factory=HeadConfig)
+
+    def validate(self) -> None:
+        if self.genes is not None and self.genes < 1:
+            raise ConfigError(f"genes={self.genes!r}: expected an integer >= 1 or null (all genes)")
+        _check_augment(self.augment)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -194,13 +277,6 @@ PRECISIONS = (
     "transformer-engine",
 )
 
-_SECTIONS = {
-    "model": ModelConfig,
-    "loss": LossConfig,
-    "correction": CorrectionConfig,
-    "head": HeadConfig,
-}
-
 
 def _type_name(tp: Any) -> str:
     if tp is type(None):
@@ -208,6 +284,8 @@ def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) in (types.UnionType, typing.Union):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(tp))
     if origin is dict:
         return "a mapping"
     if origin is tuple or tp is tuple:
@@ -221,6 +299,19 @@ def _bad(key: str, value: Any, expected: str) -> ConfigError:
     return ConfigError(f"{key}={value!r}: expected {expected}")
 
 
+def _choice(value: Any, choices: tuple, key: str, *, nullable: bool = False) -> Any:
+    """``value`` if it is one of ``choices`` (a ``Literal``), else the error with close matches."""
+    if value in choices:
+        return value
+    names = [str(c) for c in choices]
+    close = difflib.get_close_matches(str(value), names, n=2, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    null = " or null" if nullable else ""
+    raise ConfigError(
+        f"{key}={value!r}: expected one of {', '.join(repr(c) for c in choices)}{null}{hint}"
+    )
+
+
 def coerce_value(value: Any, tp: Any, key: str) -> Any:
     """``value`` as type ``tp`` (a dataclass field's annotation), converted only where nothing
     is lost (``2.0`` -> ``2``, ``3`` -> ``3.0``, ``"3e-4"`` -> ``0.0003``: YAML 1.1 reads ``3e-4``
@@ -232,12 +323,17 @@ def coerce_value(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        (only, *more) = [a for a in args if a is not type(None)]
+        if not more and typing.get_origin(only) is Literal:
+            return _choice(value, typing.get_args(only), key, nullable=True)
         for arg in (a for a in args if a is not type(None)):
             try:
                 return coerce_value(value, arg, key)
             except ConfigError:
                 continue
         raise _bad(key, value, _type_name(tp))
+    if origin is Literal:
+        return _choice(value, typing.get_args(tp), key)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -313,9 +409,11 @@ def build_dataclass(
             f"{where.rstrip('.') or 'the config'}={data!r}: expected a mapping (key: value, ...)"
         )
     names = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    if sections is None:
-        sections = {**_SECTIONS, "optim": OptimConfig} if cls is TrainConfig else {}
+    hints = field_types(cls)
+    if sections is None:  # the fields that are config sections themselves
+        sections = {
+            k: t for k, t in hints.items() if isinstance(t, type) and issubclass(t, ValidatedConfig)
+        }
     kwargs = {}
     for key, value in data.items():
         if key not in names:
@@ -398,45 +496,11 @@ def check_encoder(name: str, key: str, *, allow_timm: bool = False) -> None:
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Validate a nested dict (parsed YAML) into a :class:`TrainConfig`: every key known, every
     value of its field's type and in range, every registered name (encoders, loss) known."""
-    cfg = build_dataclass(TrainConfig, data, "")
-    if cfg.kind != "spatial":
-        raise ConfigError(f"kind={cfg.kind!r}: a TrainConfig is kind 'spatial' (image + genes)")
-    if cfg.genes is not None and cfg.genes < 1:
-        raise ConfigError(f"genes={cfg.genes!r}: expected an integer >= 1 or null (all genes)")
-    m = cfg.model
-    check_encoder(m.image_encoder, "model.image_encoder", allow_timm=True)
-    check_encoder(m.gene_encoder, "model.gene_encoder")
-    _one_of("model.image_mode", m.image_mode, ("finetune", "frozen", "lora"), "mode")
-    _one_of("model.head", m.head, ("linear", "mlp"), "projection head")
-    if m.embed_dim < 1:
-        raise ConfigError(f"model.embed_dim={m.embed_dim!r}: expected an integer >= 1")
-    if not 1 <= m.cache_views <= 8:
-        raise ConfigError(f"model.cache_views={m.cache_views!r}: expected an integer in 1..8")
-    _check_range("loss.expression_weight", cfg.loss.expression_weight, low=0)
-    if cfg.loss.name == "none":
-        if cfg.loss.expression_weight <= 0:
-            raise ConfigError(
-                "loss.name='none' trains nothing: set loss.expression_weight > 0 "
-                "(direct expression regression) or name a contrastive loss"
-            )
-    else:
-        check_loss(cfg.loss.name)
-    c = cfg.correction
-    if c.sampler not in ("random", "by_batch", "balanced"):
-        raise ConfigError(f"correction.sampler={c.sampler!r}: random, by_batch or balanced")
-    for name in ("cross_batch", "same_batch"):
-        if getattr(c, name) not in ("keep", "mask", "downweight"):
-            raise ConfigError(f"correction.{name}={getattr(c, name)!r}: keep, mask or downweight")
-    if c.batch_key not in ("batch", "sample", "patient"):
-        raise ConfigError(f"correction.batch_key={c.batch_key!r}: batch, sample or patient")
-    _check_range("correction.adversarial_weight", c.adversarial_weight, low=0)
-    check_optim(cfg.optim)
-    _check_augment(cfg.augment)
-    if cfg.head.expression is not None:
-        _one_of("head.expression", cfg.head.expression, EXPRESSION_HEADS, "expression head")
-    _check_range("head.context_um", cfg.head.context_um, low=0)
-    _check_range("head.smooth_um", cfg.head.smooth_um, low=0)
-    return cfg
+    # every check runs in the dataclasses' __post_init__ (ValidatedConfig), so TrainConfig(...)
+    # built in Python is refused the same way
+    if isinstance(data, dict) and data.get("kind", "spatial") != "spatial":
+        raise ConfigError(f"kind={data['kind']!r}: a TrainConfig is kind 'spatial' (image + genes)")
+    return build_dataclass(TrainConfig, data, "")
 
 
 def _check_augment(augment: dict[str, Any]) -> None:
@@ -468,6 +532,14 @@ def bundled_configs() -> dict[str, Path]:
     # Package data, so a wheel has them; an installed wheel is on disk, so this is a real Path.
     folder = Path(str(resources.files("histoxmodal") / "configs"))
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def bundled_config_data(name: str) -> dict[str, Any]:
+    """The parsed YAML of the bundled config ``name`` (a fresh dict to merge overrides into):
+    the demo and benchmark configs are such files, not dict literals in code."""
+    import yaml
+
+    return yaml.safe_load(bundled_configs()[name].read_text(encoding="utf-8"))
 
 
 def load_config(name_or_path: str, overrides: list[str] | None = None):

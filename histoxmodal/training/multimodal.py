@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -25,9 +25,9 @@ from histoxmodal.losses import create_loss
 from histoxmodal.training.config import (
     LossConfig,
     OptimConfig,
+    ValidatedConfig,
     build_dataclass,
     check_encoder,
-    check_optim,
 )
 from histoxmodal.training.module import adamw_warmup_cosine
 
@@ -39,7 +39,7 @@ _DEFAULT_MODALITIES = {
 
 
 @dataclass(frozen=True)
-class MultimodalConfig:
+class MultimodalConfig(ValidatedConfig):
     """A multimodal (cohort) training run.
 
     Attributes
@@ -56,14 +56,44 @@ class MultimodalConfig:
         :class:`~histoxmodal.data.cohort.CohortDataset`).
     """
 
-    kind: str = "cohort"
+    kind: Literal["cohort"] = "cohort"
     data: str | None = None
     modalities: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(_DEFAULT_MODALITIES))
     embed_dim: int = 128
-    head: str = "linear"
+    head: Literal["linear", "mlp"] = "linear"
     loss: LossConfig = field(default_factory=lambda: LossConfig(name="symile"))
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: bool = True
+
+    def validate(self) -> None:
+        from histoxmodal.data.cohort import MODALITIES
+
+        if len(self.modalities) < 2:
+            raise ConfigError("modalities: at least two are needed for contrastive training")
+        for name in self.modalities:
+            if name not in MODALITIES:
+                raise ConfigError(
+                    f"modalities.{name}: the cohort store holds {', '.join(MODALITIES)}"
+                )
+        for name, spec in self.modalities.items():
+            if not isinstance(spec, dict) or "encoder" not in spec:
+                raise ConfigError(f"modalities.{name}: give {{encoder: NAME, kwargs: {{...}}}}")
+            extra = set(spec) - {"encoder", "kwargs"}
+            if extra:
+                raise ConfigError(f"modalities.{name}: unknown keys {sorted(extra)}")
+            if not isinstance(spec["encoder"], str):
+                raise ConfigError(
+                    f"modalities.{name}.encoder={spec['encoder']!r}: expected an encoder name"
+                )
+            check_encoder(spec["encoder"], f"modalities.{name}.encoder")
+            if not isinstance(spec.get("kwargs", {}), dict):
+                raise ConfigError(
+                    f"modalities.{name}.kwargs={spec['kwargs']!r}: expected a mapping (key: value)"
+                )
+        if self.embed_dim < 1:
+            raise ConfigError(f"embed_dim={self.embed_dim!r}: expected an integer >= 1")
+        if self.loss.name not in ("symile", "clip_pairwise"):
+            raise ConfigError(f"loss.name={self.loss.name!r}: symile or clip_pairwise for a cohort")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -72,41 +102,10 @@ class MultimodalConfig:
 def multimodal_config_from_dict(data: dict[str, Any]) -> MultimodalConfig:
     """Validate a nested dict (parsed YAML with a ``modalities:`` section): every key known,
     every value of its field's type and in range, every encoder and the loss registered."""
-    from histoxmodal.data.cohort import MODALITIES
 
-    cfg = build_dataclass(
-        MultimodalConfig, data, "", sections={"loss": LossConfig, "optim": OptimConfig}
-    )
-    if cfg.kind != "cohort":
-        raise ConfigError(f"kind={cfg.kind!r}: a config with modalities: is kind 'cohort'")
-    if len(cfg.modalities) < 2:
-        raise ConfigError("modalities: at least two are needed for contrastive training")
-    for name in cfg.modalities:
-        if name not in MODALITIES:
-            raise ConfigError(f"modalities.{name}: the cohort store holds {', '.join(MODALITIES)}")
-    for name, spec in cfg.modalities.items():
-        if not isinstance(spec, dict) or "encoder" not in spec:
-            raise ConfigError(f"modalities.{name}: give {{encoder: NAME, kwargs: {{...}}}}")
-        extra = set(spec) - {"encoder", "kwargs"}
-        if extra:
-            raise ConfigError(f"modalities.{name}: unknown keys {sorted(extra)}")
-        if not isinstance(spec["encoder"], str):
-            raise ConfigError(
-                f"modalities.{name}.encoder={spec['encoder']!r}: expected an encoder name"
-            )
-        check_encoder(spec["encoder"], f"modalities.{name}.encoder")
-        if not isinstance(spec.get("kwargs", {}), dict):
-            raise ConfigError(
-                f"modalities.{name}.kwargs={spec['kwargs']!r}: expected a mapping (key: value)"
-            )
-    if cfg.embed_dim < 1:
-        raise ConfigError(f"embed_dim={cfg.embed_dim!r}: expected an integer >= 1")
-    if cfg.head not in ("linear", "mlp"):
-        raise ConfigError(f"head={cfg.head!r}: expected linear or mlp")
-    if cfg.loss.name not in ("symile", "clip_pairwise"):
-        raise ConfigError(f"loss.name={cfg.loss.name!r}: symile or clip_pairwise for a cohort")
-    check_optim(cfg.optim)
-    return cfg
+    if isinstance(data, dict) and data.get("kind", "cohort") != "cohort":
+        raise ConfigError(f"kind={data['kind']!r}: a config with modalities: is kind 'cohort'")
+    return build_dataclass(MultimodalConfig, data, "")
 
 
 class MultimodalModule(L.LightningModule):

@@ -21,36 +21,11 @@ from histoxmodal.fileutil import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-#: Training of the generated demo: a small CNN from scratch on 64 px patches (CPU, ~1 min).
-DEMO_CONFIG = {
-    "genes": None,
-    "model": {
-        "image_encoder": "timm:resnet18",
-        "image_kwargs": {"input_size": 64},
-        "gene_encoder": "gene_mlp",
-        "gene_kwargs": {"hidden": [256], "out_dim": 128},
-        "embed_dim": 64,
-        "head": "mlp",
-    },
-    "loss": {"name": "clip"},
-    "correction": {"batch_key": "sample"},
-    "optim": {"lr": 2e-3, "batch_size": 64, "max_epochs": 8, "num_workers": 0},
-    "augment": {"flips": True, "rot90": True},
-}
-
-#: The medical demo: tiny towers over a generated XOR cohort, Symile vs pairwise CLIP.
+#: Training of the generated demo (bundled ``configs/demo.yaml``): a small CNN from scratch on
+#: 64 px patches (CPU, ~1 min); and the medical demo's (``configs/demo_medical.yaml``): tiny
+#: towers over a generated XOR cohort, Symile vs pairwise CLIP.
+DEMO_CONFIG, MEDICAL_CONFIG = "demo", "demo_medical"
 MEDICAL_COHORT = {"mode": "xor", "bits": 2, "missing": 0.05, "image_px": 32}
-MEDICAL_CONFIG = {
-    "kind": "cohort",
-    "modalities": {
-        "cxr": {"encoder": "test_cxr"},
-        "ecg": {"encoder": "test_ecg"},
-        "report": {"encoder": "test_report"},
-    },
-    "embed_dim": 16,
-    "head": "linear",
-    "optim": {"lr": 1e-2, "batch_size": 64, "max_epochs": 45, "num_workers": 0},
-}
 MEDICAL_LOSSES = ("symile", "clip_pairwise")
 
 
@@ -123,6 +98,7 @@ def _demo_generated(out, seed, workers, max_epochs, echo, progress_bar) -> dict[
     from histoxmodal.data.recipes import SampleRef
     from histoxmodal.testing.spatial import make_synthetic_visium
     from histoxmodal.tiling.spec import TileSpec
+    from histoxmodal.training.config import bundled_config_data
     from histoxmodal.workflows.build import PairedConfig, build_paired
     from histoxmodal.workflows.tile import tile_slides
 
@@ -166,7 +142,7 @@ def _demo_generated(out, seed, workers, max_epochs, echo, progress_bar) -> dict[
     if manifest.get("up_to_date"):
         step.skipped(f"{paired} is up to date")
     result = _train_and_evaluate(
-        out, paired, DEMO_CONFIG, step, "sample=S3", max_epochs, progress_bar
+        out, paired, bundled_config_data(DEMO_CONFIG), step, "sample=S3", max_epochs, progress_bar
     )
     return {**result, "n_tiles": sum(r.n_tiles for r in results), "failed": []}
 
@@ -241,6 +217,7 @@ def _train_and_evaluate(out, paired, config, step, fold, max_epochs, progress_ba
 def _demo_medical(out, seed, max_epochs, patients, echo, progress_bar) -> dict[str, Any]:
     from histoxmodal.data.cohort import is_cohort
     from histoxmodal.testing.cohort import make_synthetic_cohort
+    from histoxmodal.training.config import bundled_config_data
     from histoxmodal.training.multimodal import multimodal_config_from_dict
     from histoxmodal.training.trainer import last_checkpoint
     from histoxmodal.workflows.build import build_cohort
@@ -266,7 +243,9 @@ def _demo_medical(out, seed, max_epochs, patients, echo, progress_bar) -> dict[s
         build_cohort(raw / "manifest.csv", store, image_px=c["image_px"], fs=100.0, length_s=2.5)
     for loss in MEDICAL_LOSSES:
         step(f"training with {loss} (3 towers)")
-        cfg = multimodal_config_from_dict({**MEDICAL_CONFIG, "loss": {"name": loss}})
+        cfg = multimodal_config_from_dict(
+            {**bundled_config_data(MEDICAL_CONFIG), "loss": {"name": loss}}
+        )
         run = out / f"run_{loss}"
         if (run / keys.RUN_WEIGHTS_FILE).exists():
             step.skipped(f"{run / keys.RUN_WEIGHTS_FILE} exists")

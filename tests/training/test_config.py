@@ -97,3 +97,86 @@ def test_multimodal_config_fields_are_typed():
     for extra, match in cases:
         with pytest.raises(ConfigError, match=match):
             multimodal_config_from_dict({"modalities": two, **extra})
+
+
+@pytest.mark.parametrize(
+    ("build", "override", "match"),
+    [
+        (lambda c: c.TrainConfig(genes=0), "genes=0", r"genes=0: expected an integer >= 1"),
+        (
+            lambda c: c.OptimConfig(batch_size=0),
+            "optim.batch_size=0",
+            r"optim\.batch_size=0: expected an integer >= 1",
+        ),
+        (
+            lambda c: c.ModelConfig(image_mode="frozn"),
+            "model.image_mode=frozn",
+            r"model\.image_mode='frozn': expected one of 'finetune', 'frozen', 'lora'; "
+            r"did you mean 'frozen'",
+        ),
+        (
+            lambda c: c.CorrectionConfig(sampler="balance"),
+            "correction.sampler=balance",
+            r"correction\.sampler='balance': expected one of .*did you mean 'balanced'",
+        ),
+        (
+            lambda c: c.HeadConfig(expression="ridg"),
+            "head.expression=ridg",
+            r"head\.expression='ridg': expected one of 'ridge', 'mlp', 'retrieval' or null",
+        ),
+        (
+            lambda c: c.LossConfig(name="none"),
+            "loss.name=none",
+            r"loss\.name='none' trains nothing",
+        ),
+        (
+            lambda c: c.ModelConfig(gene_encoder="gene_mpl"),
+            "model.gene_encoder=gene_mpl",
+            r"model\.gene_encoder='gene_mpl'.*'gene_mlp'",
+        ),
+        (
+            lambda c: c.TrainConfig(model={"embed_dim": 0}),
+            "model.embed_dim=0",
+            r"model\.embed_dim=0: expected an integer >= 1",
+        ),
+        (
+            lambda c: c.TrainConfig(optim={"lr": "fast"}),
+            "optim.lr=fast",
+            r"optim\.lr='fast': expected a number",
+        ),
+    ],
+)
+def test_a_config_built_in_python_is_refused_like_the_same_value_in_yaml(build, override, match):
+    import histoxmodal.training.config as c
+
+    with pytest.raises(ConfigError, match=match) as from_python:
+        build(c)
+    with pytest.raises(ConfigError, match=match) as from_yaml:
+        load_config("her2st_small", [override])
+    assert str(from_python.value) == str(from_yaml.value)
+
+
+def test_a_config_built_in_python_is_coerced_and_its_sections_built_from_dicts():
+    from histoxmodal.training.config import OptimConfig, TrainConfig
+
+    cfg = TrainConfig(genes=64.0, optim={"lr": "3e-4", "max_epochs": 3})
+    assert cfg.genes == 64 and isinstance(cfg.genes, int)
+    assert isinstance(cfg.optim, OptimConfig) and cfg.optim.lr == pytest.approx(3e-4)
+    assert cfg == config_from_dict({"genes": 64, "optim": {"lr": 3e-4, "max_epochs": 3}})
+    with pytest.raises(ConfigError, match=r"^optim=3: expected a mapping"):
+        TrainConfig(optim=3)
+
+
+def test_every_bundled_config_is_valid_and_the_demo_and_bench_read_theirs():
+    from histoxmodal.bench.her2st import BASE_CONFIG, base_config
+    from histoxmodal.training.config import bundled_configs
+    from histoxmodal.workflows.demo import DEMO_CONFIG, MEDICAL_CONFIG
+
+    names = set(bundled_configs())
+    assert {DEMO_CONFIG, MEDICAL_CONFIG, BASE_CONFIG} <= names
+    for name in names:
+        load_config(name)  # raises on any invalid value
+    # a fresh dict each time: a caller's merge never leaks into the next row
+    first = base_config()
+    first["optim"]["max_epochs"] = 99
+    assert base_config()["optim"]["max_epochs"] == 6
