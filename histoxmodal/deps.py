@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from histoxmodal.errors import HistoxmodalError
+from histoxmodal.errors import MissingDependencyError as MissingDependencyError
 
 #: extra name -> import names it provides
 EXTRAS = {
@@ -17,10 +17,6 @@ EXTRAS = {
     "medical": ("pydicom", "wfdb", "nibabel", "monai"),
     "spatialdata": ("spatialdata",),
 }
-
-
-class MissingDependencyError(HistoxmodalError, ImportError):
-    """A feature needs an optional dependency that is not installed."""
 
 
 def require_extra(extra: str, feature: str) -> None:

@@ -12,6 +12,8 @@ import fnmatch
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from histoxmodal.errors import UnknownNameError
+
 T = TypeVar("T")
 
 
@@ -55,7 +57,7 @@ class Registry(Generic[T]):
             return self._entries[key]
         close = difflib.get_close_matches(key, self._entries, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise KeyError(
+        raise UnknownNameError(
             f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(sorted(self._entries))}"
         )
 

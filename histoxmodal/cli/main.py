@@ -1,9 +1,6 @@
-"""Entry point of the ``histoxmodal`` command: the table of commands, and the known errors
-mapped to one line and an exit code, without a traceback.
-
-Each command is a module ``cli/<command>.py`` with ``add_parser(subparsers)`` and ``run(args)``.
-Only argparse and the standard library are imported at start-up, so ``histoxmodal --help`` is
-instant; a command imports what it needs inside ``run``.
+"""Entry point of ``histoxmodal``: the table of commands, and the known errors mapped to one
+line and an exit code. Each command is a module ``cli/<command>.py`` with ``add_parser`` and
+``run(args)``; only argparse and the standard library load at start-up (``--help`` is instant).
 """
 
 from __future__ import annotations
@@ -103,15 +100,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(command, args: argparse.Namespace) -> int:
     """``command.run(args)``; a known error is one line on stderr and an exit code: 2 bad
-    options, paths or data; 1 a full or read-only disk; 0 a closed pipe; 128 + N signal N.
-    With ``-q`` only the lines naming a failed or busy item are printed, on stderr."""
-    from histoxmodal.errors import HistoxmodalError
+    options, names or paths; 1 bad input data (``DataError``) or a full or read-only disk; 0 a
+    closed pipe; 128 + N signal N. ``-q`` prints only failed or busy items, on stderr."""
+    from histoxmodal.errors import DataError, HistoxmodalError
 
     stdout = sys.stdout
     if verbosity(args) < 0:
         sys.stdout = ErrorsOnly(sys.stderr)  # type: ignore[assignment]
     try:
         return command.run(args)
+    except DataError as exc:  # the input is at fault, not the options
+        print(f"histoxmodal: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except (HistoxmodalError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         print(f"histoxmodal: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

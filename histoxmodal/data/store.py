@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from histoxmodal import keys
-from histoxmodal.errors import ConfigError
+from histoxmodal.errors import ConfigError, DataError
 
 
 def file_sha256(path: Path, *, full_limit: int = 1 << 30) -> str:
@@ -142,8 +142,8 @@ def file_record(path: Path) -> dict[str, object]:
     return {"sha256": file_sha256(path), "size": path.stat().st_size}
 
 
-def _damaged(path: Path, what: str) -> ConfigError:
-    return ConfigError(
+def _damaged(path: Path, what: str) -> DataError:
+    return DataError(
         f"{path}: {what}; the dataset was changed or only partly rewritten after it was "
         f"built; rebuild it (`histoxmodal build ... --overwrite`)"
     )
@@ -205,9 +205,9 @@ def read_manifest(path: str | Path) -> dict:
     try:
         m = json.loads(manifest.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{manifest}: not valid JSON ({exc}); rebuild the dataset") from exc
+        raise DataError(f"{manifest}: not valid JSON ({exc}); rebuild the dataset") from exc
     if not isinstance(m, dict) or m.get("status") != "complete":
-        raise ConfigError(
+        raise DataError(
             f"{path}: the build did not complete (it was interrupted or is still running); "
             f"run `histoxmodal build` again"
         )
@@ -219,7 +219,7 @@ def load_paired(path: str | Path, *, verify: bool = False):
 
     The files are checked against the manifest first: sizes and the array shapes (``n_spots``,
     ``patch_px``) always, content hashes when ``verify`` is true or a file is newer than the
-    manifest. A mismatch raises a :class:`ConfigError` naming the file.
+    manifest. A mismatch raises a :class:`~histoxmodal.errors.DataError` naming the file.
 
     Returns
     -------

@@ -32,6 +32,7 @@ from torch import nn
 
 from histoxmodal import keys
 from histoxmodal.errors import ConfigError
+from histoxmodal.errors import RefusedGlobal as RefusedGlobal
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +88,6 @@ ALLOWED_GLOBALS = frozenset(
 _ALLOWED_MODULES = ("numpy.dtypes",)
 #: Python 2 names protocol-2 pickles use
 _RENAMED = {"__builtin__": "builtins", "copy_reg": "copyreg"}
-
-
-class RefusedGlobal(pickle.UnpicklingError):
-    """A pickle names a global that is not data."""
 
 
 class RestrictedUnpickler(pickle.Unpickler):

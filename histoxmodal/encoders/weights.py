@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from histoxmodal.errors import ConfigError
+from histoxmodal.errors import WeightsError as WeightsError
 
 StateDict = dict[str, torch.Tensor]
 
@@ -27,10 +27,6 @@ _SNAPSHOT_FILES = (
     "open_clip_pytorch_model.bin",
 )
 _INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-
-
-class WeightsError(ConfigError):
-    """A checkpoint cannot be loaded into the architecture; the message says why."""
 
 
 def _load_file(path: Path) -> StateDict:

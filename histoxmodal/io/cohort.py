@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from histoxmodal.deps import require_extra
-from histoxmodal.errors import ConfigError, HistoxmodalError
+from histoxmodal.errors import CohortError as CohortError
+from histoxmodal.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,6 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("patient_id", "modality", "path")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("time", "study_id")
 
 _TZ_PATTERN = r"[T ]\d.*(?:Z|[+-]\d{2}:?\d{2})$"
-
-
-class CohortError(HistoxmodalError, ValueError):
-    """A cohort manifest is malformed; the message names the file, the column or row, the fix."""
 
 
 def read_manifest(manifest: Any, *, root: str | Path | None = None, check_exists: bool = True):

@@ -21,7 +21,9 @@ from typing import Any, Literal
 import numpy as np
 
 from histoxmodal.deps import require_extra
-from histoxmodal.errors import ConfigError, HistoxmodalError
+from histoxmodal.errors import ConfigError
+from histoxmodal.errors import ECGReadError as ECGReadError
+from histoxmodal.errors import MissingLeadsError as MissingLeadsError
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +81,6 @@ _SCPECG_CODES = {
 _TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "microvolt": 1e-3, "v": 1e3, "nv": 1e-6}
 
 MissingLeads = Literal["mask", "error"]
-
-
-class ECGReadError(HistoxmodalError, ValueError):
-    """A file could not be read as an ECG (not WFDB or DICOM waveform, or malformed)."""
-
-
-class MissingLeadsError(HistoxmodalError, ValueError):
-    """A record lacks leads that were asked for with ``missing_leads="error"``."""
 
 
 @dataclass

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from histoxmodal.deps import require_extra
-from histoxmodal.errors import ConfigError, HistoxmodalError
+from histoxmodal.errors import ConfigError
+from histoxmodal.errors import RadiologyReadError as RadiologyReadError
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,6 @@ _PILLOW_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # NIfTI spatial unit -> factor to mm
 _NIFTI_TO_MM = {"mm": 1.0, "meter": 1000.0, "micron": 1e-3, "unknown": 1.0}
-
-
-class RadiologyReadError(HistoxmodalError, ValueError):
-    """A file could not be read as a radiology image (unknown format, undecodable pixels)."""
 
 
 @dataclass

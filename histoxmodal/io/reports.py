@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from histoxmodal.deps import require_extra
-from histoxmodal.errors import HistoxmodalError
+from histoxmodal.errors import ReportReadError as ReportReadError
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,6 @@ _HEADING_RE = re.compile(
     re.IGNORECASE | re.MULTILINE,
 )
 _ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".tar.bz2", ".tar.xz")
-
-
-class ReportReadError(HistoxmodalError, ValueError):
-    """A report file or archive could not be read."""
 
 
 def split_sections(text: str) -> dict[str, str]:

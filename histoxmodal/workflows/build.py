@@ -43,7 +43,7 @@ from histoxmodal import keys
 from histoxmodal.data.cohort import COHORT_FILE, MODALITIES
 from histoxmodal.data.recipes import SampleRef
 from histoxmodal.data.store import check_paired, file_record, file_sha256, load_paired, write_store
-from histoxmodal.errors import ConfigError, HistoxmodalError
+from histoxmodal.errors import ConfigError, DataError, HistoxmodalError
 from histoxmodal.fileutil import clean_stale, publish_dir, staging_dir, write_json_atomic
 from histoxmodal.progress import progress
 from histoxmodal.version import __version__
@@ -428,7 +428,7 @@ def _build_paired_locked(
         if previous.get("params") == params and _same_inputs(previous.get("inputs"), inputs):
             try:
                 check_paired(out)
-            except ConfigError as exc:
+            except (ConfigError, DataError) as exc:
                 log.warning("%s; rebuilding", exc)
             else:
                 log.info("%s is up to date", out)

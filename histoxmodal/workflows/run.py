@@ -30,7 +30,7 @@ import numpy as np
 
 from histoxmodal import keys
 from histoxmodal.data.normalize import DEFAULT_NORMALIZATION
-from histoxmodal.errors import ConfigError, DatasetChangedError, StaleHeadError
+from histoxmodal.errors import ConfigError, DataError, DatasetChangedError, StaleHeadError
 from histoxmodal.fileutil import write_json_atomic
 from histoxmodal.reprs import safe_repr, short_list, short_path
 from histoxmodal.version import __version__
@@ -665,8 +665,8 @@ class Run:
         folder = self.check_head(name)
         try:
             return load_head(folder)
-        except ConfigError as exc:
-            raise ConfigError(f"{exc} (histoxmodal fit-head {self.path})") from exc
+        except (ConfigError, DataError) as exc:  # the same kind of error, with the fix
+            raise type(exc)(f"{exc} (histoxmodal fit-head {self.path})") from exc
 
     def check_head(self, name: str) -> Path:
         """The folder of the saved head ``name`` after checking, without loading it, that it

@@ -324,7 +324,7 @@ def test_truncated_counts_file_names_itself(data_dir, tmp_path):
     f = root / "counts" / "C3.tsv.gz"
     raw = f.read_bytes()
     f.write_bytes(raw[: len(raw) // 2])  # cut mid-row, inside the gzip stream
-    with pytest.raises(ConfigError, match=r"C3\.tsv\.gz: unreadable counts table.*truncated"):
+    with pytest.raises(SpatialFormatError, match=r"C3\.tsv\.gz: unreadable counts.*truncated"):
         read_her2st(root, "C3")
 
 
@@ -338,7 +338,7 @@ def test_non_numeric_count_names_file_and_cell(data_dir, tmp_path):
     cells[5] = "abc"
     lines[2] = "\t".join(cells)
     f.write_bytes(gzip.compress("\n".join(lines).encode()))
-    with pytest.raises(ConfigError, match=rf"C3\.tsv\.gz: non-numeric.*{cells[0]}.*'abc'"):
+    with pytest.raises(SpatialFormatError, match=rf"C3\.tsv\.gz: non-numeric.*{cells[0]}.*'abc'"):
         read_her2st(root, "C3")
 
 
@@ -350,5 +350,5 @@ def test_ragged_uncompressed_counts_names_itself(data_dir, tmp_path):
     text = gzip.decompress(gz.read_bytes()).decode()
     gz.unlink()
     (root / "counts" / "C3.tsv").write_text(text[: len(text) // 2])  # killed copy, mid-row
-    with pytest.raises(ConfigError, match=r"C3\.tsv: .*missing counts"):
+    with pytest.raises(SpatialFormatError, match=r"C3\.tsv: .*missing counts"):
         read_her2st(root, "C3")

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from histoxmodal import keys
-from histoxmodal.errors import ConfigError
+from histoxmodal.errors import MissingSpatialFileError as MissingSpatialFileError
+from histoxmodal.errors import SpatialFormatError as SpatialFormatError
 
 log = logging.getLogger(__name__)
 
@@ -22,15 +23,6 @@ HIRES_MAX_SIDE = 2000
 LOWRES_MAX_SIDE = 600
 #: two pixel-size sources further apart than this are reported
 MPP_TOLERANCE = 0.10
-
-
-class SpatialFormatError(ConfigError):
-    """A spatial-omics input is malformed; the message names the file and the fix."""
-
-
-class MissingSpatialFileError(SpatialFormatError, FileNotFoundError):
-    """A file or folder of a spatial-omics layout is missing; the message names the folder, what
-    is missing and the layouts accepted. Also a ``FileNotFoundError``."""
 
 
 def require_file(path: Path, what: str, hint: str = "") -> Path:
