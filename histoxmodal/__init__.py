@@ -48,7 +48,7 @@ _LAZY = {
     "tile": ("histoxmodal.workflows.tile", "tile_slides"),
     "tile_slide": ("histoxmodal.workflows.tile", "tile_slide"),
     "tile_slides": ("histoxmodal.workflows.tile", "tile_slides"),
-    "load_tiles": ("histoxmodal.workflows.tile", "load_tiles"),
+    "load_tiles": ("histoxmodal.tiling.outputs", "load_tiles"),
     "build": ("histoxmodal.workflows.build", "build"),
     "build_paired": ("histoxmodal.workflows.build", "build_paired"),
     "load_config": ("histoxmodal.training.config", "load_config"),
@@ -62,7 +62,7 @@ _LAZY = {
     "features": ("histoxmodal.workflows.features", "extract_features"),
     "extract_features": ("histoxmodal.workflows.features", "extract_features"),
     "read_features": ("histoxmodal.workflows.features", "read_features"),
-    "list_models": ("histoxmodal.workflows.features", "list_models"),
+    "list_models": ("histoxmodal.workflows.extractor", "list_models"),
     "predict_slides": ("histoxmodal.workflows.expression_map", "predict_slides"),
     "train_mil": ("histoxmodal.workflows.mil", "train_mil"),
     "predict_mil": ("histoxmodal.workflows.mil", "predict_mil"),
@@ -157,6 +157,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from histoxmodal.losses import create_loss, describe_loss, list_losses
     from histoxmodal.tiling.extract import iter_tiles
     from histoxmodal.tiling.grid import tile_grid
+    from histoxmodal.tiling.outputs import load_tiles
     from histoxmodal.tiling.spec import TileGeometry, TileSpec
     from histoxmodal.tiling.tissue import TissueMask, TissueParams, detect_tissue
     from histoxmodal.training.config import load_config
@@ -164,13 +165,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from histoxmodal.workflows.embed import embed
     from histoxmodal.workflows.evaluate import evaluate
     from histoxmodal.workflows.expression_map import predict_slides
-    from histoxmodal.workflows.features import extract_features, list_models, read_features
+    from histoxmodal.workflows.extractor import list_models
+    from histoxmodal.workflows.features import extract_features, read_features
     from histoxmodal.workflows.features import extract_features as features
     from histoxmodal.workflows.mil import MILRun, predict_mil, train_mil
     from histoxmodal.workflows.predict import fit_expression_head
     from histoxmodal.workflows.predict import predict_expression as predict
     from histoxmodal.workflows.run import Run
-    from histoxmodal.workflows.tile import load_tiles, tile_slide, tile_slides
+    from histoxmodal.workflows.tile import tile_slide, tile_slides
     from histoxmodal.workflows.tile import tile_slides as tile
     from histoxmodal.workflows.train import train
 

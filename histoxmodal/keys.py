@@ -63,6 +63,11 @@ TILE_OVERLAY_FILE = "overlay.png"
 TILE_GEOJSON_FILE = "tissue.geojson"
 TILE_ERROR_LOG = "error.log"
 
+# ``status`` of a per-slide record (tile, features and predict manifests). ``empty``: read fine
+# but nothing to keep (no tissue); ``busy``: another process holds the slide's lock.
+STATUS_OK, STATUS_EMPTY, STATUS_FAILED, STATUS_SKIPPED = "ok", "empty", "failed", "skipped"
+STATUS_BUSY = "busy"
+
 # Run folder (``histoxmodal train``): identity, weights, fitted heads, logs.
 RUN_FILE = "run.json"  # kind, dataset, split, fold, gene panel, normalization, n_batches
 RUN_CONFIG_FILE = "config.json"  # the resolved training config

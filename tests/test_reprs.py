@@ -126,7 +126,7 @@ def cmu_tiles(cmu_svs: Path, tmp_path_factory):
 
 
 def test_tile_set_repr_and_html(cmu_tiles: Path) -> None:
-    from histoxmodal.workflows.tile import load_tiles
+    from histoxmodal.tiling.outputs import load_tiles
 
     with load_tiles(cmu_tiles) as ts:
         text = repr(ts)
@@ -148,7 +148,7 @@ def test_tile_set_repr_and_html(cmu_tiles: Path) -> None:
 
 def test_reprs_never_raise() -> None:
     from histoxmodal.io.slide_readers import ArraySlide
-    from histoxmodal.workflows.tile import TileSet
+    from histoxmodal.tiling.outputs import TileSet
 
     s = ArraySlide(np.full((40, 60, 3), 200, np.uint8), mpp=0.5, name="x.png")
     assert repr(s) == "ArraySlide('x.png', 60×40 px, 1 level, 0.5 µm/px (user), vendor='array')"

@@ -99,7 +99,8 @@ def run_features_bench(
 
     from histoxmodal.testing import make_synthetic_slide
     from histoxmodal.training.embedding import precision_name, resolve_device, resolve_precision
-    from histoxmodal.workflows.features import extract_features, load_extractor
+    from histoxmodal.workflows.extractor import load_extractor
+    from histoxmodal.workflows.features import extract_features
 
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)

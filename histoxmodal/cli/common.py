@@ -163,14 +163,18 @@ def check_aliases(args: argparse.Namespace) -> str | None:
     return None
 
 
-def format_tile_summary(results) -> str:
-    """A plain-text table of tiled slides' results (``histoxmodal tile``, the demo), then the
-    full reason of each slide not ``ok``."""
-    rows = [("slide", "status", "tiles", "mpp (source)", "time")]
+def format_job_summary(results, *, unit: str = "tiles", rate: bool = False) -> str:
+    """A plain-text table of a batch job's slides (``tile``, ``features``, ``predict``, the
+    demo): name, status, count of ``unit``, µm/px and its source, time (and ``unit`` per second
+    with ``rate``); then the counts, and the full reason of each slide failed, empty or busy."""
+    rows = [("slide", "status", unit, "mpp (source)", "time") + ((f"{unit}/s",) if rate else ())]
     for r in results:
         mpp = f"{r.mpp:.4g} ({r.mpp_source})" if r.mpp else (r.mpp_source or "-")
         n = "-" if r.n_tiles is None else str(r.n_tiles)
-        rows.append((r.name, r.status, n, mpp, f"{r.seconds:.1f}s"))
+        row = (r.name, r.status, n, mpp, f"{r.seconds:.1f}s")
+        if rate:
+            row += (f"{r.n_tiles / r.seconds:.1f}" if r.n_tiles and r.seconds > 0 else "-",)
+        rows.append(row)
     lines = [format_table(rows)]
     counts: dict[str, int] = {}
     for r in results:
@@ -179,7 +183,7 @@ def format_tile_summary(results) -> str:
     lines.append(
         f"{len(results)} slides: "
         + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-        + f"; {total} tiles"
+        + f"; {total} {unit}"
     )
     for r in results:
         if r.status in ("failed", "empty", "busy"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from histoxmodal.cli.common import EXIT_FAILED, EXIT_OK, add_src, format_table, format_tile_summary
+from histoxmodal.cli.common import EXIT_FAILED, EXIT_OK, add_src, format_job_summary, format_table
 
 NAME = "demo"
 
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         progress_bar=progress_enabled(),
     )
     if r.get("failed"):
-        print(format_tile_summary(r["failed"]))
+        print(format_job_summary(r["failed"]))
         return EXIT_FAILED
     metrics = r["metrics"]
     if r["kind"] == "cohort":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from histoxmodal.cli.common import EXIT_FAILED, EXIT_OK, format_table, positive_int
+from histoxmodal.cli.common import format_job_summary, positive_int
 
 NAME = "features"
 
@@ -87,34 +87,11 @@ def add_parser(subparsers) -> None:
     )  # fmt: skip
 
 
-def format_summary(results) -> str:
-    """A plain-text table of the slides' results, then the reason of each one not ``ok``."""
-    rows = [("slide", "status", "tiles", "mpp", "time", "tiles/s")]
-    for r in results:
-        n = "-" if r.n_tiles is None else str(r.n_tiles)
-        rate = f"{r.n_tiles / r.seconds:.1f}" if r.n_tiles and r.seconds > 0 else "-"
-        mpp = f"{r.mpp:.3g}" if r.mpp else "-"
-        rows.append((r.name, r.status, n, mpp, f"{r.seconds:.1f}s", rate))
-    counts: dict[str, int] = {}
-    for r in results:
-        counts[r.status] = counts.get(r.status, 0) + 1
-    total = sum(r.n_tiles or 0 for r in results if r.status == "ok")
-    lines = [format_table(rows)]
-    lines.append(
-        f"{len(results)} slides: "
-        + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-        + f"; {total} tiles extracted"
-    )
-    lines += [
-        f"{r.status}: {r.name}: {r.reason}" for r in results if r.status in ("failed", "empty")
-    ]
-    return "\n".join(lines)
-
-
 def run(args: argparse.Namespace) -> int:
     """``histoxmodal features``: the workflow, then the summary table; exit 1 when a slide
     failed."""
     from histoxmodal.workflows.features import extract_features
+    from histoxmodal.workflows.jobs import exit_code
 
     results = extract_features(
         args.inputs,
@@ -134,11 +111,11 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         random_weights=args.random_weights,
     )
-    print(format_summary(results))
+    print(format_job_summary(results, rate=True))
     if args.encoder and not args.weights:
         print(
             f"weights: random: {args.encoder} ran untrained (seeded); these features measure "
             "nothing learned"
         )
     print(f"features in {Path(args.out).resolve()}")
-    return EXIT_FAILED if any(r.failed for r in results) else EXIT_OK
+    return exit_code(results)

@@ -23,7 +23,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``histoxmodal models``: the registered image encoders, then the gene towers."""
-    from histoxmodal.workflows.features import list_gene_models, list_models
+    from histoxmodal.workflows.extractor import list_gene_models, list_models
 
     models = list_models(args.pattern, include_tests=args.tests)
     genes = list_gene_models(args.pattern, include_tests=args.tests)

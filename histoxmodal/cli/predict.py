@@ -5,14 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from histoxmodal.cli.common import (
-    EXIT_FAILED,
-    EXIT_OK,
-    format_table,
-    fraction,
-    positive_float,
-    positive_int,
-)
+from histoxmodal.cli.common import format_job_summary, fraction, positive_float, positive_int
 
 NAME = "predict"
 
@@ -51,6 +44,13 @@ def add_parser(subparsers) -> None:
         help="least tissue fraction of a pseudo-spot, in [0, 1] (default 0.5)",
     )  # fmt: skip
     p.add_argument("--batch-size", type=positive_int, default=64, help="patches per pass")
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="K/N",
+        help="process shard K of N (0-based) of the sorted slide list, or 'auto' "
+        "from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT",
+    )
     p.add_argument("--overwrite", action="store_true", help="redo finished slides")
 
 
@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     require_extra("torch", "histoxmodal predict")
     from histoxmodal.workflows.expression_map import predict_slides
+    from histoxmodal.workflows.jobs import exit_code, parse_shard
 
     genes = [g.strip() for g in args.genes.split(",") if g.strip()] if args.genes else None
     results = predict_slides(
@@ -75,14 +76,8 @@ def run(args: argparse.Namespace) -> int:
         mpp=args.mpp,
         batch_size=args.batch_size,
         overwrite=args.overwrite,
+        shard=parse_shard(args.shard),
     )
-    rows = [("slide", "status", "pseudo-spots", "mpp", "time")]
-    for r in results:
-        n = "-" if r.n_tiles is None else str(r.n_tiles)
-        rows.append((r.name, r.status, n, f"{r.mpp:.4g}" if r.mpp else "-", f"{r.seconds:.1f}s"))
-    print(format_table(rows))
-    for r in results:
-        if r.failed:
-            print(f"{r.status}: {r.name}: {r.reason}")
+    print(format_job_summary(results, unit="pseudo-spots"))
     print(f"maps in {Path(args.out).resolve()}")
-    return EXIT_FAILED if any(r.failed for r in results) else EXIT_OK
+    return exit_code(results)

@@ -5,13 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from histoxmodal.cli.common import (
-    EXIT_FAILED,
-    EXIT_OK,
-    format_tile_summary,
-    fraction,
-    positive_float,
-)
+from histoxmodal.cli.common import format_job_summary, fraction, positive_float
 
 NAME = "tile"
 
@@ -154,7 +148,8 @@ def spec_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """``histoxmodal tile``: the workflow, then the summary table; exit 1 when a slide failed."""
-    from histoxmodal.workflows.tile import parse_shard, tile_slides, user_mpp
+    from histoxmodal.workflows.jobs import exit_code, parse_shard
+    from histoxmodal.workflows.tile import tile_slides, user_mpp
 
     if args.workers < 1:
         from histoxmodal.errors import ConfigError
@@ -175,6 +170,6 @@ def run(args: argparse.Namespace) -> int:
         reader=args.reader,
         geojson_in=args.geojson_in,
     )
-    print(format_tile_summary(results))
+    print(format_job_summary(results))
     print(f"outputs in {Path(args.out).resolve()}")
-    return EXIT_FAILED if any(r.failed for r in results) else EXIT_OK
+    return exit_code(results)

@@ -7,15 +7,22 @@ meaning; equal to the output tile size when the target resolution is a pyramid l
 TRIDENT's meaning), ``patch_size_level0`` is the side in level-0 pixels, and ``target_mpp``,
 ``level0_mpp``, ``tile_px``, ``overlap`` and magnifications are recorded too. Dataset
 ``tissue_fraction`` holds each tile's tissue fraction.
+
+:func:`load_tiles` opens one slide's finished output folder as a :class:`TileSet`
+(``hx.load_tiles``).
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from histoxmodal import keys
+from histoxmodal.reprs import THUMBNAIL_PX, fmt_mpp, html_card, safe_html, safe_repr
 from histoxmodal.tiling.spec import TileGeometry
 
 if TYPE_CHECKING:
@@ -286,3 +293,166 @@ def write_overlay(
         Image.fromarray(img).save(path, format="PNG", compress_level=OVERLAY_PNG_LEVEL)
     except OSError as exc:
         raise OSError(f"could not write the overlay PNG {path}: {exc}") from exc
+
+
+def read_manifest(folder: str | Path) -> dict | None:
+    """The parsed ``manifest.json`` of one slide's output folder, or ``None`` when there is none
+    (or it is unreadable: a folder without a finished manifest is not output)."""
+    try:
+        return json.loads((Path(folder) / keys.TILE_MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class TileSet:
+    """The outputs of one tiled slide, opened for reading (see :func:`load_tiles`).
+
+    Attributes
+    ----------
+    coords
+        ``(n, 2)`` int64 level-0 ``(x, y)``.
+    tissue_fraction
+        ``(n,)`` float32.
+    attrs
+        Attributes of the ``coords`` dataset (patch size, level, mpp, ...).
+    manifest
+        The parsed ``manifest.json``.
+    tiles
+        ``(n, tile_px, tile_px, 3)`` uint8 HDF5 dataset read lazily by index, or ``None`` when the
+        slide was tiled without ``save_tiles``.
+    folder
+        The slide's output folder (``OUT/<slide name>``) when opened with :func:`load_tiles`.
+    """
+
+    coords: np.ndarray
+    tissue_fraction: np.ndarray
+    attrs: dict[str, object]
+    manifest: dict[str, object]
+    tiles: object | None = None
+    folder: Path | None = None
+    _file: object | None = None
+
+    def _fact(self, key: str, default: object = None) -> object:
+        return self.attrs.get(key, self.manifest.get(key, default))
+
+    @safe_repr
+    def __repr__(self) -> str:
+        n = len(self.coords)
+        name = self.manifest.get("name") or self.attrs.get("name") or "?"
+        area = self.manifest.get("tissue_area_mm2")
+        tissue = f", tissue {area:.2f} mm²" if isinstance(area, int | float) else ""
+        stored = ", pixels stored" if self.tiles is not None else ""
+        return (
+            f"TileSet({n} tile{'' if n == 1 else 's'} of {self._fact('tile_px', '?')} px at "
+            f"{fmt_mpp(self._fact('effective_mpp'))}, slide={name!r}{tissue}{stored})"
+        )
+
+    @safe_html
+    def _repr_html_(self) -> str:
+        """A table of the tile set's facts and its overlay (at most 256 px), for Jupyter."""
+        m = self.manifest
+        tile_px, size0 = self._fact("tile_px"), self._fact("patch_size_level0")
+        mpp = self._fact("effective_mpp")
+        tissue = m.get("tissue") if isinstance(m.get("tissue"), dict) else {}
+        rows: list[tuple[str, object]] = [
+            ("slide", m.get("slide", "?")),
+            ("tiles", len(self.coords)),
+            ("tile", f"{tile_px} px at {fmt_mpp(mpp)} (target {fmt_mpp(m.get('target_mpp'))})"),
+        ]
+        if isinstance(tile_px, int | float) and isinstance(mpp, int | float):
+            rows.append(("tile side", f"{tile_px * mpp:.0f} µm ({size0} level-0 px)"))
+        if isinstance(m.get("tissue_area_mm2"), int | float):
+            rows.append(
+                ("tissue", f"{m['tissue_area_mm2']:.2f} mm², {m.get('tissue_regions')} region(s)")
+            )
+        rule = f"min tissue {m.get('min_tissue')}"
+        rows.append(("kept", f"{rule}, {tissue.get('method', m.get('tissue_source', '?'))}"))
+        rows.append(("pixels", "stored (tiles.h5)" if self.tiles is not None else "not stored"))
+        if self.folder is not None:
+            rows.append(("folder", str(self.folder)))
+        return html_card(repr(self), rows, self._thumbnail())
+
+    def _thumbnail(self) -> np.ndarray | None:
+        """``overlay.png`` (tile outlines already drawn) or the slide's thumbnail with outlines."""
+        from PIL import Image, ImageDraw
+
+        if self.folder is not None and (self.folder / keys.TILE_OVERLAY_FILE).is_file():
+            with Image.open(self.folder / keys.TILE_OVERLAY_FILE) as im:
+                im = im.convert("RGB")
+                im.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+                return np.asarray(im)
+        slide = self.manifest.get("slide")
+        if not slide or not Path(str(slide)).is_file():
+            return None
+        from histoxmodal.io.slide import open_slide
+
+        reader = self.manifest.get("reader")
+        with open_slide(str(slide), reader=reader, allow_implausible_mpp=True) as sl:
+            thumb = sl.get_thumbnail(THUMBNAIL_PX)
+            ds = sl.dimensions[0] / thumb.shape[1]
+        im = Image.fromarray(thumb)
+        draw = ImageDraw.Draw(im)
+        side = float(self._fact("patch_size_level0") or 0) / ds
+        for x, y in np.asarray(self.coords, dtype=np.float64) / ds:
+            draw.rectangle([x, y, x + side, y + side], outline=(31, 119, 180))
+        return np.asarray(im)
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if self.tiles is None:
+            raise ValueError(
+                "this slide was tiled without --save-tiles; read pixels from the slide with "
+                "histoxmodal.iter_tiles, or re-run `histoxmodal tile --save-tiles --overwrite`"
+            )
+        return self.tiles[i]  # type: ignore[index]
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()  # type: ignore[attr-defined]
+            self._file = None
+
+    def __enter__(self) -> TileSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_tiles(folder: str | Path) -> TileSet:
+    """Open the outputs ``histoxmodal tile`` wrote for one slide.
+
+    Parameters
+    ----------
+    folder
+        ``OUT/<slide name>``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No finished output there.
+    ValueError
+        The slide failed; the message gives the recorded reason.
+    """
+    import h5py
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise FileNotFoundError(f"{folder}: no {keys.TILE_MANIFEST_FILE}; was it tiled?")
+    if manifest.get("status") == keys.STATUS_FAILED:
+        raise ValueError(f"{folder}: tiling failed: {manifest.get('reason')}")
+    with h5py.File(folder / keys.TILE_COORDS_FILE, "r") as f:
+        coords = f["coords"][:]
+        frac = f["tissue_fraction"][:]
+        attrs = {
+            k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in f["coords"].attrs.items()
+        }
+    ts = TileSet(coords, frac, attrs, manifest, folder=folder)
+    store = folder / keys.TILE_STORE_FILE
+    if store.exists():
+        ts._file = h5py.File(store, "r")
+        ts.tiles = ts._file["tiles"]  # type: ignore[index]
+    return ts

@@ -16,50 +16,45 @@ Writes ``OUT/<slide>/``:
 - ``manifest.json``: status, the slide's identity and the parameters (a rerun skips a slide done
   with the same run, head and parameters).
 
-Like ``histoxmodal tile``, a slide that fails is recorded and the others go on, outputs are
-published atomically, and a killed run resumes.
+What predict computes for one slide is :class:`PredictJob`; the batch-job protocol is
+``histoxmodal tile``'s (:mod:`histoxmodal.workflows.jobs`): a slide that fails is recorded and
+the others go on, outputs are published atomically, a killed run resumes, one process at a time
+works on a slide (``OUT/.locks/<slide>.predict.lock``) and ``shard=(K, N)`` splits the slides
+between processes. A full disk stops the run.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import time
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from histoxmodal import keys
-from histoxmodal.errors import ConfigError, HistoxmodalError
-from histoxmodal.fileutil import (
-    clean_stale,
-    is_disk_error,
-    publish_dir,
-    staging_dir,
-    write_json_atomic,
-)
+from histoxmodal.errors import ConfigError
+from histoxmodal.io.discovery import output_name
+from histoxmodal.keys import STATUS_OK
 from histoxmodal.version import __version__
+from histoxmodal.workflows.jobs import (
+    REDO,
+    SKIP,
+    Done,
+    FolderOutput,
+    JobItem,
+    SlideJob,
+    SlideResult,
+    run_jobs,
+    run_one,
+)
 from histoxmodal.workflows.predict import (
     check_prediction,
     check_spatial,
     read_targets,
 )
 from histoxmodal.workflows.run import Run
-from histoxmodal.workflows.tile import (
-    LOCK_DIR,
-    STATUS_FAILED,
-    STATUS_OK,
-    STATUS_SKIPPED,
-    SlideResult,
-    check_out_dir,
-    find_slides,
-    foreign_folder,
-    output_name,
-    slide_identity,
-)
 
 log = logging.getLogger(__name__)
 
@@ -242,107 +237,83 @@ def predict_slide(
     Returns
     -------
     SlideResult
-        ``ok``, ``skipped`` or ``failed`` (``reason`` says why); errors are recorded, not raised.
+        ``ok``, ``skipped``, ``busy`` (another process holds its lock) or ``failed`` (``reason``
+        says why); errors are recorded, not raised, except a full disk.
     """
-    t0 = time.perf_counter()
-    check_min_tissue(min_tissue)
-    run = run if isinstance(run, Run) else Run.load(run)
-    check_spatial(run)
-    if not run.patch:
-        raise ConfigError(
-            f"{run.path}: the run does not record its patch size (patch_um, patch_px); "
-            f"its training dataset {run.data} is needed once to read it"
-        )
-    head = expression_head(run, head)
-    patch_um = float(run.patch["patch_um"])
-    grid_um = check_grid(
-        grid_um if grid_um is not None else patch_um, patch_um, allow_dense_grid=allow_dense_grid
-    )
+    job = PredictJob.create(run, head, grid_um, min_tissue, genes, mpp, centres, batch_size,
+                            allow_dense_grid)  # fmt: skip
     slide = Path(slide).expanduser()
-    name = name or output_name(slide)
-    out_dir = Path(out_dir)
-    final = out_dir / name
-    params = _params(run, head, grid_um, min_tissue, mpp, genes)
-    if centres is not None:
-        params["centres_sha256"] = _digest(np.asarray(centres, np.float64))
-    try:
-        source = slide_identity(slide)
-    except OSError as exc:
-        return SlideResult(str(slide), name, STATUS_FAILED, reason=f"{slide}: {exc.strerror}")
-    previous = _read(final / MANIFEST_FILE)
-    done = previous is not None and previous.get("status") == STATUS_OK and not overwrite
-    if done and previous.get("params") == params and previous.get("source") == source:
-        return SlideResult(
-                str(slide), name, STATUS_SKIPPED, previous.get("n_spots"), reason="already done",
-                out_dir=str(final),
-            )  # fmt: skip
-    from filelock import FileLock, Timeout
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / LOCK_DIR).mkdir(exist_ok=True)
-    # one process per slide: a second one would remove the first one's staging folder
-    lock = FileLock(out_dir / LOCK_DIR / f"{name}.predict.lock", timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        return SlideResult.busy(slide, name, lock.lock_file, "maps are", str(final))
-    try:
-        return _predict_slide_locked(
-            run, head, slide, name, out_dir, final, params, source, t0, mpp, grid_um,
-            min_tissue, genes, centres, batch_size, allow_dense_grid,
-        )  # fmt: skip
-    finally:
-        lock.release()
+    return run_one(job, JobItem(slide, name or output_name(slide)), out_dir, overwrite=overwrite)
 
 
-def _predict_slide_locked(
-    run, head, slide, name, out_dir, final, params, source, t0, mpp, grid_um, min_tissue, genes,
-    centres, batch_size, allow_dense_grid,
-) -> SlideResult:  # fmt: skip
-    foreign = foreign_folder(final, (MANIFEST_FILE, "prediction.h5ad"))
-    if foreign:  # --overwrite included: only our own output is ever replaced
-        return SlideResult(str(slide), name, STATUS_FAILED, reason=foreign, out_dir=str(final))
-    clean_stale(out_dir, name)
-    tmp = staging_dir(final)
-    manifest: dict[str, object] = {
-        "slide": str(slide),
-        "source": source,
-        "status": STATUS_FAILED,
-        "histoxmodal_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "params": params,
-    }
-    result = SlideResult(str(slide), name, STATUS_FAILED, out_dir=str(final))
-    try:
-        n, maps, slide_mpp = _predict_into(
-            run, head, slide, tmp, name, mpp, grid_um, min_tissue, genes, centres, batch_size,
-            allow_dense_grid,
-        )  # fmt: skip
-        manifest.update(
-            {"status": STATUS_OK, "n_spots": n, "maps": maps, "mpp": slide_mpp, "files": None}
+@dataclass
+class PredictJob(SlideJob):
+    """Predicting the expression map of one slide with a run's image tower and saved head (the
+    attributes are :func:`predict_slide`'s options, checked by :meth:`create`)."""
+
+    run: Run
+    head: str
+    grid_um: float
+    min_tissue: float = 0.5
+    genes: Sequence[str] | None = None
+    mpp: float | None = None
+    centres: np.ndarray | None = None
+    batch_size: int = 64
+    allow_dense_grid: bool = False
+
+    noun = "maps"
+    lock_suffix = ".predict"
+    count_key = "n_spots"
+    done_statuses = (STATUS_OK,)
+    stop_on_disk_error = True
+    layout = FolderOutput((MANIFEST_FILE, PREDICTION_FILE), MANIFEST_FILE)
+
+    @classmethod
+    def create(
+        cls, run, head=None, grid_um=None, min_tissue=0.5, genes=None, mpp=None, centres=None,
+        batch_size=64, allow_dense_grid=False,
+    ) -> PredictJob:  # fmt: skip
+        """Check the run and the options (before any slide or folder) and build the job."""
+        check_min_tissue(min_tissue)
+        run = run if isinstance(run, Run) else Run.load(run)
+        check_spatial(run)
+        if not run.patch:
+            raise ConfigError(
+                f"{run.path}: the run does not record its patch size (patch_um, patch_px); "
+                f"its training dataset {run.data} is needed once to read it"
+            )
+        head = expression_head(run, head)
+        patch_um = float(run.patch["patch_um"])
+        grid = grid_um if grid_um is not None else patch_um
+        grid = check_grid(grid, patch_um, allow_dense_grid=allow_dense_grid)
+        return cls(run, head, grid, min_tissue, genes, mpp, centres, batch_size, allow_dense_grid)
+
+    def __post_init__(self) -> None:
+        self._params = _params(
+            self.run, self.head, self.grid_um, self.min_tissue, self.mpp, self.genes
         )
-        manifest["files"] = sorted(p.name for p in tmp.iterdir())
-        result.status, result.n_tiles, result.mpp = STATUS_OK, n, slide_mpp
-    except (KeyboardInterrupt, SystemExit):
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except Exception as exc:  # recorded; the batch goes on
-        if is_disk_error(exc):  # every later slide would fail the same way: stop, one line
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        known = isinstance(exc, HistoxmodalError | OSError)
-        reason = str(exc) if known else f"{type(exc).__name__}: {exc}"
-        if not known:
-            log.exception("%s: unexpected error", slide)
-        manifest.update({"status": STATUS_FAILED, "reason": reason})
-        result.reason = reason
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    result.seconds = time.perf_counter() - t0
-    manifest["seconds"] = round(result.seconds, 3)
-    write_json_atomic(tmp / MANIFEST_FILE, manifest)
-    publish_dir(tmp, final)
-    return result
+        if self.centres is not None:
+            self._params["centres_sha256"] = _digest(np.asarray(self.centres, np.float64))
+
+    def params(self, item: JobItem) -> dict[str, Any]:
+        return self._params
+
+    def header(self, item: JobItem, identity: dict | None) -> dict[str, Any]:
+        return {"slide": str(item.path), "source": identity}
+
+    def compare(self, previous, identity, params, final) -> tuple[str, str]:
+        # other settings or another file: predicted again, replacing the old maps
+        same = previous.get("params") == params and previous.get("source") == identity
+        return (SKIP, "already done") if same else (REDO, "")
+
+    def compute(self, item: JobItem, staging: Path, record: dict[str, Any]) -> Done:
+        n, maps, slide_mpp = _predict_into(
+            self.run, self.head, item.path, staging, item.name, self.mpp, self.grid_um,
+            self.min_tissue, self.genes, self.centres, self.batch_size, self.allow_dense_grid,
+        )  # fmt: skip
+        files = sorted(p.name for p in staging.iterdir())
+        record.update({"n_spots": n, "maps": maps, "mpp": slide_mpp, "files": files})
+        return Done(STATUS_OK, n, slide_mpp)
 
 
 def _predict_into(
@@ -461,45 +432,28 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def predict_slides(
     run: str | Path | Run,
     inputs: Sequence[str | Path],
     out_dir: str | Path,
-    **kwargs: object,
+    *,
+    shard: tuple[int, int] | str | None = None,
+    overwrite: bool = False,
+    on_result: Callable[[SlideResult], None] | None = None,
+    **kwargs: Any,
 ) -> list[SlideResult]:
-    """Expression maps of many slides (files or folders of slides); see :func:`predict_slide`.
+    """Expression maps of many slides (files or folders of slides); see :func:`predict_slide`
+    for the other keyword arguments.
 
-    One slide failing is recorded in its ``manifest.json`` and the others go on.
+    One slide failing is recorded in its ``manifest.json`` and the others go on. ``shard``
+    (``(K, N)``, ``"K/N"`` or ``"auto"``) takes slides ``K, K+N, ...`` of the sorted list, as
+    ``tile`` does; ``on_result`` is called with each slide's result as it completes.
 
     Raises
     ------
     ConfigError
-        The run cannot predict (no expression head), no slide was found, or ``out_dir`` is not
-        a writable folder.
+        The run cannot predict (no expression head), a bad option or shard, no slide was found,
+        or ``out_dir`` is not a writable folder.
     """
-    from histoxmodal.progress import progress
-
-    check_min_tissue(kwargs.get("min_tissue", 0.5))  # before any slide or folder
-    run = run if isinstance(run, Run) else Run.load(run)
-    check_spatial(run)
-    expression_head(run, kwargs.get("head"))  # type: ignore[arg-type]
-    if kwargs.get("grid_um") is not None and run.patch:
-        check_grid(
-            kwargs["grid_um"],  # type: ignore[arg-type]
-            float(run.patch["patch_um"]),
-            allow_dense_grid=bool(kwargs.get("allow_dense_grid")),
-        )
-    slides, results = find_slides(inputs)
-    if not slides and not results:
-        raise ConfigError(f"no slides found in {', '.join(map(str, inputs))}")
-    out = check_out_dir(out_dir)
-    for p in progress(slides, total=len(slides), desc="slides", unit="slide", log_items=True):
-        results.append(predict_slide(run, p, out, **kwargs))  # type: ignore[arg-type]
-    return results
+    job = PredictJob.create(run, **kwargs)
+    return run_jobs(job, inputs, out_dir, shard=shard, overwrite=overwrite, on_result=on_result)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -133,24 +131,6 @@ def test_resume_skips_a_finished_slide_and_refuses_another_one(small_slide, extr
     assert r.status == "ok" and r2.status == "ok"
 
 
-def test_a_failed_slide_is_recorded_and_the_others_go_on(small_slide, tmp_path, capsys):
-    from histoxmodal.cli.main import main
-
-    bad = tmp_path / "broken.tif"
-    bad.write_bytes(b"II*\x00" + b"\x00" * 64)
-    out = tmp_path / "out"
-    argv = ["features", str(bad), str(small_slide.path), "--encoder", ENC, "--out", str(out)]
-    assert main(argv) == 1
-    text = capsys.readouterr().out
-    assert "broken" in text and "failed" in text and "1 ok" in text
-    record = json.loads((out / "broken.json").read_text())
-    assert record["status"] == "failed" and "broken.tif" in record["reason"]
-    assert not (out / "broken.h5").exists() and (out / "small.h5").exists()
-    assert not list(out.glob(".*partial*"))
-    assert main(argv) == 1  # the failure is retried, the finished slide skipped
-    assert "skipped" in capsys.readouterr().out
-
-
 def test_bad_options_are_one_line(small_slide, tmp_path, capsys):
     from histoxmodal.cli.main import main
 
@@ -220,53 +200,6 @@ def test_anndata_format(small_slide, extracted, tmp_path):
     assert a.uns["features"]["encoder"] == ENC and a.uns["features"]["mpp"] == 0.5
 
 
-def test_two_shard_processes_split_the_slides(tmp_path):
-    from histoxmodal.testing import make_synthetic_slide
-
-    slides = tmp_path / "slides"
-    slides.mkdir()
-    for i in range(4):
-        make_synthetic_slide(
-            slides / f"s{i}.tif", width=2048, height=1536, tile=256, level_downsample=2,
-            min_level_size=384, n_sections=2, seed=3 + i,
-        )  # fmt: skip
-    out = tmp_path / "out"
-    env = {**os.environ, "HISTOXMODAL_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "histoxmodal.cli.main",
-                "features",
-                str(slides),
-                "--out",
-                str(out),
-                "--encoder",
-                ENC,
-                "--workers",
-                "1",
-                "--shard",
-                f"{k}/2",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for k in range(2)
-    ]
-    done = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=120)
-        assert p.returncode == 0, stderr
-        rows = [line.split() for line in stdout.splitlines()]
-        done.append({r[0] for r in rows if len(r) > 1 and r[1] == "ok"})
-    assert done[0].isdisjoint(done[1])
-    assert done[0] | done[1] == {f"s{i}" for i in range(4)}
-    assert sorted(p.stem for p in out.glob("*.h5")) == [f"s{i}" for i in range(4)]
-
-
 def test_a_runs_image_tower_with_and_without_projection(small_slide, tmp_path):
     pytest.importorskip("lightning")
     from histoxmodal.testing.paired import make_paired_dataset
@@ -300,58 +233,14 @@ def test_a_runs_image_tower_with_and_without_projection(small_slide, tmp_path):
         np.testing.assert_allclose(feats[:8], ref, atol=2e-4, rtol=1e-4)
 
 
-def test_models_lists_every_image_encoder_with_its_metadata(capsys):
-    from histoxmodal.cli.main import main
-    from histoxmodal.encoders import create_encoder
-    from histoxmodal.workflows.features import list_models
-
-    rows = {m["name"]: m for m in list_models()}
-    assert {"uni", "conch", "virchow2", "h_optimus_0", "gigapath", "phikon", "ctranspath"} <= set(
-        rows
-    )
-    assert not any(n.startswith("test_") for n in rows)
-    assert rows["conch"]["input_size"] == 448 and rows["uni"]["mpp"] == 0.5
-    for name, m in rows.items():
-        assert m["licence"] and m["weights"], name
-        with torch.device("meta"):  # the stated output size is the architecture's
-            assert create_encoder(name).embed_dim == m["dim"], name
-    for m in list_models("test_*", include_tests=True):
-        assert create_encoder(m["name"]).embed_dim == m["dim"], m["name"]
-    assert main(["models"]) == 0
-    text = capsys.readouterr().out
-    assert "virchow2" in text and "2560" in text and "CC-BY-NC-ND-4.0" in text
-
-
-def test_models_lists_the_gene_towers_with_input_dim_weights_and_licence(capsys):
-    from histoxmodal.cli.main import main
-    from histoxmodal.encoders import create_encoder
-    from histoxmodal.workflows.features import list_gene_models
-
-    rows = {m["name"]: m for m in list_gene_models()}
-    assert set(rows) == {"gene_mlp", "gene_transformer", "gene_scvi", "gene_drvi"}
-    for name, m in rows.items():
-        assert m["licence"] and m["weights"] and m["input"], name
-    assert rows["gene_drvi"]["weights"].startswith("required") and rows["gene_drvi"]["input"]
-    assert (
-        rows["gene_mlp"]["input"].startswith("log1p") and "raw counts" in rows["gene_scvi"]["input"]
-    )
-    for name in ("gene_mlp", "gene_transformer"):  # the stated size is the tower's
-        assert create_encoder(name, n_genes=20).embed_dim == rows[name]["dim"]
-    for m in list_gene_models("test_*", include_tests=True):
-        if isinstance(m["dim"], int):
-            assert create_encoder(m["name"], n_genes=20).embed_dim == m["dim"], m["name"]
-    assert main(["models", "gene_*"]) == 0
-    text = capsys.readouterr().out
-    assert "gene_drvi" in text and "BSD-3-Clause (drvi-py)" in text and "virchow2" not in text
-
-
 def test_a_foundation_model_without_weights_is_refused_unless_asked(
     small_slide, extracted, tmp_path, capsys
 ):
     from histoxmodal.cli.main import main
     from histoxmodal.encoders import describe_encoder
     from histoxmodal.errors import ConfigError
-    from histoxmodal.workflows.features import load_extractor, read_features
+    from histoxmodal.workflows.extractor import load_extractor
+    from histoxmodal.workflows.features import read_features
 
     for name in ("uni", "conch", "virchow2", "ctranspath"):
         assert describe_encoder(name)["needs_weights"] is True

@@ -1,4 +1,5 @@
-"""Tiling slides to disk: outputs, resume, atomicity, failures, parallel runs and shards."""
+"""Tiling slides to disk: outputs, resume, atomicity, failures and parallel runs (the protocol
+shared with features and predict is tested in test_jobs.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import pytest
 from histoxmodal import TileSpec, load_tiles, open_slide, tile_slide, tile_slides
 from histoxmodal.errors import ConfigError
 from histoxmodal.tiling.tissue import detect_tissue
-from histoxmodal.workflows.tile import find_slides, parse_shard
 
 
 def test_cmu_outputs_match_independent_computation(cmu_svs, tmp_path):
@@ -157,35 +157,8 @@ def test_parallel_slides_equal_sequential(small_slide, blank_slide, cmu_svs, tmp
             np.testing.assert_array_equal(a, b)
 
 
-def test_shards_partition_the_sorted_list(small_slide, blank_slide, cmu_svs, tmp_path):
-    inputs = [small_slide.path, blank_slide.path, cmu_svs]
-    names = []
-    for k in range(2):
-        rs = tile_slides(inputs, tmp_path, TileSpec(tile_px=128), shard=(k, 2))
-        names.append([r.name for r in rs])
-    # sorted paths: /.../CMU-1-Small-Region.svs, then blank.tif and small.tif by full path
-    ordered = [p for p, _ in sorted((p.resolve(), 0) for p in inputs)]
-    want0 = sorted(p.stem for p in ordered[0::2])
-    assert sorted(names[0]) == want0 and len(names[0]) + len(names[1]) == 3
-    assert not set(names[0]) & set(names[1])
-
-
-def test_parse_shard(monkeypatch):
-    assert parse_shard("2/8") == (2, 8) and parse_shard(None) is None
-    for bad in ("8/8", "x", "1/0", "-1/2"):
-        with pytest.raises(ConfigError):
-            parse_shard(bad)
-    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")
-    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
-    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "10")
-    assert parse_shard("auto") == (4, 10)
-
-
 def test_inputs_expansion_and_collisions(data_dir, tmp_path):
     fx = data_dir / "wsi" / "openslide-fixtures"
-    slides, missing = find_slides([fx, fx / "boxes_1.dcm"])
-    assert [p.name for p in slides] == ["boxes.tiff", "boxes_0.dcm", "small.svs"]
-    assert missing == []
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ConfigError, match="no slides found"):

@@ -12,10 +12,11 @@ import pytest
 
 from histoxmodal.cli.main import main
 from histoxmodal.errors import ConfigError
+from histoxmodal.io.discovery import output_name
 from histoxmodal.testing import make_synthetic_slide
 from histoxmodal.tiling.spec import TileSpec
-from histoxmodal.workflows import tile as tile_wf
-from histoxmodal.workflows.tile import output_name, tile_slide, tile_slides
+from histoxmodal.workflows import job_control
+from histoxmodal.workflows.tile import tile_slide, tile_slides
 
 SPEC = TileSpec(tile_px=64, target_mpp=1.0, min_tissue=0.0)
 
@@ -124,26 +125,6 @@ def test_a_failed_slide_leaves_only_its_manifest(slides, tmp_path, monkeypatch):
     assert (tmp_path / "out" / "a" / "tiles.h5").exists()
 
 
-def test_a_locked_slide_is_left_to_the_other_process(slides, tmp_path, capsys):
-    from filelock import FileLock
-
-    a, _ = slides
-    out = tmp_path / "out"
-    (out / ".locks").mkdir(parents=True)
-    theirs = out / ".a.partial-999-abcdef01"  # the other process's staging folder
-    theirs.mkdir()
-    with FileLock(out / ".locks" / "a.lock"):
-        r = tile_slide(a, out, SPEC)
-        assert r.status == "busy" and r.failed and "in progress in another process" in r.reason
-        assert theirs.exists() and not (out / "a").exists()
-        # the command line says so and exits non-zero: the tiles are not finished
-        assert main(["tile", str(a), "--out", str(out)]) == 1
-        printed = capsys.readouterr().out
-        assert "busy: a: in progress in another process" in printed
-    r = tile_slide(a, out, SPEC)  # the lock is free: a stale staging folder is cleaned
-    assert r.status == "ok" and not theirs.exists()
-
-
 def test_out_must_be_a_writable_folder(slides, tmp_path, monkeypatch, capsys):
     a, _ = slides
     f = tmp_path / "file"
@@ -157,7 +138,7 @@ def test_out_must_be_a_writable_folder(slides, tmp_path, monkeypatch, capsys):
     def read_only(*args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
-    monkeypatch.setattr(tile_wf.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(job_control.tempfile, "mkstemp", read_only)
     assert main(["tile", str(a), "--out", str(tmp_path / "ro")]) == 2
     err = capsys.readouterr().err
     assert "cannot write there (Permission denied); choose a writable folder" in err
