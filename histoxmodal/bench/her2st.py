@@ -301,7 +301,7 @@ def run_her2st(
                     elif row == BASELINES[1]:
                         torch.manual_seed(seed)
                         tower = Run.create(out / "random", cfg, data=dataset, split=split)
-                        tower._module = tower.new_module().eval()
+                        tower.attach(tower.new_module())
                         feats = tower.embed(dataset)["image"]
                     if overrides is None:
                         pa, pb = ridge_to_expression_space(

@@ -1,4 +1,6 @@
-"""Spot-centred patches: a fixed physical field of view around each spot, at a fixed size."""
+"""Spot-centred patches: a fixed physical field of view around each spot, at a fixed size; and
+the grid of pseudo-spots laid over a slide's tissue for whole-slide maps (``pseudo_spots``,
+``window_px``)."""
 
 from __future__ import annotations
 
@@ -79,3 +81,36 @@ def spot_patches(
         return
     with ThreadPoolExecutor(workers) as pool:
         yield from pool.map(read, starts)
+
+
+def window_px(patch_um: float, mpp: float) -> int:
+    """Side in level-0 pixels of a pseudo-spot window of ``patch_um`` µm: whole pixels, so
+    windows laid at the same rounded pitch tile the slide without gaps (and the maps drawn from
+    them show no seam)."""
+    return max(1, round(patch_um / mpp))
+
+
+def pseudo_spots(
+    slide, mask, *, patch_um: float, grid_um: float, min_tissue: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centres of a square grid of pseudo-spots over the tissue.
+
+    Windows of ``patch_um`` are laid every ``grid_um`` from the slide's corner; those whose
+    tissue fraction (in ``mask``) reaches ``min_tissue`` are kept.
+
+    Returns
+    -------
+    centres
+        ``(n, 2)`` float64 level-0 ``(x, y)``.
+    tissue_fraction
+        ``(n,)`` float32.
+    """
+    from histoxmodal.tiling.grid import grid_coords
+
+    mpp = slide.require_mpp()
+    side = window_px(patch_um, mpp)
+    step = window_px(grid_um, mpp)
+    corners = grid_coords(slide.dimensions, side, step)
+    frac = mask.fraction(corners, side) if len(corners) else np.zeros(0, np.float32)
+    keep = frac >= min_tissue
+    return corners[keep] + side / 2.0, frac[keep].astype(np.float32)

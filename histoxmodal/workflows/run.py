@@ -384,6 +384,12 @@ class Run:
         save_weights(module, self.path / keys.RUN_WEIGHTS_FILE)
         self._module = module
 
+    def attach(self, module) -> Run:
+        """Use ``module`` as the run's trained module, in eval mode, without writing weights: a
+        module just trained in this process, or an untrained baseline tower. Returns the run."""
+        self._module = module.eval()
+        return self
+
     # ----------------------------------------------------------------------------- loading
 
     @classmethod

@@ -116,7 +116,7 @@ def train(
         )
     if fit_module(module, train_dl, val_dl, out, config.optim, resume=resume, trainer=trainer):
         save_weights(module, out / keys.RUN_WEIGHTS_FILE)
-    run._module = module.eval()
+    run.attach(module)
     head = getattr(config, "head", None)
     expression = head.expression if head is not None and run.kind == "spatial" else None
     name = f"expression_{expression}"

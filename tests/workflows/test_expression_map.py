@@ -362,7 +362,7 @@ def _seams(spot_px: float, pitch: int, scale: float) -> int:
 def test_pseudo_spot_squares_tile_the_grid_without_seams():
     """112 µm windows at 0.688 µm/px are laid at 163 px (whole pixels); the maps draw them at
     that side. Drawn at 112 / 0.688 = 162.79 px they fell short and left 1-px seams."""
-    from histoxmodal.workflows.expression_map import window_px
+    from histoxmodal.tiling.spots import window_px
 
     assert window_px(112.0, 0.688) == 163 and window_px(16.0, 0.25) == 64
     assert window_px(0.1, 0.5) == 1
