@@ -67,6 +67,10 @@ def radius_neighbours(coords, groups=None, *, radius: float):
         Centres at most this far apart are neighbours (same unit as ``coords``). A row with
         no neighbour within it (an isolated spot) is its own neighbourhood.
     """
+    # Written out instead of squidpy.gr.spatial_neighbors(coord_type="generic", radius=...,
+    # library_key=...): squidpy gives the same edges (tests/data/test_neighbours.py; 1,787,996 of
+    # 1,787,996 on 100k Visium-grid spots at 250 µm) but took 2.6-2.8x as long here (5.0 s vs
+    # 1.8 s, `histoxmodal bench neighbours`), and it needs an AnnData around the coordinates.
     from scipy import sparse
     from scipy.spatial import cKDTree
 

@@ -318,6 +318,22 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes,
         e = expression_metrics(y_true, head.predict(x_pred), top, samples=samples)
         put_expression(name, e)
     put_expression("handcrafted_ridge", base)
+    # is the predicted map as smooth as the tissue? Moran's I over each section's spots
+    from histoxmodal.data.neighbours import spot_coords_um
+    from histoxmodal.evaluation.spatial import morans_i, morans_i_summary
+
+    xy_um = spot_coords_um(adata, rows.test_rows)
+    moran = {
+        name: morans_i(v, xy_um, samples, genes=top)
+        for name, v in (("predicted", y_pred), ("measured", y_true), ("baseline", hc_pred))
+    }
+    moran_pred = morans_i_summary(moran["predicted"], moran["measured"])
+    moran_base = morans_i_summary(moran["baseline"], moran["measured"])
+    put("spatial.morans_i.predicted_mean", moran_pred["predicted_mean"], -1.0 / max(n - 1, 1),
+        moran_base["predicted_mean"])  # fmt: skip
+    put("spatial.morans_i.measured_mean", moran_pred["measured_mean"])
+    put("spatial.morans_i.difference_mean", moran_pred["difference_mean"], None,
+        moran_base["difference_mean"])  # fmt: skip
     if len(set(batch)) > 1:
         _, counts = np.unique(batch, return_counts=True)
         mixed = {  # what random neighbours give (iLISI: the inverse Simpson index of batches)
@@ -362,6 +378,10 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes,
         "metrics": m,
         "protocol": protocol,
         "per_gene_pearson": {g: v["pearson"] for g, v in expr["pooled"]["per_gene"].items()},
+        # Moran's I of each gene's predicted (ridge head) and measured map over the test spots
+        "per_gene_morans_i": {
+            g: {"predicted": moran["predicted"][g], "measured": moran["measured"][g]} for g in top
+        },
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / keys.METRICS_FILE, result)

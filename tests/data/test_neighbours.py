@@ -86,3 +86,36 @@ def test_bad_shapes_are_refused():
         radius_neighbours(np.zeros((3, 2)), radius=0)
     with pytest.raises(ValueError, match="features has 2 rows, coords 3"):
         radius_context(np.zeros((2, 4)), np.zeros((3, 2)), radius=1)
+
+
+def test_the_radius_graph_has_squidpys_neighbours_on_her2st(data_dir):
+    """The hand-built graph (kept for speed: `histoxmodal bench neighbours`) links exactly the
+    spots squidpy links, on the real sections' spot centres in µm."""
+    sq = pytest.importorskip("squidpy")
+    from histoxmodal.bench.neighbours import bench_neighbours, hex_spots
+    from histoxmodal.io.spatial import read_her2st
+
+    parts = [read_her2st(data_dir / "her2st", s) for s in ("B4", "C3")]
+    xy = np.concatenate(
+        [
+            p.obsm["spatial"] * p.uns["spatial"][p.obs["sample"].iloc[0]]["metadata"]["mpp"]
+            for p in parts
+        ]
+    )
+    sample = np.concatenate([p.obs["sample"].astype(str).to_numpy() for p in parts])
+    ours = radius_neighbours(xy, sample, radius=450.0)
+    adata = ad.AnnData(np.zeros((len(xy), 1), np.float32))
+    adata.obsm["spatial"] = xy
+    adata.obs["sample"] = pd.Categorical(sample)
+    sq.gr.spatial_neighbors(adata, coord_type="generic", radius=450.0, library_key="sample")
+    a = (ours > 0).astype(np.int8).tolil()
+    a.setdiag(0)
+    a = a.tocsr()
+    a.eliminate_zeros()
+    b = (adata.obsp["spatial_connectivities"] != 0).astype(np.int8).tocsr()
+    assert a.nnz == b.nnz > 4 * len(xy)
+    assert abs(a - b).nnz == 0
+    # and the bench's own check on a generated grid
+    r = bench_neighbours(2_000, n_sections=2, radius_um=150.0, repeats=1)
+    assert r["edges_differing"] == 0 and r["edges_histoxmodal"] == r["edges_squidpy"] > 0
+    assert len(hex_spots(2_000, 2)[0]) == 2_000

@@ -62,6 +62,29 @@ def test_evaluate_writes_metrics_and_report(tmp_path, capsys):
     assert r["protocol"]["n_test"] == round(0.2 * 128) and len(r["protocol"]["genes"]) == 50
     assert m["retrieval.in_batch_B16.i2g.recall@5"] >= m["retrieval.full.i2g.recall@5"]
     assert m["expression.ridge.pearson_pooled_mean"] > 0.3  # the states drive both modalities
+    # Moran's I of the predicted and measured maps, per gene and averaged
+    from histoxmodal.data.neighbours import spot_coords_um
+    from histoxmodal.data.normalize import expression_matrix
+    from histoxmodal.data.splits import Split as _Split
+    from histoxmodal.data.store import load_paired as _load
+    from histoxmodal.evaluation.spatial import morans_i
+
+    per = r["per_gene_morans_i"]
+    genes = r["protocol"]["genes"]
+    assert list(per) == genes
+    adata = _load(data)[0]
+    test = np.sort(_Split.load(split).fold(0).test)
+    measured = morans_i(
+        expression_matrix(adata, genes, rows=test),
+        spot_coords_um(adata, test),
+        adata.obs["sample"].astype(str).to_numpy()[test],
+        genes=genes,
+    )
+    assert [per[g]["measured"] for g in genes] == pytest.approx([measured[g] for g in genes])
+    predicted = np.mean([per[g]["predicted"] for g in genes])
+    assert m["spatial.morans_i.predicted_mean"] == pytest.approx(predicted)
+    assert m["spatial.morans_i.predicted_mean_chance"] == pytest.approx(-1 / (len(test) - 1))
+    assert "spatial.morans_i.predicted_mean_baseline" in m
     page = (tmp_path / "eval" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and "image → gene Recall@5" in page
     assert r["protocol"]["overlap"] == {"n_test_spots_trained_on": 0, "allowed": False}
