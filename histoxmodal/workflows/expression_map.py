@@ -10,6 +10,7 @@ Writes ``OUT/<slide>/``:
 
 - ``prediction.h5ad``: ``X`` the predicted log1p-CP10k expression ``(n_pseudo_spots, n_genes)``,
   ``obsm['spatial']`` the centres in level-0 pixels, ``obs['tissue_fraction']``,
+  ``var['morans_i']`` each gene map's Moran's I over the pseudo-spots' six nearest neighbours,
   ``uns['spatial'][<slide>]`` a hires thumbnail with scale factors (``scanpy.pl.spatial`` and
   squidpy work unchanged), ``uns['prediction']`` naming the run, head, slide and version;
 - ``<gene>.png``: a heatmap per requested gene over the H&E thumbnail, colour bar and scale bar;
@@ -348,6 +349,11 @@ def _predict_into(
     check_prediction(y, all_genes, run, head)
     obs = pd.DataFrame({"tissue_fraction": frac}, index=[f"{name}_{i}" for i in range(len(xy))])
     a = ad.AnnData(X=y, obs=obs, var=pd.DataFrame(index=all_genes))
+    if len(y) >= 3:  # how smooth each predicted map is: Moran's I over the pseudo-spots (squidpy)
+        from histoxmodal.evaluation.spatial import morans_i
+
+        i_by_gene = morans_i(y, xy * slide_mpp, genes=all_genes)
+        a.var["morans_i"] = np.array([i_by_gene[g] for g in all_genes], np.float64)
     a.obsm[keys.OBSM_SPATIAL] = xy
     a.obsm["X_image"] = z
     # the windows' side in whole pixels, as laid: drawn at patch_um / mpp instead, squares on

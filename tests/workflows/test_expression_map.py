@@ -369,3 +369,29 @@ def test_pseudo_spot_squares_tile_the_grid_without_seams():
     scale = 1536 / 12000
     assert _seams(112.0 / 0.688, 163, scale) > 0  # the old drawing: the check sees seams
     assert _seams(window_px(112.0, 0.688), 163, scale) == 0
+
+
+def test_squidpy_reads_a_prediction_and_its_morans_i(tiny_run):
+    import anndata as ad
+    import matplotlib
+
+    matplotlib.use("Agg")
+    squidpy = pytest.importorskip("squidpy")
+
+    from histoxmodal.workflows.expression_map import predict_slide
+
+    tmp, run, slide = tiny_run
+    r = predict_slide(run, slide, tmp / "maps_sq", grid_um=40, genes=run.genes[:1])
+    assert r.status == "ok", r.reason
+    a = ad.read_h5ad(tmp / "maps_sq" / "new" / "prediction.h5ad")
+    assert list(a.var_names) == run.genes and a.var["morans_i"].notna().all()
+    # squidpy on the written file: its neighbours and Moran's I give the values stored
+    squidpy.gr.spatial_neighbors(a, coord_type="generic", n_neighs=6)
+    table = squidpy.gr.spatial_autocorr(
+        a, mode="moran", genes=list(a.var_names), n_perms=None, copy=True
+    )
+    np.testing.assert_allclose(table.loc[a.var_names, "I"], a.var["morans_i"], rtol=1e-6)
+    out = tmp / "scatter.png"
+    squidpy.pl.spatial_scatter(a, color=a.var_names[0], library_id="new", save=None)
+    matplotlib.pyplot.savefig(out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
