@@ -21,7 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["bench_xenium_pooling", "pooling_peak_memory", "write_transcripts"]
+__all__ = [
+    "bench_xenium_pooling",
+    "format_pooling_table",
+    "pooling_peak_memory",
+    "write_transcripts",
+]
 
 _GENE_CATEGORY = "predesigned_gene"
 _CONTROLS = {
@@ -226,3 +231,25 @@ def bench_xenium_pooling(
         if not keep_files:
             f.unlink()
     return results
+
+
+def format_pooling_table(results: dict[str, object]) -> str:
+    """The runs of :func:`bench_xenium_pooling` as a plain-text table, one row per length."""
+    rows = [("transcripts", "file MiB", "peak MiB", "seconds", "spots", "nonzeros", "pandas MiB")]
+    for r in results["runs"]:  # type: ignore[union-attr]
+        s, pd_run = r["streaming"], r.get("pandas")
+        rows.append(
+            (
+                f"{r['rows']:,}",
+                f"{r['file_mib']:.0f}",
+                f"{s['peak_mib']:.0f}",
+                f"{s['seconds']:.1f}",
+                f"{s['n_spots']:,}",
+                f"{s['nnz']:,}",
+                f"{pd_run['peak_mib']:.0f}" if pd_run else "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

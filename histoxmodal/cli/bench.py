@@ -6,9 +6,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from histoxmodal.cli.common import EXIT_OK, add_data, add_src, positive_int
+from histoxmodal.cli.common import EXIT_OK, add_data, add_src, positive_float, positive_int
 
 NAME = "bench"
+
+
+def _row_counts(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated integers >= 1 (``1000000,10000000``)."""
+    out = []
+    for part in text.split(","):
+        out.append(positive_int(part.strip().replace("_", "")))
+    return tuple(out)
 
 
 def add_parser(subparsers) -> None:
@@ -229,6 +237,41 @@ def add_parser(subparsers) -> None:
         help="pixels per patch side (default 64); the her2st config wants --patch-um 224 "
         "--patch-px 128",
     )
+    bx = bsub.add_parser(
+        "xenium",
+        help="peak memory of pooling Xenium transcripts into pseudo-spots, by file length",
+        description="Writes transcripts.parquet tables of growing length (XOA 3's schema, rows "
+        "in random order) and measures, each in a fresh process, the peak resident memory and "
+        "time of the streaming pooling (read_xenium(source='transcripts')) and, up to "
+        "--naive-max-rows, of pandas reading the columns whole and grouping.",
+    )
+    bx.add_argument(
+        "--rows",
+        type=_row_counts,
+        default=(1_000_000, 10_000_000, 40_000_000),
+        metavar="N1,N2",
+        help="transcripts per table, comma-separated (default 1000000,10000000,40000000)",
+    )
+    bx.add_argument(
+        "--naive-max-rows",
+        type=int,
+        default=10_000_000,
+        metavar="N",
+        help="run the pandas baseline up to this length (default 10000000; 0 skips it)",
+    )
+    bx.add_argument(
+        "--bin-um", type=positive_float, default=55.0, help="pseudo-spot side in µm (55)"
+    )
+    bx.add_argument(
+        "--workdir",
+        default=None,
+        metavar="DIR",
+        help="where the tables are written (default a temporary folder, removed afterwards)",
+    )
+    bx.add_argument(
+        "--keep-files", action="store_true", help="keep the generated tables in --workdir"
+    )
+    bx.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
     bti = bsub.add_parser(
         "tissue",
         help="tissue detection recall/specificity against real spot tables",
@@ -295,6 +338,8 @@ def run(args: argparse.Namespace) -> int:
             patch_um=args.patch_um,
             patch_px=args.patch_px,
         )
+    if args.bench == "xenium":
+        return _run_xenium(args)
     if args.bench == "tissue":
         from histoxmodal.bench.tissue import BENCH_METHODS, run_tissue_bench
 
@@ -343,3 +388,36 @@ def run(args: argparse.Namespace) -> int:
         max_tiles=args.max_tiles,
         json_path=args.json,
     )
+
+
+def _run_xenium(args: argparse.Namespace) -> int:
+    """``histoxmodal bench xenium``: :func:`~histoxmodal.bench.xenium.bench_xenium_pooling` in
+    ``--workdir`` (or a temporary folder), its table, and the JSON when asked."""
+    import tempfile
+
+    from histoxmodal.bench.xenium import bench_xenium_pooling, format_pooling_table
+
+    def measure(workdir: str) -> dict:
+        return bench_xenium_pooling(
+            workdir,
+            rows=args.rows,
+            naive_max_rows=args.naive_max_rows,
+            bin_um=args.bin_um,
+            keep_files=args.keep_files,
+        )
+
+    if args.workdir is None:
+        if args.keep_files:
+            from histoxmodal.errors import ConfigError
+
+            raise ConfigError("--keep-files needs --workdir DIR, the folder to keep them in")
+        with tempfile.TemporaryDirectory(prefix="hx_xenium_bench_") as tmp:
+            result = measure(tmp)
+    else:
+        result = measure(args.workdir)
+    print(format_pooling_table(result))
+    if args.json:
+        from histoxmodal.fileutil import write_json_atomic
+
+        write_json_atomic(Path(args.json), result)
+    return EXIT_OK

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from histoxmodal.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, format_table, positive_float
+from histoxmodal.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    format_table,
+    non_negative_float,
+    positive_float,
+)
 
 NAME = "build"
 
@@ -74,7 +81,46 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--alignment",
         metavar="CSV",
-        help="Xenium: 10x image-to-Xenium alignment matrix for --image",
+        help="Xenium: the H&E's registration for --image: 10x's alignment matrix CSV "
+        "(*_he_imagealignment.csv) or Xenium Explorer's keypoints (*_keypoints.csv), told "
+        "apart by content",
+    )
+    x = p.add_argument_group(
+        "Xenium reader options", "override the recipe's reader section (xenium, xenium-transcripts)"
+    )
+    x.add_argument(
+        "--from-transcripts",
+        action="store_true",
+        help="pool transcripts.parquet into pseudo-spots instead of reading cells "
+        "(what --recipe xenium-transcripts does)",
+    )
+    x.add_argument(
+        "--pseudo-spot-um",
+        type=positive_float,
+        default=None,
+        metavar="UM",
+        help="side of the square pseudo-spots in µm, > 0 (55 as HESCAPE, 100 like legacy ST)",
+    )
+    x.add_argument(
+        "--min-qv",
+        type=non_negative_float,
+        default=None,
+        metavar="Q",
+        help="transcripts: keep those with qv >= Q, >= 0 (Xenium's own threshold is 20)",
+    )
+    x.add_argument(
+        "--max-residual-um",
+        type=positive_float,
+        default=None,
+        metavar="UM",
+        help="refuse a keypoint alignment whose RMS residual exceeds UM µm, > 0 (default 5)",
+    )
+    x.add_argument(
+        "--keypoint-units",
+        choices=["um", "px"],
+        default=None,
+        help="units of the keypoints' Xenium side: um (Xenium Explorer) or px (morphology "
+        "pixels, 0.2125 µm)",
     )
     p.add_argument(
         "--mpp",
@@ -101,9 +147,11 @@ def run(args: argparse.Namespace) -> int:
     from histoxmodal.workflows.build import build
 
     if args.list:
-        for name, path in list_recipes().items():
+        recipes = list_recipes()
+        width = max((len(n) for n in recipes), default=0)
+        for name, path in recipes.items():
             r = load_recipe(str(path))
-            print(f"{name:<8} {r.format:<7} {r.summary}")
+            print(f"{name:<{width}}  {r.format:<11} {r.summary}")
         return EXIT_OK
     if not args.recipe or not args.out:
         raise ConfigError(
@@ -127,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
             "histoxmodal build needs --recipe, --src and --out "
             "(see histoxmodal build --list for the recipes)"
         )
+    reader = reader_options(args, recipe)
     require_extra("spatial", "histoxmodal build")
     m = build(
         args.recipe,
@@ -141,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
         min_counts=args.min_counts,
         in_tissue_only=not args.all_spots,
         allow_lowres=args.allow_lowres,
+        reader=reader or None,
         workers=args.workers,
         overwrite=args.overwrite,
     )
@@ -180,6 +230,45 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILED
     return EXIT_OK
+
+
+#: the Xenium reader options and the flags that set them
+XENIUM_FLAGS = {
+    "source": "--from-transcripts",
+    "pseudo_spot_um": "--pseudo-spot-um",
+    "min_qv": "--min-qv",
+    "max_residual_um": "--max-residual-um",
+    "keypoint_units": "--keypoint-units",
+}
+
+
+def reader_options(args: argparse.Namespace, recipe) -> dict:
+    """The reader options the flags give, checked against the recipe's format: each flag names
+    itself in the error when it does not apply."""
+    from histoxmodal.errors import ConfigError
+
+    given = {
+        "source": "transcripts" if args.from_transcripts else None,
+        "pseudo_spot_um": args.pseudo_spot_um,
+        "min_qv": args.min_qv,
+        "max_residual_um": args.max_residual_um,
+        "keypoint_units": args.keypoint_units,
+    }
+    reader = {k: v for k, v in given.items() if v is not None}
+    if reader and recipe.format != "xenium":
+        flags = ", ".join(XENIUM_FLAGS[k] for k in reader)
+        raise ConfigError(
+            f"{flags}: Xenium reader options, but recipe {recipe.name!r} reads "
+            f"{recipe.format}; use --recipe xenium or xenium-transcripts, or leave them out"
+        )
+    source = reader.get("source", recipe.reader.get("source", "cells"))
+    if "min_qv" in reader and source != "transcripts":
+        raise ConfigError(
+            f"--min-qv {args.min_qv:g}: the quality threshold filters transcripts, but recipe "
+            f"{recipe.name!r} reads cells; add --from-transcripts or use --recipe "
+            f"xenium-transcripts"
+        )
+    return reader
 
 
 def _print_cohort(m: dict) -> int:

@@ -41,6 +41,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "histoxmodal build --list",
         "histoxmodal build --recipe her2st --src ../shared/data/her2st --out her2st_paired",
         "histoxmodal build --recipe visium --src outs/ --image full_res.tif --out visium_paired",
+        "histoxmodal build --recipe xenium-transcripts --src xenium_runs/ --pseudo-spot-um 100 "
+        "--out xenium_paired",
     ),
     "export": (
         "histoxmodal export --data her2st_paired --to parquet --out pq/",
@@ -129,6 +131,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "histoxmodal bench her2st --src ../shared/data/her2st --epochs 2 --out quick/",
         "histoxmodal bench her2st --src ../shared/data/her2st --config her2st_small "
         "--folds sample=C3,patient=B",
+    ),
+    "bench xenium": (
+        "histoxmodal bench xenium --rows 1000000,10000000",
+        "histoxmodal bench xenium --rows 40000000 --naive-max-rows 0 --json xenium.json",
     ),
     "bench tissue": (
         "histoxmodal bench tissue --src ../shared/data",
