@@ -76,7 +76,7 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--image",
         metavar="PATH",
-        help="full-resolution image of a single --src (Visium, Xenium, h5ad)",
+        help="full-resolution image of a single --src (Visium, Visium HD, Xenium, h5ad)",
     )
     p.add_argument(
         "--alignment",
@@ -121,6 +121,39 @@ def add_parser(subparsers) -> None:
         default=None,
         help="units of the keypoints' Xenium side: um (Xenium Explorer) or px (morphology "
         "pixels, 0.2125 µm)",
+    )
+    hd = p.add_argument_group(
+        "Visium HD reader options", "override the visium_hd recipe's reader section"
+    )
+    hd.add_argument(
+        "--bin-um",
+        type=positive_float,
+        default=None,
+        metavar="UM",
+        help="the bins read: 2, 8, 16 (or a custom size the output holds); alone, the bins are "
+        "read as they are; with --pool-um, the bins pooled (default 2)",
+    )
+    hd.add_argument(
+        "--pool-um",
+        type=positive_float,
+        default=None,
+        metavar="UM",
+        help="pool the bins into spots of UM µm, > 0 (a square's side or a disc's diameter; "
+        "55 as HESCAPE, 100 like legacy ST; the recipe's default is 55)",
+    )
+    hd.add_argument(
+        "--pool-shape",
+        choices=["square", "disc"],
+        default=None,
+        help="pooled spots' shape (default square)",
+    )
+    hd.add_argument(
+        "--pool-pitch-um",
+        type=positive_float,
+        default=None,
+        metavar="UM",
+        help="distance between pooled spots, >= --pool-um (default --pool-um: squares tile, "
+        "discs touch; 100 with --pool-um 55 --pool-shape disc mimics Visium)",
     )
     p.add_argument(
         "--mpp",
@@ -240,6 +273,13 @@ XENIUM_FLAGS = {
     "max_residual_um": "--max-residual-um",
     "keypoint_units": "--keypoint-units",
 }
+#: the Visium HD reader options and the flags that set them
+VISIUM_HD_FLAGS = {
+    "bin_um": "--bin-um",
+    "pool_um": "--pool-um",
+    "pool_shape": "--pool-shape",
+    "pool_pitch_um": "--pool-pitch-um",
+}
 
 
 def reader_options(args: argparse.Namespace, recipe) -> dict:
@@ -247,20 +287,42 @@ def reader_options(args: argparse.Namespace, recipe) -> dict:
     itself in the error when it does not apply."""
     from histoxmodal.errors import ConfigError
 
-    given = {
+    xenium = {
         "source": "transcripts" if args.from_transcripts else None,
         "pseudo_spot_um": args.pseudo_spot_um,
         "min_qv": args.min_qv,
         "max_residual_um": args.max_residual_um,
         "keypoint_units": args.keypoint_units,
     }
-    reader = {k: v for k, v in given.items() if v is not None}
-    if reader and recipe.format != "xenium":
-        flags = ", ".join(XENIUM_FLAGS[k] for k in reader)
-        raise ConfigError(
-            f"{flags}: Xenium reader options, but recipe {recipe.name!r} reads "
-            f"{recipe.format}; use --recipe xenium or xenium-transcripts, or leave them out"
-        )
+    hd = {
+        "bin_um": args.bin_um,
+        "pool_um": args.pool_um,
+        "pool_shape": args.pool_shape,
+        "pool_pitch_um": args.pool_pitch_um,
+    }
+    for given, fmt, flags, recipes in (
+        (xenium, "xenium", XENIUM_FLAGS, "xenium or xenium-transcripts"),
+        (hd, "visium_hd", VISIUM_HD_FLAGS, "visium_hd"),
+    ):
+        used = [k for k, v in given.items() if v is not None]
+        if used and recipe.format != fmt:
+            names = ", ".join(flags[k] for k in used)
+            raise ConfigError(
+                f"{names}: {'Xenium' if fmt == 'xenium' else 'Visium HD'} reader options, but "
+                f"recipe {recipe.name!r} reads {recipe.format}; use --recipe {recipes}, or "
+                f"leave them out"
+            )
+    if recipe.format == "visium_hd":
+        reader = {k: v for k, v in hd.items() if v is not None}
+        if "bin_um" in reader and "pool_um" not in reader:
+            reader["pool_um"] = None  # --bin-um alone: the bins as they are
+        if reader.get("pool_um") is None and (args.pool_shape or args.pool_pitch_um):
+            raise ConfigError(
+                "--pool-shape/--pool-pitch-um shape pooled spots: add --pool-um UM (or leave "
+                "--bin-um out to pool the 2 µm bins into the recipe's 55 µm squares)"
+            )
+        return reader
+    reader = {k: v for k, v in xenium.items() if v is not None}
     source = reader.get("source", recipe.reader.get("source", "cells"))
     if "min_qv" in reader and source != "transcripts":
         raise ConfigError(

@@ -43,6 +43,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "histoxmodal build --recipe visium --src outs/ --image full_res.tif --out visium_paired",
         "histoxmodal build --recipe xenium-transcripts --src xenium_runs/ --pseudo-spot-um 100 "
         "--out xenium_paired",
+        "histoxmodal build --recipe visium_hd --src hd_run/ --image hd_run/he.btf --pool-um 55 "
+        "--out hd_paired",
     ),
     "export": (
         "histoxmodal export --data her2st_paired --to parquet --out pq/",

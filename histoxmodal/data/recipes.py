@@ -168,6 +168,37 @@ def _visium_samples(src: Path) -> list[tuple[str, Path, str]]:
     return found
 
 
+def name_of_run(outs: Path) -> str:
+    """A Space Ranger output's sample name: its run folder's (the folder above ``outs/``)."""
+    return outs.parent.name if outs.name == "outs" else outs.name
+
+
+def _visium_hd_samples(src: Path) -> list[tuple[str, Path]]:
+    """``(sample, outs folder)`` for each Visium HD output at or one level below ``src`` (given
+    at ``outs/`` or at the run folder above it); a sample is named after its run folder."""
+    from histoxmodal.io.spatial import MissingSpatialFileError, find_visium_hd_outs
+
+    name_of = name_of_run
+    try:
+        outs = find_visium_hd_outs(src)
+        return [(name_of(outs), outs)]
+    except MissingSpatialFileError:
+        pass
+    found = []
+    for p in sorted(q for q in src.iterdir() if q.is_dir()) if src.is_dir() else []:
+        try:
+            outs = find_visium_hd_outs(p)
+        except MissingSpatialFileError:
+            continue
+        found.append((name_of(outs), outs))
+    if not found:
+        raise ConfigError(
+            f"--src {src}: no Visium HD output here or one level down (Space Ranger's outs/ "
+            f"holding binned_outputs/square_002um/, or the run folder above it)"
+        )
+    return found
+
+
 def find_samples(
     recipe: Recipe,
     sources: list[str | Path],
@@ -188,8 +219,12 @@ def find_samples(
         read_h5ad,
         read_her2st,
         read_visium,
+        read_visium_hd,
         read_xenium,
+        resolve_bin_um,
         st_sections,
+        visium_hd_image,
+        visium_hd_input_files,
         visium_input_files,
         xenium_he_files,
         xenium_input_files,
@@ -207,7 +242,12 @@ def find_samples(
     alignment = Path(os.path.abspath(alignment)) if alignment else None
     refs: list[SampleRef] = []
     kw = dict(recipe.reader)
-    reader_of = {"visium": read_visium, "xenium": read_xenium, "h5ad": read_h5ad}
+    reader_of = {
+        "visium": read_visium,
+        "visium_hd": read_visium_hd,
+        "xenium": read_xenium,
+        "h5ad": read_h5ad,
+    }
     if kw and recipe.format in reader_of:
         check_reader_options(reader_of[recipe.format], kw, f"recipe {recipe.name!r}")
     for src in (Path(os.path.abspath(s)) for s in sources):
@@ -243,6 +283,24 @@ def find_samples(
                         name,
                         (lambda f=outs: read_visium(f, image=image, mpp=mpp, **kw)),
                         [*visium_input_files(outs), *([Path(image)] if image else [])],
+                        options=kw,
+                    )
+                )
+        elif recipe.format == "visium_hd":
+            bin_um = resolve_bin_um(kw.get("bin_um"), kw.get("pool_um"))
+            for name, outs in _visium_hd_samples(src):
+                img = image or visium_hd_image(outs)
+                if img is None:
+                    log.info("%s: no full-resolution image (pass --image); hires only", name)
+                refs.append(
+                    SampleRef(
+                        name,
+                        (
+                            lambda f=outs, img=img: read_visium_hd(
+                                f, image=img, mpp=mpp, sample=name_of_run(f), **kw
+                            )
+                        ),
+                        [*visium_hd_input_files(outs, bin_um), *([Path(img)] if img else [])],
                         options=kw,
                     )
                 )

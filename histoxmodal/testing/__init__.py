@@ -10,6 +10,7 @@ from histoxmodal.testing.slides import (
     make_synthetic_slide,
 )
 from histoxmodal.testing.spatial import SyntheticSpatial, make_synthetic_visium
+from histoxmodal.testing.visium_hd import SyntheticVisiumHD, make_synthetic_visium_hd
 from histoxmodal.testing.xenium import SyntheticXenium, make_synthetic_xenium
 
 __all__ = [
@@ -21,10 +22,12 @@ __all__ = [
     "SyntheticMILCohort",
     "SyntheticSlide",
     "SyntheticSpatial",
+    "SyntheticVisiumHD",
     "SyntheticXenium",
     "make_hescape_dataset",
     "make_mil_cohort",
     "make_synthetic_slide",
     "make_synthetic_visium",
+    "make_synthetic_visium_hd",
     "make_synthetic_xenium",
 ]

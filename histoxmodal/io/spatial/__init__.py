@@ -4,7 +4,8 @@
 own reader: :func:`read_visium`, :func:`read_her2st` / :func:`read_st` (legacy ST; the her2st
 sections with pathologist labels: :func:`read_her2st_pathology`), :func:`read_xenium`,
 :func:`read_h5ad`, :func:`read_spatialdata` (a SpatialData zarr store; needs the ``spatialdata``
-extra). Xenium transcripts are pooled by :func:`pool_transcripts` (``read_xenium(...,
+extra), :func:`read_visium_hd` (Visium HD bins, or 2 µm bins pooled into squares or discs by
+:func:`pool_bins`). Xenium transcripts are pooled by :func:`pool_transcripts` (``read_xenium(...,
 source="transcripts")``); H&E alignments (10x's matrix or Xenium Explorer's keypoints) are read by
 :func:`read_he_alignment`.
 """
@@ -30,23 +31,36 @@ from histoxmodal.io.spatial.visium import (
     read_visium,
     visium_input_files,
 )
+from histoxmodal.io.spatial.visium_hd import (
+    BinPool,
+    find_visium_hd_outs,
+    pool_bins,
+    read_visium_hd,
+    resolve_bin_um,
+    visium_hd_bins,
+    visium_hd_image,
+    visium_hd_input_files,
+)
 from histoxmodal.io.spatial.xenium import read_xenium, xenium_he_files, xenium_input_files
 from histoxmodal.io.spatial.xenium_transcripts import TranscriptPool, pool_transcripts
 
-FORMATS = ("visium", "her2st", "xenium", "h5ad", "spatialdata")
+FORMATS = ("visium", "visium_hd", "her2st", "xenium", "h5ad", "spatialdata")
 
 __all__ = [
     "FORMATS",
     "PATHOLOGY_SECTIONS",
+    "BinPool",
     "HEAlignment",
     "MissingSpatialFileError",
     "SpatialFormatError",
     "TranscriptPool",
     "detect_format",
+    "find_visium_hd_outs",
     "find_visium_outs",
     "fit_affine",
     "is_spatialdata_store",
     "library_id",
+    "pool_bins",
     "pool_transcripts",
     "read_h5ad",
     "read_he_alignment",
@@ -57,8 +71,13 @@ __all__ = [
     "read_spatialdata",
     "read_st",
     "read_visium",
+    "read_visium_hd",
     "read_xenium",
+    "resolve_bin_um",
     "st_sections",
+    "visium_hd_bins",
+    "visium_hd_image",
+    "visium_hd_input_files",
     "visium_input_files",
     "xenium_he_files",
     "xenium_input_files",
@@ -69,7 +88,8 @@ def detect_format(path: str | Path) -> str:
     """The spatial format of a file or folder, from its contents.
 
     ``.h5ad`` file -> ``h5ad``; ``cell_feature_matrix.h5`` (or ``transcripts.parquet``) ->
-    ``xenium``; ``spatial/`` (or
+    ``xenium``; ``binned_outputs/`` (or ``outs/binned_outputs/``) -> ``visium_hd``;
+    ``spatial/`` (or
     ``outs/spatial/``, a Space Ranger run folder) -> ``visium``; ``counts/`` with ``spots/`` ->
     ``her2st``; a zarr folder (``zarr.json`` or ``.zattrs``) with ``images/``, ``shapes/`` or
     ``tables/`` -> ``spatialdata``.
@@ -89,13 +109,16 @@ def detect_format(path: str | Path) -> str:
     names = {q.name for q in p.iterdir()}
     if names & {"cell_feature_matrix.h5", "cell_feature_matrix", "transcripts.parquet"}:
         return "xenium"
+    if (p / "binned_outputs").is_dir() or (p / "outs" / "binned_outputs").is_dir():
+        return "visium_hd"
     if (p / "spatial").is_dir() or (p / "outs" / "spatial").is_dir():
         return "visium"
     if "counts" in names and "spots" in names:
         return "her2st"
     raise SpatialFormatError(
         f"{p}: cannot tell the format (expected a Space Ranger folder with spatial/ or "
-        f"outs/spatial/, a Xenium folder with cell_feature_matrix.h5 or transcripts.parquet, "
+        f"outs/spatial/, a Visium HD folder with binned_outputs/, a Xenium folder with "
+        f"cell_feature_matrix.h5 or transcripts.parquet, "
         f"a her2st folder with counts/ and spots/, a "
         f"SpatialData .zarr, or an .h5ad); pass format= one of {', '.join(FORMATS)}"
     )
@@ -120,6 +143,8 @@ def read_spatial(path: str | Path, format: str | None = None, **kwargs):
     fmt = format or detect_format(path)
     if fmt == "visium":
         return read_visium(path, **kwargs)
+    if fmt == "visium_hd":
+        return read_visium_hd(path, **kwargs)
     if fmt == "xenium":
         return read_xenium(path, **kwargs)
     if fmt == "h5ad":
