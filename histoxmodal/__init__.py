@@ -25,6 +25,7 @@ _LAZY = {
     "list_readers": ("histoxmodal.io.slide", "list_readers"),
     "read_spatial": ("histoxmodal.io.spatial", "read_spatial"),
     "read_visium": ("histoxmodal.io.spatial", "read_visium"),
+    "read_visium_hd": ("histoxmodal.io.spatial", "read_visium_hd"),
     "read_st": ("histoxmodal.io.spatial", "read_st"),
     "read_her2st": ("histoxmodal.io.spatial", "read_her2st"),
     "read_xenium": ("histoxmodal.io.spatial", "read_xenium"),
@@ -86,6 +87,7 @@ __all__ = [  # noqa: RUF022 - in the order of the flow, as in _LAZY
     "list_readers",
     "read_spatial",
     "read_visium",
+    "read_visium_hd",
     "read_st",
     "read_her2st",
     "read_xenium",
@@ -152,6 +154,7 @@ if TYPE_CHECKING:  # pragma: no cover
         read_spatial,
         read_st,
         read_visium,
+        read_visium_hd,
         read_xenium,
     )
     from histoxmodal.losses import create_loss, describe_loss, list_losses

@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "MEMORY_PRELUDE",
     "bench_xenium_pooling",
     "format_pooling_table",
     "pooling_peak_memory",
+    "run_child",
     "write_transcripts",
 ]
 
@@ -117,7 +119,9 @@ def write_transcripts(
     return path
 
 
-_MEMORY = """
+#: the code a measuring child process starts with: ``status(key)`` reads ``/proc/self/status``
+#: (MiB), ``reset_peak()`` resets the peak resident size (Linux)
+MEMORY_PRELUDE = """
 import json, sys, time
 
 
@@ -139,7 +143,7 @@ def reset_peak():
 """
 
 _POOL = (
-    _MEMORY
+    MEMORY_PRELUDE
     + """
 import numpy as np, pyarrow.parquet, scipy.sparse
 from histoxmodal.io.spatial import pool_transcripts
@@ -156,7 +160,7 @@ print(json.dumps({"seconds": dt, "rss_after_imports_mib": base, "peak_mib": stat
 )
 
 _NAIVE = (
-    _MEMORY
+    MEMORY_PRELUDE
     + """
 import numpy as np, pandas as pd, pyarrow.parquet
 base, reset = status("VmRSS"), reset_peak()
@@ -174,7 +178,8 @@ print(json.dumps({"seconds": dt, "rss_after_imports_mib": base, "peak_mib": stat
 )
 
 
-def _child(code: str, *args: str) -> dict[str, float]:
+def run_child(code: str, *args: str) -> dict[str, float]:
+    """Run ``code`` in a fresh Python (one thread) with ``args``; its last stdout line, as JSON."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, check=False
@@ -190,8 +195,8 @@ def pooling_peak_memory(
     """Peak resident memory (MiB) and time of pooling ``path`` in a fresh process: the
     streaming :func:`pool_transcripts`, or (``naive``) pandas reading the columns whole."""
     if naive:
-        return _child(_NAIVE, str(path), str(bin_um))
-    return _child(_POOL, str(path), str(bin_um), str(batch_rows))
+        return run_child(_NAIVE, str(path), str(bin_um))
+    return run_child(_POOL, str(path), str(bin_um), str(batch_rows))
 
 
 def bench_xenium_pooling(

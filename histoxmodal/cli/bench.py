@@ -11,6 +11,18 @@ from histoxmodal.cli.common import EXIT_OK, add_data, add_src, positive_float, p
 NAME = "bench"
 
 
+def _pools(text: str) -> tuple[tuple[float, str], ...]:
+    """An argparse type: ``UM:SHAPE`` poolings, comma-separated (``55:square,100:disc``)."""
+    out = []
+    for part in text.split(","):
+        um, _, shape = part.strip().partition(":")
+        shape = shape or "square"
+        if shape not in ("square", "disc"):
+            raise argparse.ArgumentTypeError(f"{part!r}: the shape is square or disc")
+        out.append((positive_float(um), shape))
+    return tuple(out)
+
+
 def _row_counts(text: str) -> tuple[int, ...]:
     """An argparse type: comma-separated integers >= 1 (``1000000,10000000``)."""
     out = []
@@ -272,6 +284,39 @@ def add_parser(subparsers) -> None:
         "--keep-files", action="store_true", help="keep the generated tables in --workdir"
     )
     bx.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    bhd = bsub.add_parser(
+        "visium-hd",
+        help="peak memory of pooling a full-size Visium HD 2 µm matrix into spots",
+        description="Writes a Visium HD 2 µm bin layout (default the full 3350 x 3350 grid of "
+        "a 6.5 mm capture area) and measures, each in a fresh process, the peak resident "
+        "memory and time of read_visium_hd pooling it into squares and discs, and of scanpy "
+        "reading the whole 2 µm matrix then summing it with one sparse product.",
+    )
+    bhd.add_argument("--rows", type=positive_int, default=3350, help="grid rows (3350)")
+    bhd.add_argument("--cols", type=positive_int, default=3350, help="grid columns (3350)")
+    bhd.add_argument(
+        "--umis-per-bin",
+        type=positive_float,
+        default=4.0,
+        metavar="N",
+        help="mean UMIs of a 2 µm bin under tissue (4)",
+    )
+    bhd.add_argument(
+        "--pools",
+        type=_pools,
+        default=((55.0, "square"), (100.0, "disc"), (8.0, "square")),
+        metavar="UM:SHAPE,...",
+        help="poolings measured (default 55:square,100:disc,8:square)",
+    )
+    bhd.add_argument("--no-scanpy", action="store_true", help="skip the whole-matrix baseline")
+    bhd.add_argument(
+        "--workdir",
+        default=None,
+        metavar="DIR",
+        help="where the layout is written, and reused when there (default a temporary folder)",
+    )
+    bhd.add_argument("--keep-files", action="store_true", help="keep the layout in --workdir")
+    bhd.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
     bti = bsub.add_parser(
         "tissue",
         help="tissue detection recall/specificity against real spot tables",
@@ -340,6 +385,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.bench == "xenium":
         return _run_xenium(args)
+    if args.bench == "visium-hd":
+        return _run_visium_hd(args)
     if args.bench == "tissue":
         from histoxmodal.bench.tissue import BENCH_METHODS, run_tissue_bench
 
@@ -416,6 +463,41 @@ def _run_xenium(args: argparse.Namespace) -> int:
     else:
         result = measure(args.workdir)
     print(format_pooling_table(result))
+    if args.json:
+        from histoxmodal.fileutil import write_json_atomic
+
+        write_json_atomic(Path(args.json), result)
+    return EXIT_OK
+
+
+def _run_visium_hd(args: argparse.Namespace) -> int:
+    """``histoxmodal bench visium-hd``: :func:`~histoxmodal.bench.visium_hd.bench_visium_hd_pooling`
+    in ``--workdir`` (or a temporary folder), its table, and the JSON when asked."""
+    import tempfile
+
+    from histoxmodal.bench.visium_hd import bench_visium_hd_pooling, format_hd_table
+
+    def measure(workdir: str) -> dict:
+        return bench_visium_hd_pooling(
+            workdir,
+            n_rows=args.rows,
+            n_cols=args.cols,
+            umis_per_bin=args.umis_per_bin,
+            pools=args.pools,
+            naive=not args.no_scanpy,
+            keep_files=args.keep_files,
+        )
+
+    if args.workdir is None:
+        if args.keep_files:
+            from histoxmodal.errors import ConfigError
+
+            raise ConfigError("--keep-files needs --workdir DIR, the folder to keep them in")
+        with tempfile.TemporaryDirectory(prefix="hx_visium_hd_bench_") as tmp:
+            result = measure(tmp)
+    else:
+        result = measure(args.workdir)
+    print(format_hd_table(result))
     if args.json:
         from histoxmodal.fileutil import write_json_atomic
 

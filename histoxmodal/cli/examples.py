@@ -41,8 +41,6 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "histoxmodal build --list",
         "histoxmodal build --recipe her2st --src ../shared/data/her2st --out her2st_paired",
         "histoxmodal build --recipe visium --src outs/ --image full_res.tif --out visium_paired",
-        "histoxmodal build --recipe xenium-transcripts --src xenium_runs/ --pseudo-spot-um 100 "
-        "--out xenium_paired",
         "histoxmodal build --recipe visium_hd --src hd_run/ --image hd_run/he.btf --pool-um 55 "
         "--out hd_paired",
     ),
@@ -137,6 +135,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "bench xenium": (
         "histoxmodal bench xenium --rows 1000000,10000000",
         "histoxmodal bench xenium --rows 40000000 --naive-max-rows 0 --json xenium.json",
+    ),
+    "bench visium-hd": (
+        "histoxmodal bench visium-hd                      # the full 3350 x 3350 grid",
+        "histoxmodal bench visium-hd --rows 1000 --cols 1000 --pools 55:square,100:disc",
     ),
     "bench tissue": (
         "histoxmodal bench tissue --src ../shared/data",

@@ -209,7 +209,7 @@ def write_bin_positions(
             w.write_batch(
                 pa.record_batch(
                     [
-                        pa.array(bcs.astype(object).astype(str), pa.string()),
+                        pa.array(bcs.astype(object), pa.binary()).cast(pa.string()),
                         pa.array(np.asarray(in_tissue(r0, r1), np.int32).ravel()),
                         pa.array(r.astype(np.int32)),
                         pa.array(c.astype(np.int32)),

@@ -90,3 +90,23 @@ def test_bench_xenium_measures_a_small_table(tmp_path):
     assert run["streaming"]["nnz"] == run["pandas"]["nnz"] == nnz
     assert run["streaming"]["n_spots"] == t.groupby(key[:2]).ngroups
     assert run["streaming"]["peak_mib"] > 0
+
+
+def test_bench_visium_hd_pools_a_generated_layout(tmp_path, capsys):
+    """The real benchmark end to end on a small grid: the streaming reader and scanpy's
+    whole-matrix sum find the same spots and nonzeros."""
+    import json
+
+    argv = ["bench", "visium-hd", "--rows", "120", "--cols", "160", "--pools", "55:square,8"]
+    argv += ["--workdir", str(tmp_path), "--json", str(tmp_path / "r.json")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "55 µm square" in out and "8 µm square" in out and "scanpy whole" in out
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert [(x["pool_um"], x["shape"]) for x in r["runs"]] == [(55.0, "square"), (8.0, "square")]
+    s55 = r["runs"][0]["streaming"]
+    assert (s55["n_spots"], s55["nnz"]) == (r["scanpy"]["n_spots"], r["scanpy"]["nnz"])
+    assert r["layout"]["n_bins"] == 120 * 160 and not list(tmp_path.glob("hd_*"))
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "visium-hd", "--pools", "55:hex"])
+    assert e.value.code == 2 and "square or disc" in capsys.readouterr().err

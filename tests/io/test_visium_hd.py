@@ -252,3 +252,38 @@ def test_fit_homography_recovers_a_projective_map():
     got, rms = vhd.fit_homography(src, vhd.apply_homography(H, src))
     np.testing.assert_allclose(got, H, rtol=1e-7, atol=1e-9)
     assert rms < 1e-6
+
+
+def test_a_matrix_out_of_row_order_is_folded_to_the_same_sums(hd, tmp_path, monkeypatch):
+    """Space Ranger sorts bins by barcode (by grid row) and the pooling finishes spots row band
+    by row band; bins in another order are summed by folds instead, to the same result."""
+    import scipy.sparse as sp
+
+    from histoxmodal.testing.visium_hd import bin_barcodes, write_10x_h5
+
+    copy = tmp_path / "run1"
+    shutil.copytree(hd.folder, copy)
+    r, c, counts = truth_bins(hd, 2)
+    order = np.random.default_rng(3).permutation(len(r))
+    blocks = [
+        (bin_barcodes(r[i], c[i], 2), sp.csr_matrix(counts[i])) for i in np.array_split(order, 7)
+    ]
+    h5 = copy / "outs/binned_outputs/square_002um/filtered_feature_bc_matrix.h5"
+    write_10x_h5(h5, blocks, genes=hd.genes, gene_ids=[f"id{i}" for i in range(len(hd.genes))])
+    monkeypatch.setattr(vhd, "FOLD_MIN_TRIPLES", 1000)
+    pool, _ = vhd.pool_bins(
+        h5, h5.parent / "spatial/tissue_positions.parquet", bin_um=2, pool_um=55, block_bins=999
+    )
+    ref, _ = vhd.pool_bins(
+        hd.bin_dir(2) / "filtered_feature_bc_matrix.h5",
+        hd.bin_dir(2) / "spatial/tissue_positions.parquet",
+        bin_um=2,
+        pool_um=55,
+        block_bins=999,
+    )
+    assert pool.stats["row_order"] is False and ref.stats["row_order"] is True
+    assert pool.stats["n_folds"] > 1
+    np.testing.assert_array_equal(pool.grid, ref.grid)
+    np.testing.assert_array_equal(pool.counts.toarray(), ref.counts.toarray())
+    np.testing.assert_array_equal(pool.n_bins, ref.n_bins)
+    assert pool.counts.dtype == ref.counts.dtype == np.int32

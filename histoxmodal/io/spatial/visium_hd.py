@@ -347,28 +347,41 @@ def read_bin_grid(positions: str | Path) -> BinGrid:
     step = max(1, n // HOMOGRAPHY_POINTS)
     max_row = max_col = -1
     src, dst, seen = [], [], 0
-    for batch in pf.iter_batches(batch_size=1 << 20, columns=list(POSITION_COLUMNS)):
+    numeric = ["array_row", "array_col", "pxl_col_in_fullres", "pxl_row_in_fullres"]
+    # the barcodes (the widest column) are checked against array_row/array_col on the first
+    # batch only; the rest streams four numbers a bin
+    for b, batch in enumerate(pf.iter_batches(batch_size=1 << 18, columns=numeric)):
         r = batch.column("array_row").to_numpy(zero_copy_only=False).astype(np.int64)
         c = batch.column("array_col").to_numpy(zero_copy_only=False).astype(np.int64)
         if len(r):
             max_row, max_col = max(max_row, int(r.max())), max(max_col, int(c.max()))
+        if b == 0:
+            first = next(pf.iter_batches(batch_size=len(r) or 1, columns=["barcode"]))
+            bc = first.column("barcode").to_numpy(zero_copy_only=False)
+            pr, pc = parse_bin_barcodes(bc, str(positions))
+            bad = np.flatnonzero((pr != r) | (pc != c))
+            if len(bad):
+                i = int(bad[0])
+                raise SpatialFormatError(
+                    f"{positions}: barcode {bc[i]!r} disagrees with its array_row {r[i]} / "
+                    f"array_col {c[i]}; the file is damaged"
+                )
+            del first, bc, pr, pc
         pick = np.arange((-seen) % step, len(r), step)
         seen += len(r)
         if len(pick) == 0:
             continue
-        bc = batch.column("barcode").take(pick).to_numpy(zero_copy_only=False)
-        pr, pc = parse_bin_barcodes(bc, str(positions))
-        if not (np.array_equal(pr, r[pick]) and np.array_equal(pc, c[pick])):
-            raise SpatialFormatError(
-                f"{positions}: barcodes disagree with their array_row/array_col (e.g. "
-                f"{bc[0]!r} at row {r[pick][0]}, col {c[pick][0]}); the file is damaged"
-            )
         xy = np.c_[
-            batch.column("pxl_col_in_fullres").take(pick).to_numpy(zero_copy_only=False),
-            batch.column("pxl_row_in_fullres").take(pick).to_numpy(zero_copy_only=False),
+            batch.column("pxl_col_in_fullres").to_numpy(zero_copy_only=False)[pick],
+            batch.column("pxl_row_in_fullres").to_numpy(zero_copy_only=False)[pick],
         ].astype(np.float64)
         src.append(np.c_[c[pick], r[pick]].astype(np.float64))
         dst.append(xy)
+        del batch, r, c
+    import pyarrow as pa
+
+    # Arrow's allocator keeps freed batches for reuse; give them back before the pooling
+    pa.default_memory_pool().release_unused()
     if max_row < 0:
         raise SpatialFormatError(f"{positions}: no bins; expected one row per bin of the grid")
     H, rms = fit_homography(np.concatenate(src), np.concatenate(dst))
@@ -461,36 +474,120 @@ def _assign(rows, cols, *, bin_um, pool_um, pitch_um, shape, n_pool_cols):
 
 
 class _Folder:
-    """Partial sums ``(key, gene, count)`` folded into one sparse total when they pile up (the
-    pattern of :mod:`~histoxmodal.io.spatial.xenium_transcripts`)."""
+    """The running pooled sums of :func:`pool_bins`.
 
-    def __init__(self, n_keys: int, n_genes: int) -> None:
+    Space Ranger sorts a bin matrix by barcode, that is by grid row: once a block has been read,
+    the spots of the pooling rows above its last bin row are complete. Their sums are then
+    finished into CSR chunks (ascending, disjoint) and only the band of open spots stays as
+    ``(key, gene, count)`` triples, so memory holds the result plus one band. A matrix not in
+    that order is folded instead (the pattern of
+    :mod:`~histoxmodal.io.spatial.xenium_transcripts`): triples summed into one sparse total
+    whenever they pile up.
+    """
+
+    def __init__(self, n_keys: int, n_genes: int, where: str) -> None:
         self.shape = (n_keys, n_genes)
+        self.where = where
         self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.n_pending = 0
-        self.total = None
+        self.done: list[tuple[np.ndarray, object]] = []  # (keys, CSR rows), ascending
+        self.total = None  # unsorted matrices only
+        self.sorted = True
+        self.last_row = -1
         self.n_folds = 0
 
     def add(self, key, gene, count) -> None:
         self.pending.append((key, gene, count))
         self.n_pending += len(key)
-        nnz = self.total.nnz if self.total is not None else 0
-        if self.n_pending > max(FOLD_MIN_TRIPLES, nnz // 2):
+        if not self.sorted:
+            nnz = self.total.nnz if self.total is not None else 0
+            if self.n_pending > max(FOLD_MIN_TRIPLES, nnz // 2):
+                self.fold()
+
+    def _triples(self):
+        if not self.pending:
+            z = np.zeros(0, np.int64)
+            return z, z, z
+        k, g, v = (np.concatenate(x) for x in zip(*self.pending, strict=True))
+        self.pending.clear()
+        self.n_pending = 0
+        return k, g, v
+
+    def block_rows(self, rows: np.ndarray, complete_below: int) -> None:
+        """After a block whose bins lie on grid ``rows``: finish the spots with keys below
+        ``complete_below`` if the matrix is still in row order, else switch to folding."""
+        if not self.sorted or len(rows) == 0:
+            return
+        if rows[0] < self.last_row or (np.diff(rows) < 0).any():
+            log.info("%s: bins not in row order; summing by folds", self.where)
+            self.sorted = False
+            for keys_, chunk in self.done:
+                coo = chunk.tocoo()
+                self.pending.append((keys_[coo.row], coo.col.astype(np.int64), coo.data))
+                self.n_pending += coo.nnz
+            self.done.clear()
             self.fold()
+            return
+        self.last_row = int(rows[-1])
+        self._finish(complete_below)
+
+    def _finish(self, below: int | None) -> None:
+        import scipy.sparse as sp
+
+        k, g, v = self._triples()
+        sel = np.ones(len(k), bool) if below is None else k < below
+        if sel.any():
+            rows, inv = np.unique(k[sel], return_inverse=True)
+            chunk = sp.csr_matrix((v[sel], (inv, g[sel])), shape=(len(rows), self.shape[1]))
+            chunk.sum_duplicates()
+            self.done.append((rows, _int32_counts(chunk, self.where)))
+        if not sel.all():
+            rest = ~sel
+            self.pending.append((k[rest], g[rest], v[rest]))
+            self.n_pending = int(rest.sum())
 
     def fold(self) -> None:
         import scipy.sparse as sp
 
-        if self.pending:
-            k, g, v = (np.concatenate(x) for x in zip(*self.pending, strict=True))
-        else:
-            k, g, v = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
-        self.pending.clear()
-        self.n_pending = 0
+        k, g, v = self._triples()
         part = sp.csr_matrix((v, (k, g)), shape=self.shape, dtype=np.int64)
         del k, g, v
         self.total = part if self.total is None else self.total + part
         self.n_folds += 1
+
+    def result(self, present: np.ndarray):
+        """``(len(present), n_genes)`` CSR int32: the sums of the spots ``present`` (ascending
+        keys; spots without a count are empty rows)."""
+        import scipy.sparse as sp
+
+        if not self.sorted:
+            self.fold()
+            return _int32_counts(self.total[present], self.where)
+        self._finish(None)
+        if not self.done:
+            return sp.csr_matrix((len(present), self.shape[1]), dtype=np.int32)
+        keys_ = np.concatenate([k for k, _ in self.done])
+        stacked = sp.vstack([c for _, c in self.done], format="csr")
+        self.done.clear()
+        # every spot with a count holds a bin, so its key is in `present`: spread the rows to
+        # their places (empty rows between) without copying the counts
+        pos = np.searchsorted(present, keys_)
+        if pos.max() >= len(present) or not np.array_equal(present[pos], keys_):
+            raise AssertionError("pooled spots with counts but no bin")  # a bug, not bad input
+        row_nnz = np.zeros(len(present), np.int64)
+        row_nnz[pos] = np.diff(stacked.indptr)
+        indptr = np.r_[0, np.cumsum(row_nnz)]
+        return sp.csr_matrix(
+            (stacked.data, stacked.indices, indptr), shape=(len(present), self.shape[1])
+        )
+
+
+def _int32_counts(m, where: str):
+    import scipy.sparse as sp
+
+    if m.nnz and m.data.max() > np.iinfo(np.int32).max:
+        raise SpatialFormatError(f"{where}: a pooled count exceeds the int32 counts stored")
+    return sp.csr_matrix(m, dtype=np.int32)
 
 
 def _h5_matrix(path: Path):
@@ -575,7 +672,7 @@ def pool_bins(
             raise SpatialFormatError(f"{matrix}: no 'Gene Expression' feature")
         col_of = np.full(n_feat, -1, np.int64)
         col_of[gex] = np.arange(len(gex))
-        folder = _Folder(n_keys, len(gex))
+        folder = _Folder(n_keys, len(gex), str(matrix))
         n_bins = np.zeros(n_keys, np.int64)
         n_pooled = n_blocks = 0
         for b0 in range(0, n_bc, block_bins):
@@ -614,13 +711,13 @@ def pool_bins(
             part = (assign @ block).tocoo()
             folder.add(uniq[part.row], part.col.astype(np.int64), part.data)
             del block, assign, part
-        folder.fold()
-    total = folder.total
+            # spots on pooling rows above the one holding this block's last bin are complete
+            # (when the bins come in row order, as Space Ranger writes them)
+            if len(rows):
+                last = math.floor((rows[-1] + 0.5) * bin_um / pitch_um)
+                folder.block_rows(rows, last * n_pool_cols)
     present = np.flatnonzero(n_bins > 0)
-    counts = total[present]
-    if counts.nnz and counts.data.max() > np.iinfo(np.int32).max:
-        raise SpatialFormatError(f"{matrix}: a pooled count exceeds int32")
-    counts = sp.csr_matrix(counts, dtype=np.int32)
+    counts = folder.result(present)
     gi, gj = present % n_pool_cols, present // n_pool_cols
     pool = BinPool(
         counts=counts,
@@ -647,6 +744,7 @@ def pool_bins(
             "n_bins_pooled": n_pooled,
             "n_blocks": n_blocks,
             "n_folds": folder.n_folds,
+            "row_order": folder.sorted,
         },
     )
     return pool, grid
