@@ -284,6 +284,19 @@ def add_parser(subparsers) -> None:
         "--keep-files", action="store_true", help="keep the generated tables in --workdir"
     )
     bx.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    bn = bsub.add_parser(
+        "neighbours",
+        help="the spatial neighbour graph: histoxmodal's k-d tree vs squidpy, same spots",
+        description="Builds the radius graph behind the heads' neighbour context on a "
+        "Visium-like hexagonal grid with histoxmodal (data.neighbours.radius_neighbours) and "
+        "with squidpy.gr.spatial_neighbors, in this process; prints the seconds of each, the "
+        "ratio, and whether they link the same spots.",
+    )
+    bn.add_argument("--spots", type=positive_int, default=100_000, help="spots (100000)")
+    bn.add_argument("--sections", type=positive_int, default=1, help="sections (1)")
+    bn.add_argument(
+        "--radius-um", type=positive_float, default=250.0, help="neighbour radius in µm (250)"
+    )
     bhd = bsub.add_parser(
         "visium-hd",
         help="peak memory of pooling a full-size Visium HD 2 µm matrix into spots",
@@ -385,6 +398,17 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.bench == "xenium":
         return _run_xenium(args)
+    if args.bench == "neighbours":
+        from histoxmodal.bench.neighbours import bench_neighbours
+
+        r = bench_neighbours(args.spots, n_sections=args.sections, radius_um=args.radius_um)
+        print(
+            f"{r['n_spots']} spots, {r['n_sections']} section(s), {r['radius_um']:g} µm: "
+            f"histoxmodal {r['histoxmodal_s']:.3f} s, squidpy {r['squidpy_s']:.3f} s "
+            f"(x{r['ratio_squidpy']:.2f}); edges {r['edges_histoxmodal']} / "
+            f"{r['edges_squidpy']}, differing {r['edges_differing']}"
+        )
+        return 0 if r["edges_differing"] == 0 else 1
     if args.bench == "visium-hd":
         return _run_visium_hd(args)
     if args.bench == "tissue":

@@ -110,3 +110,18 @@ def test_bench_visium_hd_pools_a_generated_layout(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", "visium-hd", "--pools", "55:hex"])
     assert e.value.code == 2 and "square or disc" in capsys.readouterr().err
+
+
+def test_bench_neighbours_prints_both_timings_and_the_same_edges(capsys):
+    pytest.importorskip("squidpy")
+    from histoxmodal.bench.neighbours import hex_spots
+    from histoxmodal.cli.main import main
+    from histoxmodal.data.neighbours import radius_neighbours
+
+    assert main(["bench", "neighbours", "--spots", "600", "--sections", "2"]) == 0
+    out = capsys.readouterr().out
+    coords, groups = hex_spots(600, 2)
+    m = radius_neighbours(coords, groups, radius=250.0)
+    edges = int((m > 0).sum()) - int((m.diagonal() > 0).sum())  # isolated spots link themselves
+    assert f"edges {edges} / {edges}, differing 0" in out
+    assert "histoxmodal " in out and "squidpy " in out
