@@ -323,3 +323,61 @@ def test_06_slide_predictions(data_dir, monkeypatch, tmp_path):
     assert scores["abmil"] == round(m["auroc"]["mean"], 3)
     assert len(list(_only(tmp_path, "tmp*/mil_abmil").glob("attention/*.png"))) == 12
     assert _n_figures(nb) == 2
+
+
+# slow: pretraining on 35 sections, two trainings and two evaluations take ~4 min on 2 cores,
+# which the default run's 20-minute budget does not have; `pytest -m slow` runs it
+@pytest.mark.slow
+def test_07_hescape_gene_towers(data_dir, monkeypatch, tmp_path):
+    import pandas as pd
+
+    nb = _execute("07_hescape_gene_towers", data_dir, monkeypatch, tmp_path)
+    text = _stdout(nb)
+    # every section with counts, 30 of them without an image, counted from the source tables
+    n_spots = sum(
+        len(pd.read_csv(f, sep="\t", index_col=0, usecols=[0]))
+        for f in (data_dir / "her2st" / "counts").glob("*.tsv*")
+    )
+    assert n_spots == 13442
+    assert f"pretrained on 35 sections, {n_spots} spots" in text
+    work = _only(tmp_path, "tmp*/gene_model/model.pt").parents[1]
+    provenance = json.loads((work / "gene_model" / "gene_model.json").read_text())
+    assert len(provenance["sections"]) == 35
+    assert "genes: 2000" in text
+    # the table's rows are the evaluations' metrics.json, read another way
+    rows = {}
+    for line in text.splitlines():
+        m = re.match(r"^(.+?)\s+(-?\d\.\d{3})\s+(-?\d\.\d{3})\s+(-?\d\.\d{3})$", line)
+        if m:
+            rows[m.group(1).strip()] = [float(v) for v in m.group(2, 3, 4)]
+    keys = (
+        "retrieval.full.i2g.recall@5",
+        "retrieval.full.g2i.recall@5",
+        "expression.ridge.pearson_pooled_mean",
+    )
+    mlp = json.loads((work / "mlp" / "eval" / "metrics.json").read_text())["metrics"]
+    scvi = json.loads((work / "scvi" / "eval" / "metrics.json").read_text())["metrics"]
+    for name, m in (("gene MLP (from scratch)", mlp), ("scVI pretrained, fine-tuned", scvi)):
+        assert rows[name] == pytest.approx([m[k] for k in keys], abs=5e-4)
+    assert rows["hand-crafted features + ridge"] == pytest.approx(
+        [mlp[k + "_baseline"] for k in keys], abs=5e-4
+    )
+    # tested on B4 alone: chance is 5 / B4's spots
+    split = json.loads((work / "paired" / "splits" / "patient.json").read_text())
+    n_b4 = len(next(f for f in split["folds"] if f["name"] == "patient=B")["test"])
+    assert n_b4 == 281
+    assert rows["chance"][:2] == pytest.approx([round(5 / n_b4, 3)] * 2, abs=5e-4)
+    # the pretrained tower trained on the fold's training spots and read the model's genes
+    run_cfg = json.loads((work / "scvi" / "run" / "config.json").read_text())
+    assert run_cfg["model"]["gene_encoder"] == "gene_scvi"
+    assert run_cfg["optim"]["max_epochs"] == 2
+    # four UMAP panels with their kNN batch purity (1 mixed, 2 separated: two patients)
+    purity = re.findall(r"^(.+): kNN batch purity (\d\.\d\d)$", text, re.M)
+    assert [p[0] for p in purity] == [
+        "MLP, before (expression PCA)",
+        "MLP, after alignment",
+        "scVI, before (pretrained latent)",
+        "scVI, after alignment",
+    ]
+    assert all(0.5 <= float(v) <= 2.0 for _, v in purity)
+    assert _n_figures(nb) == 1
