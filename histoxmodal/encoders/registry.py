@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from histoxmodal.errors import ConfigError
+from histoxmodal.errors import ConfigError, HistoxmodalError
 from histoxmodal.registry import Registry
 
 ENCODERS: Registry = Registry("encoder")
@@ -34,7 +34,7 @@ def create_encoder(name: str, **overrides) -> nn.Module:
             raise  # a bug, not an option: keep its traceback
         raise _bad_options(name, overrides, exc) from exc
     except ValueError as exc:
-        if isinstance(exc, ConfigError):
+        if isinstance(exc, HistoxmodalError):  # already one line naming the fix (bad weights)
             raise
         raise _bad_options(name, overrides, exc) from exc
 

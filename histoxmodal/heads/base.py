@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from histoxmodal.errors import ConfigError
+from histoxmodal.errors import ConfigError, HistoxmodalError
 from histoxmodal.fileutil import apply_umask, publish_dir, staging_dir
 
 FORMAT_VERSION = 1
@@ -173,7 +173,7 @@ class Head:
         try:
             head._restore(HeadState(fitted=meta["fitted"], arrays=arrays, weights=weights))
         except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-            if isinstance(exc, ConfigError):
+            if isinstance(exc, HistoxmodalError):
                 raise
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise ConfigError(

@@ -13,7 +13,7 @@ import pytest
 
 from histoxmodal import keys
 from histoxmodal.data.store import check_paired, file_sha256, load_paired
-from histoxmodal.errors import ConfigError
+from histoxmodal.errors import ConfigError, DataError
 
 
 @contextmanager
@@ -79,7 +79,7 @@ def test_manifest_records_sizes_and_hashes(small_paired):
 def test_size_mismatch_names_the_file(small_paired):
     with open(small_paired / keys.PAIRED_PATCHES_FILE, "ab") as fh:
         fh.write(b"\0" * 10)
-    with pytest.raises(ConfigError, match=r"patches\.h5: .*bytes.*rebuild"):
+    with pytest.raises(DataError, match=r"patches\.h5: .*bytes.*rebuild"):
         load_paired(small_paired)
 
 
@@ -91,28 +91,28 @@ def test_same_size_other_content_is_caught_by_hash(small_paired):
     f.write_bytes(bytes(data))
     os.utime(f, ns=(m_time - 10**9, m_time - 10**9))  # older than the manifest: not hashed
     load_paired(small_paired)
-    with pytest.raises(ConfigError, match=r"patches\.h5: content differs.*rebuild"):
+    with pytest.raises(DataError, match=r"patches\.h5: content differs.*rebuild"):
         load_paired(small_paired, verify=True)
     os.utime(f, ns=(m_time + 10**9, m_time + 10**9))  # newer than the manifest: hashed
-    with pytest.raises(ConfigError, match=r"patches\.h5: content differs"):
+    with pytest.raises(DataError, match=r"patches\.h5: content differs"):
         load_paired(small_paired)
 
 
 def test_shapes_are_checked_against_the_manifest(small_paired):
     _edit_manifest(small_paired, n_spots=50)
-    with pytest.raises(ConfigError, match=r"adata\.h5ad: 49 spots, the manifest records 50"):
+    with pytest.raises(DataError, match=r"adata\.h5ad: 49 spots, the manifest records 50"):
         load_paired(small_paired)
     _edit_manifest(small_paired, n_spots=49, patch_px=32)
-    with pytest.raises(ConfigError, match=r"patches\.h5: patches of shape \(49, 16, 16, 3\)"):
+    with pytest.raises(DataError, match=r"patches\.h5: patches of shape \(49, 16, 16, 3\)"):
         load_paired(small_paired)
 
 
 def test_missing_file_and_incomplete_build(small_paired):
     (small_paired / keys.PAIRED_ADATA_FILE).unlink()
-    with pytest.raises(ConfigError, match=r"adata\.h5ad: missing.*rebuild"):
+    with pytest.raises(DataError, match=r"adata\.h5ad: missing.*rebuild"):
         load_paired(small_paired)
     _edit_manifest(small_paired, status="building")
-    with pytest.raises(ConfigError, match="did not complete"):
+    with pytest.raises(DataError, match="did not complete"):
         load_paired(small_paired)
 
 

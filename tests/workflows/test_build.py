@@ -12,7 +12,7 @@ import pytest
 from histoxmodal import keys
 from histoxmodal.data.recipes import find_samples, load_recipe
 from histoxmodal.data.splits import load_split
-from histoxmodal.errors import ConfigError
+from histoxmodal.errors import ConfigError, DataError
 from histoxmodal.workflows.build import PairedConfig, build_paired, load_paired
 
 HER2ST_SPOTS = {"B4": 283, "C2": 187, "C3": 180, "C4": 184, "C5": 181}
@@ -214,7 +214,7 @@ def test_killed_overwrite_is_refused_then_rebuilt(data_dir, tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         _quiet_build(refs, out, PairedConfig(patch_px=16), overwrite=True)
     monkeypatch.setattr(splits, "write_split", real)
-    with pytest.raises(ConfigError, match="did not complete"):
+    with pytest.raises(DataError, match="did not complete"):
         load_paired(out)
     m = _quiet_build(refs, out, PairedConfig(patch_px=16))
     assert not m.get("up_to_date") and m["params"]["patch_px"] == 16
