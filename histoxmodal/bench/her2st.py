@@ -124,7 +124,7 @@ def _metrics(ra, rb, x_tr, x_te, y_tr, y_te, top, purity_x, samples) -> dict[str
 
 def _joint(a, b, inputs, coords, groups):
     """The test rows' joint space as the config's retrieval reads it (``head.centre``,
-    ``head.smooth_um``; :class:`~histoxmodal.workflows.predict.HeadInputs`)."""
+    ``head.smooth_um``; :class:`~histoxmodal.heads.inputs.HeadInputs`)."""
     return (inputs.apply(a, coords, groups), inputs.apply(b, coords, groups)) if inputs else (a, b)
 
 
@@ -196,9 +196,9 @@ def run_her2st(
     from histoxmodal.data.splits import Split, split_file
     from histoxmodal.data.store import load_paired
     from histoxmodal.evaluation.baselines import handcrafted_features, ridge_to_expression_space
+    from histoxmodal.heads.inputs import HeadInputs
     from histoxmodal.training.config import config_from_dict
     from histoxmodal.training.trainer import last_checkpoint
-    from histoxmodal.workflows.predict import HeadInputs
     from histoxmodal.workflows.run import Run
     from histoxmodal.workflows.train import train
 

@@ -4,7 +4,7 @@ self-contained HTML report.
 Spatial runs: cross-modal retrieval (whole test set and in-batch), expression prediction from
 image embeddings by three heads fitted on training spots (ridge, MLP, BLEEP-style retrieval)
 and batch mixing. Heads and retrieval read the embeddings as the config's ``head`` section says
-(:class:`~histoxmodal.workflows.predict.HeadInputs`: section centring, neighbour context,
+(:class:`~histoxmodal.heads.inputs.HeadInputs`: section centring, neighbour context,
 retrieval smoothing); the hand-crafted baseline's retrieval is read the same way, its ridge
 head on the plain features. Cohort runs: Symile's
 zero-shot protocol and pairwise retrieval on held-out patients. The metrics themselves are
@@ -196,7 +196,7 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes,
         retrieval_chance,
     )
     from histoxmodal.heads import MLPHead, RetrievalHead, RidgeHead
-    from histoxmodal.workflows.predict import HeadInputs
+    from histoxmodal.heads.inputs import HeadInputs
     from histoxmodal.workflows.report import LABEL_COLUMNS, write_report
 
     run.check_genes(dataset)

@@ -292,10 +292,10 @@ def _predict_into(
     import pandas as pd
 
     from histoxmodal.data.slide import SlidePatches
+    from histoxmodal.heads.inputs import HeadInputs
     from histoxmodal.io.slide import open_slide
     from histoxmodal.tiling.tissue import detect_tissue
     from histoxmodal.training.embedding import embed_dataset
-    from histoxmodal.workflows.predict import HeadInputs
 
     fitted = run.load_head(head)
     targets = read_targets(run, head)

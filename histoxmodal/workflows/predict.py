@@ -11,7 +11,7 @@ Two ways:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from histoxmodal import keys
 from histoxmodal.data.normalize import DEFAULT_NORMALIZATION
 from histoxmodal.errors import ConfigError
 from histoxmodal.fileutil import write_json_atomic
+from histoxmodal.heads.inputs import HeadInputs  # re-exported: what fit-head passes in
 from histoxmodal.training.config import EXPRESSION_HEADS
 from histoxmodal.workflows.run import Run
 
@@ -37,73 +38,6 @@ def _fit(head: str, za, zb, y, groups, seed: int):
         # BLEEP: image queries against the training spots' gene embeddings
         return h.fit(zb, y)
     return h.fit(za, y, groups=groups)
-
-
-@dataclass(frozen=True)
-class HeadInputs:
-    """What a head reads for each spot (:mod:`histoxmodal.data.neighbours`), from the config's
-    ``head`` section or a saved head's ``targets.json``:
-
-    - ``centre``: embeddings minus their section's (slide's) mean, image and gene alike;
-    - ``context_um`` (``ridge``/``mlp``): the image embedding beside the mean over the other
-      spots within that radius;
-    - ``smooth_um`` (retrieval: the ``retrieval`` head and the retrieval metrics): both
-      modalities' embeddings averaged half-and-half with that neighbourhood mean.
-
-    The query side needs images and spot positions only, so a new slide gets the same.
-    """
-
-    context_um: float = 0.0
-    centre: bool = False
-    smooth_um: float = 0.0
-
-    @classmethod
-    def of(cls, run: Run, head: str, targets: dict | None = None) -> HeadInputs:
-        """What ``head`` reads: a saved head's ``targets``, else the run config's ``head``."""
-        src = targets if targets is not None else asdict(run.config.head)
-        return cls(
-            float(src.get("context_um", 0.0)),
-            bool(src.get("centre", False)),
-            float(src.get("smooth_um", 0.0)),
-        ).for_head(head)
-
-    def for_head(self, head: str) -> HeadInputs:
-        """The part a ``head`` reads: ``retrieval`` (and the retrieval metrics) centring and
-        smoothing, the other heads centring and context."""
-        if head == "retrieval":
-            return HeadInputs(0.0, self.centre, self.smooth_um)
-        return HeadInputs(self.context_um, self.centre, 0.0)
-
-    def __bool__(self) -> bool:
-        return bool(self.context_um > 0 or self.centre or self.smooth_um > 0)
-
-    def apply(self, z, coords_um=None, groups=None) -> np.ndarray:
-        """The head's input for every row: ``z`` of **all** spots of each section (their
-        centres ``coords_um``, needed for context and smoothing; sections ``groups``, default
-        one)."""
-        from histoxmodal.data.neighbours import centre_by_group, radius_context, radius_neighbours
-
-        z = np.asarray(z, np.float32)
-        if self.centre:
-            z = centre_by_group(z, groups)
-        if self.smooth_um > 0:
-            m = radius_neighbours(coords_um, groups, radius=self.smooth_um)
-            z = (0.5 * z + 0.5 * np.asarray(m @ z.astype(np.float64))).astype(np.float32)
-        if self.context_um > 0:
-            z = radius_context(z, coords_um, groups, radius=self.context_um)
-        return z
-
-    def of_dataset(self, z, adata, rows=None) -> np.ndarray:
-        """:meth:`apply` to every row of a paired dataset (``z`` of all its rows, sections from
-        ``obs['sample']``, centres in µm), then ``rows`` of the result."""
-        z = np.asarray(z, np.float32)
-        if self:
-            from histoxmodal.data.neighbours import spot_coords_um
-
-            groups = np.asarray(adata.obs[keys.OBS_SAMPLE].astype(str))
-            spatial = self.context_um > 0 or self.smooth_um > 0
-            z = self.apply(z, spot_coords_um(adata) if spatial else None, groups)
-        return z if rows is None else z[rows]
 
 
 def _panel_targets(run: Run, adata, rows, genes, n_genes: int) -> list[str]:
