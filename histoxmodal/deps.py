@@ -9,7 +9,7 @@ from histoxmodal.errors import MissingDependencyError as MissingDependencyError
 #: extra name -> import names it provides
 EXTRAS = {
     "wsi": ("openslide", "tifffile", "imagecodecs", "h5py", "cv2"),
-    "spatial": ("anndata", "scanpy", "pandas", "scipy", "pyarrow", "yaml"),
+    "spatial": ("anndata", "scanpy", "pandas", "scipy", "pyarrow", "yaml", "torchstain"),
     "torch": ("torch", "timm", "safetensors"),
     "scvi": ("scvi",),
     "drvi": ("scvi", "drvi"),
