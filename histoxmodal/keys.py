@@ -73,6 +73,8 @@ RUN_FILE = "run.json"  # kind, dataset, split, fold, gene panel, normalization, 
 RUN_CONFIG_FILE = "config.json"  # the resolved training config
 RUN_WEIGHTS_FILE = "model.safetensors"
 RUN_GENES_FILE = "genes.txt"
+#: the stain normaliser fitted on the config's stain.target (data.stain; recorded in run.json)
+RUN_STAIN_FILE = "stain.json"
 GENE_MODEL_MANIFEST = "gene_model.json"  # what `pretrain-genes` trained, on which sections
 RUN_GENE_MODEL_DIR = "gene_model"  # a copy of model.gene_weights: the run stands on its own
 RUN_HEADS_DIR = "heads"

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from histoxmodal import keys
 from histoxmodal.data.normalize import check_normalization, library_sizes, normalize_counts
+from histoxmodal.data.stain import StainNormalizer
 from histoxmodal.data.transforms import Augment
 from histoxmodal.errors import ConfigError
 
@@ -87,6 +88,10 @@ class PairedDataset(Dataset):
         ``log1p_cp10k`` (library-size normalized, log1p), ``log1p`` or ``counts``.
     augment
         Augmentations (:class:`~histoxmodal.data.transforms.Augment`); ``None`` for none.
+    stain
+        A fitted :class:`~histoxmodal.data.stain.StainNormalizer` applied to each patch before
+        the augmentations (a run's ``stain.json``); ``None`` for raw colours. Its fallback
+        counts are those of the process that reads the items.
     seed
         Base seed; each DataLoader worker derives its own stream from it.
     categories
@@ -104,6 +109,7 @@ class PairedDataset(Dataset):
         genes: list[str] | None = None,
         normalization: str = "log1p_cp10k",
         augment: Augment | None = None,
+        stain: StainNormalizer | None = None,
         normalize_image: bool = False,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
@@ -167,6 +173,7 @@ class PairedDataset(Dataset):
         else:
             self._gene_mask = np.ones((len(samples), len(self.genes)), bool)
         self.augment = augment
+        self.stain = stain
         self.normalize_image = normalize_image
         self._mean = np.asarray(mean, np.float32) * 255.0
         self._std = np.asarray(std, np.float32) * 255.0
@@ -238,6 +245,8 @@ class PairedDataset(Dataset):
         self._worker_state()
         row = int(self.indices[i])
         img = self._patches[row]
+        if self.stain is not None:
+            img = self.stain.apply(img)
         rng = item_rng(self.seed, i, row)
         img = self.augment(img, rng or self._rng) if self.augment else np.ascontiguousarray(img)
         t = torch.from_numpy(np.stack(cv2.split(img)))  # (3, H, W); cv2 splits planes fast

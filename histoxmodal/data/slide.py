@@ -13,6 +13,7 @@ from histoxmodal import keys
 from histoxmodal.tiling.spots import patch_windows
 
 if TYPE_CHECKING:
+    from histoxmodal.data.stain import StainNormalizer
     from histoxmodal.io.slide import SlideReader
 
 
@@ -33,12 +34,22 @@ class SlidePatches(Dataset):
         ``(n, 2)`` level-0 ``(x, y)``.
     patch_um, patch_px
         Field of view and output size.
+    stain
+        A fitted :class:`~histoxmodal.data.stain.StainNormalizer` applied to each patch (a
+        run's ``stain.json``), or ``None``.
     """
 
     def __init__(
-        self, slide: SlideReader, centres: np.ndarray, *, patch_um: float, patch_px: int
+        self,
+        slide: SlideReader,
+        centres: np.ndarray,
+        *,
+        patch_um: float,
+        patch_px: int,
+        stain: StainNormalizer | None = None,
     ) -> None:
         self.slide = slide
+        self.stain = stain
         self.corners, self.side = patch_windows(centres, slide.require_mpp(), patch_um)
         self.patch_px = int(patch_px)
         self.target_mpp = patch_um / patch_px
@@ -49,4 +60,6 @@ class SlidePatches(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         x, y = (int(v) for v in self.corners[i])
         img = self.slide.read_region_at_mpp((x, y), self.patch_px, self.target_mpp)
+        if self.stain is not None:
+            img = self.stain.apply(img)
         return {keys.BATCH_IMAGE: torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))}

@@ -19,7 +19,7 @@ import json
 import logging
 import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,7 +65,8 @@ class StainNormalizer:
         degrees from the target's is not H&E (pen ink, marker, debris, a single colour) and is
         returned unchanged and counted.
     min_std
-        Reinhard only: a tile whose LAB channels vary less than this (a single colour) is
+        Reinhard only: a tile whose lightness (L, 0-100) varies less than this (a single
+        colour: glass, a pen stroke), or with a LAB channel that does not vary at all, is
         returned unchanged and counted (its standardisation would divide by ~0).
 
     Examples
@@ -220,9 +221,10 @@ class StainNormalizer:
         self._count(reason)
         return tile if out is None else np.ascontiguousarray(out)
 
-    def apply_many(self, tiles: Iterable[np.ndarray]) -> np.ndarray:
+    def apply_many(self, tiles: np.ndarray) -> np.ndarray:
         """:meth:`apply` on each tile of ``(n, H, W, 3)``; returns a new array."""
-        return np.stack([self.apply(t) for t in tiles])
+        tiles = np.asarray(tiles)
+        return np.stack([self.apply(t) for t in tiles]) if len(tiles) else tiles.copy()
 
     def _degenerate(self, tile: np.ndarray) -> str | None:
         """Why ``tile`` must keep its colours (``None``: it can be normalised)."""
@@ -250,7 +252,8 @@ class StainNormalizer:
 
                     lab = rgb2lab(tile.astype(np.float32) / 255)
                     std = lab.reshape(-1, 3).std(0) * np.array([1 / 2.55, 1, 1])
-                    if not np.isfinite(std).all() or std.min() < self.min_std:
+                    # flat lightness: glass, a pen stroke; a flat channel: division by ~0
+                    if not np.isfinite(std).all() or std[0] < self.min_std or std.min() < 1e-3:
                         return "single_colour"
         except (np.linalg.LinAlgError, ValueError, IndexError, FloatingPointError):
             return "torchstain_error"

@@ -51,8 +51,12 @@ def image_features(
     cache_dir: str | Path | None = None,
     device: str | torch.device | None = "auto",
     precision: str = "auto",
+    stain=None,
 ) -> np.ndarray:
     """Features ``(n_spots, n_views, dim)`` of the frozen image tower for every spot.
+
+    ``stain`` (a fitted :class:`~histoxmodal.data.stain.StainNormalizer`) normalises each patch
+    first; its checksum is part of the cache key.
 
     The patches are read in slices of ``batch_size`` and embedded by the package's one loop
     (:func:`~histoxmodal.training.embedding.embed_batches`) on ``device`` with ``precision``.
@@ -73,6 +77,8 @@ def image_features(
         "patches": manifest.get("files", {}).get(keys.PAIRED_PATCHES_FILE)
         or str((dataset_dir / keys.PAIRED_PATCHES_FILE).stat().st_mtime_ns),
     }
+    if stain is not None:  # features of raw patches stay valid for runs without normalisation
+        ident["stain"] = stain.digest
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     if cache_dir is not None:
         f = Path(cache_dir) / f"image_features_{key}.npy"
@@ -80,14 +86,12 @@ def image_features(
             return np.load(f, mmap_mode="r")
     patches = open_patches(dataset_dir / keys.PAIRED_PATCHES_FILE)
     starts = range(0, len(patches), batch_size)
-    batches = (
-        {
-            keys.BATCH_IMAGE: torch.from_numpy(np.array(patches[i : i + batch_size])).permute(
-                0, 3, 1, 2
-            )
-        }
-        for i in starts
-    )
+
+    def read(i: int) -> np.ndarray:
+        block = np.array(patches[i : i + batch_size])
+        return block if stain is None else stain.apply_many(block)
+
+    batches = ({keys.BATCH_IMAGE: torch.from_numpy(read(i)).permute(0, 3, 1, 2)} for i in starts)
     out = embed_batches(
         _Views(module, n_views),
         batches,

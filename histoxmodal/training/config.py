@@ -212,6 +212,46 @@ class HeadConfig(ValidatedConfig):
 
 
 @dataclass(frozen=True)
+class StainConfig(ValidatedConfig):
+    """Stain normalisation of every patch the image tower reads (:mod:`histoxmodal.data.stain`).
+
+    The normaliser is fitted once, when the run is created, on ``target``, and saved with the
+    run (``RUN/stain.json``, recorded in ``run.json``); training, evaluation, ``predict`` and
+    ``features --run`` then normalise patches to it. A patch that cannot be normalised
+    (background, pen, too little tissue) keeps its raw colours.
+
+    Attributes
+    ----------
+    method
+        ``macenko``, ``reinhard`` or ``null`` (off).
+    target
+        A reference H&E image (its tissue tiles are pooled), a folder of tile images, or a
+        stain JSON saved before (``StainNormalizer.save``; its method must match).
+    min_tissue
+        Patches with a smaller fraction of stained pixels keep their raw colours.
+    """
+
+    key_prefix: ClassVar[str] = "stain."
+
+    method: Literal["macenko", "reinhard"] | None = None
+    target: str | None = None
+    min_tissue: float = 0.1
+
+    def validate(self) -> None:
+        _check_range("stain.min_tissue", self.min_tissue, low=0, high=1)
+        if self.method and not self.target:
+            raise ConfigError(
+                f"stain.method={self.method!r} needs stain.target: a reference H&E image, a "
+                "folder of tiles or a stain JSON"
+            )
+        if self.target and not self.method:
+            raise ConfigError(
+                f"stain.target={self.target!r} without stain.method: set stain.method to "
+                "macenko or reinhard"
+            )
+
+
+@dataclass(frozen=True)
 class OptimConfig(ValidatedConfig):
     """AdamW with linear warm-up and cosine decay, and the loop's sizes.
 
@@ -250,6 +290,7 @@ class TrainConfig(ValidatedConfig):
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: dict[str, Any] = field(default_factory=lambda: {"flips": True, "rot90": True})
     head: HeadConfig = field(default_factory=HeadConfig)
+    stain: StainConfig = field(default_factory=StainConfig)
 
     def validate(self) -> None:
         if self.genes is not None and self.genes < 1:

@@ -12,7 +12,8 @@ Writes ``OUT/<slide>/``:
   ``obsm['spatial']`` the centres in level-0 pixels, ``obs['tissue_fraction']``,
   ``var['morans_i']`` each gene map's Moran's I over the pseudo-spots' six nearest neighbours,
   ``uns['spatial'][<slide>]`` a hires thumbnail with scale factors (``scanpy.pl.spatial`` and
-  squidpy work unchanged), ``uns['prediction']`` naming the run, head, slide and version;
+  squidpy work unchanged), ``uns['prediction']`` naming the run, head, slide and version (and,
+  for a run trained with stain normalisation, ``stain``: the patches normalised and kept raw);
 - ``<gene>.png``: a heatmap per requested gene over the H&E thumbnail, colour bar and scale bar;
 - ``manifest.json``: status, the slide's identity and the parameters (a rerun skips a slide done
   with the same run, head and parameters).
@@ -109,6 +110,9 @@ def _params(run: Run, head: str, grid_um, min_tissue, mpp, genes) -> dict[str, o
         "mpp": mpp,
         "maps": list(genes) if genes else None,
         "patch": run.patch,
+        # patches normalised to another stain are another prediction (runs without one keep
+        # their params: their finished maps stay up to date)
+        **({"stain": run.stain_record()["sha256"]} if run.stain else {}),
     }
 
 
@@ -276,17 +280,22 @@ class PredictJob(SlideJob):
         return (SKIP, "already done") if same else (REDO, "")
 
     def compute(self, item: JobItem, staging: Path, record: dict[str, Any]) -> Done:
+        stain = self.run.stain_normalizer()  # the run's own, if any; counts for this slide only
         n, maps, slide_mpp = _predict_into(
             self.run, self.head, item.path, staging, item.name, self.mpp, self.grid_um,
             self.min_tissue, self.genes, self.centres, self.batch_size, self.allow_dense_grid,
+            stain,
         )  # fmt: skip
         files = sorted(p.name for p in staging.iterdir())
         record.update({"n_spots": n, "maps": maps, "mpp": slide_mpp, "files": files})
+        if stain is not None:  # patches kept raw (background, pen), as in uns['prediction']
+            record["stain"] = stain.counts()
         return Done(STATUS_OK, n, slide_mpp)
 
 
 def _predict_into(
-    run, head, slide, tmp, name, mpp, grid_um, min_tissue, genes, centres, bs, allow_dense_grid
+    run, head, slide, tmp, name, mpp, grid_um, min_tissue, genes, centres, bs, allow_dense_grid,
+    stain=None,
 ):  # fmt: skip
     import anndata as ad
     import pandas as pd
@@ -337,7 +346,7 @@ def _predict_into(
             frac = np.full(len(xy), np.nan, np.float32)
         z = embed_dataset(
             run.module,
-            SlidePatches(s, xy, patch_um=patch_um, patch_px=patch_px),
+            SlidePatches(s, xy, patch_um=patch_um, patch_px=patch_px, stain=stain),
             batch_size=bs,
             desc=name,
         )["image"]
@@ -381,6 +390,13 @@ def _predict_into(
         "grid_um": None if centres is not None else grid_um,
         "histoxmodal_version": __version__,
     }
+    if stain is not None:  # the run's stain normaliser: patches kept raw (background, pen)
+        a.uns["prediction"]["stain"] = stain.counts()
+    if stain is not None and stain.n_fallback:
+        log.info(
+            "%s: %d of %d patches kept their raw colours (stain: %s)",
+            name, stain.n_fallback, len(xy), dict(stain.fallback_reasons),
+        )  # fmt: skip
     a.write_h5ad(tmp / PREDICTION_FILE)
     if not wanted:
         var = y.var(axis=0) if len(y) > 1 else np.zeros(len(all_genes))

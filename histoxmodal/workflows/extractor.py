@@ -8,6 +8,7 @@ tiles it expects (side in pixels, µm per pixel).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,22 @@ class Extractor:
         seeded), ``run`` and ``projection``, ``dim``.
     tile_px, target_mpp
         The tiles cut from a slide: side in pixels and µm per pixel.
+    stain
+        A fitted :class:`~histoxmodal.data.stain.StainNormalizer` applied to every tile before
+        the tower (a run's own, or ``stain_normalize=``), or ``None``.
     """
 
     module: Any
     identity: dict[str, Any]
     tile_px: int
     target_mpp: float
+    stain: Any = None
+
+    def with_stain(self, stain) -> Extractor:
+        """This extractor normalising tiles with ``stain``, recorded in its identity (so
+        features of raw tiles are not taken for normalised ones on a rerun)."""
+        ident = {**self.identity, "stain": {"method": stain.method, "sha256": stain.digest}}
+        return dataclasses.replace(self, identity=ident, stain=stain)
 
     @property
     def dim(self) -> int:
@@ -168,7 +179,9 @@ def _run_extractor(run_dir: str | Path, projection: bool) -> Extractor:
         "std": list(pre.std),
         "dim": dim,
     }
-    return Extractor(ImageFeatures(tower, head=head, out_dim=dim), ident, tile_px, target_mpp)
+    ex = Extractor(ImageFeatures(tower, head=head, out_dim=dim), ident, tile_px, target_mpp)
+    stain = run.stain_normalizer()  # the run trained on normalised patches: so are these
+    return ex.with_stain(stain) if stain is not None else ex
 
 
 def list_models(pattern: str = "*", *, include_tests: bool = False) -> list[dict[str, Any]]:

@@ -2,7 +2,8 @@
 
 :func:`open_tiles` gives a slide's tile grid (tiled here at the encoder's µm/px and size) or a
 ``histoxmodal tile`` folder's tiles (``tiles.h5``, or the pixels read again from the slide its
-manifest names); :func:`prefetch` and :func:`as_batches` feed them to the encoder;
+manifest names); :func:`stain_normalised` normalises their stain (``--stain-normalize``, a run's ``stain.json``),
+:func:`prefetch` and :func:`as_batches` feed them to the encoder;
 :func:`write_h5` (TRIDENT/CLAM layout) and :func:`write_h5ad` write the features.
 """
 
@@ -95,6 +96,14 @@ def as_batches(arrays: Iterable[np.ndarray], batch_size: int, pin: bool) -> Iter
             held, n = ([rest] if len(rest) else []), len(rest)
     if n:
         yield make(np.concatenate(held) if len(held) > 1 else held[0])
+
+
+def stain_normalised(arrays: Iterable[np.ndarray], stain) -> Iterator[np.ndarray]:
+    """Each uint8 ``(b, H, W, 3)`` array of ``arrays`` normalised by ``stain`` (a fitted
+    :class:`~histoxmodal.data.stain.StainNormalizer`), tile by tile; the tiles it cannot
+    normalise (background, pen) stay raw and are counted by ``stain``."""
+    for a in arrays:
+        yield stain.apply_many(a)
 
 
 def _store_chunks(tiles, n: int, chunk: int) -> Iterator[np.ndarray]:

@@ -59,6 +59,7 @@ from histoxmodal.workflows.feature_tiles import (
     file_attrs,
     open_tiles,
     prefetch,
+    stain_normalised,
     write_h5,
     write_h5ad,
 )
@@ -165,6 +166,8 @@ class FeatureJob(SlideJob):
     min_tissue: float = 0.5
     tissue: Any = None
     load: dict[str, Any] = field(default_factory=dict)
+    stain_normalize: str | None = None
+    stain_target: str | Path | None = None
 
     noun = "features"
     lock_suffix = ".features"
@@ -187,6 +190,11 @@ class FeatureJob(SlideJob):
     def prepare(self) -> None:
         if self.extractor is None:  # before the output folder exists: a refused tower leaves none
             self.extractor = load_extractor(**self.load)
+            if self.stain_normalize is not None:
+                from histoxmodal.data.stain import fit_stain_target
+
+                stain = fit_stain_target(self.stain_target, self.stain_normalize)
+                self.extractor = self.extractor.with_stain(stain)
 
     def identity(self, item: JobItem) -> dict[str, Any]:
         return input_identity(item)
@@ -236,7 +244,11 @@ class FeatureJob(SlideJob):
                 tissue=self.tissue or TissueParams(), workers=max(1, self.workers),
             )  # fmt: skip
             n = len(t.coords)
-            batches = prefetch(as_batches(t.arrays, self.batch_size, pin=dev.type == "cuda"))
+            arrays = t.arrays
+            if ex.stain is not None:  # one slide at a time: its own counts
+                ex.stain.reset_counts()
+                arrays = stain_normalised(arrays, ex.stain)
+            batches = prefetch(as_batches(arrays, self.batch_size, pin=dev.type == "cuda"))
             out = embed_batches(
                 ex.module, batches, device=dev, precision=prec,
                 total=-(-n // self.batch_size), desc=item.name,
@@ -255,6 +267,8 @@ class FeatureJob(SlideJob):
             {"n_tiles": n, "dim": ex.dim, "mpp": t.effective_mpp, "tile_px": t.tile_px,
              "slide": t.slide, "precision": prec, "device": str(dev), "reason": reason}
         )  # fmt: skip
+        if ex.stain is not None:  # tiles kept raw (background, pen) counted per slide
+            record["stain"] = ex.stain.counts()
         status = STATUS_OK if n else STATUS_EMPTY
         return Done(status, n, t.effective_mpp, t.mpp_source, reason)
 
@@ -356,6 +370,8 @@ def extract_features(
     overwrite: bool = False,
     on_result: Callable[[SlideResult], None] | None = None,
     random_weights: bool = False,
+    stain_normalize: str | None = None,
+    stain_target: str | Path | None = None,
 ) -> list[SlideResult]:
     """Tile features of slides or tile folders with an image encoder (``hx.features``).
 
@@ -390,6 +406,11 @@ def extract_features(
         (for slides tiled here).
     overwrite
         Replace finished features made from another file or with another extractor.
+    stain_normalize, stain_target
+        Normalise every tile to the stain of ``stain_target`` (a reference image, a folder of
+        tiles or a stain JSON) with ``macenko`` or ``reinhard``
+        (:func:`~histoxmodal.data.stain.fit_stain_target`); each slide's record counts the
+        tiles kept raw. A ``run`` applies its own normaliser, if it trained with one.
     on_result
         Called with each slide's result as it completes.
 
@@ -409,10 +430,20 @@ def extract_features(
     require_extra("wsi", "features")
     require_extra("torch", "features")
     _check_options(format, batch_size, workers, min_tissue, device, precision)
+    if (stain_normalize is None) != (stain_target is None):
+        raise ConfigError(
+            "--stain-normalize and --stain-target go together: give the method (macenko or "
+            "reinhard) and the reference image, tile folder or stain JSON"
+        )
+    if stain_normalize is not None and run is not None:
+        raise ConfigError(
+            "--stain-normalize goes with --encoder; a --run applies the stain normaliser it "
+            "trained with (RUN/stain.json), if any"
+        )
     load = {"encoder": encoder, "weights": weights, "run": run, "projection": projection,
             "random_weights": random_weights}  # fmt: skip
     job = FeatureJob(None, format, batch_size, workers, device, precision, mpp, min_tissue,
-                     tissue, load)  # fmt: skip
+                     tissue, load, stain_normalize, stain_target)  # fmt: skip
     return run_jobs(job, inputs, out_dir, shard=shard, overwrite=overwrite, on_result=on_result)
 
 

@@ -7,6 +7,9 @@ A run folder (``histoxmodal train --out RUN``) holds:
   gene panel's normalization and size, the number of batches, the package version.
 - ``config.json``: the resolved training config.
 - ``genes.txt``: the gene panel, one per line (spatial runs).
+- ``stain.json``: the stain normaliser fitted on the config's ``stain.target`` (when
+  ``stain.method`` is set), applied to every patch the image tower reads, in training and on new
+  slides; ``run.json`` records its method, source and checksum.
 - ``model.safetensors``: the final weights (the towers' original weight files are not needed).
 - ``heads/<name>/``: expression or label heads fitted on the run's embeddings
   (:mod:`histoxmodal.heads`), so a run predicts without its training dataset.
@@ -92,6 +95,7 @@ class RunKind:
             genes=run.genes,
             normalization=run.normalization,
             augment=Augment(**run.config.augment) if augment else None,
+            stain=run.stain_normalizer(),
             seed=seed,
             # the batch ids the towers were built with, whatever dataset is read
             categories={run.config.correction.batch_key: run.run_batch_names()},
@@ -168,6 +172,44 @@ def _read_run_json(file: Path, run: Path) -> dict[str, Any]:
     return data
 
 
+def fit_config_stain(config) -> dict[str, Any] | None:
+    """The JSON of the stain normaliser a config's ``stain`` section asks for, fitted now on
+    its target (``None`` when ``stain.method`` is off)."""
+    stain = getattr(config, "stain", None)
+    if stain is None or not stain.method:
+        return None
+    from histoxmodal.data.stain import fit_stain_target
+
+    try:
+        norm = fit_stain_target(stain.target, stain.method, min_tissue=stain.min_tissue)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"stain.target: {exc}") from exc
+    log.info("stain: %s target fitted on %s", stain.method, stain.target)
+    return norm.to_dict()
+
+
+def _read_stain(path: Path, ident: dict[str, Any]) -> dict[str, Any] | None:
+    """``stain.json`` of a run folder, checked against ``run.json``'s record of it."""
+    record = ident.get("stain")
+    if not record:
+        return None
+    file = path / keys.RUN_STAIN_FILE
+    if not file.exists():
+        raise DataError(
+            f"{file} not found, but {path / keys.RUN_FILE} records a {record.get('method')} "
+            "stain normaliser; copy the run folder whole, or retrain"
+        )
+    from histoxmodal.data.stain import StainNormalizer
+
+    norm = StainNormalizer.load(file)
+    if record.get("sha256") and norm.digest != record["sha256"]:
+        raise DataError(
+            f"{file} is not the stain normaliser {path} trained with (its checksum differs "
+            f"from run.json's); restore it, or retrain"
+        )
+    return _read_run_json(file, path)
+
+
 # ------------------------------------------------------------------------------------ the Run
 
 
@@ -213,6 +255,8 @@ class Run:
     split_sha256: str = ""
     patch: dict[str, float] = field(default_factory=dict)
     batch_names: list[str] = field(default_factory=list)
+    #: the fitted stain normaliser's JSON (:meth:`StainNormalizer.to_dict`), or ``None``
+    stain: dict[str, Any] | None = None
     _module: Any = field(default=None, repr=False)
     _weights_digest: Any = field(default=None, repr=False)
     #: opened from its folder (:meth:`load`): the towers' weights come from model.safetensors
@@ -275,6 +319,7 @@ class Run:
         if config.kind == "spatial":
             run._choose_genes(chosen)
             run.patch = dataset_patch(data)
+            run.stain = fit_config_stain(config)
         return run
 
     def _choose_genes(self, fold) -> None:
@@ -324,7 +369,29 @@ class Run:
             # the names behind the towers' batch ids 0 .. n_batches - 1 (correction.batch_key)
             "batch_names": self.batch_names,
             "patch": self.patch,
+            **({"stain": self.stain_record()} if self.stain else {}),
         }
+
+    def stain_record(self) -> dict[str, Any]:
+        """What ``run.json`` says of the stain normaliser: method, file, what it was fitted on
+        and its checksum (:attr:`StainNormalizer.digest`)."""
+        norm = self.stain_normalizer()
+        return {
+            "method": norm.method,
+            "file": keys.RUN_STAIN_FILE,
+            "target": getattr(getattr(self.config, "stain", None), "target", None),
+            "fitted_on": norm.fitted_on,
+            "sha256": norm.digest,
+        }
+
+    def stain_normalizer(self):
+        """The run's :class:`~histoxmodal.data.stain.StainNormalizer` (``None``: no stain
+        normalisation), a fresh one (counts at zero) at each call."""
+        if not self.stain:
+            return None
+        from histoxmodal.data.stain import StainNormalizer
+
+        return StainNormalizer.from_dict(self.stain, where=str(self.path / keys.RUN_STAIN_FILE))
 
     def check_same(self, other: Run) -> None:
         """Refuse to continue this run as ``other`` (a resume) when their identity or config
@@ -337,6 +404,8 @@ class Run:
         ]
         if self.genes != other.genes:
             diff.append("genes")
+        if (self.stain or {}).get("target") != (other.stain or {}).get("target"):
+            diff.append("stain")
         if self.config.to_dict() != other.config.to_dict():
             a, b = self.config.to_dict(), other.config.to_dict()
             diff += [f"config.{k}" for k in a if a.get(k) != b.get(k)]
@@ -352,6 +421,8 @@ class Run:
         self.path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path / keys.RUN_CONFIG_FILE, self.config.to_dict())
         self._copy_gene_model()
+        if self.stain:
+            write_json_atomic(self.path / keys.RUN_STAIN_FILE, self.stain)
         if self.genes:
             tmp = self.path / f".{keys.RUN_GENES_FILE}.partial"
             tmp.write_text("\n".join(self.genes) + "\n", encoding="utf-8")
@@ -447,6 +518,7 @@ class Run:
             dataset_sha256=ident.get("dataset_sha256", ""),
             split_sha256=ident.get("split_sha256", ""),
             patch=ident.get("patch") or {},
+            stain=_read_stain(path, ident),
             _saved=True,
         )
         if not run.patch and ident["kind"] == "spatial" and _is_paired(data):

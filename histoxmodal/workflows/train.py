@@ -248,7 +248,11 @@ def _spatial_extras(run: Run, module, train_rows, train_ds, val_ds):
         from histoxmodal.training.cache import CachedFeatures, image_features
 
         feats = image_features(
-            module, run.data, n_views=m.cache_views, cache_dir=run.path / keys.RUN_CACHE_DIR
+            module,
+            run.data,
+            n_views=m.cache_views,
+            cache_dir=run.path / keys.RUN_CACHE_DIR,
+            stain=run.stain_normalizer(),
         )
         train_ds = CachedFeatures(train_ds, feats, random_view=True)
         val_ds = CachedFeatures(val_ds, feats, random_view=False) if val_ds else None
