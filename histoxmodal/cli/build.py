@@ -9,6 +9,8 @@ from histoxmodal.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    add_stain_options,
+    format_stain_summary,
     format_table,
     non_negative_float,
     positive_float,
@@ -167,6 +169,7 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="cut patches even from coarse (hires/lowres) images",
     )
+    add_stain_options(p, "every spot patch")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="reading threads")
     p.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
 
@@ -226,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
         reader=reader or None,
         workers=args.workers,
         overwrite=args.overwrite,
+        stain_normalize=args.stain_normalize,
+        stain_target=args.stain_target,
     )
     rows = [("sample", "patient", "spots", "at border", "image µm/px")]
     for s, c in m["samples"].items():
@@ -239,6 +244,9 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     print(format_table(rows))
+    stain = _stain_total(m)
+    if stain:
+        print(format_stain_summary(stain))
     failed = m.get("failed") or {}
     by_reason: dict[str, list[str]] = {}
     for s, why in m["skipped"].items():
@@ -331,6 +339,23 @@ def reader_options(args: argparse.Namespace, recipe) -> dict:
             f"xenium-transcripts"
         )
     return reader
+
+
+def _stain_total(m: dict) -> dict | None:
+    """The samples' stain normalisation counts, summed (``None`` without normalisation)."""
+    counts = [c["stain"] for c in m["samples"].values() if c.get("stain")]
+    if not counts:
+        return None
+    reasons: dict[str, int] = {}
+    for c in counts:
+        for k, v in c["fallback_reasons"].items():
+            reasons[k] = reasons.get(k, 0) + v
+    return {
+        "method": counts[0]["method"],
+        "applied": sum(c["applied"] for c in counts),
+        "fallback": sum(c["fallback"] for c in counts),
+        "fallback_reasons": reasons,
+    }
 
 
 def _print_cohort(m: dict) -> int:

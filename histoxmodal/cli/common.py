@@ -189,3 +189,34 @@ def format_job_summary(results, *, unit: str = "tiles", rate: bool = False) -> s
         if r.status in ("failed", "empty", "busy"):
             lines.append(f"{r.status}: {r.name}: {r.reason}")
     return "\n".join(lines)
+
+
+#: the stain normalisation methods (histoxmodal.data.stain.STAIN_METHODS; not imported here:
+#: this module stays standard library only)
+STAIN_METHODS = ("macenko", "reinhard")
+
+
+def add_stain_options(p, what: str) -> None:
+    """``--stain-normalize METHOD`` and ``--stain-target PATH`` (build, features): normalise
+    ``what`` to one reference's stain; tiles that cannot be (background, pen) stay raw."""
+    p.add_argument(
+        "--stain-normalize", choices=STAIN_METHODS, default=None, metavar="METHOD",
+        help=f"normalise {what} to --stain-target's stain: macenko or reinhard (torchstain); "
+        "background and pen tiles stay raw and are counted",
+    )  # fmt: skip
+    p.add_argument(
+        "--stain-target", default=None, metavar="PATH",
+        help="the stain reference: an H&E image (its tissue tiles), a folder of tiles, or a "
+        "stain JSON (a run's stain.json)",
+    )  # fmt: skip
+
+
+def format_stain_summary(summary: dict | None) -> str | None:
+    """One line: how many tiles were normalised and how many kept raw, by reason."""
+    if not summary:
+        return None
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["fallback_reasons"].items()))
+    return (
+        f"stain ({summary['method']}): {summary['applied']} tiles normalised, "
+        f"{summary['fallback']} kept raw" + (f" ({reasons})" if reasons else "")
+    )

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from histoxmodal.cli.common import format_job_summary, positive_int
+from histoxmodal.cli.common import (
+    add_stain_options,
+    format_job_summary,
+    format_stain_summary,
+    positive_int,
+)
 
 NAME = "features"
 
@@ -43,6 +48,7 @@ def add_parser(subparsers) -> None:
     )  # fmt: skip
     e.add_argument("--run", metavar="RUN", help="a trained run folder: its image tower")
     e.add_argument("--projection", action="store_true", help="with --run: the projected embedding")
+    add_stain_options(e, "every tile (with --encoder; a --run applies its own stain.json)")
     r = p.add_argument_group("run")
     r.add_argument(
         "--batch-size",
@@ -90,7 +96,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """``histoxmodal features``: the workflow, then the summary table; exit 1 when a slide
     failed."""
-    from histoxmodal.workflows.features import extract_features
+    from histoxmodal.workflows.features import extract_features, stain_summary
     from histoxmodal.workflows.jobs import exit_code
 
     results = extract_features(
@@ -110,8 +116,13 @@ def run(args: argparse.Namespace) -> int:
         min_tissue=args.min_tissue,
         overwrite=args.overwrite,
         random_weights=args.random_weights,
+        stain_normalize=args.stain_normalize,
+        stain_target=args.stain_target,
     )
     print(format_job_summary(results, rate=True))
+    stain = format_stain_summary(stain_summary(args.out, results))
+    if stain:
+        print(stain)
     if args.encoder and not args.weights:
         print(
             f"weights: random: {args.encoder} ran untrained (seeded); these features measure "

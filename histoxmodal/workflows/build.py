@@ -79,6 +79,10 @@ class PairedConfig:
         Build patches even from such images (upsampled; recorded in the manifest).
     seed
         Seed of the random split.
+    stain
+        A fitted stain normaliser's JSON (:meth:`~histoxmodal.data.stain.StainNormalizer.to_dict`):
+        every patch is normalised to it as it is cut (``None``: raw colours). Patches that
+        cannot be (background, pen) stay raw; each sample's counts are in the manifest.
     """
 
     patch_um: float = 112.0
@@ -89,6 +93,7 @@ class PairedConfig:
     max_image_mpp_ratio: float = 2.0
     allow_lowres: bool = False
     seed: int = 0
+    stain: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.genes not in GENE_MODES:
@@ -201,6 +206,11 @@ def _build_part(ref: SampleRef, cfg: PairedConfig, folder: Path, workers: int) -
         )
     n = adata.n_obs
     border = np.zeros(n, bool)
+    norm = None
+    if cfg.stain:
+        from histoxmodal.data.stain import StainNormalizer
+
+        norm = StainNormalizer.from_dict(cfg.stain)
     with h5py.File(folder / keys.PAIRED_PATCHES_FILE, "w") as f:
         d = f.create_dataset("patches", shape=(n, cfg.patch_px, cfg.patch_px, 3), dtype=np.uint8)
         i = 0
@@ -208,7 +218,7 @@ def _build_part(ref: SampleRef, cfg: PairedConfig, folder: Path, workers: int) -
         for batch, b in spot_patches(
             slide, centres, patch_um=cfg.patch_um, patch_px=cfg.patch_px, workers=workers
         ):
-            d[i : i + len(batch)] = batch
+            d[i : i + len(batch)] = batch if norm is None else norm.apply_many(batch)
             border[i : i + len(batch)] = b
             i += len(batch)
     slide.close()
@@ -226,6 +236,7 @@ def _build_part(ref: SampleRef, cfg: PairedConfig, folder: Path, workers: int) -
         "patch_source_mpp": src_mpp,
         "n_genes": int(adata.n_vars),
         "patient": str(adata.obs[keys.OBS_PATIENT].iloc[0]) if n else None,
+        **({"stain": norm.counts()} if norm is not None else {}),
     }
 
 
@@ -414,6 +425,8 @@ def _build_paired_locked(
         for r in samples
     }
     params = asdict(cfg)
+    if params["stain"] is None:  # datasets built before stain normalisation stay up to date
+        del params["stain"]
     # the reader options shape the counts too (pseudo-spot size, qv threshold, source)
     options = {r.sample: r.options for r in samples if r.options}
     if options:
@@ -684,6 +697,8 @@ def build(
     reader: dict[str, Any] | None = None,
     workers: int = 1,
     overwrite: bool = False,
+    stain_normalize: str | None = None,
+    stain_target: str | Path | None = None,
 ) -> dict[str, Any]:
     """Build a dataset from a recipe (``histoxmodal build --list``): a paired dataset from the
     samples the recipe finds under ``src`` (a folder or file, or a list of them), or a cohort
@@ -696,6 +711,11 @@ def build(
     ``alignment`` is 10x's ``*_he_imagealignment.csv`` or Xenium Explorer's
     ``*_keypoints.csv``, told apart by content; without ``image``, a Xenium folder's own
     ``*he_image.ome.tif`` and alignment are used.
+
+    ``stain_normalize`` (``macenko`` or ``reinhard``) with ``stain_target`` (a reference H&E
+    image, a folder of tiles or a stain JSON) normalises every spot patch to that stain
+    (:func:`~histoxmodal.data.stain.fit_stain_target`); the fitted normaliser is recorded in
+    the manifest's ``params.stain``.
 
     Returns
     -------
@@ -738,6 +758,16 @@ def build(
         )  # fmt: skip
     if src is None:
         raise ConfigError(f"recipe {r.name!r} needs --src, the folder its samples are found in")
+    stain = None
+    if (stain_normalize is None) != (stain_target is None):
+        raise ConfigError(
+            "--stain-normalize and --stain-target go together: give the method (macenko or "
+            "reinhard) and the reference image, tile folder or stain JSON"
+        )
+    if stain_normalize is not None:
+        from histoxmodal.data.stain import fit_stain_target
+
+        stain = fit_stain_target(stain_target, stain_normalize).to_dict()
     cfg = PairedConfig(
         patch_um=float(pick(patch_um, "patch_um", 112.0)),
         patch_px=int(pick(patch_px, "patch_px", 224)),
@@ -745,6 +775,7 @@ def build(
         min_counts=int(pick(min_counts, "min_counts", 0)),
         in_tissue_only=in_tissue_only,
         allow_lowres=allow_lowres,
+        stain=stain,
     )
     if mpp is not None and not (isinstance(mpp, int | float) and 0 < mpp < 100):
         raise ConfigError(

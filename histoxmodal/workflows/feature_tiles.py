@@ -2,8 +2,8 @@
 
 :func:`open_tiles` gives a slide's tile grid (tiled here at the encoder's µm/px and size) or a
 ``histoxmodal tile`` folder's tiles (``tiles.h5``, or the pixels read again from the slide its
-manifest names); :func:`stain_normalised` normalises their stain (``--stain-normalize``, a run's ``stain.json``),
-:func:`prefetch` and :func:`as_batches` feed them to the encoder;
+manifest names); :func:`stain_normalised` normalises their stain (``--stain-normalize``, a
+run's ``stain.json``); :func:`prefetch` and :func:`as_batches` feed them to the encoder;
 :func:`write_h5` (TRIDENT/CLAM layout) and :func:`write_h5ad` write the features.
 """
 
