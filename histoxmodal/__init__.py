@@ -45,6 +45,8 @@ _LAZY = {
     # datasets
     "load_paired": ("histoxmodal.data.store", "load_paired"),
     "Split": ("histoxmodal.data.splits", "Split"),
+    "StainNormalizer": ("histoxmodal.data.stain", "StainNormalizer"),
+    "fit_stain_target": ("histoxmodal.data.stain", "fit_stain_target"),
     # workflows: what the command line runs, for library users
     "tile": ("histoxmodal.workflows.tile", "tile_slides"),
     "tile_slide": ("histoxmodal.workflows.tile", "tile_slide"),
@@ -105,6 +107,8 @@ __all__ = [  # noqa: RUF022 - in the order of the flow, as in _LAZY
     "iter_tiles",
     "load_paired",
     "Split",
+    "StainNormalizer",
+    "fit_stain_target",
     "tile",
     "tile_slide",
     "tile_slides",
@@ -140,6 +144,7 @@ __all__ = [  # noqa: RUF022 - in the order of the flow, as in _LAZY
 
 if TYPE_CHECKING:  # pragma: no cover
     from histoxmodal.data.splits import Split
+    from histoxmodal.data.stain import StainNormalizer, fit_stain_target
     from histoxmodal.data.store import load_paired
     from histoxmodal.encoders import create_encoder, describe_encoder, list_encoders
     from histoxmodal.heads import create_head, describe_head, list_heads

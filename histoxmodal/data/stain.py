@@ -106,6 +106,8 @@ class StainNormalizer:
         """Fit the target on one ``(H, W, 3)`` uint8 image or a set of tiles (a sequence or an
         ``(n, H, W, 3)`` array, pooled as one image). Tiles below ``min_tissue`` are left out;
         ``fitted_on`` is recorded in the JSON (e.g. ``source="C2.jpg"``)."""
+        if len(tiles) == 0:
+            raise DataError("stain target: no tiles to fit on")
         arrs = [np.asarray(tiles)] if np.asarray(tiles[0]).ndim == 2 else list(tiles)
         for a in arrs:
             if a.ndim != 3 or a.shape[-1] != 3 or a.dtype != np.uint8:
