@@ -19,6 +19,11 @@ reads:
 the tile centres in level-0 pixels, ``obs`` the corners and tissue fraction, ``uns['features']``
 the same attributes.
 
+Tiles can be stain-normalised first (``stain_normalize=`` with ``stain_target=``, or a ``run``
+trained with a ``stain:`` section, which applies its own ``stain.json``): the normaliser is part
+of the extractor's identity, and each slide's record counts the tiles normalised and kept raw
+(``stain``; :func:`stain_summary` sums them).
+
 What features computes for one slide is :class:`FeatureJob`; the batch-job rules are
 ``histoxmodal tile``'s, in :mod:`histoxmodal.workflows.jobs`: ``OUT/<slide>.json`` records each
 slide (``status`` ``ok`` / ``empty`` / ``failed`` with the reason), the input's identity (path,

@@ -123,6 +123,9 @@ def test_predict_applies_the_runs_normaliser(stained_run):
     counts = a.uns["prediction"]["stain"]
     assert counts["method"] == "reinhard"
     assert counts["applied"] + counts["fallback"] == a.n_obs and counts["applied"] > 0
+    manifest = json.loads((out / "new" / "manifest.json").read_text())
+    record = manifest["stain"]  # the slide's record counts them too
+    assert (record["applied"], record["fallback"]) == (counts["applied"], counts["fallback"])
     norm = StainNormalizer.load(run.path / "stain.json")
     head = run.load_head("expression_ridge")
     i = a.n_obs // 2
