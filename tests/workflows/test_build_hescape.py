@@ -14,7 +14,7 @@ import pytest
 from histoxmodal import keys
 from histoxmodal.data.splits import Split
 from histoxmodal.data.store import load_paired
-from histoxmodal.errors import ConfigError
+from histoxmodal.errors import HistoxmodalError
 from histoxmodal.io.spatial.hescape import HescapeReader, find_hescape
 from histoxmodal.testing import HescapeSampleSpec, make_hescape_dataset
 from histoxmodal.testing.hescape import DEFAULT_SAMPLES
@@ -236,7 +236,7 @@ def test_bad_sources_name_the_file(panel, tmp_path):
     out = tmp_path / "out"
 
     def fails(match: str, **kw) -> str:
-        with pytest.raises(ConfigError, match=match) as e:
+        with pytest.raises(HistoxmodalError, match=match) as e:
             build_hescape(src, out, patch_um=kw.get("patch_um", PATCH_UM), patch_px=PATCH_PX)
         assert "\n" not in str(e.value) and not out.exists()
         assert not list(tmp_path.glob(".out.partial-*"))
