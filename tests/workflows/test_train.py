@@ -582,10 +582,12 @@ def test_a_moved_run_killed_mid_epoch_resumes_to_the_uninterrupted_model(tiny, t
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
     got = list(csv.DictReader(metrics.open()))
     ref = list(csv.DictReader((whole / "csv" / "metrics.csv").open()))
-    key = ("epoch", "step", "train/loss")
-    assert [tuple(r.get(k) for k in key) for r in got if r.get("train/loss")] == [
-        tuple(r.get(k) for k in key) for r in ref if r.get("train/loss")
-    ]
+    # the same rows (epoch, step) and losses to the weights' tolerance: the killed process and
+    # the uninterrupted one may sum in another order (their last digits differed once)
+    rows = [(r["epoch"], r["step"], float(r["train/loss"])) for r in got if r.get("train/loss")]
+    want = [(r["epoch"], r["step"], float(r["train/loss"])) for r in ref if r.get("train/loss")]
+    assert [r[:2] for r in rows] == [r[:2] for r in want]
+    np.testing.assert_allclose([r[2] for r in rows], [r[2] for r in want], rtol=1e-5)
     # a truncated or foreign checkpoint is one line
     capsys.readouterr()
     (moved / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
