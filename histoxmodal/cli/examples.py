@@ -136,6 +136,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "histoxmodal bench xenium --rows 1000000,10000000",
         "histoxmodal bench xenium --rows 40000000 --naive-max-rows 0 --json xenium.json",
     ),
+    "bench neighbours": (
+        "histoxmodal bench neighbours                    # 100k spots, one section, 250 µm",
+        "histoxmodal bench neighbours --spots 20000 --sections 4 --radius-um 450",
+    ),
     "bench visium-hd": (
         "histoxmodal bench visium-hd                      # the full 3350 x 3350 grid",
         "histoxmodal bench visium-hd --rows 1000 --cols 1000 --pools 55:square,100:disc",

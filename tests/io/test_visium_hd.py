@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from histoxmodal.errors import ConfigError
 from histoxmodal.io.spatial import SpatialFormatError, detect_format, read_spatial, read_visium_hd
 from histoxmodal.io.spatial import visium_hd as vhd
 from histoxmodal.testing import make_synthetic_visium_hd
@@ -204,7 +205,7 @@ def test_spatialdata_io_reads_the_same_bins(hd):
 
 
 def test_bad_input_is_named_with_the_fix(hd, tmp_path):
-    with pytest.raises(SpatialFormatError, match=r"bin_um=4 not in this output \(bins of 2, 8, 16"):
+    with pytest.raises(ConfigError, match=r"bin_um=4 not in this output \(bins of 2, 8, 16"):
         read_visium_hd(hd.folder, bin_um=4)
     with pytest.raises(SpatialFormatError, match="pool_um=1 is smaller than the 2 µm bins"):
         read_visium_hd(hd.folder, pool_um=1)

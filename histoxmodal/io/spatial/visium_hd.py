@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from histoxmodal import keys
+from histoxmodal.errors import ConfigError
 from histoxmodal.io.spatial.common import (
     MissingSpatialFileError,
     SpatialFormatError,
@@ -137,9 +138,9 @@ def visium_hd_bins(path: str | Path) -> dict[float, Path]:
 
 def _bin_folder(path: Path, bin_um: float) -> Path:
     bins = visium_hd_bins(path)
-    if bin_um not in bins:
+    if bin_um not in bins:  # the option asks for what the output does not have: usage
         have = ", ".join(f"{b:g}" for b in bins)
-        raise SpatialFormatError(
+        raise ConfigError(
             f"{path}: bin_um={bin_um:g} not in this output (bins of {have} µm: "
             f"{', '.join(p.name for p in bins.values())}); choose one of them, or pool the "
             f"2 µm bins with pool_um="
