@@ -464,8 +464,6 @@ def run(args: argparse.Namespace) -> int:
 def _run_xenium(args: argparse.Namespace) -> int:
     """``histoxmodal bench xenium``: :func:`~histoxmodal.bench.xenium.bench_xenium_pooling` in
     ``--workdir`` (or a temporary folder), its table, and the JSON when asked."""
-    import tempfile
-
     from histoxmodal.bench.xenium import bench_xenium_pooling, format_pooling_table
 
     def measure(workdir: str) -> dict:
@@ -477,28 +475,12 @@ def _run_xenium(args: argparse.Namespace) -> int:
             keep_files=args.keep_files,
         )
 
-    if args.workdir is None:
-        if args.keep_files:
-            from histoxmodal.errors import ConfigError
-
-            raise ConfigError("--keep-files needs --workdir DIR, the folder to keep them in")
-        with tempfile.TemporaryDirectory(prefix="hx_xenium_bench_") as tmp:
-            result = measure(tmp)
-    else:
-        result = measure(args.workdir)
-    print(format_pooling_table(result))
-    if args.json:
-        from histoxmodal.fileutil import write_json_atomic
-
-        write_json_atomic(Path(args.json), result)
-    return EXIT_OK
+    return _in_workdir(args, measure, format_pooling_table, "hx_xenium_bench_")
 
 
 def _run_visium_hd(args: argparse.Namespace) -> int:
     """``histoxmodal bench visium-hd``: :func:`~histoxmodal.bench.visium_hd.bench_visium_hd_pooling`
     in ``--workdir`` (or a temporary folder), its table, and the JSON when asked."""
-    import tempfile
-
     from histoxmodal.bench.visium_hd import bench_visium_hd_pooling, format_hd_table
 
     def measure(workdir: str) -> dict:
@@ -512,16 +494,24 @@ def _run_visium_hd(args: argparse.Namespace) -> int:
             keep_files=args.keep_files,
         )
 
+    return _in_workdir(args, measure, format_hd_table, "hx_visium_hd_bench_")
+
+
+def _in_workdir(args: argparse.Namespace, measure, table, prefix: str) -> int:
+    """Run a generated-data benchmark ``measure(workdir)`` in ``--workdir`` (or a temporary
+    folder, refused with ``--keep-files``), print ``table(result)`` and write ``--json``."""
+    import tempfile
+
     if args.workdir is None:
         if args.keep_files:
             from histoxmodal.errors import ConfigError
 
             raise ConfigError("--keep-files needs --workdir DIR, the folder to keep them in")
-        with tempfile.TemporaryDirectory(prefix="hx_visium_hd_bench_") as tmp:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
             result = measure(tmp)
     else:
         result = measure(args.workdir)
-    print(format_hd_table(result))
+    print(table(result))
     if args.json:
         from histoxmodal.fileutil import write_json_atomic
 
