@@ -2,7 +2,8 @@
 
 A saved head is a folder::
 
-    head.json            registered name, constructor params, fitted scalars, format version
+    head.json            registered name, constructor params, fitted scalars, format version,
+                         what the head reads (``inputs``) and what it predicts (``outputs``)
     arrays.safetensors   fitted numpy arrays (means, coefficients, neighbours...), when any
     weights.safetensors  a torch state dict (MLP, MIL), when any
 
@@ -25,6 +26,7 @@ import numpy as np
 
 from histoxmodal.errors import ConfigError, HistoxmodalError
 from histoxmodal.fileutil import apply_umask, publish_dir, staging_dir
+from histoxmodal.heads.inputs import HeadInputs
 
 FORMAT_VERSION = 1
 HEAD_FILE = "head.json"
@@ -52,6 +54,58 @@ class Head:
     head_name: ClassVar[str] = ""
     #: attributes that exist only after ``fit``; their absence means "not fitted"
     _fitted_attrs: ClassVar[tuple[str, ...]] = ()
+    #: what the head reads for each spot (centring, neighbour context, smoothing), applied by
+    #: ``predict(z, coords_um=..., groups=...)``; saved in ``head.json`` (:meth:`reading`)
+    inputs: HeadInputs = HeadInputs()
+    #: the names of the predicted columns (genes) and their normalization, when the fitter
+    #: recorded them (:meth:`predicting`); saved in ``head.json``
+    outputs: tuple[str, ...] = ()
+    normalization: str | None = None
+
+    # -- what the head reads and predicts --------------------------------------------------------
+    def reading(self, inputs: HeadInputs | None):
+        """Set what the head reads for each spot (:class:`HeadInputs`); returns the head.
+
+        ``predict(z, coords_um=..., groups=...)`` then applies it to ``z`` (the embeddings of
+        every spot of each section), and :meth:`save` keeps it, so a loaded head reads the same.
+        """
+        self.inputs = HeadInputs() if inputs is None else inputs
+        return self
+
+    def predicting(self, names, normalization: str | None = None):
+        """Record the names of the predicted columns (genes) and their normalization; returns
+        the head. :meth:`save` keeps them, and ``predict`` checks its output against them."""
+        self.outputs = tuple(str(n) for n in names)
+        self.normalization = normalization
+        return self
+
+    def prepare(self, z, coords_um=None, groups=None) -> np.ndarray:
+        """The head's input for every row: :attr:`inputs` applied to ``z`` (all spots of each
+        section ``groups``, default one section; centres ``coords_um`` in µm, needed when the
+        head reads neighbour context or smoothing)."""
+        if not self.inputs:
+            return z
+        if coords_um is None and (self.inputs.context_um > 0 or self.inputs.smooth_um > 0):
+            radius = self.inputs.context_um or self.inputs.smooth_um
+            raise ConfigError(
+                f"this {self.head_name or type(self).__name__} head reads each spot's neighbours "
+                f"within {radius:g} µm ({self.inputs}): pass coords_um=, the spot centres in µm "
+                "(and groups=, their sections)"
+            )
+        n = len(z)
+        for name, v in (("coords_um", coords_um), ("groups", groups)):
+            if v is not None and len(v) != n:
+                raise ConfigError(f"{name} has {len(v)} rows but z has {n}: pass one per spot")
+        return self.inputs.apply(z, coords_um, groups)
+
+    def _check_outputs(self, y: np.ndarray) -> np.ndarray:
+        if self.outputs and (y.ndim != 2 or y.shape[1] != len(self.outputs)):
+            raise ConfigError(
+                f"the {self.head_name!r} head predicts {y.shape[-1]} values per spot but lists "
+                f"{len(self.outputs)} genes in its head.json (a head folder mixed from another "
+                "panel?); fit the head again"
+            )
+        return y
 
     # -- to implement ---------------------------------------------------------------------------
     def _state(self) -> HeadState:
@@ -101,7 +155,10 @@ class Head:
             "arrays": sorted(state.arrays),
             "weights": sorted(state.weights) if state.weights else [],
             "library": f"histoxmodal {_version()}",
+            "inputs": dataclasses.asdict(self.inputs),
         }
+        if self.outputs:
+            meta["outputs"] = {"names": list(self.outputs), "normalization": self.normalization}
         if provenance:
             meta["provenance"] = _jsonable(dict(provenance), "provenance")
         text = json.dumps(meta, indent=2) + "\n"
@@ -180,7 +237,27 @@ class Head:
                 f"{folder}: the saved arrays do not fit the {meta['head']!r} head ({first}); "
                 "the folder is corrupt or mixed from two heads: fit it again"
             ) from exc
+        _restore_io(head, meta, folder)
         return head
+
+
+def _restore_io(head: Head, meta: dict[str, Any], folder: Path) -> None:
+    """What a saved head reads and predicts, from its ``head.json`` (absent from heads saved
+    before histoxmodal kept them there: such a head reads plain embeddings and names no
+    outputs; :meth:`histoxmodal.workflows.run.Run.load_head` reads a run's older
+    ``targets.json`` instead)."""
+    file = folder / HEAD_FILE
+    try:
+        if meta.get("inputs") is not None:
+            head.reading(HeadInputs.from_dict(meta["inputs"]))
+        out = meta.get("outputs")
+        if out is not None:
+            names = out["names"]
+            if not (isinstance(names, list) and names and all(isinstance(g, str) for g in names)):
+                raise ValueError("outputs.names is not a list of names")
+            head.predicting(names, out.get("normalization"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{file}: unreadable inputs/outputs ({exc}); fit the head again") from exc
 
 
 def read_head_json(path: str | Path) -> tuple[dict[str, Any], Path]:

@@ -147,16 +147,20 @@ class RidgeHead(Head):
         self.coef_ = _ridge_path(xf, y - self.y_mean_, np.array([self.alpha_]))[0]
         return self
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """``(n, d)`` embeddings -> ``(n, n_genes)`` predicted expression."""
+    def predict(self, x: np.ndarray, *, coords_um=None, groups=None) -> np.ndarray:
+        """``(n, d)`` embeddings -> ``(n, n_genes)`` predicted expression.
+
+        A head that reads centring or neighbour context (:attr:`inputs`) applies it first:
+        pass every spot of each section, their centres ``coords_um`` (µm) and sections
+        ``groups``."""
         self._require_fitted("predict")
-        x = np.asarray(x, np.float64)
+        x = np.asarray(self.prepare(x, coords_um, groups), np.float64)
         if x.ndim != 2 or x.shape[1] != len(self.x_mean_):
             raise ConfigError(
                 f"x has shape {x.shape}: expected (n, {len(self.x_mean_)}), the embedding size "
                 "the head was fitted on"
             )
-        return self._features(x, fit=False) @ self.coef_ + self.y_mean_
+        return self._check_outputs(self._features(x, fit=False) @ self.coef_ + self.y_mean_)
 
     def _state(self) -> HeadState:
         arrays = {"x_mean_": self.x_mean_, "coef_": self.coef_, "y_mean_": self.y_mean_}
@@ -216,10 +220,16 @@ class RetrievalHead(Head):
         self.values_ = values
         return self
 
-    def predict(self, image_embeddings: np.ndarray, *, chunk: int = 4096) -> np.ndarray:
-        """``(m, d)`` image embeddings -> ``(m, n_genes)`` predicted expression."""
+    def predict(
+        self, image_embeddings: np.ndarray, *, coords_um=None, groups=None, chunk: int = 4096
+    ) -> np.ndarray:
+        """``(m, d)`` image embeddings -> ``(m, n_genes)`` predicted expression.
+
+        A head that reads centring or smoothing (:attr:`inputs`) applies it to the queries
+        first: pass every spot of each section, centres ``coords_um`` (µm), sections ``groups``.
+        (The keys given to :meth:`fit` are taken as they are.)"""
         self._require_fitted("predict")
-        q = np.asarray(image_embeddings, np.float32)
+        q = np.asarray(self.prepare(image_embeddings, coords_um, groups), np.float32)
         if q.ndim != 2 or q.shape[1] != self.keys_.shape[1]:
             raise ConfigError(
                 f"image_embeddings has shape {q.shape}: expected (m, {self.keys_.shape[1]}), the "
@@ -238,7 +248,7 @@ class RetrievalHead(Head):
                 w = np.exp((top - top.max(axis=1, keepdims=True)) / self.temperature)
                 w /= w.sum(axis=1, keepdims=True)
             out[s : s + chunk] = np.einsum("nk,nkg->ng", w, self.values_[idx])
-        return out
+        return self._check_outputs(out)
 
     def _state(self) -> HeadState:
         return HeadState(arrays={"keys_": self.keys_, "values_": self.values_})
@@ -416,12 +426,13 @@ class MLPHead(Head):
         self.n_features_ = x.shape[1]
         return self
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """``(n, d)`` embeddings -> ``(n, n_genes)`` predicted expression."""
+    def predict(self, x: np.ndarray, *, coords_um=None, groups=None) -> np.ndarray:
+        """``(n, d)`` embeddings -> ``(n, n_genes)`` predicted expression (with the head's
+        :attr:`inputs` applied first, as :meth:`RidgeHead.predict`)."""
         import torch
 
         self._require_fitted("predict")
-        x = np.asarray(x, np.float64)
+        x = np.asarray(self.prepare(x, coords_um, groups), np.float64)
         if x.ndim != 2 or x.shape[1] != self.n_features_:
             raise ConfigError(
                 f"x has shape {x.shape}: expected (n, {self.n_features_}), the embedding size "
@@ -430,7 +441,7 @@ class MLPHead(Head):
         xs = torch.as_tensor((x - self.x_mean_) / self.x_std_, dtype=torch.float32)
         with torch.no_grad():
             out = _forward(self.net_, xs).double().numpy()
-        return out * self.y_std_ + self.y_mean_
+        return self._check_outputs(out * self.y_std_ + self.y_mean_)
 
     def _state(self) -> HeadState:
         return HeadState(

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class HeadInputs:
     """What a head reads for each spot (:mod:`histoxmodal.data.neighbours`), from the config's
-    ``head`` section or a saved head's ``targets.json``:
+    ``head`` section; a fitted head carries its own (``head.inputs``, saved in ``head.json``)
+    and applies them in ``head.predict(z, coords_um=..., groups=...)``:
 
     - ``centre``: embeddings minus their section's (slide's) mean, image and gene alike;
     - ``context_um`` (``ridge``/``mlp``): the image embedding beside the mean over the other
@@ -45,6 +46,29 @@ class HeadInputs:
             bool(src.get("centre", False)),
             float(src.get("smooth_um", 0.0)),
         ).for_head(head)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> HeadInputs:
+        """The inputs saved as ``dataclasses.asdict`` (in a head's ``head.json``); unknown or
+        missing keys are an error."""
+        if not isinstance(d, dict) or set(d) - {"context_um", "centre", "smooth_um"}:
+            raise ValueError(f"expected context_um, centre, smooth_um; got {d!r}")
+        return cls(
+            float(d.get("context_um", 0.0)),
+            bool(d.get("centre", False)),
+            float(d.get("smooth_um", 0.0)),
+        )
+
+    def layout(self, adata) -> dict:
+        """``coords_um`` and ``groups`` of every row of a paired dataset, as a head that reads
+        these inputs needs them: ``head.predict(z, **inputs.layout(adata))``."""
+        if not self:
+            return {}
+        from histoxmodal.data.neighbours import spot_coords_um
+
+        groups = np.asarray(adata.obs[keys.OBS_SAMPLE].astype(str))
+        spatial = self.context_um > 0 or self.smooth_um > 0
+        return {"coords_um": spot_coords_um(adata) if spatial else None, "groups": groups}
 
     def for_head(self, head: str) -> HeadInputs:
         """The part a ``head`` reads: ``retrieval`` (and the retrieval metrics) centring and
@@ -77,9 +101,5 @@ class HeadInputs:
         ``obs['sample']``, centres in µm), then ``rows`` of the result."""
         z = np.asarray(z, np.float32)
         if self:
-            from histoxmodal.data.neighbours import spot_coords_um
-
-            groups = np.asarray(adata.obs[keys.OBS_SAMPLE].astype(str))
-            spatial = self.context_um > 0 or self.smooth_um > 0
-            z = self.apply(z, spot_coords_um(adata) if spatial else None, groups)
+            z = self.apply(z, **self.layout(adata))
         return z if rows is None else z[rows]

@@ -37,6 +37,7 @@ import numpy as np
 
 from histoxmodal import keys
 from histoxmodal.errors import ConfigError
+from histoxmodal.heads.base import HEAD_FILE
 from histoxmodal.io.discovery import output_name
 from histoxmodal.keys import STATUS_OK
 from histoxmodal.tiling.spots import pseudo_spots, window_px
@@ -52,11 +53,7 @@ from histoxmodal.workflows.jobs import (
     run_jobs,
     run_one,
 )
-from histoxmodal.workflows.predict import (
-    check_prediction,
-    check_spatial,
-    read_targets,
-)
+from histoxmodal.workflows.predict import check_spatial, head_genes
 from histoxmodal.workflows.run import Run
 
 log = logging.getLogger(__name__)
@@ -79,7 +76,7 @@ def expression_head(run: Run, head: str | None = None) -> str:
     StaleHeadError
         The head was fitted on other weights than the run holds now.
     """
-    saved = [h for h in run.heads if (run.path / keys.RUN_HEADS_DIR / h / "targets.json").exists()]
+    saved = run.expression_heads
     if head is not None:
         if head not in saved:
             raise ConfigError(
@@ -104,7 +101,7 @@ def _params(run: Run, head: str, grid_um, min_tissue, mpp, genes) -> dict[str, o
         "weights_mtime_ns": (run.path / keys.RUN_WEIGHTS_FILE).stat().st_mtime_ns,
         "head": head,
         # a head refitted under the same name (other genes, context) is another prediction
-        "head_mtime_ns": (run.path / keys.RUN_HEADS_DIR / head / "targets.json").stat().st_mtime_ns,
+        "head_mtime_ns": (run.path / keys.RUN_HEADS_DIR / head / HEAD_FILE).stat().st_mtime_ns,
         "grid_um": grid_um,
         "min_tissue": min_tissue,
         "mpp": mpp,
@@ -301,14 +298,12 @@ def _predict_into(
     import pandas as pd
 
     from histoxmodal.data.slide import SlidePatches
-    from histoxmodal.heads.inputs import HeadInputs
     from histoxmodal.io.slide import open_slide
     from histoxmodal.tiling.tissue import detect_tissue
     from histoxmodal.training.embedding import embed_dataset
 
     fitted = run.load_head(head)
-    targets = read_targets(run, head)
-    all_genes = list(targets["genes"])
+    all_genes = head_genes(run, head, fitted)
     wanted = list(genes) if genes else []
     unknown = [g for g in wanted if g not in all_genes]
     if unknown:
@@ -352,10 +347,13 @@ def _predict_into(
         )["image"]
         thumb = s.get_thumbnail(max_size=min(THUMB_MAX_SIDE, max(s.dimensions)))
         scale = thumb.shape[1] / s.dimensions[0]
-    # what the head read in training: the slide as one section (its own mean, neighbourhoods)
-    inputs = HeadInputs.of(run, targets.get("head", "ridge"), targets)
-    y = np.asarray(fitted.predict(inputs.apply(z, xy * slide_mpp)), np.float32)
-    check_prediction(y, all_genes, run, head)
+    # what the head read in training (its own inputs): the slide as one section
+    try:
+        y = np.asarray(fitted.predict(z, coords_um=xy * slide_mpp), np.float32)
+    except ConfigError as exc:  # a head folder mixed from another panel: say how to mend it
+        raise ConfigError(
+            f"{run.path / keys.RUN_HEADS_DIR / head}: {exc} (histoxmodal fit-head {run.path})"
+        ) from exc
     obs = pd.DataFrame({"tissue_fraction": frac}, index=[f"{name}_{i}" for i in range(len(xy))])
     a = ad.AnnData(X=y, obs=obs, var=pd.DataFrame(index=all_genes))
     if len(y) >= 3:  # how smooth each predicted map is: Moran's I over the pseudo-spots (squidpy)
@@ -381,8 +379,8 @@ def _predict_into(
     a.uns["prediction"] = {
         "run": str(run.path.resolve()),
         "head": head,
-        **asdict(inputs),
-        "normalization": targets.get("normalization"),
+        **asdict(fitted.inputs),
+        "normalization": fitted.normalization,
         "slide": str(slide),
         "mpp": float(slide_mpp),
         "patch_um": patch_um,

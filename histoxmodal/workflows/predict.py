@@ -10,7 +10,6 @@ Two ways:
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,13 +18,9 @@ import numpy as np
 from histoxmodal import keys
 from histoxmodal.data.normalize import DEFAULT_NORMALIZATION
 from histoxmodal.errors import ConfigError
-from histoxmodal.fileutil import write_json_atomic
 from histoxmodal.heads.inputs import HeadInputs  # re-exported: what fit-head passes in
 from histoxmodal.training.config import EXPRESSION_HEADS
 from histoxmodal.workflows.run import Run
-
-#: written beside a saved expression head: the genes it predicts and how they were normalized
-TARGETS_FILE = "targets.json"
 
 
 def _fit(head: str, za, zb, y, groups, seed: int):
@@ -52,33 +47,15 @@ def _panel_targets(run: Run, adata, rows, genes, n_genes: int) -> list[str]:
     return list(genes)
 
 
-def read_targets(run: Run, head: str) -> dict:
-    """The ``targets.json`` of the saved head ``head`` (genes, normalization, what it reads),
-    checked, with one clear error for a missing, corrupt or foreign file."""
-    file = run.path / keys.RUN_HEADS_DIR / head / TARGETS_FILE
-    refit = f"refit it: histoxmodal fit-head {run.path}"
-    try:
-        targets = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{file} not found: the head folder is incomplete; {refit}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{file} is unreadable or not JSON ({exc}); {refit}") from exc
-    genes = targets.get("genes") if isinstance(targets, dict) else None
-    if not (isinstance(genes, list) and genes and all(isinstance(g, str) for g in genes)):
-        raise ConfigError(f"{file} has no list of predicted genes; {refit}")
-    return targets
-
-
-def check_prediction(y: np.ndarray, genes: list[str], run: Run, head: str) -> np.ndarray:
-    """Refuse a head whose output is not one column per gene of its ``targets.json`` (a head
-    copied in from another gene panel)."""
-    if y.ndim != 2 or y.shape[1] != len(genes):
+def head_genes(run: Run, name: str, fitted) -> list[str]:
+    """The genes the saved head ``name`` predicts (from its ``head.json``), or one clear error
+    for a head that names none (not an expression head)."""
+    if not fitted.outputs:
         raise ConfigError(
-            f"{run.path / keys.RUN_HEADS_DIR / head}: the head predicts {y.shape[-1]} values per "
-            f"spot but its targets.json lists {len(genes)} genes (a head or targets.json from "
-            f"another panel?); refit it: histoxmodal fit-head {run.path}"
+            f"{run.path / keys.RUN_HEADS_DIR / name} names no predicted genes: it is not an "
+            f"expression head; fit one with `histoxmodal fit-head {run.path}`"
         )
-    return y
+    return list(fitted.outputs)
 
 
 def check_spatial(run: Run) -> None:
@@ -114,8 +91,10 @@ def fit_expression_head(
         Saved as ``RUN/heads/<name>``; default ``expression_<head>``.
     inputs
         What the head reads (:class:`HeadInputs`: section centring, neighbour context);
-        default the run config's ``head.centre`` and ``head.context_um``. Saved in
-        ``targets.json``, so predictions read the same.
+        default the run config's ``head.centre`` and ``head.context_um``. The head carries it
+        (``head.inputs``, saved in its ``head.json``) with the genes it predicts
+        (``head.outputs``), so ``run.load_head(name).predict(z, coords_um=..., groups=...)``
+        reads the same.
 
     Returns
     -------
@@ -140,17 +119,8 @@ def fit_expression_head(
     zb = inputs.of_dataset(z["gene"], adata, rows) if head == "retrieval" else None
     groups = np.asarray(adata.obs[keys.OBS_SAMPLE].astype(str))[tr]
     fitted = _fit(head, x, zb, y, groups, run.config.optim.seed)
-    folder = run.save_head(name or f"expression_{head}", fitted)
-    write_json_atomic(
-        folder / TARGETS_FILE,
-        {
-            "genes": targets,
-            "normalization": DEFAULT_NORMALIZATION,
-            "head": head,
-            "fold": run.fold,
-            **asdict(inputs),
-        },
-    )
+    fitted.reading(inputs).predicting(targets, DEFAULT_NORMALIZATION)
+    run.save_head(name or f"expression_{head}", fitted, fold=run.fold)
     return fitted
 
 
@@ -207,13 +177,14 @@ def predict_expression(
     chosen = sp.fold(fold)
     if head in run.heads:
         fitted = run.load_head(head)
-        targets = read_targets(run, head)
-        genes = targets["genes"]
-        inputs = HeadInputs.of(run, targets["head"], targets)
+        genes = head_genes(run, head, fitted)
         rows = chosen.test if split else np.arange(adata.n_obs)
-        za = run.embed(dataset, None if inputs else rows)["image"]
-        x = inputs.of_dataset(za, adata, rows if inputs else None)
-        za = za[rows] if inputs else za
+        # centring or context read whole sections: every spot is embedded, then ``rows`` kept
+        whole = bool(fitted.inputs)
+        za = run.embed(dataset, None if whole else rows)["image"]
+        y_pred = fitted.predict(za, **fitted.inputs.layout(adata))
+        za, y_pred = (za[rows], y_pred[rows]) if whole else (za, y_pred)
+        inputs = fitted.inputs
         fold_name = chosen.name if split else "all rows"
     else:
         tr, rows = chosen.train(adata.n_obs), chosen.test
@@ -225,7 +196,7 @@ def predict_expression(
         xall = inputs.of_dataset(z["image"], adata)
         zb = inputs.of_dataset(z["gene"], adata, tr) if head == "retrieval" else None
         fitted = _fit(head, xall[tr], zb, y_tr, groups, run.config.optim.seed)
-        za, x = z["image"][rows], xall[rows]
+        za, y_pred = z["image"][rows], fitted.predict(xall[rows])
         fold_name = chosen.name
     missing = [g for g in genes if g not in adata.var_names]
     if missing:
@@ -234,9 +205,7 @@ def predict_expression(
     out = adata[rows, genes].copy()
     out.X = y
     out.layers["measured"] = y
-    out.layers[layer] = check_prediction(
-        np.asarray(fitted.predict(x), np.float32), list(genes), run, str(head)
-    )
+    out.layers[layer] = np.asarray(y_pred, np.float32)
     out.obsm["X_image"] = za
     out.uns["prediction"] = {
         "head": head,

@@ -702,11 +702,12 @@ class Run:
             self._weights_digest = (stamp, file_sha256(f))
         return self._weights_digest[1]
 
-    def save_head(self, name: str, head) -> Path:
+    def save_head(self, name: str, head, **provenance) -> Path:
         """Save a fitted head under ``heads/<name>`` (overwriting one of that name).
 
         ``head.json`` records the checksum of the run's weights and the dataset the head was
-        fitted with, so :meth:`load_head` refuses it once either changes.
+        fitted with, so :meth:`load_head` refuses it once either changes, beside any other
+        ``provenance`` (JSON values, e.g. the fold).
         """
         folder = self.path / keys.RUN_HEADS_DIR / name
         head.save(
@@ -714,6 +715,7 @@ class Run:
             provenance={
                 "weights_sha256": self.weights_sha256(),
                 "dataset_sha256": self.dataset_sha256,
+                **provenance,
             },
         )
         return folder
@@ -742,7 +744,10 @@ class Run:
 
         folder = self.check_head(name)
         try:
-            return load_head(folder)
+            head = load_head(folder)
+            if not head.outputs and (folder / LEGACY_TARGETS_FILE).exists():
+                _read_legacy_targets(head, folder / LEGACY_TARGETS_FILE)
+            return head
         except (ConfigError, DataError) as exc:  # the same kind of error, with the fix
             raise type(exc)(f"{exc} (histoxmodal fit-head {self.path})") from exc
 
@@ -780,3 +785,40 @@ class Run:
         """Names of the heads saved with the run."""
         d = self.path / keys.RUN_HEADS_DIR
         return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+
+    @property
+    def expression_heads(self) -> list[str]:
+        """Names of the saved heads that predict named genes (their ``head.json`` lists
+        ``outputs``, or, saved by an older histoxmodal, a ``targets.json`` lies beside it)."""
+        from histoxmodal.heads.base import read_head_json
+
+        found = []
+        for name in self.heads:
+            folder = self.path / keys.RUN_HEADS_DIR / name
+            try:
+                meta, _ = read_head_json(folder)
+            except (OSError, ValueError):  # unreadable: load_head reports it when asked for
+                meta = {}
+            if meta.get("outputs") or (folder / LEGACY_TARGETS_FILE).exists():
+                found.append(name)
+        return found
+
+
+#: what heads saved before ``head.json`` carried their inputs and outputs wrote beside it
+LEGACY_TARGETS_FILE = "targets.json"
+
+
+def _read_legacy_targets(head, file: Path) -> None:
+    """The genes, normalization and inputs an older histoxmodal saved in ``targets.json``."""
+    from histoxmodal.heads.inputs import HeadInputs
+
+    try:
+        targets = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{file} is unreadable or not JSON ({exc})") from exc
+    genes = targets.get("genes") if isinstance(targets, dict) else None
+    if not (isinstance(genes, list) and genes and all(isinstance(g, str) for g in genes)):
+        raise ConfigError(f"{file} has no list of predicted genes")
+    head.predicting(genes, targets.get("normalization"))
+    inputs = {k: targets[k] for k in ("context_um", "centre", "smooth_um") if k in targets}
+    head.reading(HeadInputs.from_dict(inputs).for_head(targets.get("head", head.head_name)))

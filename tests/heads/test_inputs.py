@@ -64,3 +64,58 @@ def test_each_head_reads_its_part_and_a_saved_heads_targets_win():
     assert HeadInputs.of(FakeRun(), "retrieval", {"centre": True, "smooth_um": 7}) == HeadInputs(
         0.0, True, 7.0
     )
+
+
+@pytest.mark.parametrize("name", ["ridge", "mlp", "retrieval"])
+def test_a_saved_head_carries_its_inputs_and_genes_and_applies_them(tmp_path, name):
+    """``load_head(p).predict(z, coords_um=, groups=)`` equals the inputs applied by hand and
+    the plain head's prediction; the genes and inputs sit in ``head.json``."""
+    import json
+
+    pytest.importorskip("safetensors")
+    if name == "mlp":
+        pytest.importorskip("torch")
+    from histoxmodal.heads import create_head, load_head
+
+    z, coords, groups = _data()
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=(6, 2))
+    inputs = HeadInputs(context_um=150.0, centre=True, smooth_um=150.0).for_head(name)
+    x = inputs.apply(z, coords, groups)
+    params = {"max_epochs": 3, "seed": 0} if name == "mlp" else {}
+    plain = create_head(name, **params)
+    plain = plain.fit(x, y) if name == "retrieval" else plain.fit(x, y, groups=groups)
+    want = plain.predict(x)
+    plain.reading(inputs).predicting(["CD3E", "ERBB2"], "log1p_cp10k").save(tmp_path / "h")
+    meta = json.loads((tmp_path / "h" / "head.json").read_text())
+    assert meta["inputs"] == {
+        "context_um": inputs.context_um,
+        "centre": True,
+        "smooth_um": inputs.smooth_um,
+    }
+    assert meta["outputs"] == {"names": ["CD3E", "ERBB2"], "normalization": "log1p_cp10k"}
+    loaded = load_head(tmp_path / "h")
+    assert loaded.inputs == inputs and loaded.outputs == ("CD3E", "ERBB2")
+    got = loaded.predict(z, coords_um=coords, groups=groups)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # a head without inputs predicts what it is given, as before
+    assert not create_head("ridge").fit(z, y).inputs
+
+
+def test_a_head_saved_without_inputs_loads_plain(tmp_path):
+    """A ``head.json`` written before heads kept their inputs loads with none and no genes."""
+    import json
+
+    pytest.importorskip("safetensors")
+    from histoxmodal.heads import RidgeHead, load_head
+
+    z, _, _ = _data()
+    y = np.random.default_rng(2).normal(size=(6, 2))
+    RidgeHead().fit(z, y).save(tmp_path / "h")
+    file = tmp_path / "h" / "head.json"
+    meta = json.loads(file.read_text())
+    del meta["inputs"]
+    file.write_text(json.dumps(meta))
+    h = load_head(tmp_path / "h")
+    assert not h.inputs and h.outputs == () and h.normalization is None
+    np.testing.assert_allclose(h.predict(z), RidgeHead().fit(z, y).predict(z))

@@ -38,8 +38,9 @@ def tiny_run(tmp_path_factory):
 def test_training_saves_an_expression_head_for_the_whole_panel(tiny_run):
     _, run, _ = tiny_run
     assert run.heads == ["expression_ridge"]
-    targets = json.loads((run.path / "heads" / "expression_ridge" / "targets.json").read_text())
-    assert targets["genes"] == run.genes and targets["head"] == "ridge"
+    meta = json.loads((run.path / "heads" / "expression_ridge" / "head.json").read_text())
+    assert meta["outputs"]["names"] == run.genes and meta["head"] == "ridge"
+    assert not (run.path / "heads" / "expression_ridge" / "targets.json").exists()
     assert run.patch == {"patch_um": 16.0, "patch_px": 32}
 
 
@@ -99,6 +100,8 @@ def test_slide_map_pixels_grid_and_values(tiny_run):
 
 
 def test_a_head_with_centring_and_context_reads_the_slide_as_one_section(tiny_run):
+    import copy
+
     import anndata as ad
 
     from histoxmodal.workflows.predict import HeadInputs, fit_expression_head
@@ -121,7 +124,10 @@ def test_a_head_with_centring_and_context_reads_the_slide_as_one_section(tiny_ru
         d = np.linalg.norm(xy - xy[i], axis=1)
         near = (d <= 100.0) & (np.arange(len(z)) != i)
         x[i] = np.r_[c[i], c[near].mean(0) if near.any() else c[i]]
-    np.testing.assert_allclose(a.X, head.predict(x.astype(np.float32)), rtol=1e-4, atol=1e-4)
+    plain = copy.copy(head).reading(None)  # the same fitted head, reading what it is given
+    np.testing.assert_allclose(a.X, plain.predict(x.astype(np.float32)), rtol=1e-4, atol=1e-4)
+    # and the head applies its own inputs to the raw embeddings: the slide is one section
+    np.testing.assert_allclose(a.X, head.predict(z, coords_um=xy), rtol=1e-4, atol=1e-4)
 
 
 def predict_slide_ok(*args, **kwargs) -> bool:
@@ -155,10 +161,10 @@ def test_a_run_without_a_head_says_how_to_fit_one(tiny_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no saved expression head" in err and f"histoxmodal fit-head {bare}" in err
     assert main(["fit-head", str(bare)]) == 0
-    assert (bare / "heads" / "expression_ridge" / "targets.json").exists()
+    assert (bare / "heads" / "expression_ridge" / "head.json").exists()
     # the head's inputs from the command line, over the run config's
     assert main(["fit-head", str(bare), "--head", "mlp", "--centre", "--context-um", "80"]) == 0
-    t = json.loads((bare / "heads" / "expression_mlp" / "targets.json").read_text())
+    t = json.loads((bare / "heads" / "expression_mlp" / "head.json").read_text())["inputs"]
     assert (t["centre"], t["context_um"], t["smooth_um"]) == (True, 80.0, 0.0)
     assert "reads centre=True, context_um=80, smooth_um=0" in capsys.readouterr().out
     with pytest.raises(SystemExit):
@@ -265,7 +271,7 @@ def test_a_grid_far_finer_than_the_patch_is_refused_before_any_work(tiny_run, tm
         expression_map.MAX_GRID_WINDOWS = orig
 
 
-@pytest.mark.parametrize("damage", ["arrays", "targets", "panel"])
+@pytest.mark.parametrize("damage", ["arrays", "outputs", "panel"])
 def test_a_damaged_or_foreign_head_is_one_line(tiny_run, tmp_path, capsys, damage):
     import shutil
 
@@ -279,13 +285,15 @@ def test_a_damaged_or_foreign_head_is_one_line(tiny_run, tmp_path, capsys, damag
         data = (head / "arrays.safetensors").read_bytes()
         (head / "arrays.safetensors").write_bytes(data[: len(data) // 2])
         needle = "not a readable safetensors file"
-    elif damage == "targets":
-        (head / "targets.json").write_text('{"genes": [')
-        needle = "not JSON"
-    else:  # the head of another panel: its targets name fewer genes than it predicts
-        t = json.loads((head / "targets.json").read_text())
-        (head / "targets.json").write_text(json.dumps({**t, "genes": t["genes"][:3]}))
-        needle = "targets.json lists 3 genes"
+    elif damage == "outputs":
+        t = json.loads((head / "head.json").read_text())
+        (head / "head.json").write_text(json.dumps({**t, "outputs": {"names": "CD3E"}}))
+        needle = "unreadable inputs/outputs"
+    else:  # the head of another panel: it names fewer genes than it predicts
+        t = json.loads((head / "head.json").read_text())
+        t["outputs"]["names"] = t["outputs"]["names"][:3]
+        (head / "head.json").write_text(json.dumps(t))
+        needle = "lists 3 genes in its head.json"
     rc = main(
         ["predict", str(copy), str(slide), "--out", str(tmp_path / "maps"), "--grid-um", "80"]
     )
@@ -395,3 +403,30 @@ def test_squidpy_reads_a_prediction_and_its_morans_i(tiny_run):
     squidpy.pl.spatial_scatter(a, color=a.var_names[0], library_id="new", save=None)
     matplotlib.pyplot.savefig(out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_head_saved_with_targets_json_still_predicts(tiny_run, tmp_path):
+    """Runs saved before heads kept their genes and inputs in ``head.json`` wrote them to
+    ``targets.json`` beside it: the run still lists and loads the head with them."""
+    import shutil
+
+    from histoxmodal.workflows.run import Run
+
+    _, run, _ = tiny_run
+    copy = tmp_path / "old"
+    shutil.copytree(run.path, copy)
+    folder = copy / "heads" / "expression_ridge"
+    meta = json.loads((folder / "head.json").read_text())
+    genes = meta.pop("outputs")["names"]
+    meta.pop("inputs")
+    (folder / "head.json").write_text(json.dumps(meta))
+    legacy = {"genes": genes, "normalization": "log1p_cp10k", "head": "ridge", "centre": True}
+    (folder / "targets.json").write_text(json.dumps({**legacy, "context_um": 0.0}))
+    old = Run.load(copy)
+    assert "expression_ridge" in old.expression_heads
+    head = old.load_head("expression_ridge")
+    assert list(head.outputs) == genes and head.normalization == "log1p_cp10k"
+    assert head.inputs.centre and head.inputs.context_um == 0.0
+    (folder / "targets.json").unlink()
+    assert "expression_ridge" not in Run.load(copy).expression_heads
+    assert "expression_ridge" in Run.load(copy).heads

@@ -8,6 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
+from histoxmodal.errors import ConfigError
+
 pytest.importorskip("lightning")
 
 
@@ -100,10 +102,14 @@ def test_a_head_reads_section_centred_embeddings_beside_their_neighbourhood(trai
 
     _, data, run = trained
     inputs = HeadInputs(context_um=150.0, centre=True, smooth_um=120.0)
-    fit_expression_head(run, head="ridge", n_genes=4, name="ctx", inputs=inputs)
-    targets = json.loads((run.path / "heads" / "ctx" / "targets.json").read_text())
+    fitted = fit_expression_head(run, head="ridge", n_genes=4, name="ctx", inputs=inputs)
+    meta = json.loads((run.path / "heads" / "ctx" / "head.json").read_text())
+    targets = {**meta["inputs"], "genes": meta["outputs"]["names"]}
     assert targets["context_um"] == 150.0 and targets["centre"] is True
     assert targets["smooth_um"] == 0.0  # smoothing is for retrieval only
+    assert meta["outputs"]["normalization"] == "log1p_cp10k" and len(targets["genes"]) == 4
+    assert meta["provenance"]["fold"] == run.fold
+    assert fitted.inputs == HeadInputs(150.0, True, 0.0)
     # the same features by hand: each section's embeddings minus their mean, beside the mean
     # of the other spots of the section within 150 µm (coordinates are µm in this dataset)
     adata, _ = load_paired(data)
@@ -130,6 +136,19 @@ def test_a_head_reads_section_centred_embeddings_beside_their_neighbourhood(trai
     np.testing.assert_allclose(
         out.layers["predicted"], want.predict(x.astype(np.float32)), rtol=1e-4, atol=1e-5
     )
+    # the loaded head applies its own inputs: raw embeddings, spot centres and sections in
+    loaded = run.load_head("ctx")
+    assert loaded.inputs == inputs.for_head("ridge") and list(loaded.outputs) == targets["genes"]
+    np.testing.assert_allclose(
+        loaded.predict(z.astype(np.float32), coords_um=xy, groups=sample),
+        want.predict(x.astype(np.float32)),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    with pytest.raises(ConfigError, match="within 150 µm.*pass coords_um="):
+        loaded.predict(z.astype(np.float32), groups=sample)
+    with pytest.raises(ConfigError, match="groups has 3 rows"):
+        loaded.predict(z.astype(np.float32), coords_um=xy, groups=sample[:3])
     assert out.uns["prediction"]["context_um"] == 150.0 and out.uns["prediction"]["centre"]
     # the retrieval head matches image queries against the gene embeddings of the training
     # spots, both centred on their section's mean and then averaged half-and-half with the
