@@ -54,7 +54,7 @@ _LAZY = {
     "load_tiles": ("histoxmodal.tiling.outputs", "load_tiles"),
     "build": ("histoxmodal.workflows.build", "build"),
     "build_paired": ("histoxmodal.workflows.build", "build_paired"),
-    "load_config": ("histoxmodal.training.config", "load_config"),
+    "load_config": ("histoxmodal.workflows.config_files", "load_config"),
     "train": ("histoxmodal.workflows.train", "train"),
     "pretrain_genes": ("histoxmodal.workflows.pretrain_genes", "pretrain_genes"),
     "Run": ("histoxmodal.workflows.run", "Run"),
@@ -168,8 +168,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from histoxmodal.tiling.outputs import load_tiles
     from histoxmodal.tiling.spec import TileGeometry, TileSpec
     from histoxmodal.tiling.tissue import TissueMask, TissueParams, detect_tissue
-    from histoxmodal.training.config import load_config
     from histoxmodal.workflows.build import build, build_paired
+    from histoxmodal.workflows.config_files import load_config
     from histoxmodal.workflows.embed import embed
     from histoxmodal.workflows.evaluate import evaluate
     from histoxmodal.workflows.expression_map import predict_slides

@@ -88,7 +88,7 @@ def test_wheel_installs_with_recipes_and_configs(tmp_path: Path):
             "-c",
             "import histoxmodal\n"
             "from histoxmodal.data.recipes import list_recipes\n"
-            "from histoxmodal.training.config import bundled_configs\n"
+            "from histoxmodal.workflows.config_files import bundled_configs\n"
             "print(histoxmodal.__file__)\n"
             "for p in [*list_recipes().values(), *bundled_configs().values()]: print(p)",
         ],

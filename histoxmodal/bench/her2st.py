@@ -42,7 +42,7 @@ BASE_CONFIG = "her2st_bench"
 
 def base_config() -> dict:
     """A fresh copy of the built-in rows' config (:data:`BASE_CONFIG`) as a dict."""
-    from histoxmodal.training.config import bundled_config_data
+    from histoxmodal.workflows.config_files import bundled_config_data
 
     return bundled_config_data(BASE_CONFIG)
 
@@ -224,7 +224,7 @@ def run_her2st(
     }
     trained_rows[REGRESSION] = {"loss": REGRESSION_LOSS}
     if config is not None:
-        from histoxmodal.training.config import load_config
+        from histoxmodal.workflows.config_files import load_config
 
         own = load_config(config).to_dict()
         own["optim"] = {**own["optim"], "seed": seed, "num_workers": 0}

@@ -130,7 +130,7 @@ def cell_metrics(
 
 def _cell_config(config: str, image: str, gene: str, weights: dict, *, loss: str | None,
                  epochs: int | None, seed: int, random_weights: bool):  # fmt: skip
-    from histoxmodal.training.config import load_config
+    from histoxmodal.workflows.config_files import load_config
 
     sets = [f"model.image_encoder={image}", f"model.gene_encoder={gene}", f"optim.seed={seed}"]
     if image in weights:

@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from histoxmodal.progress import progress_enabled
 
     require_extra("torch", "histoxmodal train")
-    from histoxmodal.training.config import bundled_configs, load_config
+    from histoxmodal.workflows.config_files import bundled_configs, load_config
 
     if args.list:
         print(format_config_list(bundled_configs()))

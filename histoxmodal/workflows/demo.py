@@ -98,8 +98,8 @@ def _demo_generated(out, seed, workers, max_epochs, echo, progress_bar) -> dict[
     from histoxmodal.data.recipes import SampleRef
     from histoxmodal.testing.spatial import make_synthetic_visium
     from histoxmodal.tiling.spec import TileSpec
-    from histoxmodal.training.config import bundled_config_data
     from histoxmodal.workflows.build import PairedConfig, build_paired
+    from histoxmodal.workflows.config_files import bundled_config_data
     from histoxmodal.workflows.tile import tile_slides
 
     step = Steps(5, echo)
@@ -157,8 +157,8 @@ def _reader(file: str, slide: str):
 
 
 def _demo_her2st(src, out, max_epochs, echo, progress_bar) -> dict[str, Any]:
-    from histoxmodal.training.config import load_config
     from histoxmodal.workflows.build import build
+    from histoxmodal.workflows.config_files import load_config
 
     step = Steps(3, echo)
     step(f"building the her2st paired dataset from {src}")
@@ -217,10 +217,10 @@ def _train_and_evaluate(out, paired, config, step, fold, max_epochs, progress_ba
 def _demo_medical(out, seed, max_epochs, patients, echo, progress_bar) -> dict[str, Any]:
     from histoxmodal.data.cohort import is_cohort
     from histoxmodal.testing.cohort import make_synthetic_cohort
-    from histoxmodal.training.config import bundled_config_data
     from histoxmodal.training.multimodal import multimodal_config_from_dict
     from histoxmodal.training.trainer import last_checkpoint
     from histoxmodal.workflows.build import build_cohort
+    from histoxmodal.workflows.config_files import bundled_config_data
     from histoxmodal.workflows.evaluate import evaluate
     from histoxmodal.workflows.report import write_cohort_report
     from histoxmodal.workflows.train import train

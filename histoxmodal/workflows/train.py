@@ -43,7 +43,7 @@ def train(
         A :class:`~histoxmodal.training.config.TrainConfig` (image + gene towers on a paired
         dataset) or :class:`~histoxmodal.training.multimodal.MultimodalConfig` (one tower per
         modality on a cohort store), e.g. from
-        :func:`~histoxmodal.training.config.load_config`.
+        :func:`~histoxmodal.workflows.config_files.load_config`.
     out
         The run folder.
     data

@@ -116,7 +116,7 @@ def test_print_config_prints_the_resolved_config_and_writes_nothing(tmp_path, mo
 
     import yaml
 
-    from histoxmodal.training.config import load_config
+    from histoxmodal.workflows.config_files import load_config
 
     pytest.importorskip("torch")
     monkeypatch.chdir(tmp_path)
@@ -274,7 +274,7 @@ def test_descriptions_are_still_wrapped(capsys):
 
 def test_train_list_shows_whole_descriptions_wrapped(capsys):
     pytest.importorskip("torch")
-    from histoxmodal.training.config import bundled_configs
+    from histoxmodal.workflows.config_files import bundled_configs
 
     assert main(["train", "--list"]) == 0
     out = capsys.readouterr().out

@@ -7,7 +7,8 @@ import pytest
 pytest.importorskip("torch")
 
 from histoxmodal.errors import ConfigError
-from histoxmodal.training.config import config_from_dict, load_config
+from histoxmodal.training.config import config_from_dict
+from histoxmodal.workflows.config_files import load_config
 
 
 @pytest.mark.parametrize(
@@ -59,24 +60,6 @@ def test_values_are_coerced_only_where_lossless():
 @pytest.mark.parametrize("precision", ["32-true", "16-mixed", "bf16-mixed", "64", "auto"])
 def test_lightning_precisions_are_accepted(precision):
     assert config_from_dict({"optim": {"precision": precision}}).optim.precision == precision
-
-
-def test_malformed_yaml_is_one_line_naming_the_file_and_line(tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("genes: 20\nmodel: {image_encoder: test_uni\noptim: {lr: 1}\n")
-    with pytest.raises(ConfigError) as err:
-        load_config(str(bad))
-    msg = str(err.value)
-    assert str(bad) in msg and "line 3" in msg and "\n" not in msg
-    listed = tmp_path / "list.yaml"
-    listed.write_text("- a\n- b\n")
-    with pytest.raises(ConfigError, match="expected a mapping"):
-        load_config(str(listed))
-
-
-def test_set_into_a_value_that_is_not_a_section():
-    with pytest.raises(ConfigError, match="genes is 256, not a section"):
-        load_config("her2st_small", ["genes.n=3"])
 
 
 def test_multimodal_config_fields_are_typed():
@@ -165,18 +148,3 @@ def test_a_config_built_in_python_is_coerced_and_its_sections_built_from_dicts()
     assert cfg == config_from_dict({"genes": 64, "optim": {"lr": 3e-4, "max_epochs": 3}})
     with pytest.raises(ConfigError, match=r"^optim=3: expected a mapping"):
         TrainConfig(optim=3)
-
-
-def test_every_bundled_config_is_valid_and_the_demo_and_bench_read_theirs():
-    from histoxmodal.bench.her2st import BASE_CONFIG, base_config
-    from histoxmodal.training.config import bundled_configs
-    from histoxmodal.workflows.demo import DEMO_CONFIG, MEDICAL_CONFIG
-
-    names = set(bundled_configs())
-    assert {DEMO_CONFIG, MEDICAL_CONFIG, BASE_CONFIG} <= names
-    for name in names:
-        load_config(name)  # raises on any invalid value
-    # a fresh dict each time: a caller's merge never leaks into the next row
-    first = base_config()
-    first["optim"]["max_epochs"] = 99
-    assert base_config()["optim"]["max_epochs"] == 6

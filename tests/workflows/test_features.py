@@ -263,7 +263,7 @@ def test_a_foundation_model_without_weights_is_refused_unless_asked(
 
 def test_training_a_foundation_tower_needs_its_weights_or_says_random(tmp_path):
     from histoxmodal.errors import ConfigError
-    from histoxmodal.training.config import load_config
+    from histoxmodal.workflows.config_files import load_config
     from histoxmodal.workflows.train import check_image_weights
 
     cfg = load_config("frozen_uni_local")

@@ -340,7 +340,7 @@ def test_resume_appends_to_the_metrics_of_the_earlier_epochs(tiny, tmp_path):
 def test_max_epochs_zero_or_negative_is_a_usage_error(tiny, tmp_path, capsys):
     from histoxmodal.cli.main import main
     from histoxmodal.errors import ConfigError
-    from histoxmodal.training.config import load_config
+    from histoxmodal.workflows.config_files import load_config
 
     for n in ("0", "-1"):
         out = tmp_path / f"r{n}"
@@ -381,7 +381,7 @@ def test_more_cpu_devices_than_cores_is_refused_before_anything(
 
     from histoxmodal.cli.main import main
     from histoxmodal.errors import ConfigError
-    from histoxmodal.training.config import load_config
+    from histoxmodal.workflows.config_files import load_config
 
     def no_trainer(*args, **kwargs):
         raise AssertionError("a Trainer was made: Lightning would start one process per device")

@@ -1,0 +1,59 @@
+"""Config files: YAML (a path or a bundled example) with ``--set`` overrides, read on the
+application side; the dataclasses they build validate themselves (tests/training/test_config.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("torch")
+
+from histoxmodal.errors import ConfigError
+from histoxmodal.workflows.config_files import bundled_config_data, load_config, set_value
+
+
+def test_malformed_yaml_is_one_line_naming_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("genes: 20\nmodel: {image_encoder: test_uni\noptim: {lr: 1}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(bad))
+    msg = str(err.value)
+    assert str(bad) in msg and "line 3" in msg and "\n" not in msg
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(str(listed))
+
+
+def test_set_into_a_value_that_is_not_a_section():
+    with pytest.raises(ConfigError, match="genes is 256, not a section"):
+        load_config("her2st_small", ["genes.n=3"])
+
+
+def test_every_bundled_config_is_valid_and_the_demo_and_bench_read_theirs():
+    from histoxmodal.bench.her2st import BASE_CONFIG, base_config
+    from histoxmodal.workflows.config_files import bundled_configs
+    from histoxmodal.workflows.demo import DEMO_CONFIG, MEDICAL_CONFIG
+
+    names = set(bundled_configs())
+    assert {DEMO_CONFIG, MEDICAL_CONFIG, BASE_CONFIG} <= names
+    for name in names:
+        load_config(name)  # raises on any invalid value
+    # a fresh dict each time: a caller's merge never leaks into the next row
+    first = base_config()
+    first["optim"]["max_epochs"] = 99
+    assert base_config()["optim"]["max_epochs"] == 6
+
+
+def test_set_value_builds_sections_and_an_unknown_config_names_the_bundled_ones():
+    data = {"optim": {"lr": 1.0}}
+    set_value(data, "optim.lr", 3e-4)
+    set_value(data, "head.context_um", 620)
+    assert data == {"optim": {"lr": 3e-4}, "head": {"context_um": 620}}
+    with pytest.raises(ConfigError, match=r"--set optim\.lr\.x: optim\.lr is 0\.0003"):
+        set_value(data, "optim.lr.x", 1)
+    with pytest.raises(ConfigError, match=r"'her2sst'.*Did you mean her2st"):
+        load_config("her2sst")
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config("her2st_small", ["optim.lr"])
+    assert bundled_config_data("her2st")["genes"] == load_config("her2st").genes
