@@ -32,7 +32,7 @@ def embed(run: str | Path | Run, dataset: str | Path, out: str | Path, *, batch_
     if not out.parent.is_dir():
         raise ConfigError(f"--out {out}: the folder {out.parent} does not exist; create it first")
     run = run if isinstance(run, Run) else Run.load(run)
-    if run.kind != "spatial":
+    if not run.run_kind.image_to_expression:
         raise ConfigError(
             f"{run.path} is a {run.kind} run; `embed` writes spot embeddings of a paired "
             "dataset. For a cohort use histoxmodal.Run.load(RUN).embed(DATA)"

@@ -175,7 +175,7 @@ def evaluate(
     """
     run = run if isinstance(run, Run) else Run.load(run)
     dataset, out = Path(dataset), Path(out)
-    if run.kind == "cohort":
+    if not run.run_kind.image_to_expression:  # patient-level modalities
         return _evaluate_cohort(run, dataset, out, k=k, seed=seed)
     return _evaluate_spatial(
         run, dataset, out, split=split, fold=fold, in_batch_size=in_batch_size, n_genes=n_genes,

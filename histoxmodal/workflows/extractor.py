@@ -152,7 +152,7 @@ def _run_extractor(run_dir: str | Path, projection: bool) -> Extractor:
     from histoxmodal.workflows.run import Run
 
     run = Run.load(run_dir)
-    if run.kind != "spatial" or not hasattr(run.module, "image"):
+    if not run.run_kind.image_to_expression or not hasattr(run.module, "image"):
         raise ConfigError(
             f"--run {run.path}: a {run.kind} run; features need a spatial run's image tower"
         )

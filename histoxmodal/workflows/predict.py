@@ -60,7 +60,7 @@ def head_genes(run: Run, name: str, fitted) -> list[str]:
 
 def check_spatial(run: Run) -> None:
     """Refuse a run that has no image-to-expression path (a cohort run), saying what it has."""
-    if run.kind != "spatial":
+    if not run.run_kind.image_to_expression:
         raise ConfigError(
             f"{run.path} is a {run.kind} run: it aligns patient-level modalities and has no "
             "image-to-expression path, so expression heads, `fit-head` and `predict` do not "

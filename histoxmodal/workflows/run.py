@@ -17,12 +17,13 @@ A run folder (``histoxmodal train --out RUN``) holds:
   frozen image tower's feature cache.
 
 Everything that differs between spatial and cohort runs (which module, which dataset, how a
-batch is collated) lives in one table, :data:`KINDS`; the rest of the package asks the ``Run``.
+batch is collated, which rows validate) lives in their registered classes
+(:mod:`histoxmodal.workflows.run_kinds`, ``run.run_kind``); the rest of the package asks the
+``Run``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -37,105 +38,12 @@ from histoxmodal.errors import ConfigError, DataError, DatasetChangedError, Stal
 from histoxmodal.fileutil import write_json_atomic
 from histoxmodal.reprs import safe_repr, short_list, short_path
 from histoxmodal.version import __version__
+from histoxmodal.workflows.run_kinds import RUN_KINDS, RunKind, is_paired_dataset, run_kind
 
 log = logging.getLogger(__name__)
 
 #: version of the run folder layout written by this package
 RUN_FORMAT = 1
-
-
-# ------------------------------------------------------------------------------ kinds of runs
-
-
-@dataclass(frozen=True)
-class RunKind:
-    """How one kind of run builds its module and reads its data."""
-
-    name: str
-    default_split: str  # the split kind used when none is given
-    is_dataset: Any  # (path) -> bool
-    what: str  # the dataset it needs, for messages
-
-    def n_obs(self, data: Path) -> int:
-        if self.name == "cohort":
-            from histoxmodal.data.cohort import CohortDataset
-
-            return len(CohortDataset(data))
-        import anndata as ad
-
-        return ad.read_h5ad(data / keys.PAIRED_ADATA_FILE, backed="r").n_obs
-
-    def obs_names(self, data: Path) -> list[str] | None:
-        if self.name == "cohort":
-            return None  # a cohort split is keyed by patients, checked by count only
-        import anndata as ad
-
-        return list(ad.read_h5ad(data / keys.PAIRED_ADATA_FILE, backed="r").obs_names)
-
-    def module(self, run: Run):
-        if self.name == "cohort":
-            from histoxmodal.training.multimodal import MultimodalModule
-
-            return MultimodalModule(run.config)
-        from histoxmodal.training.module import ContrastiveModule
-
-        return ContrastiveModule(run.tower_config(), run.genes, run.n_batches)
-
-    def dataset(self, run: Run, data: Path, rows, *, augment: bool, seed: int = 0):
-        if self.name == "cohort":
-            from histoxmodal.data.cohort import CohortDataset
-
-            return CohortDataset(data, rows, augment=augment and run.config.augment, seed=seed)
-        from histoxmodal.data.dataset import PairedDataset
-        from histoxmodal.data.transforms import Augment
-
-        return PairedDataset(
-            data,
-            indices=rows,
-            genes=run.genes,
-            normalization=run.normalization,
-            augment=Augment(**run.config.augment) if augment else None,
-            stain=run.stain_normalizer(),
-            seed=seed,
-            # the batch ids the towers were built with, whatever dataset is read
-            categories={run.config.correction.batch_key: run.run_batch_names()},
-        )
-
-    @property
-    def collate(self):
-        if self.name == "cohort":
-            from histoxmodal.data.cohort import collate_cohort
-
-            return collate_cohort
-        return None
-
-
-def _is_paired(path: Path) -> bool:
-    p = Path(path) / keys.PAIRED_MANIFEST_FILE
-    return p.exists() and json.loads(p.read_text(encoding="utf-8")).get("kind") != "cohort"
-
-
-def _is_cohort(path: Path) -> bool:
-    from histoxmodal.data.cohort import is_cohort
-
-    return is_cohort(path)
-
-
-KINDS = {
-    "spatial": RunKind(
-        "spatial",
-        "random",
-        _is_paired,
-        "a paired dataset (build one with `histoxmodal build`)",
-    ),
-    "cohort": RunKind(
-        "cohort",
-        "patient",
-        _is_cohort,
-        "a cohort dataset (build one with `histoxmodal build --recipe cohort --manifest FILE "
-        "--out DIR`)",
-    ),
-}
 
 
 def dataset_patch(data: str | Path) -> dict[str, float]:
@@ -265,10 +173,7 @@ class Run:
     @safe_repr
     def __repr__(self) -> str:
         cfg = self.config
-        if self.kind == "spatial":
-            what = f"{len(self.genes)} genes, image={cfg.model.image_encoder!r}"
-        else:
-            what = f"modalities={short_list(list(getattr(cfg, 'modalities', {})))}"
+        what = self.run_kind.summary(self)
         try:
             heads = self.heads
         except OSError:
@@ -297,7 +202,7 @@ class Run:
         writes nothing (see :meth:`write_identity`)."""
         from histoxmodal.data.splits import Split, split_file
 
-        kind = KINDS[config.kind]
+        kind = run_kind(config.kind)
         data = Path(data or config.data or "")
         if not str(data) or not kind.is_dataset(data):
             raise ConfigError(f"--data {data}: not {kind.what}")
@@ -316,13 +221,22 @@ class Run:
             dataset_sha256=dataset_digest(data),
             split_sha256=sp.sha256,
         )
-        if config.kind == "spatial":
-            run._choose_genes(chosen)
-            run.patch = dataset_patch(data)
-            run.stain = fit_config_stain(config)
+        kind.prepare(run, chosen)
         return run
 
-    def _choose_genes(self, fold) -> None:
+    @property
+    def run_kind(self) -> RunKind:
+        """The registered kind of this run (:mod:`histoxmodal.workflows.run_kinds`)."""
+        return run_kind(self.kind)
+
+    @property
+    def saved(self) -> bool:
+        """Opened from its folder (:meth:`load`): the towers' weights come from
+        ``model.safetensors``."""
+        return self._saved
+
+    def choose_genes(self, fold) -> None:
+        """The gene panel of a new spatial run, chosen on ``fold``'s training rows."""
         from histoxmodal.data.normalize import DEFAULT_NORMALIZATION, highly_variable_genes
         from histoxmodal.data.store import load_paired
         from histoxmodal.encoders import describe_encoder
@@ -483,10 +397,10 @@ class Run:
             ident["data"] = raw.get("data")
         for k in ("n_batches", "split", "fold"):
             raw.pop(k, None)
-        if ident.get("kind") not in KINDS:
+        if ident.get("kind") not in RUN_KINDS:
             raise ConfigError(
-                f"{run_file}: kind={ident.get('kind')!r} is not one of {', '.join(KINDS)}; the "
-                "run is incomplete or corrupt"
+                f"{run_file}: kind={ident.get('kind')!r} is not one of "
+                f"{', '.join(RUN_KINDS.list())}; the run is incomplete or corrupt"
             )
         raw["kind"] = ident["kind"]
         try:
@@ -495,14 +409,14 @@ class Run:
             raise ConfigError(f"{cfg_file}: {exc}; the run's config is not valid") from exc
         genes_file = path / keys.RUN_GENES_FILE
         genes = genes_file.read_text(encoding="utf-8").split() if genes_file.exists() else []
-        if ident["kind"] == "spatial" and not genes:
+        if run_kind(ident["kind"]).image_to_expression and not genes:
             raise FileNotFoundError(f"{genes_file} not found: is {path} a finished training run?")
         data = Path(ident.get("data") or config.data or "")
         split = ident.get("split")
         if not split:
             from histoxmodal.data.splits import split_file
 
-            split = split_file(data, KINDS[ident["kind"]].default_split)
+            split = split_file(data, run_kind(ident["kind"]).default_split)
         fold = ident.get("fold")
         run = cls(
             path,
@@ -521,7 +435,7 @@ class Run:
             stain=_read_stain(path, ident),
             _saved=True,
         )
-        if not run.patch and ident["kind"] == "spatial" and _is_paired(data):
+        if not run.patch and run.run_kind.image_to_expression and is_paired_dataset(data):
             run.patch = dataset_patch(data)  # run folders written before run.json held it
         if ident.get("normalization") is None and genes:
             from histoxmodal.encoders import describe_encoder
@@ -549,22 +463,14 @@ class Run:
         return self._module
 
     def tower_config(self):
-        """The config the towers are built from. A saved spatial run needs no original weight
-        files (``model.safetensors`` has every weight, so ``image_weights`` is dropped), and
-        reads a saved gene model's architecture from its own copy (``gene_model/``)."""
-        if self.kind != "spatial" or not self._saved:
-            return self.config
-        copy = self.path / keys.RUN_GENE_MODEL_DIR
-        model = self.config.model
-        gene_weights = str(copy) if copy.is_dir() else model.gene_weights
-        return dataclasses.replace(
-            self.config,
-            model=dataclasses.replace(model, image_weights=None, gene_weights=gene_weights),
-        )
+        """The config the towers are built from (:meth:`RunKind.tower_config`: a saved spatial
+        run reads every weight from ``model.safetensors`` and its gene model's architecture from
+        its own ``gene_model/`` copy)."""
+        return self.run_kind.tower_config(self)
 
     def new_module(self):
         """A fresh (untrained) module of this run's config."""
-        return KINDS[self.kind].module(self)
+        return self.run_kind.module(self)
 
     # -------------------------------------------------------------------------------- data
 
@@ -576,7 +482,7 @@ class Run:
         DatasetChangedError
             The dataset was rebuilt or replaced since (its manifest digest differs), or is gone.
         """
-        if self.kind != "spatial" and not _is_paired(self.data):
+        if not self.run_kind.image_to_expression and not is_paired_dataset(self.data):
             return  # cohort stores have no build manifest to compare
         if not (self.data / keys.PAIRED_MANIFEST_FILE).is_file():
             raise DatasetChangedError(
@@ -607,12 +513,12 @@ class Run:
         module reads it: its gene panel and normalization, or its cohort modalities."""
         data = Path(data) if data is not None else self.data
         seed = self.config.optim.seed
-        return KINDS[self.kind].dataset(self, data, rows, augment=augment, seed=seed)
+        return self.run_kind.dataset(self, data, rows, augment=augment, seed=seed)
 
     @property
     def collate(self):
         """The ``collate_fn`` of the run's datasets (``None``: torch's default)."""
-        return KINDS[self.kind].collate
+        return self.run_kind.collate
 
     def embed(
         self,
@@ -626,10 +532,7 @@ class Run:
         ``{"image", "gene"}`` for spatial runs, ``{modality..., "present"}`` for cohorts."""
         from histoxmodal.training.embedding import embed_dataset
 
-        if self.kind == "spatial" and data is not None:
-            self.check_genes(data)
-        if self.kind == "spatial":
-            self._adapt_unseen_batches(data)
+        self.run_kind.before_embed(self, None if data is None else Path(data))
         return embed_dataset(
             self.module,
             self.dataset(data, rows),
@@ -638,7 +541,7 @@ class Run:
             num_workers=num_workers,
         )
 
-    def _adapt_unseen_batches(self, data) -> None:
+    def adapt_unseen_batches(self, data) -> None:
         """A batch-normalized gene tower meeting samples it never trained on takes their
         statistics from all their rows in ``data``, whatever rows are embedded now."""
         from histoxmodal.encoders.gene import BatchSpecificNorm
@@ -667,7 +570,7 @@ class Run:
     def run_batch_names(self) -> list[str]:
         """The names of the batches (``correction.batch_key``) behind the towers' batch ids:
         recorded in ``run.json``; for runs written before, read from the training dataset."""
-        if not self.batch_names and _is_paired(self.data):
+        if not self.batch_names and is_paired_dataset(self.data):
             import anndata as ad
 
             obs = ad.read_h5ad(self.data / keys.PAIRED_ADATA_FILE, backed="r").obs

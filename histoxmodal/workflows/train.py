@@ -14,7 +14,7 @@ from pathlib import Path
 from histoxmodal import keys
 from histoxmodal.errors import ConfigError
 from histoxmodal.training.trainer import check_devices
-from histoxmodal.workflows.run import KINDS, Run
+from histoxmodal.workflows.run import Run
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def train(
         save_weights(module, out / keys.RUN_WEIGHTS_FILE)
     run.attach(module)
     head = getattr(config, "head", None)
-    expression = head.expression if head is not None and run.kind == "spatial" else None
+    expression = head.expression if head is not None and run.run_kind.image_to_expression else None
     name = f"expression_{expression}"
     if expression and (name not in run.heads or not run.head_is_current(name)):
         from histoxmodal.workflows.predict import fit_expression_head
@@ -167,7 +167,7 @@ def _check_full_batches(run: Run) -> None:
     would train nothing and still write weights and fit heads on them.
     """
     bs = run.config.optim.batch_size
-    n_train = len(run.training_fold().train(KINDS[run.kind].n_obs(run.data)))
+    n_train = len(run.training_fold().train(run.run_kind.n_obs(run.data)))
     if n_train < bs:
         raise ConfigError(
             f"optim.batch_size={bs}, but the training fold {run.fold!r} has {n_train} rows: "
@@ -195,9 +195,9 @@ def _loaders(run: Run, module, *, distributed: bool = False, epoch: int = 0):
 
     o = run.config.optim
     fold = run.training_fold()
-    n = KINDS[run.kind].n_obs(run.data)
+    n = run.run_kind.n_obs(run.data)
     train_rows = fold.train(n)
-    val_rows = fold.val if len(fold.val) else (fold.test if run.kind == "spatial" else fold.val)
+    val_rows = run.run_kind.validation_rows(fold)
     train_ds = run.dataset(rows=train_rows, augment=True)
     val_ds = run.dataset(rows=val_rows) if len(val_rows) else None
     kw = {
@@ -208,9 +208,9 @@ def _loaders(run: Run, module, *, distributed: bool = False, epoch: int = 0):
         "generator": torch.Generator().manual_seed(o.seed),
     }
     sampler = None
-    if run.kind == "spatial":
+    if run.run_kind.image_to_expression:
         train_ds, val_ds, sampler = _spatial_extras(run, module, train_rows, train_ds, val_ds)
-    if sampler is None and not distributed and run.kind == "spatial":
+    if sampler is None and not distributed and run.run_kind.image_to_expression:
         sampler = GroupBatchSampler(np.zeros(len(train_rows)), o.batch_size, seed=o.seed)
     if sampler is not None:
         sampler.set_epoch(epoch)
