@@ -211,12 +211,12 @@ def add_stain_options(p, what: str) -> None:
     )  # fmt: skip
 
 
-def format_stain_summary(summary: dict | None) -> str | None:
-    """One line: how many tiles were normalised and how many kept raw, by reason."""
+def format_stain_summary(summary: dict | None, unit: str = "tiles") -> str | None:
+    """One line: how many tiles (``unit``) were normalised and how many kept raw, by reason."""
     if not summary:
         return None
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary["fallback_reasons"].items()))
     return (
-        f"stain ({summary['method']}): {summary['applied']} tiles normalised, "
+        f"stain ({summary['method']}): {summary['applied']} {unit} normalised, "
         f"{summary['fallback']} kept raw" + (f" ({reasons})" if reasons else "")
     )

@@ -96,7 +96,8 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """``histoxmodal features``: the workflow, then the summary table; exit 1 when a slide
     failed."""
-    from histoxmodal.workflows.features import extract_features, stain_summary
+    from histoxmodal.workflows.features import extract_features
+    from histoxmodal.workflows.job_control import stain_summary
     from histoxmodal.workflows.jobs import exit_code
 
     results = extract_features(
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         stain_target=args.stain_target,
     )
     print(format_job_summary(results, rate=True))
-    stain = format_stain_summary(stain_summary(args.out, results))
+    stain = format_stain_summary(stain_summary(results))
     if stain:
         print(stain)
     if args.encoder and not args.weights:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from histoxmodal.cli.common import format_job_summary, fraction, positive_float, positive_int
+from histoxmodal.cli.common import (
+    format_job_summary,
+    format_stain_summary,
+    fraction,
+    positive_float,
+    positive_int,
+)
 
 NAME = "predict"
 
@@ -61,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     require_extra("torch", "histoxmodal predict")
     from histoxmodal.workflows.expression_map import predict_slides
+    from histoxmodal.workflows.job_control import stain_summary
     from histoxmodal.workflows.jobs import exit_code, parse_shard
 
     genes = [g.strip() for g in args.genes.split(",") if g.strip()] if args.genes else None
@@ -79,5 +86,9 @@ def run(args: argparse.Namespace) -> int:
         shard=parse_shard(args.shard),
     )
     print(format_job_summary(results, unit="pseudo-spots"))
+    # patches normalised with the run's stain.json, when it has one
+    stain = format_stain_summary(stain_summary(results), unit="pseudo-spots")
+    if stain:
+        print(stain)
     print(f"maps in {Path(args.out).resolve()}")
     return exit_code(results)

@@ -22,7 +22,7 @@ the same attributes.
 Tiles can be stain-normalised first (``stain_normalize=`` with ``stain_target=``, or a ``run``
 trained with a ``stain:`` section, which applies its own ``stain.json``): the normaliser is part
 of the extractor's identity, and each slide's record counts the tiles normalised and kept raw
-(``stain``; :func:`stain_summary` sums them).
+(``stain``; :func:`histoxmodal.workflows.job_control.stain_summary` sums them).
 
 What features computes for one slide is :class:`FeatureJob`; the batch-job rules are
 ``histoxmodal tile``'s, in :mod:`histoxmodal.workflows.jobs`: ``OUT/<slide>.json`` records each
@@ -68,7 +68,6 @@ from histoxmodal.workflows.feature_tiles import (
     write_h5,
     write_h5ad,
 )
-from histoxmodal.workflows.job_outputs import read_json
 from histoxmodal.workflows.jobs import (
     REFUSE,
     SKIP,
@@ -451,27 +450,6 @@ def extract_features(
     job = FeatureJob(None, format, batch_size, workers, device, precision, mpp, min_tissue,
                      tissue, load, stain_normalize, stain_target)  # fmt: skip
     return run_jobs(job, inputs, out_dir, shard=shard, overwrite=overwrite, on_result=on_result)
-
-
-def stain_summary(out_dir: str | Path, results: Sequence[SlideResult]) -> dict | None:
-    """The stain normalisation counts of the slides extracted now (their records), summed:
-    ``{"method", "applied", "fallback", "fallback_reasons"}``; ``None`` without any."""
-    total: dict[str, Any] | None = None
-    for r in results:
-        if r.status not in (STATUS_OK, STATUS_EMPTY):
-            continue
-        record = read_json(Path(out_dir) / f"{r.name}{RECORD_SUFFIX}") or {}
-        counts = record.get("stain")
-        if not counts:
-            continue
-        if total is None:
-            total = {"method": counts["method"], "applied": 0, "fallback": 0}
-            total["fallback_reasons"] = {}
-        total["applied"] += counts["applied"]
-        total["fallback"] += counts["fallback"]
-        for k, v in counts["fallback_reasons"].items():
-            total["fallback_reasons"][k] = total["fallback_reasons"].get(k, 0) + v
-    return total
 
 
 def read_features(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:

@@ -16,10 +16,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from histoxmodal.errors import ConfigError, Interrupted
 from histoxmodal.fileutil import clean_stale
-from histoxmodal.keys import STATUS_BUSY, STATUS_FAILED
+from histoxmodal.keys import STATUS_BUSY, STATUS_EMPTY, STATUS_FAILED, STATUS_OK
 
 #: folder of ``OUT`` that holds one lock file per item being worked on
 LOCK_DIR = ".locks"
@@ -38,6 +39,9 @@ class SlideResult:
     reason: str = ""
     seconds: float = 0.0
     out_dir: str = ""
+    #: stain normalisation counts of an item computed now (``{"method", "applied", "fallback",
+    #: "fallback_reasons"}``, from its record); ``None`` without normalisation or when skipped
+    stain: dict[str, Any] | None = None
 
     @classmethod
     def busy(cls, slide, name: str, lock_file: str, what: str, out_dir: str = "") -> SlideResult:
@@ -209,3 +213,21 @@ def run_in_processes(
         raise
     pool.shutdown()
     return results
+
+
+def stain_summary(results: Sequence[SlideResult]) -> dict[str, Any] | None:
+    """The stain normalisation counts of the items computed now, summed:
+    ``{"method", "applied", "fallback", "fallback_reasons"}``; ``None`` without any."""
+    total: dict[str, Any] | None = None
+    for r in results:
+        counts = r.stain if r.status in (STATUS_OK, STATUS_EMPTY) else None
+        if not counts:
+            continue
+        if total is None:
+            total = {"method": counts["method"], "applied": 0, "fallback": 0}
+            total["fallback_reasons"] = {}
+        total["applied"] += counts["applied"]
+        total["fallback"] += counts["fallback"]
+        for k, v in counts.get("fallback_reasons", {}).items():
+            total["fallback_reasons"][k] = total["fallback_reasons"].get(k, 0) + v
+    return total

@@ -254,6 +254,7 @@ def _run_locked(
         record["status"] = done.status
         result.status, result.n_tiles, result.reason = done.status, done.count, done.reason
         result.mpp, result.mpp_source = done.mpp, done.mpp_source
+        result.stain = record.get("stain")
     except BaseException as exc:
         _record_failure(job, item, exc, tmp, final, record, result)
     result.seconds = time.perf_counter() - t0

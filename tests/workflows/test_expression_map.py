@@ -11,28 +11,14 @@ import pytest
 
 pytest.importorskip("lightning")
 
-TINY = {
-    "genes": None,
-    "model": {"image_encoder": "test_image_resnet", "gene_encoder": "test_gene_mlp"},
-    "optim": {"batch_size": 16, "max_epochs": 1, "num_workers": 0},
-}
+from tests.workflows.tiny_runs import TINY, paired_data, train_tiny
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from histoxmodal.testing import make_synthetic_slide
-    from histoxmodal.testing.paired import make_paired_dataset
-    from histoxmodal.training.config import config_from_dict
-    from histoxmodal.workflows.train import train
-
     tmp = tmp_path_factory.mktemp("map")
-    data = make_paired_dataset(tmp / "data", spots_per_sample=32, n_states=3)
-    run = train(config_from_dict(TINY), tmp / "run", data=data, accelerator="cpu", devices=1)
-    (tmp / "slides").mkdir()
-    slide = make_synthetic_slide(
-        tmp / "slides" / "new.tif", width=2048, height=1536, seed=3, min_level_size=256
-    )
-    return tmp, run, slide.path
+    run, slide = train_tiny(tmp, paired_data(tmp))
+    return tmp, run, slide
 
 
 def test_training_saves_an_expression_head_for_the_whole_panel(tiny_run):

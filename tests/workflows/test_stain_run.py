@@ -10,11 +10,7 @@ import pytest
 
 pytest.importorskip("lightning")
 
-TINY = {
-    "genes": None,
-    "model": {"image_encoder": "test_image_resnet", "gene_encoder": "test_gene_mlp"},
-    "optim": {"batch_size": 16, "max_epochs": 1, "num_workers": 0},
-}
+from tests.workflows.tiny_runs import TINY, paired_data, train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -23,31 +19,17 @@ def stained_run(tmp_path_factory):
 
     from histoxmodal.data.store import load_paired
     from histoxmodal.data.transforms import hed_shift
-    from histoxmodal.testing import make_synthetic_slide
-    from histoxmodal.testing.paired import make_paired_dataset
-    from histoxmodal.training.config import config_from_dict
-    from histoxmodal.workflows.train import train
 
     tmp = tmp_path_factory.mktemp("stain")
-    data = make_paired_dataset(tmp / "data", spots_per_sample=32, n_states=3)
+    data = paired_data(tmp)
     _, patches = load_paired(data)
     # the reference: the dataset's own patches in another stain, as one mosaic image
     shifted = [hed_shift(p, np.array([1.3, 0.7, 1.0]), np.zeros(3)) for p in patches[:16]]
     mosaic = np.concatenate([np.concatenate(shifted[i : i + 4], 1) for i in (0, 4, 8, 12)], 0)
     Image.fromarray(mosaic).save(tmp / "reference.png")
     stain = {"method": "reinhard", "target": str(tmp / "reference.png"), "min_tissue": 0.0}
-    run = train(
-        config_from_dict({**TINY, "stain": stain}),
-        tmp / "run",
-        data=data,
-        accelerator="cpu",
-        devices=1,
-    )
-    (tmp / "slides").mkdir()
-    slide = make_synthetic_slide(
-        tmp / "slides" / "new.tif", width=2048, height=1536, seed=3, min_level_size=256
-    )
-    return tmp, data, run, slide.path, mosaic
+    run, slide = train_tiny(tmp, data, stain=stain)
+    return tmp, data, run, slide, mosaic
 
 
 def test_the_run_saves_and_records_its_normaliser(stained_run):
@@ -140,6 +122,26 @@ def test_predict_applies_the_runs_normaliser(stained_run):
 
     np.testing.assert_allclose(a.X[i], predict(norm.apply(raw)), rtol=1e-4, atol=1e-5)
     assert not np.allclose(a.X[i], predict(raw), rtol=1e-4, atol=1e-5)
+
+
+def test_the_predict_command_counts_the_normalised_pseudo_spots(stained_run, capsys):
+    import anndata as ad
+
+    from histoxmodal.cli.main import main
+
+    tmp, _, run, slide, _ = stained_run
+    out = tmp / "maps_cli"
+    argv = ["predict", str(run.path), str(slide), "--out", str(out), "--grid-um", "80"]
+    assert main([*argv, "--min-tissue", "0.5"]) == 0
+    counts = ad.read_h5ad(out / "new" / "prediction.h5ad").uns["prediction"]["stain"]
+    line = (
+        f"stain (reinhard): {counts['applied']} pseudo-spots normalised, "
+        f"{counts['fallback']} kept raw"
+    )
+    assert line in capsys.readouterr().out
+    # a resumed slide is not computed again, and not counted again
+    assert main([*argv, "--min-tissue", "0.5"]) == 0
+    assert "stain (" not in capsys.readouterr().out
 
 
 def test_features_with_the_run_apply_its_normaliser(stained_run):
