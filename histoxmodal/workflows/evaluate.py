@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -184,24 +185,45 @@ def evaluate(
 
 
 def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes, allow_overlap):
-    from histoxmodal.data.normalize import expression_matrix, top_variable_genes
+    """The spatial protocol in four steps: rows (refusing leaked test spots), embeddings as the
+    heads read them, targets, then every metric beside its chance and baseline."""
     from histoxmodal.data.store import load_paired
-    from histoxmodal.evaluation.baselines import handcrafted_features, ridge_to_expression_space
-    from histoxmodal.evaluation.expression import expression_metrics
-    from histoxmodal.evaluation.mixing import batch_mixing
-    from histoxmodal.evaluation.retrieval import (
-        cross_modal_retrieval,
-        in_batch_chance,
-        in_batch_recall,
-        retrieval_chance,
-    )
-    from histoxmodal.heads import MLPHead, RetrievalHead, RidgeHead
-    from histoxmodal.heads.inputs import HeadInputs
-    from histoxmodal.workflows.report import LABEL_COLUMNS, write_report
 
     run.check_genes(dataset)
     adata, patches = load_paired(dataset)
     rows = resolve_rows(run, dataset, split, fold, adata.obs_names)
+    leaked = _check_overlap(run, adata, rows, allow_overlap)
+    train_adata, train_patches = (
+        (adata, patches) if rows.train_data == dataset else load_paired(rows.train_data)
+    )
+    v = _spatial_views(run, dataset, adata, train_adata, rows)
+    t = _spatial_targets(run, adata, train_adata, rows, n_genes)
+    m = _Metrics()
+    preds = _score_spatial(m, run, adata, rows, v, t, train_patches, patches, in_batch_size)
+    result = {
+        "metrics": m.values,
+        "protocol": _spatial_protocol(
+            run, dataset, rows, leaked, allow_overlap, in_batch_size, t.genes, v
+        ),
+        "per_gene_pearson": preds["per_gene_pearson"],
+        # Moran's I of each gene's predicted (ridge head) and measured map over the test spots
+        "per_gene_morans_i": {
+            g: {
+                "predicted": preds["moran"]["predicted"][g],
+                "measured": preds["moran"]["measured"][g],
+            }
+            for g in t.genes
+        },
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / keys.METRICS_FILE, result)
+    _write_spatial_report(run, dataset, out, adata, patches, rows, leaked, m.values, result, v, t,
+                          preds["ridge"])  # fmt: skip
+    return result
+
+
+def _check_overlap(run, adata, rows, allow_overlap: bool) -> int:
+    """The number of test spots the run trained on; refused unless ``allow_overlap``."""
     leaked = training_overlap(run, adata.obs_names[rows.test_rows])
     if leaked and not allow_overlap:
         raise ConfigError(
@@ -216,9 +238,29 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes,
             "%d of the %d test spots were training spots of the run: scores are inflated",
             leaked, len(rows.test_rows),
         )  # fmt: skip
-    train_adata, train_patches = (
-        (adata, patches) if rows.train_data == dataset else load_paired(rows.train_data)
-    )
+    return leaked
+
+
+@dataclass
+class _Views:
+    """The embeddings as each consumer reads them: the expression heads (``x_*``, with the
+    config's centring and context), retrieval and the BLEEP head (``ra``/``rb``/``zb_tr``, with
+    centring and smoothing), and the raw test embeddings (``za``/``zb``) for batch mixing."""
+
+    inputs: Any
+    ret_inputs: Any
+    x_tr: np.ndarray
+    x_te: np.ndarray
+    ra: np.ndarray
+    rb: np.ndarray
+    zb_tr: np.ndarray
+    za: np.ndarray
+    zb: np.ndarray
+
+
+def _spatial_views(run, dataset, adata, train_adata, rows) -> _Views:
+    from histoxmodal.heads.inputs import HeadInputs
+
     # the heads' and retrieval's inputs (head.centre, context_um, smooth_um) read whole
     # sections, so then every row is embedded (once when the run trained on this dataset)
     inputs, ret_inputs = HeadInputs.of(run, "ridge"), HeadInputs.of(run, "retrieval")
@@ -239,114 +281,180 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes,
         ra = ret_inputs.of_dataset(te_all["image"], adata, rows.test_rows)
         rb = ret_inputs.of_dataset(te_all["gene"], adata, rows.test_rows)
         zb_tr = ret_inputs.of_dataset(tr_all["gene"], train_adata, rows.train_rows)
+    return _Views(inputs, ret_inputs, x_tr, x_te, ra, rb, zb_tr, za, zb)
+
+
+@dataclass
+class _Targets:
+    """The genes scored (the training rows' most variable of the panel) and their expression."""
+
+    genes: list[str]
+    y_tr: np.ndarray
+    y_true: np.ndarray
+    samples: np.ndarray  # the test rows' sections
+    batch: np.ndarray  # the test rows' batches
+    groups_tr: np.ndarray  # the training rows' sections (grouped CV of the heads)
+
+
+def _spatial_targets(run, adata, train_adata, rows, n_genes: int) -> _Targets:
+    from histoxmodal.data.normalize import expression_matrix, top_variable_genes
+
     genes = [g for g in run.genes if g in adata.var_names]
     y_tr_all = expression_matrix(train_adata, genes, rows=rows.train_rows)
     top = top_variable_genes(y_tr_all, genes, n=n_genes)
     idx = [genes.index(g) for g in top]
-    y_tr = y_tr_all[:, idx]
-    y_true = expression_matrix(adata, top, rows=rows.test_rows)
-    samples = np.asarray(adata.obs[keys.OBS_SAMPLE].astype(str))[rows.test_rows]
-    batch = np.asarray(adata.obs[keys.OBS_BATCH].astype(str))[rows.test_rows]
-    groups_tr = np.asarray(train_adata.obs[keys.OBS_SAMPLE].astype(str))[rows.train_rows]
-    seed = run.config.optim.seed
+    return _Targets(
+        top,
+        y_tr_all[:, idx],
+        expression_matrix(adata, top, rows=rows.test_rows),
+        np.asarray(adata.obs[keys.OBS_SAMPLE].astype(str))[rows.test_rows],
+        np.asarray(adata.obs[keys.OBS_BATCH].astype(str))[rows.test_rows],
+        np.asarray(train_adata.obs[keys.OBS_SAMPLE].astype(str))[rows.train_rows],
+    )
 
-    ridge = RidgeHead(pca=256 if x_tr.shape[1] > 256 else None).fit(x_tr, y_tr, groups=groups_tr)
-    y_pred = ridge.predict(x_te)
-    n = len(rows.test_rows)
+
+class _Metrics:
+    """``metrics.json``'s flat metrics, each beside its ``_chance`` and ``_baseline``."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, object] = {}
+
+    def put(self, key: str, value, chance=None, baseline=None) -> None:
+        self.values[key] = value
+        if chance is not None:
+            self.values[f"{key}{CHANCE_SUFFIX}"] = float(chance)
+        if baseline is not None:
+            self.values[f"{key}{BASELINE_SUFFIX}"] = float(baseline)
+
+    def expression(self, name: str, e: dict, base: dict, mean_mse: float) -> None:
+        """A head's expression metrics beside the hand-crafted baseline's (``base``)."""
+        self.put(f"expression.{name}.pearson_pooled_mean", e["pooled"]["pearson"], 0.0,
+                 base["pooled"]["pearson"])  # fmt: skip
+        self.put(f"expression.{name}.spearman_pooled_mean", e["pooled"]["spearman"], 0.0,
+                 base["pooled"]["spearman"])  # fmt: skip
+        self.put(f"expression.{name}.mse_pooled", e["pooled"]["mse"], mean_mse,
+                 base["pooled"]["mse"])  # fmt: skip
+        if "per_sample_mean" in e:
+            key = f"expression.{name}.pearson_per_sample_mean"
+            self.put(key, e["per_sample_mean"]["pearson"], 0.0, base["per_sample_mean"]["pearson"])
+
+
+def _score_spatial(m: _Metrics, run, adata, rows, v: _Views, t: _Targets, train_patches, patches,
+                   in_batch_size: int) -> dict:  # fmt: skip
+    """Every spatial metric into ``m``; returns the ridge head's prediction, its per-gene
+    Pearson and the Moran's I per gene."""
+    from histoxmodal.evaluation.baselines import handcrafted_features, ridge_to_expression_space
+    from histoxmodal.evaluation.expression import expression_metrics
+    from histoxmodal.heads import MLPHead, RetrievalHead, RidgeHead
+
+    ridge = RidgeHead(pca=256 if v.x_tr.shape[1] > 256 else None)
+    y_pred = ridge.fit(v.x_tr, t.y_tr, groups=t.groups_tr).predict(v.x_te)
     # the hand-crafted baseline on the same rows and genes: colour/texture features of the
     # patches, ridge to expression, and ridge to expression's PCs for retrieval
     hc_tr = handcrafted_features(_take(train_patches, rows.train_rows))
     hc_te = handcrafted_features(_take(patches, rows.test_rows))
     hc_pred = (
         RidgeHead()
-        .fit(_standardise(hc_tr, hc_tr), y_tr, groups=groups_tr)
+        .fit(_standardise(hc_tr, hc_tr), t.y_tr, groups=t.groups_tr)
         .predict(_standardise(hc_te, hc_tr))
     )
-    pa, pb = ridge_to_expression_space(hc_tr, y_tr, hc_te, y_true, groups=groups_tr)
-    if ret_inputs:  # the baseline's joint space read the same way (over the test rows)
+    pa, pb = ridge_to_expression_space(hc_tr, t.y_tr, hc_te, t.y_true, groups=t.groups_tr)
+    if v.ret_inputs:  # the baseline's joint space read the same way (over the test rows)
         from histoxmodal.data.neighbours import spot_coords_um
 
         xy_te = spot_coords_um(adata, rows.test_rows)
-        pa, pb = ret_inputs.apply(pa, xy_te, samples), ret_inputs.apply(pb, xy_te, samples)
+        pa, pb = v.ret_inputs.apply(pa, xy_te, t.samples), v.ret_inputs.apply(pb, xy_te, t.samples)
+    _score_retrieval(m, v.ra, v.rb, pa, pb, in_batch_size)
+    expr = expression_metrics(t.y_true, y_pred, t.genes, samples=t.samples)
+    base = expression_metrics(t.y_true, hc_pred, t.genes, samples=t.samples)
+    # the mean predictor (the training spots' mean expression) knows nothing of the image
+    mean_mse = float(((t.y_true - t.y_tr.mean(axis=0)) ** 2).mean())
+    m.expression("ridge", expr, base, mean_mse)
+    m.values["expression.ridge.alpha"] = ridge.alpha_
+    seed = run.config.optim.seed
+    for name, head, x_fit, x_pred in (
+        ("retrieval", RetrievalHead(k=50), v.zb_tr, v.ra),
+        ("mlp", MLPHead(seed=seed), v.x_tr, v.x_te),
+    ):
+        if name == "retrieval":
+            head.fit(x_fit, t.y_tr)
+        else:
+            head.fit(x_fit, t.y_tr, groups=t.groups_tr)
+        e = expression_metrics(t.y_true, head.predict(x_pred), t.genes, samples=t.samples)
+        m.expression(name, e, base, mean_mse)
+    m.expression("handcrafted_ridge", base, base, mean_mse)
+    moran = _score_morans_i(m, adata, rows, t, y_pred, hc_pred)
+    if len(set(t.batch)) > 1:
+        _score_mixing(m, v, t.batch, _standardise(hc_te, hc_tr))
+    per_gene = {g: x["pearson"] for g, x in expr["pooled"]["per_gene"].items()}
+    return {"ridge": y_pred, "per_gene_pearson": per_gene, "moran": moran}
+
+
+def _score_retrieval(m: _Metrics, ra, rb, pa, pb, in_batch_size: int) -> None:
+    """Recall@k both ways over the whole test set and in batches of ``in_batch_size``."""
+    from histoxmodal.evaluation.retrieval import (
+        cross_modal_retrieval,
+        in_batch_chance,
+        in_batch_recall,
+        retrieval_chance,
+    )
+
+    n = len(ra)
     ret, ret_base = cross_modal_retrieval(ra, rb), cross_modal_retrieval(pa, pb)
     ret_chance = retrieval_chance(n)
     inb = in_batch_recall(ra, rb, batch_size=in_batch_size)
     inb_base = in_batch_recall(pa, pb, batch_size=in_batch_size)
     inb_chance = in_batch_chance(n, batch_size=in_batch_size)
-    expr = expression_metrics(y_true, y_pred, top, samples=samples)
-    base = expression_metrics(y_true, hc_pred, top, samples=samples)
-    # the mean predictor (the training spots' mean expression) knows nothing of the image
-    mean_mse = float(((y_true - y_tr.mean(axis=0)) ** 2).mean())
-    m: dict[str, object] = {}
-
-    def put(key: str, value, chance=None, baseline=None) -> None:
-        m[key] = value
-        if chance is not None:
-            m[f"{key}{CHANCE_SUFFIX}"] = float(chance)
-        if baseline is not None:
-            m[f"{key}{BASELINE_SUFFIX}"] = float(baseline)
-
     for d, short in (("image_to_gene", "i2g"), ("gene_to_image", "g2i")):
-        for key, v in ret[d].items():
+        for key, val in ret[d].items():
             name = f"retrieval.full.{short}.{key.lower().replace('r@', 'recall@')}"
-            put(name, v, ret_chance[key], ret_base[d][key])
+            m.put(name, val, ret_chance[key], ret_base[d][key])
         for kk in (1, 5, 10):
             k_ = f"{d}:R@{kk}"
-            put(f"retrieval.in_batch_B{in_batch_size}.{short}.recall@{kk}", inb[k_],
-                inb_chance[k_], inb_base[k_])  # fmt: skip
+            m.put(f"retrieval.in_batch_B{in_batch_size}.{short}.recall@{kk}", inb[k_],
+                  inb_chance[k_], inb_base[k_])  # fmt: skip
 
-    def put_expression(name: str, e: dict) -> None:
-        put(f"expression.{name}.pearson_pooled_mean", e["pooled"]["pearson"], 0.0,
-            base["pooled"]["pearson"])  # fmt: skip
-        put(f"expression.{name}.spearman_pooled_mean", e["pooled"]["spearman"], 0.0,
-            base["pooled"]["spearman"])  # fmt: skip
-        put(f"expression.{name}.mse_pooled", e["pooled"]["mse"], mean_mse, base["pooled"]["mse"])
-        if "per_sample_mean" in e:
-            put(f"expression.{name}.pearson_per_sample_mean", e["per_sample_mean"]["pearson"],
-                0.0, base["per_sample_mean"]["pearson"])  # fmt: skip
 
-    put_expression("ridge", expr)
-    m["expression.ridge.alpha"] = ridge.alpha_
-    for name, head, x_fit, x_pred in (
-        ("retrieval", RetrievalHead(k=50), zb_tr, ra),
-        ("mlp", MLPHead(seed=seed), x_tr, x_te),
-    ):
-        if name == "retrieval":
-            head.fit(x_fit, y_tr)
-        else:
-            head.fit(x_fit, y_tr, groups=groups_tr)
-        e = expression_metrics(y_true, head.predict(x_pred), top, samples=samples)
-        put_expression(name, e)
-    put_expression("handcrafted_ridge", base)
-    # is the predicted map as smooth as the tissue? Moran's I over each section's spots
+def _score_morans_i(m: _Metrics, adata, rows, t: _Targets, y_pred, hc_pred) -> dict:
+    """Is the predicted map as smooth as the tissue? Moran's I over each section's spots."""
     from histoxmodal.data.neighbours import spot_coords_um
     from histoxmodal.evaluation.spatial import morans_i, morans_i_summary
 
     xy_um = spot_coords_um(adata, rows.test_rows)
     moran = {
-        name: morans_i(v, xy_um, samples, genes=top)
-        for name, v in (("predicted", y_pred), ("measured", y_true), ("baseline", hc_pred))
+        name: morans_i(val, xy_um, t.samples, genes=t.genes)
+        for name, val in (("predicted", y_pred), ("measured", t.y_true), ("baseline", hc_pred))
     }
-    moran_pred = morans_i_summary(moran["predicted"], moran["measured"])
-    moran_base = morans_i_summary(moran["baseline"], moran["measured"])
-    put("spatial.morans_i.predicted_mean", moran_pred["predicted_mean"], -1.0 / max(n - 1, 1),
-        moran_base["predicted_mean"])  # fmt: skip
-    put("spatial.morans_i.measured_mean", moran_pred["measured_mean"])
-    put("spatial.morans_i.difference_mean", moran_pred["difference_mean"], None,
-        moran_base["difference_mean"])  # fmt: skip
-    if len(set(batch)) > 1:
-        _, counts = np.unique(batch, return_counts=True)
-        mixed = {  # what random neighbours give (iLISI: the inverse Simpson index of batches)
-            "ilisi": 1.0 / float(((counts / counts.sum()) ** 2).sum()),
-            "knn_batch_purity": 1.0,
-        }
-        hc_mix = batch_mixing(_standardise(hc_te, hc_tr), batch)
-        for name, z in (("image", za), ("gene", zb)):
-            for key, v in batch_mixing(z, batch).items():
-                put(f"batch_mixing.{name}.{key}", v, mixed.get(key),
-                    hc_mix[key] if name == "image" else None)  # fmt: skip
+    pred = morans_i_summary(moran["predicted"], moran["measured"])
+    base = morans_i_summary(moran["baseline"], moran["measured"])
+    n = len(rows.test_rows)
+    m.put("spatial.morans_i.predicted_mean", pred["predicted_mean"], -1.0 / max(n - 1, 1),
+          base["predicted_mean"])  # fmt: skip
+    m.put("spatial.morans_i.measured_mean", pred["measured_mean"])
+    m.put("spatial.morans_i.difference_mean", pred["difference_mean"], None,
+          base["difference_mean"])  # fmt: skip
+    return moran
+
+
+def _score_mixing(m: _Metrics, v: _Views, batch: np.ndarray, hc_te_std: np.ndarray) -> None:
+    """Batch mixing of the raw test embeddings, beside random neighbours and the baseline's."""
+    from histoxmodal.evaluation.mixing import batch_mixing
+
+    _, counts = np.unique(batch, return_counts=True)
+    mixed = {  # what random neighbours give (iLISI: the inverse Simpson index of batches)
+        "ilisi": 1.0 / float(((counts / counts.sum()) ** 2).sum()),
+        "knn_batch_purity": 1.0,
+    }
+    hc_mix = batch_mixing(hc_te_std, batch)
+    for name, z in (("image", v.za), ("gene", v.zb)):
+        for key, val in batch_mixing(z, batch).items():
+            m.put(f"batch_mixing.{name}.{key}", val, mixed.get(key),
+                  hc_mix[key] if name == "image" else None)  # fmt: skip
+
+
+def _spatial_protocol(run, dataset, rows, leaked, allow_overlap, in_batch_size, genes, v) -> dict:
     cfg = run.config.to_dict()
-    protocol = {
+    return {
         "run": str(run.path),
         "dataset": str(dataset),
         "split_sha256": rows.split_sha256,
@@ -356,10 +464,10 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes,
         # test spots the run trained on (scored only with allow_overlap): 0 is a clean split
         "overlap": {"n_test_spots_trained_on": leaked, "allowed": bool(allow_overlap)},
         "in_batch_size": in_batch_size,
-        "genes": top,
-        "seed": seed,
-        "head_inputs": asdict(inputs),
-        "retrieval_inputs": asdict(ret_inputs),
+        "genes": genes,
+        "seed": run.config.optim.seed,
+        "head_inputs": asdict(v.inputs),
+        "retrieval_inputs": asdict(v.ret_inputs),
         "histoxmodal_version": __version__,
         "baseline": (
             "hand-crafted colour/texture features of the same patches (35 per patch) + ridge, "
@@ -374,17 +482,12 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes,
         "loss": cfg["loss"],
         "correction": cfg["correction"],
     }
-    result = {
-        "metrics": m,
-        "protocol": protocol,
-        "per_gene_pearson": {g: v["pearson"] for g, v in expr["pooled"]["per_gene"].items()},
-        # Moran's I of each gene's predicted (ridge head) and measured map over the test spots
-        "per_gene_morans_i": {
-            g: {"predicted": moran["predicted"][g], "measured": moran["measured"][g]} for g in top
-        },
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / keys.METRICS_FILE, result)
+
+
+def _write_spatial_report(run, dataset, out, adata, patches, rows, leaked, m, result, v, t,
+                          y_pred) -> None:  # fmt: skip
+    from histoxmodal.workflows.report import LABEL_COLUMNS, write_report
+
     xy = np.asarray(adata.obsm[keys.OBSM_SPATIAL], np.float64)[rows.test_rows]
     labels = {
         c: np.asarray(adata.obs[c].astype(str))[rows.test_rows]
@@ -392,8 +495,8 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes,
         if c in adata.obs and adata.obs[c].iloc[rows.test_rows].nunique() > 1
     }
     report = _spatial_report(
-        run, dataset, rows, m, result["per_gene_pearson"], za, zb, patches, y_true, y_pred,
-        top, samples, xy, labels, adata.uns.get(keys.UNS_SPATIAL, {}),
+        run, dataset, rows, m, result["per_gene_pearson"], v.za, v.zb, patches, t.y_true, y_pred,
+        t.genes, t.samples, xy, labels, adata.uns.get(keys.UNS_SPATIAL, {}),
     )  # fmt: skip
     if leaked:
         report.warnings.insert(
@@ -402,7 +505,6 @@ def _evaluate_spatial(run, dataset, out, *, split, fold, in_batch_size, n_genes,
             "(scored with allow_overlap): these numbers are inflated and not a held-out result.",
         )
     write_report(out / keys.REPORT_FILE, report)
-    return result
 
 
 def _section_image(spatial: dict, sample: str, xy: np.ndarray):
