@@ -104,6 +104,11 @@ class RefusedGlobal(DataError, pickle.UnpicklingError):
     """A pickled checkpoint names a global outside the allowed data types (code to run)."""
 
 
+class HeadFolderError(DataError):
+    """A saved head folder (``head.json`` and its arrays) is unreadable, malformed or mixed
+    from two heads; the fix is to fit (or save) the head again."""
+
+
 class StaleHeadError(DataError):
     """A saved head was fitted on other weights (or data) than the run now holds."""
 

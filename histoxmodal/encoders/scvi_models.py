@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from histoxmodal import keys
-from histoxmodal.errors import ConfigError
+from histoxmodal.errors import ConfigError, WeightsError
 from histoxmodal.errors import RefusedGlobal as RefusedGlobal
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,9 @@ def read_saved_model(folder: str | Path) -> SavedModel:
     Raises
     ------
     ConfigError
-        The folder or its ``model.pt`` is missing, unreadable, or holds more than data.
+        The folder or its ``model.pt`` is missing.
+    WeightsError
+        ``model.pt`` is unreadable, not a saved scvi-tools model, or holds more than data.
     """
     folder = Path(folder).expanduser()
     path = folder / MODEL_FILE
@@ -175,15 +177,15 @@ def read_saved_model(folder: str | Path) -> SavedModel:
             path, map_location="cpu", weights_only=False, pickle_module=restricted_pickle
         )
     except RefusedGlobal as exc:
-        raise ConfigError(
+        raise WeightsError(
             f"{path}: not loaded: {exc}; histoxmodal reads only data from it"
         ) from exc
     except Exception as exc:  # truncated or not a torch file
-        raise ConfigError(
+        raise WeightsError(
             f"{path}: cannot be read as a saved scvi-tools model ({type(exc).__name__}: {exc})"
         ) from exc
     if not isinstance(raw, dict) or not {"model_state_dict", "attr_dict"} <= set(raw):
-        raise ConfigError(
+        raise WeightsError(
             f"{path}: not a saved scvi-tools model (expected model_state_dict and attr_dict)"
         )
     attr = raw["attr_dict"]
@@ -257,7 +259,7 @@ def build_module(saved: SavedModel, model_cls) -> nn.Module:
         model.module.load_state_dict(saved.state_dict, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[:3]
-        raise ConfigError(
+        raise WeightsError(
             f"{saved.folder}: its weights do not fit the {saved.model_name} it describes "
             f"({' '.join(first)})"
         ) from exc

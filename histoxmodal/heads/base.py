@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from histoxmodal.errors import ConfigError, HistoxmodalError
+from histoxmodal.errors import ConfigError, HeadFolderError, HistoxmodalError
 from histoxmodal.fileutil import apply_umask, publish_dir, staging_dir
 from histoxmodal.heads.inputs import HeadInputs
 
@@ -100,7 +100,7 @@ class Head:
 
     def _check_outputs(self, y: np.ndarray) -> np.ndarray:
         if self.outputs and (y.ndim != 2 or y.shape[1] != len(self.outputs)):
-            raise ConfigError(
+            raise HeadFolderError(
                 f"the {self.head_name!r} head predicts {y.shape[-1]} values per spot but lists "
                 f"{len(self.outputs)} genes in its head.json (a head folder mixed from another "
                 "panel?); fit the head again"
@@ -210,7 +210,7 @@ class Head:
         names = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(params) - names)
         if unknown:
-            raise ConfigError(
+            raise HeadFolderError(
                 f"{folder / HEAD_FILE}: params {unknown} are not parameters of {cls.__name__} "
                 f"({', '.join(sorted(names))}); was it written by another histoxmodal version?"
             )
@@ -233,7 +233,7 @@ class Head:
             if isinstance(exc, HistoxmodalError):
                 raise
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise ConfigError(
+            raise HeadFolderError(
                 f"{folder}: the saved arrays do not fit the {meta['head']!r} head ({first}); "
                 "the folder is corrupt or mixed from two heads: fit it again"
             ) from exc
@@ -257,7 +257,9 @@ def _restore_io(head: Head, meta: dict[str, Any], folder: Path) -> None:
                 raise ValueError("outputs.names is not a list of names")
             head.predicting(names, out.get("normalization"))
     except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"{file}: unreadable inputs/outputs ({exc}); fit the head again") from exc
+        raise HeadFolderError(
+            f"{file}: unreadable inputs/outputs ({exc}); fit the head again"
+        ) from exc
 
 
 def read_head_json(path: str | Path) -> tuple[dict[str, Any], Path]:
@@ -277,11 +279,11 @@ def read_head_json(path: str | Path) -> tuple[dict[str, Any], Path]:
     try:
         meta = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{file} is not valid JSON ({e}); save the head again") from e
+        raise HeadFolderError(f"{file} is not valid JSON ({e}); save the head again") from e
     keys = ("format_version", "head", "params", "fitted")
     missing = [k for k in keys if k not in meta] if isinstance(meta, dict) else list(keys)
     if missing:
-        raise ConfigError(f"{file} lacks {missing}: it was not written by head.save")
+        raise HeadFolderError(f"{file} lacks {missing}: it was not written by head.save")
     if int(meta["format_version"]) > FORMAT_VERSION:
         raise ConfigError(
             f"{file} has head format {meta['format_version']}, newer than this histoxmodal "
@@ -331,7 +333,7 @@ def _read_safetensors(file: Path, read: Any) -> dict:
         return read(file)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         first = (" ".join(str(exc).split()) or type(exc).__name__)[:200]
-        raise ConfigError(
+        raise HeadFolderError(
             f"{file}: not a readable safetensors file ({first}); it is truncated or corrupt: "
             "fit the head again"
         ) from exc
@@ -348,7 +350,7 @@ def _need(file: Path, folder: Path) -> Path:
 
 def _check_keys(found: dict, expected: list[str], file: Path) -> None:
     if sorted(found) != sorted(expected):
-        raise ConfigError(
+        raise HeadFolderError(
             f"{file} holds {sorted(found)}, but head.json lists {sorted(expected)}; "
             "save the head again"
         )

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from histoxmodal import keys
-from histoxmodal.errors import ConfigError
+from histoxmodal.errors import ConfigError, WeightsError
 from histoxmodal.fileutil import apply_umask
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ def checkpoint_position(path: str | Path) -> tuple[int, int]:
 
     Raises
     ------
-    ConfigError
+    WeightsError
         The file is truncated, not a checkpoint, or carries objects other than tensors and
         plain data (a pickle payload is refused by ``weights_only``).
     """
@@ -226,7 +226,7 @@ def checkpoint_position(path: str | Path) -> tuple[int, int]:
         return int(ckpt["epoch"]), int(ckpt["global_step"])
     except Exception as exc:  # torch raises many types for a bad or hostile file
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ConfigError(
+        raise WeightsError(
             f"--resume: {path} is not a readable checkpoint of this run ({first}); it is "
             "truncated, corrupt or not written by histoxmodal. Train again without --resume "
             "into a new --out"
@@ -444,7 +444,7 @@ def load_weights(module, path: str | Path):
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ConfigError(
+        raise WeightsError(
             f"{path}: not a readable safetensors file ({' '.join(str(exc).split())}); the run "
             "is incomplete or corrupt: train it again (or --resume it from its checkpoint)"
         ) from exc
@@ -452,7 +452,7 @@ def load_weights(module, path: str | Path):
         module.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise ConfigError(
+        raise WeightsError(
             f"{path}: the weights do not fit the run's config.json ({first}); the run is "
             "incomplete or corrupt"
         ) from exc

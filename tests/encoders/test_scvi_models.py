@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from histoxmodal.errors import ConfigError
+from histoxmodal.errors import ConfigError, WeightsError
 
 pytest.importorskip("scvi")
 
@@ -136,7 +136,7 @@ def test_wrong_folders_are_one_clear_error(saved_scvi, saved_drvi, tmp_path):
         create_encoder("gene_drvi", genes=GENES)
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "model.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match="cannot be read as a saved scvi-tools model"):
+    with pytest.raises(WeightsError, match="cannot be read as a saved scvi-tools model"):
         create_encoder("gene_scvi", weights=str(tmp_path / "junk"), genes=GENES)
 
 
@@ -153,7 +153,7 @@ def test_a_model_file_with_code_is_refused_not_run(tmp_path):
 
     (tmp_path / "evil").mkdir()
     torch.save({"model_state_dict": {}, "attr_dict": {"x": _Boom()}}, tmp_path / "evil/model.pt")
-    with pytest.raises(ConfigError, match="refused global (posix|os).system"):
+    with pytest.raises(WeightsError, match="refused global (posix|os).system"):
         read_saved_model(tmp_path / "evil")
     # the refusal is the reader's own doing, whatever the file
     import io

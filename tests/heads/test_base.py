@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from histoxmodal.errors import ConfigError
+from histoxmodal.errors import ConfigError, HeadFolderError
 from histoxmodal.heads import Head, MLPHead, RidgeHead, load_head
 from histoxmodal.heads.base import FORMAT_VERSION
 
@@ -52,10 +52,12 @@ def test_load_errors_name_the_path_and_the_fix(ridge, tmp_path):
     with pytest.raises(ConfigError, match=r"head format 99.*upgrade histoxmodal"):
         load_head(folder)
     (folder / "head.json").write_text(json.dumps({**meta, "params": {"alpha": 1}}))
-    with pytest.raises(ConfigError, match=r"params \['alpha'\] are not parameters of RidgeHead"):
+    with pytest.raises(
+        HeadFolderError, match=r"params \['alpha'\] are not parameters of RidgeHead"
+    ):
         load_head(folder)
     (folder / "head.json").write_text("{")
-    with pytest.raises(ConfigError, match="not valid JSON"):
+    with pytest.raises(HeadFolderError, match="not valid JSON"):
         load_head(folder)
     with pytest.raises(ConfigError, match=r"holds a 'ridge' head, not 'mlp'.*load_head"):
         MLPHead.load(tmp_path / "h")
