@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from histoxmodal import keys
-from histoxmodal.errors import ConfigError
+from histoxmodal.errors import ConfigError, DataError
 from histoxmodal.fileutil import write_json_atomic
 
 SPLIT_KINDS = ("patient", "sample", "random")
@@ -124,7 +124,7 @@ def split_file(dataset: str | Path, kind: str) -> Path:
         raise ConfigError(f"{root}: no {kind!r} split ({(entry or {}).get('skipped', 'absent')})")
     path = (root / entry["file"]).resolve()
     if not path.is_relative_to(root):
-        raise ConfigError(
+        raise DataError(
             f"{root}: the manifest's split path {entry['file']!r} leaves the "
             f"dataset folder; refusing to read it"
         )
@@ -156,15 +156,15 @@ class Split:
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{not_split}: not JSON ({exc})") from exc
+            raise DataError(f"{not_split}: not JSON ({exc})") from exc
         if not isinstance(data, dict) or not isinstance(data.get("folds"), list):
-            raise ConfigError(f"{not_split}: it has no list of folds")
+            raise DataError(f"{not_split}: it has no list of folds")
         want = data.pop("sha256", None)
         if want != digest(data):
-            raise ConfigError(f"{p}: content does not match its sha256; the split file was edited")
+            raise DataError(f"{p}: content does not match its sha256; the split file was edited")
         n_obs = data.get("n_obs", -1)
         if isinstance(n_obs, bool) or not isinstance(n_obs, int) or n_obs < -1:
-            raise ConfigError(f"split file {p}: n_obs={n_obs!r} is not a number of rows")
+            raise DataError(f"split file {p}: n_obs={n_obs!r} is not a number of rows")
         try:
             folds = tuple(
                 Fold(
@@ -176,7 +176,7 @@ class Split:
                 for f in data["folds"]
             )
         except (KeyError, TypeError) as exc:
-            raise ConfigError(f"{not_split}: a fold lacks name, test, val or held_out") from exc
+            raise DataError(f"{not_split}: a fold lacks name, test, val or held_out") from exc
         for f in folds:
             _check_fold(p, f, n_obs)
         return cls(
@@ -241,21 +241,21 @@ def _indices(path: Path, fold: dict, key: str, n_obs: int) -> np.ndarray:
     values = fold[key]
     where = f"split file {path}, fold {fold.get('name')!r}, {key!r}"
     if not isinstance(values, list):
-        raise ConfigError(f"{where}: expected a list of row indices, got {type(values).__name__}")
+        raise DataError(f"{where}: expected a list of row indices, got {type(values).__name__}")
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(
+            raise DataError(
                 f"{where}: row index {v!r} is not an integer; a split lists row numbers "
                 "0, 1, 2, ... of the dataset (rewrite it with histoxmodal build)"
             )
         if v < 0 or 0 <= n_obs <= v:
             upper = f"{n_obs - 1}" if n_obs >= 0 else "the last row"
-            raise ConfigError(f"{where}: row index {v} is out of range [0, {upper}]")
+            raise DataError(f"{where}: row index {v} is out of range [0, {upper}]")
     rows = np.asarray(values, np.int64)
     uniq, counts = np.unique(rows, return_counts=True)
     if len(uniq) != len(rows):
         dup = uniq[counts > 1]
-        raise ConfigError(
+        raise DataError(
             f"{where}: row index {int(dup[0])} is listed more than once "
             f"({len(dup)} repeated indices); each row may appear once"
         )
@@ -267,10 +267,10 @@ def _check_fold(path: Path, fold: Fold, n_obs: int) -> None:
     known, >= 0) or no training rows left."""
     where = f"split file {path}, fold {fold.name!r}"
     if len(fold.test) == 0:
-        raise ConfigError(f"{where}: the test list is empty; a fold needs at least one test row")
+        raise DataError(f"{where}: the test list is empty; a fold needs at least one test row")
     both = np.intersect1d(fold.test, fold.val)
     if len(both):
-        raise ConfigError(
+        raise DataError(
             f"{where}: row index {int(both[0])} is in both test and val ({len(both)} rows); "
             "test, val and train must be disjoint"
         )
@@ -279,12 +279,12 @@ def _check_fold(path: Path, fold: Fold, n_obs: int) -> None:
     for key, rows in (("test", fold.test), ("val", fold.val)):
         if len(rows) and (rows.min() < 0 or rows.max() >= n_obs):
             bad = int(rows.max() if rows.max() >= n_obs else rows.min())
-            raise ConfigError(
+            raise DataError(
                 f"{where}, {key!r}: row index {bad} is out of range [0, {n_obs - 1}] "
                 f"(the dataset has {n_obs} rows)"
             )
     if len(fold.test) + len(fold.val) >= n_obs:
-        raise ConfigError(f"{where}: test and val hold all {n_obs} rows; no training rows are left")
+        raise DataError(f"{where}: test and val hold all {n_obs} rows; no training rows are left")
 
 
 def load_split(path: str | Path) -> list[Fold]:

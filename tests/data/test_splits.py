@@ -56,7 +56,7 @@ def test_split_of_another_dataset_is_refused(tmp_path):
 
 def test_an_edited_split_file_is_refused(tmp_path):
     from histoxmodal.data.splits import Split, make_split, write_split
-    from histoxmodal.errors import ConfigError
+    from histoxmodal.errors import ConfigError, DataError
 
     path = tmp_path / "random.json"
     write_split(make_split(_obs(), "random", seed=3), path)
@@ -66,7 +66,7 @@ def test_an_edited_split_file_is_refused(tmp_path):
     assert not set(rnd.test) & set(rnd.val)
     data["folds"][0]["test"] = [0, 1]
     path.write_text(json.dumps(data))
-    with pytest.raises(ConfigError, match="does not match its sha256"):
+    with pytest.raises(DataError, match="does not match its sha256"):
         Split.load(path)
     with pytest.raises(ConfigError, match="not found"):
         Split.load(tmp_path / "missing.json")
@@ -119,10 +119,10 @@ def test_hand_made_split_with_bad_indices_is_refused(tmp_path, edit, message):
     """A split file edited by hand (hash recomputed) names the file, the fold and the bad value
     instead of scoring the wrong rows or ending in a traceback (issue 26, item 10)."""
     from histoxmodal.data.splits import Split
-    from histoxmodal.errors import ConfigError
+    from histoxmodal.errors import DataError
 
     path = _hand_made(tmp_path, edit)
-    with pytest.raises(ConfigError, match=message) as e:
+    with pytest.raises(DataError, match=message) as e:
         Split.load(path)
     assert str(path) in str(e.value)
 
@@ -130,7 +130,7 @@ def test_hand_made_split_with_bad_indices_is_refused(tmp_path, edit, message):
 def test_split_without_row_count_is_range_checked_against_the_dataset(tmp_path):
     """Without ``n_obs`` the indices are checked when the split meets the dataset's rows."""
     from histoxmodal.data.splits import Split
-    from histoxmodal.errors import ConfigError
+    from histoxmodal.errors import DataError
 
     def edit(s):
         del s["n_obs"], s["obs_names_sha256"]
@@ -138,7 +138,7 @@ def test_split_without_row_count_is_range_checked_against_the_dataset(tmp_path):
 
     path = _hand_made(tmp_path, edit, kind="sample")
     sp = Split.load(path)  # the row count is unknown until the dataset is given
-    with pytest.raises(ConfigError, match=r"fold 'sample=S1', 'test': row index 40 is out of"):
+    with pytest.raises(DataError, match=r"fold 'sample=S1', 'test': row index 40 is out of"):
         sp.check(_obs().index)
 
 
