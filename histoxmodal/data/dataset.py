@@ -16,7 +16,7 @@ from histoxmodal import keys
 from histoxmodal.data.normalize import check_normalization, library_sizes, normalize_counts
 from histoxmodal.data.stain import StainNormalizer
 from histoxmodal.data.transforms import Augment
-from histoxmodal.errors import ConfigError
+from histoxmodal.errors import ConfigError, DataError
 
 #: ImageNet statistics, the default of timm/torchvision backbones
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -149,7 +149,7 @@ class PairedDataset(Dataset):
             raw.sort_indices()
             X.sort_indices()
             if not np.array_equal(raw.indices, X.indices):
-                raise ConfigError(f"{self.path}: counts with explicit zeros; rebuild the dataset")
+                raise DataError(f"{self.path}: counts with explicit zeros; rebuild the dataset")
             self._raw, self._lib = raw.data.astype(np.float32), np.asarray(lib, np.float64)
             self._indptr, self._cols = X.indptr, X.indices
             self._vals = X.data.astype(np.float32)

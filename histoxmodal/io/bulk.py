@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from histoxmodal.errors import ConfigError
+from histoxmodal.errors import DataError
 
 
 def read_expression_table(path: str | Path):
@@ -27,7 +27,7 @@ def read_expression_table(path: str | Path):
     skip = 2 if p.read_text(errors="replace")[:5].startswith("#1.2") else 0
     df = pd.read_csv(p, sep="\t", skiprows=skip)
     if list(df.columns[:2]) != ["NAME", "DESCRIPTION"]:
-        raise ConfigError(
+        raise DataError(
             f"{p}: expected columns NAME, DESCRIPTION, then one per sample; got "
             f"{list(df.columns[:3])}"
         )
@@ -45,7 +45,7 @@ def read_cls(path: str | Path, n_samples: int | None = None) -> np.ndarray:
     head = lines[0].split()
     labels = np.array(lines[2].split())
     if len(labels) != int(head[0]) or (n_samples is not None and len(labels) != n_samples):
-        raise ConfigError(
+        raise DataError(
             f"{path}: {len(labels)} labels, header says {head[0]}"
             + (f", table has {n_samples} samples" if n_samples else "")
         )

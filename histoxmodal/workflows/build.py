@@ -43,7 +43,14 @@ from histoxmodal import keys
 from histoxmodal.data.cohort import COHORT_FILE, MODALITIES
 from histoxmodal.data.recipes import SampleRef
 from histoxmodal.data.store import check_paired, file_record, file_sha256, load_paired, write_store
-from histoxmodal.errors import ConfigError, DataError, HistoxmodalError
+from histoxmodal.errors import (
+    CohortError,
+    ConfigError,
+    DataError,
+    HistoxmodalError,
+    MppError,
+    RadiologyReadError,
+)
 from histoxmodal.fileutil import clean_stale, publish_dir, staging_dir, write_json_atomic
 from histoxmodal.progress import progress
 from histoxmodal.version import __version__
@@ -118,7 +125,7 @@ def _patch_source(adata, cfg: PairedConfig):
     meta, scal, images = entry["metadata"], entry["scalefactors"], entry["images"]
     mpp = meta.get("mpp")
     if mpp is None:
-        raise ConfigError(f"{lib}: unknown pixel size; pass --mpp (µm per full-resolution pixel)")
+        raise MppError(f"{lib}: unknown pixel size; pass --mpp (µm per full-resolution pixel)")
     if meta.get("image_path"):
         return open_slide(meta["image_path"], mpp=mpp), 1.0, "full-resolution", mpp
     for key, sf in (("hires", keys.SCALEF_HIRES), ("lowres", keys.SCALEF_LOWRES)):
@@ -593,7 +600,7 @@ def build_cohort(
     pairs = pair_cohort(manifest, modalities=MODALITIES, anchor=anchor, window=window)
     n = len(pairs)
     if n == 0:
-        raise ConfigError(f"{manifest}: no {anchor!r} records to anchor the cohort on")
+        raise CohortError(f"{manifest}: no {anchor!r} records to anchor the cohort on")
     n_t = round(fs * length_s)
     cxr = np.zeros((n, image_px, image_px), np.uint8)
     ecg = np.zeros((n, 12, n_t), np.float16)
@@ -611,7 +618,7 @@ def build_cohort(
                 if m == "cxr":
                     img = read_radiology(path, size=(image_px, image_px), unit=True)
                     if img.pixels.ndim != 2:
-                        raise ConfigError(f"{path}: a volume, not a radiograph")
+                        raise RadiologyReadError(f"{path}: a volume, not a radiograph")
                     cxr[i] = np.round(img.pixels * 255).astype(np.uint8)
                 elif m == "ecg":
                     rec = read_ecg(path, fs=fs, length_s=length_s, missing_leads="mask")

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from histoxmodal import keys
-from histoxmodal.errors import ConfigError
+from histoxmodal.errors import ConfigError, SpatialFormatError
 from histoxmodal.fileutil import (
     check_output_location,
     check_replaceable,
@@ -326,7 +326,7 @@ def _write(
         names = reader.names(batch)
         x = reader.expression(batch)
         if x.shape[1] != n_genes:
-            raise ConfigError(
+            raise SpatialFormatError(
                 f"{source.dataset}: gexp holds {x.shape[1]} values per row but "
                 f"{source.reference} lists {n_genes} genes; give the reference of this panel "
                 f"(hescape's data/<panel>/nicheformer_reference.h5ad) beside its split CSVs"

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from histoxmodal import keys
-from histoxmodal.errors import ConfigError
+from histoxmodal.errors import ConfigError, DataError
 from histoxmodal.fileutil import (
     check_output_location,
     check_replaceable,
@@ -123,7 +123,7 @@ def _check_counts(adata, src) -> None:
     sample = x[: min(2000, x.shape[0])]
     values = sample.data if sp.issparse(sample) else np.asarray(sample).ravel()
     if values.size and (values.min() < 0 or not np.allclose(values, np.round(values))):
-        raise ConfigError(
+        raise DataError(
             f"--src {src}: the expression is not raw counts (negative or fractional values); "
             f"scVI and DRVI model counts: give the counts (X or layers['counts'])"
         )

@@ -91,7 +91,7 @@ def test_bad_input_is_one_line_and_nothing_is_written(tmp_path, capsys):
     a.X = np.log1p(a.X)
     a.write_h5ad(tmp_path / "log.h5ad")
     assert (
-        main([*base[:2], str(tmp_path / "log.h5ad"), *base[3:], "--out", str(tmp_path / "b")]) == 2
+        main([*base[:2], str(tmp_path / "log.h5ad"), *base[3:], "--out", str(tmp_path / "b")]) == 1
     )
     assert "not raw counts" in capsys.readouterr().err
     (tmp_path / "mine").mkdir()
