@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from histoxmodal.errors import ConfigError, HistoxmodalError
+from histoxmodal.errors import ConfigError, DataError, HistoxmodalError
 from histoxmodal.fileutil import (
     check_output_location,
     check_replaceable,
@@ -114,7 +114,7 @@ def feature_files(features_dir: str | Path) -> dict[str, Path]:
         if p.name.startswith(".") or p.suffix not in FEATURE_SUFFIXES or not p.is_file():
             continue
         if p.stem in out:
-            raise ConfigError(
+            raise DataError(
                 f"{d}: slide {p.stem!r} has both {out[p.stem].name} and {p.name}; keep one"
             )
         out[p.stem] = p
@@ -142,7 +142,7 @@ def read_bag(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
             return np.asarray(a.X, np.float32), coords, attrs
         return read_features(path)
     except (OSError, KeyError) as e:
-        raise ConfigError(
+        raise DataError(
             f"{path}: cannot read tile features ({e}); re-extract it with `histoxmodal features`"
         ) from e
 
@@ -167,25 +167,27 @@ def read_labels(path: str | Path, target: str):
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=MISSING_LABELS)
     except pd.errors.EmptyDataError:
-        raise ConfigError(
+        raise DataError(
             f"--labels {path}: the file is empty; give a CSV with a header row slide,patient,"
             f"{target} and one row per slide"
         ) from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--labels {path}: not a readable CSV ({e})") from e
+        raise DataError(f"--labels {path}: not a readable CSV ({e})") from e
     missing = [c for c in ("slide", "patient", target) if c not in df.columns]
     if missing:
         targets = [c for c in df.columns if c not in ("slide", "patient")]
-        raise ConfigError(
+        # no --target column: the option names a column the file lacks; no slide or patient
+        # column: the file is not a labels CSV
+        raise (ConfigError if missing == [target] else DataError)(
             f"--labels {path}: no column {', '.join(missing)}; it has {', '.join(df.columns)}"
             + (f" (targets: {', '.join(targets)})" if "slide" not in missing else "")
         )
     if df["slide"].isna().any() or df["patient"].isna().any():
         rows = (df.index[df["slide"].isna() | df["patient"].isna()] + 2).tolist()[:5]
-        raise ConfigError(f"--labels {path}: empty slide or patient on line(s) {rows}")
+        raise DataError(f"--labels {path}: empty slide or patient on line(s) {rows}")
     dup = df["slide"][df["slide"].duplicated()].unique().tolist()
     if dup:
-        raise ConfigError(f"--labels {path}: slide(s) listed twice: {', '.join(dup[:5])}")
+        raise DataError(f"--labels {path}: slide(s) listed twice: {', '.join(dup[:5])}")
     df["slide"] = df["slide"].map(lambda s: Path(s).stem if Path(s).suffix else s)
     return df[["slide", "patient", target]].reset_index(drop=True)
 
@@ -234,13 +236,13 @@ def load_cohort(features_dir: str | Path, labels: str | Path, target: str) -> Co
                 " ..." if len(names) > 8 else "",
             )
     if not slides:
-        raise ConfigError(
+        raise DataError(
             f"no slide has both features in {features_dir} and a {target!r} label in {labels}: "
             "check that the labels' slide column matches the feature file names"
         )
     dims = {b.shape[1] for b in bags}
     if len(dims) > 1:
-        raise ConfigError(f"{features_dir}: feature files of different dims {sorted(dims)}")
+        raise DataError(f"{features_dir}: feature files of different dims {sorted(dims)}")
     _check_one_extractor(attrs, slides, features_dir)
     return Cohort(slides, np.asarray(patients), np.asarray(values), paths, bags, coords, attrs,
                   excluded)  # fmt: skip
@@ -254,7 +256,7 @@ def _check_one_extractor(attrs: list[dict], slides: list[str], where) -> None:
     first = _extractor(attrs[0])
     for a, s in zip(attrs, slides, strict=True):
         if _extractor(a) != first:
-            raise ConfigError(
+            raise DataError(
                 f"{where}: {s} was extracted with {_extractor(a)}, {slides[0]} with {first}; "
                 "one cohort needs one encoder: re-extract into separate folders"
             )
@@ -287,8 +289,9 @@ def grouped_stratified_folds(
     Raises
     ------
     ConfigError
-        ``n_folds`` cannot work: it names the largest fold count that does, or says why the
-        cohort cannot be cross-validated at all.
+        ``n_folds`` cannot work: it names the largest fold count that does.
+    DataError
+        The cohort cannot be cross-validated at all (a class on one patient only).
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -304,7 +307,7 @@ def grouped_stratified_folds(
     largest = min(min(counts), len(np.unique(groups)))
     if largest < 2:
         rare = names[int(np.argmin(counts))]
-        raise ConfigError(
+        raise DataError(
             f"this cohort cannot be cross-validated: class {rare!r} has slides of only one "
             f"patient ({per_class}), and every fold must hold out patients of each class; "
             "label slides of more patients"
@@ -476,7 +479,7 @@ def _train_mil_locked(
     cohort = load_cohort(features_dir, labels, target)
     classes, y = np.unique(cohort.labels, return_inverse=True)
     if len(classes) < 2:
-        raise ConfigError(
+        raise DataError(
             f"{target!r} has one class ({classes[0]!r}) among the {len(y)} usable slides: a "
             "classifier needs at least two"
         )
@@ -605,7 +608,7 @@ class MILRun:
         try:
             info = json.loads(f.read_text())
         except json.JSONDecodeError as e:
-            raise ConfigError(f"{f}: not valid JSON ({e}); retrain the MIL run") from e
+            raise DataError(f"{f}: not valid JSON ({e}); retrain the MIL run") from e
         return cls(path, info, load_head(path / HEAD_DIR))
 
     @property
@@ -681,7 +684,7 @@ def predict_mil(
             got = _extractor(attrs)
             if got != want:
                 diff = {k: (got[k], want[k]) for k in want if got.get(k) != want[k]}
-                raise ConfigError(
+                raise DataError(
                     f"features from another extractor than the run's ({diff}, this file vs the "
                     "run): extract them with the run's encoder"
                 )

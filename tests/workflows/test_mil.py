@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from histoxmodal.errors import ConfigError
+from histoxmodal.errors import ConfigError, DataError
 from histoxmodal.testing import LESION, make_mil_cohort
 from histoxmodal.workflows.features import extract_features
 from histoxmodal.workflows.mil import (
@@ -128,7 +128,7 @@ def test_fold_advice_can_be_followed():
     assert "use --folds 2" in msg and "mutant: 2 patients" in msg and "np.int64" not in msg
     assert len(grouped_stratified_folds(labels, groups, 2, seed=0, class_names=names)) == 2
     # a class on a single patient: no fold count works, and the message says why
-    with pytest.raises(ConfigError, match="cannot be cross-validated: class 'mutant'"):
+    with pytest.raises(DataError, match="cannot be cross-validated: class 'mutant'"):
         one = np.array(["P1", "P1", "P2", "P3", "P4"])
         grouped_stratified_folds(np.array([1, 1, 0, 0, 0]), one, 2, seed=0, class_names=names)
 
@@ -303,7 +303,7 @@ def test_a_second_mil_train_on_one_out_is_refused_while_the_first_runs(cohort, t
 def test_an_empty_labels_csv_is_one_clear_error(cohort, tmp_path):
     _, feats = cohort
     (tmp_path / "labels.csv").write_text("")
-    with pytest.raises(ConfigError, match="the file is empty"):
+    with pytest.raises(DataError, match="the file is empty"):
         load_cohort(feats, tmp_path / "labels.csv", "KRAS")
 
 
