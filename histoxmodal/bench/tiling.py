@@ -74,7 +74,9 @@ def check_bench_slide(path: str | Path) -> Path:
     Raises
     ------
     ConfigError
-        The file is missing, not a slide, or not one OpenSlide reads.
+        The file is missing or not one OpenSlide reads.
+    DataError
+        The file is not a readable slide (the reader's own error, kept).
     """
     from histoxmodal.errors import ConfigError, HistoxmodalError
     from histoxmodal.io.slide import open_slide
@@ -83,8 +85,9 @@ def check_bench_slide(path: str | Path) -> Path:
     try:
         with open_slide(path) as slide:
             backend = slide.name
-    except (HistoxmodalError, OSError) as exc:
-        raise ConfigError(f"bench tiling: {exc}") from exc
+    except (HistoxmodalError, OSError) as exc:  # keeps the kind: a bad slide stays bad data
+        kind = type(exc) if isinstance(exc, HistoxmodalError) else ConfigError
+        raise kind(f"bench tiling: {exc}") from exc
     if backend != "openslide":
         raise ConfigError(
             f"bench tiling: {path} is read by the {backend} reader; the extraction benchmark "

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from histoxmodal.errors import ConfigError
+from histoxmodal.errors import ConfigError, DataError
 
 #: The columns of an mpp CSV.
 MPP_CSV_COLUMNS = ("slide", "mpp")
@@ -109,22 +109,25 @@ def read_mpp_csv(path: str | Path) -> dict[str, tuple[float, str]]:
     Raises
     ------
     ConfigError
-        The file is missing or unreadable, lacks a column, or a row has an empty slide, a
-        duplicate slide, or an mpp that is not a positive number; the message names the file
-        and line.
+        The file is missing or cannot be opened.
+    DataError
+        The file is not text, lacks a column, or a row has an empty slide, a duplicate slide,
+        or an mpp that is not a positive number; the message names the file and line.
     """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(f"--mpp-csv {path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:  # the file's content: bad data
+        raise DataError(f"--mpp-csv {path}: cannot read it ({exc})") from None
+    except OSError as exc:  # a folder, no permission: the path given
         raise ConfigError(f"--mpp-csv {path}: cannot read it ({exc})") from None
     reader = csv.DictReader(text.splitlines())
     header = [h.strip().lower() for h in reader.fieldnames or []]
     missing = [c for c in MPP_CSV_COLUMNS if c not in header]
     if missing:
-        raise ConfigError(
+        raise DataError(
             f"--mpp-csv {path} line 1: no column {', '.join(missing)} (header {header or 'empty'});"
             f" expected a header 'slide,mpp' then one row per slide, e.g. 'B4.jpg,1.0'"
         )
@@ -138,22 +141,22 @@ def read_mpp_csv(path: str | Path) -> dict[str, tuple[float, str]]:
         if not slide and not value:
             continue
         if not slide:
-            raise ConfigError(f"{where}: the slide column is empty")
+            raise DataError(f"{where}: the slide column is empty")
         try:
             mpp = float(value)
         except ValueError:
             mpp = math.nan
         if not (math.isfinite(mpp) and mpp > 0):
-            raise ConfigError(
+            raise DataError(
                 f"{where}: mpp {value!r} of {slide} is not a positive number of µm per pixel "
                 f"(e.g. 0.25 at 40x, 0.5 at 20x)"
             )
         if slide in table:
             first = table[slide][1].rsplit(" ", 1)[-1]
-            raise ConfigError(f"{where}: {slide} is listed twice (first on line {first})")
+            raise DataError(f"{where}: {slide} is listed twice (first on line {first})")
         table[slide] = (mpp, where)
     if not table:
-        raise ConfigError(f"--mpp-csv {path}: no rows under the header 'slide,mpp'")
+        raise DataError(f"--mpp-csv {path}: no rows under the header 'slide,mpp'")
     return table
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from histoxmodal.errors import ConfigError
+from histoxmodal.errors import ConfigError, DataError
 from histoxmodal.tiling.tissue import TissueMask
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ def annotation_mask(
     if not mask.any():
         pts = np.concatenate([np.asarray(p["exterior"]) for p in polygons])
         lo, hi = pts.min(0), pts.max(0)
-        raise ConfigError(
+        raise DataError(
             f"--geojson-in {source}: the annotations (x {lo[0]:.0f}..{hi[0]:.0f}, y "
             f"{lo[1]:.0f}..{hi[1]:.0f}) do not overlap the slide ({W} x {H} px at level 0); "
             f"are they this slide's, in level-0 pixels?"

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from histoxmodal import keys
-from histoxmodal.errors import ConfigError
+from histoxmodal.errors import ConfigError, DataError
 from histoxmodal.heads.base import HEAD_FILE
 from histoxmodal.io.discovery import output_name
 from histoxmodal.keys import STATUS_OK
@@ -332,7 +332,7 @@ def _predict_into(
                 name, len(xy), windows, grid_um,
             )  # fmt: skip
             if not len(xy):
-                raise ConfigError(
+                raise DataError(
                     f"{slide}: no pseudo-spot reaches {min_tissue:.0%} tissue; check the tissue "
                     "mask (`histoxmodal tile` writes overlay.png) or lower --min-tissue"
                 )
@@ -350,8 +350,8 @@ def _predict_into(
     # what the head read in training (its own inputs): the slide as one section
     try:
         y = np.asarray(fitted.predict(z, coords_um=xy * slide_mpp), np.float32)
-    except ConfigError as exc:  # a head folder mixed from another panel: say how to mend it
-        raise ConfigError(
+    except (ConfigError, DataError) as exc:  # e.g. a head folder mixed from another panel
+        raise type(exc)(
             f"{run.path / keys.RUN_HEADS_DIR / head}: {exc} (histoxmodal fit-head {run.path})"
         ) from exc
     obs = pd.DataFrame({"tissue_fraction": frac}, index=[f"{name}_{i}" for i in range(len(xy))])

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from histoxmodal import keys
-from histoxmodal.errors import ConfigError
+from histoxmodal.errors import ConfigError, DataError
 from histoxmodal.io.discovery import slide_identity
 from histoxmodal.version import __version__
 from histoxmodal.workflows.extractor import Extractor
@@ -255,7 +255,7 @@ def open_tiles(item, ex: Extractor, stack, *, mpp, min_tissue, tissue, workers) 
         )
     now = slide_identity(p)
     if source and (now["size"], now["mtime_ns"]) != (source.get("size"), source.get("mtime_ns")):
-        raise ConfigError(
+        raise DataError(
             f"{p} changed since it was tiled into {item.path} (size or modification time "
             "differ); re-tile it (`histoxmodal tile --overwrite`)"
         )
@@ -263,7 +263,7 @@ def open_tiles(item, ex: Extractor, stack, *, mpp, min_tissue, tissue, workers) 
     s = stack.enter_context(open_slide(p, mpp=params.get("mpp"), reader=params.get("reader")))
     geom = spec.resolve(s)
     if geom.tile_px_level0 != t.tile_px_level0:
-        raise ConfigError(
+        raise DataError(
             f"{item.path}: tiles of {t.tile_px_level0} px at level 0 in coords.h5, but the slide "
             f"now resolves them to {geom.tile_px_level0} px; re-tile it"
         )

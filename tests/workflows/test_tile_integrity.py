@@ -183,7 +183,7 @@ def test_bench_tiling_checks_the_slide_before_generating(tmp_path, monkeypatch, 
     monkeypatch.setattr(tiling, "_generate", no_generation)
     text = tmp_path / "text.svs"
     text.write_text("not a slide\n")
-    assert main(["bench", "tiling", str(text)]) == 2
+    assert main(["bench", "tiling", str(text)]) == 1  # not a slide: bad data
     err = capsys.readouterr().err.strip()
     assert err.startswith("histoxmodal: error: bench tiling:") and "text.svs" in err
     assert err.count("\n") == 0

@@ -92,7 +92,7 @@ def test_a_bad_mpp_csv_is_one_line_naming_the_file_and_line(
     _, _, png = two_slides
     table = tmp_path / "bad.csv"
     table.write_text(text)
-    assert _tile([png], tmp_path / "o", "--mpp-csv", str(table)) == 2
+    assert _tile([png], tmp_path / "o", "--mpp-csv", str(table)) == 1  # bad data
     err = capsys.readouterr().err
     assert err.startswith(f"histoxmodal: error: --mpp-csv {table.resolve()}") and needle in err
     assert err.count("\n") == 1 and "Traceback" not in err
