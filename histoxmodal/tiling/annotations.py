@@ -20,14 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from histoxmodal.errors import ConfigError, DataError
+from histoxmodal.errors import DataError
 from histoxmodal.tiling.tissue import TissueMask
 
 log = logging.getLogger(__name__)
 
 
-def _bad(path: Path, what: str) -> ConfigError:
-    return ConfigError(
+def _bad(path: Path, what: str) -> DataError:
+    return DataError(
         f"--geojson-in {path}: {what}; expected GeoJSON Polygon/MultiPolygon features in "
         f"level-0 pixels (a FeatureCollection or a list of features, as QuPath exports)"
     )
@@ -70,7 +70,7 @@ def read_geojson_polygons(path: str | Path) -> list[dict[str, object]]:
     ------
     FileNotFoundError
         No such file.
-    ConfigError
+    DataError
         Not JSON, not GeoJSON, or no polygon in it; the message names the file.
     """
     path = Path(path).expanduser()
@@ -184,7 +184,7 @@ def annotation_mask(
 
     Raises
     ------
-    ConfigError
+    DataError
         No annotation overlaps the slide (coordinates of another slide, or not level-0 pixels).
     """
     import cv2

@@ -128,7 +128,7 @@ class TileJob(SlideJob):
             from histoxmodal.tiling.annotations import read_geojson_polygons
 
             self.geojson_in = Path(self.geojson_in).expanduser().resolve()
-            # a malformed file is a usage error, before any slide
+            # a malformed file is refused (bad data, exit 1) before any slide
             self.annotations = read_geojson_polygons(self.geojson_in)
         self._params = _params(
             self.spec, self.tissue, self.mpp, self.save_tiles, self.reader, self.geojson_in

@@ -139,7 +139,7 @@ def test_malformed_geojson_is_one_line_naming_the_file(small_slide, tmp_path, ca
         ["tile", str(small_slide.path), "--out", str(tmp_path / "o"), "--geojson-in", str(bad)]
     )
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert rc == 1 and len(err.splitlines()) == 1, err  # bad data
     assert str(bad) in err and what in err and "Traceback" not in err
     assert not (tmp_path / "o" / "small").exists()
 
