@@ -153,12 +153,14 @@ class Split:
         if not p.is_file():
             raise ConfigError(f"split file {p} not found; `histoxmodal build` writes splits/")
         not_split = f"{p} is not a split file written by `histoxmodal build` (its splits/ folder)"
+        # not a split file at all (--split names the wrong file): a usage error; a split file
+        # that was edited or whose rows do not fit: bad data
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataError(f"{not_split}: not JSON ({exc})") from exc
+            raise ConfigError(f"{not_split}: not JSON ({exc})") from exc
         if not isinstance(data, dict) or not isinstance(data.get("folds"), list):
-            raise DataError(f"{not_split}: it has no list of folds")
+            raise ConfigError(f"{not_split}: it has no list of folds")
         want = data.pop("sha256", None)
         if want != digest(data):
             raise DataError(f"{p}: content does not match its sha256; the split file was edited")
@@ -176,7 +178,7 @@ class Split:
                 for f in data["folds"]
             )
         except (KeyError, TypeError) as exc:
-            raise DataError(f"{not_split}: a fold lacks name, test, val or held_out") from exc
+            raise ConfigError(f"{not_split}: a fold lacks name, test, val or held_out") from exc
         for f in folds:
             _check_fold(p, f, n_obs)
         return cls(

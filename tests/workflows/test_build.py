@@ -72,7 +72,7 @@ def test_splits_are_saved_with_hashes(her2st_paired):
     data = json.loads(path.read_text())
     data["folds"][0]["test"] = data["folds"][0]["test"][1:]
     path.write_text(json.dumps(data))
-    with pytest.raises(ConfigError, match="sha256"):
+    with pytest.raises(DataError, match="sha256"):
         load_split(path)
 
 
@@ -183,7 +183,7 @@ def test_split_paths_are_confined_to_the_dataset(her2st_paired, tmp_path):
     (fake / keys.PAIRED_MANIFEST_FILE).write_text(
         json.dumps({"splits": {"patient": {"file": "../../etc/passwd"}}})
     )
-    with pytest.raises(ConfigError, match="leaves the dataset folder"):
+    with pytest.raises(DataError, match="leaves the dataset folder"):
         split_file(fake, "patient")
 
 
