@@ -432,12 +432,12 @@ def test_a_truncated_weights_file_is_one_line_for_embed_and_evaluate(tiny, tmp_p
     weights = run / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     assert (
-        main(["embed", str(run), "--data", str(tiny["A"]), "--out", str(tmp_path / "e.h5ad")]) == 2
+        main(["embed", str(run), "--data", str(tiny["A"]), "--out", str(tmp_path / "e.h5ad")]) == 1
     )
     _one_line_error(capsys, str(weights), "incomplete or corrupt")
     split = str(tiny["A"] / "splits" / "random.json")  # the run's own split: no overlap
     argv = ["evaluate", str(run), "--data", str(tiny["A"]), "--split", split]
-    assert main([*argv, "--out", str(tmp_path / "ev")]) == 2
+    assert main([*argv, "--out", str(tmp_path / "ev")]) == 1
     _one_line_error(capsys, str(weights), "incomplete or corrupt")
     (run / "config.json").write_text("{not json")
     assert (
