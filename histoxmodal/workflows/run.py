@@ -34,7 +34,13 @@ import numpy as np
 
 from histoxmodal import keys
 from histoxmodal.data.normalize import DEFAULT_NORMALIZATION
-from histoxmodal.errors import ConfigError, DataError, DatasetChangedError, StaleHeadError
+from histoxmodal.errors import (
+    ConfigError,
+    DataError,
+    DatasetChangedError,
+    HeadFolderError,
+    StaleHeadError,
+)
 from histoxmodal.fileutil import write_json_atomic
 from histoxmodal.reprs import safe_repr, short_list, short_path
 from histoxmodal.version import __version__
@@ -72,11 +78,11 @@ def _read_run_json(file: Path, run: Path) -> dict[str, Any]:
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(
+        raise DataError(
             f"{file}: not valid JSON ({exc}); the run {run} is incomplete or corrupt"
         ) from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"{file}: expected a JSON object; the run {run} is incomplete or corrupt")
+        raise DataError(f"{file}: expected a JSON object; the run {run} is incomplete or corrupt")
     return data
 
 
@@ -398,7 +404,7 @@ class Run:
         for k in ("n_batches", "split", "fold"):
             raw.pop(k, None)
         if ident.get("kind") not in RUN_KINDS:
-            raise ConfigError(
+            raise DataError(
                 f"{run_file}: kind={ident.get('kind')!r} is not one of "
                 f"{', '.join(RUN_KINDS.list())}; the run is incomplete or corrupt"
             )
@@ -406,7 +412,7 @@ class Run:
         try:
             config = parse_config(raw)
         except ConfigError as exc:
-            raise ConfigError(f"{cfg_file}: {exc}; the run's config is not valid") from exc
+            raise DataError(f"{cfg_file}: {exc}; the run's config is not valid") from exc
         genes_file = path / keys.RUN_GENES_FILE
         genes = genes_file.read_text(encoding="utf-8").split() if genes_file.exists() else []
         if run_kind(ident["kind"]).image_to_expression and not genes:
@@ -718,10 +724,10 @@ def _read_legacy_targets(head, file: Path) -> None:
     try:
         targets = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{file} is unreadable or not JSON ({exc})") from exc
+        raise HeadFolderError(f"{file} is unreadable or not JSON ({exc})") from exc
     genes = targets.get("genes") if isinstance(targets, dict) else None
     if not (isinstance(genes, list) and genes and all(isinstance(g, str) for g in genes)):
-        raise ConfigError(f"{file} has no list of predicted genes")
+        raise HeadFolderError(f"{file} has no list of predicted genes")
     head.predicting(genes, targets.get("normalization"))
     inputs = {k: targets[k] for k in ("context_um", "centre", "smooth_um") if k in targets}
     head.reading(HeadInputs.from_dict(inputs).for_head(targets.get("head", head.head_name)))

@@ -88,3 +88,34 @@ def test_towers_declare_their_inputs_and_a_mismatch_is_refused():
     )
     with pytest.raises(ConfigError, match="modalities.cxr: encoder 'test_ecg' consumes"):
         MultimodalModule(cfg)
+
+
+@pytest.mark.parametrize(
+    ("file", "text", "needle"),
+    [
+        ("run.json", '{"kind": ', "not valid JSON"),
+        ("run.json", "[1, 2]", "expected a JSON object"),
+        ("run.json", None, "kind='mil' is not one of cohort, spatial"),
+        ("config.json", None, "the run's config is not valid"),
+    ],
+)
+def test_a_corrupt_run_folder_is_bad_data_exit_1(tmp_path, capsys, file, text, needle):
+    """A damaged run folder is bad data (``DataError``, exit 1), not a usage error."""
+    from histoxmodal.cli.main import main
+    from histoxmodal.errors import DataError
+
+    data = make_paired_dataset(tmp_path / "data", spots_per_sample=24, n_genes=30)
+    run = Run.create(tmp_path / "run", config_from_dict(TINY), data=data)
+    run.save(run.new_module())
+    path = tmp_path / "run" / file
+    if text is None and file == "run.json":
+        text = json.dumps({**json.loads(path.read_text()), "kind": "mil"})
+    elif text is None:
+        cfg = json.loads(path.read_text())
+        text = json.dumps({**cfg, "optim": {**cfg["optim"], "lr": -1}})
+    path.write_text(text)
+    with pytest.raises(DataError, match=needle):
+        Run.load(tmp_path / "run")
+    assert main(["fit-head", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert needle.split("(")[0] in err and "Traceback" not in err
