@@ -81,7 +81,7 @@ class SyntheticVisiumHD:
 
     def um_to_image(self, xy_um: np.ndarray) -> np.ndarray:
         """``(n, 2)`` µm on the capture array → ``(n, 2)`` image pixels, by the true map."""
-        from histoxmodal.io.spatial.visium_hd import apply_homography
+        from histoxmodal.io.spatial.visium_hd_grid import apply_homography
 
         return apply_homography(self.homography, np.asarray(xy_um, np.float64) / 2.0 - 0.5)
 
@@ -185,7 +185,7 @@ def write_bin_positions(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from histoxmodal.io.spatial.visium_hd import apply_homography
+    from histoxmodal.io.spatial.visium_hd_grid import apply_homography
 
     path = Path(path)
     schema = pa.schema(
@@ -322,7 +322,7 @@ def make_synthetic_visium_hd(
 
     # the homography of the 2 µm grid, placed with a margin inside the image
     H0 = _homography(mpp, rotation_deg, (0.0, 0.0), perspective)
-    from histoxmodal.io.spatial.visium_hd import apply_homography
+    from histoxmodal.io.spatial.visium_hd_grid import apply_homography
 
     corners = apply_homography(H0, [[-0.5, -0.5], [n_cols, -0.5], [-0.5, n_rows], [n_cols, n_rows]])
     shift = margin_px - corners.min(axis=0)

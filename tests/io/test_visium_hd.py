@@ -12,7 +12,13 @@ import pandas as pd
 import pytest
 
 from histoxmodal.errors import ConfigError
-from histoxmodal.io.spatial import SpatialFormatError, detect_format, read_spatial, read_visium_hd
+from histoxmodal.io.spatial import (
+    SpatialFormatError,
+    detect_format,
+    read_spatial,
+    read_visium_hd,
+    visium_hd_pool,
+)
 from histoxmodal.io.spatial import visium_hd as vhd
 from histoxmodal.testing import make_synthetic_visium_hd
 
@@ -129,7 +135,7 @@ def test_2um_bins_pooled_into_squares_are_space_rangers_bins(hd, b):
     [(55.0, None, "square"), (100.0, None, "square"), (40.0, 60.0, "disc"), (55.0, None, "disc")],
 )
 def test_pooling_equals_sums_over_each_spots_bins(hd, monkeypatch, pool_um, pitch_um, shape):
-    monkeypatch.setattr(vhd, "FOLD_MIN_TRIPLES", 500)  # fold often
+    monkeypatch.setattr(visium_hd_pool, "FOLD_MIN_TRIPLES", 500)  # fold often
     a = read_visium_hd(
         hd.folder, pool_um=pool_um, pool_pitch_um=pitch_um, pool_shape=shape, block_bins=777
     )
@@ -271,7 +277,7 @@ def test_a_matrix_out_of_row_order_is_folded_to_the_same_sums(hd, tmp_path, monk
     ]
     h5 = copy / "outs/binned_outputs/square_002um/filtered_feature_bc_matrix.h5"
     write_10x_h5(h5, blocks, genes=hd.genes, gene_ids=[f"id{i}" for i in range(len(hd.genes))])
-    monkeypatch.setattr(vhd, "FOLD_MIN_TRIPLES", 1000)
+    monkeypatch.setattr(visium_hd_pool, "FOLD_MIN_TRIPLES", 1000)
     pool, _ = vhd.pool_bins(
         h5, h5.parent / "spatial/tissue_positions.parquet", bin_um=2, pool_um=55, block_bins=999
     )
