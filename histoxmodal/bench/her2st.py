@@ -182,30 +182,13 @@ def run_her2st(
     protocol, per_fold
         Filled in when given: the split files, SHA-256 and folds; every fold's metrics per row.
     """
+    from histoxmodal.data.splits import split_file
+
     protocol = {} if protocol is None else protocol
     per_fold = {} if per_fold is None else per_fold
     check_bench_options(epochs=epochs, seed=seed, folds=folds)  # before the dataset is built
-    import torch
-
-    from histoxmodal.data.neighbours import spot_coords_um
-    from histoxmodal.data.normalize import (
-        expression_matrix,
-        highly_variable_genes,
-        top_variable_genes,
-    )
-    from histoxmodal.data.splits import Split, split_file
-    from histoxmodal.data.store import load_paired
-    from histoxmodal.evaluation.baselines import handcrafted_features, ridge_to_expression_space
-    from histoxmodal.heads.inputs import HeadInputs
-    from histoxmodal.training.config import config_from_dict
-    from histoxmodal.training.trainer import last_checkpoint
-    from histoxmodal.workflows.run import Run
-    from histoxmodal.workflows.train import train
-
     out.mkdir(parents=True, exist_ok=True)
-    cells = out / "cells"
-    cells.mkdir(exist_ok=True)
-    geo = _geometry(patch_um, patch_px)
+    (out / "cells").mkdir(exist_ok=True)
     paired_all = _build(
         src, out / dataset_name(patch_um, patch_px), ("B4", *C_SECTIONS), patch_um, patch_px
     )
@@ -217,33 +200,7 @@ def run_her2st(
     if folds:
         tasks = [(a, b, c, [f for f in names if f in folds]) for a, b, c, names in tasks]
         tasks = [t for t in tasks if t[3]]
-    config_inputs = HeadInputs()  # what the config's expression head reads; plain for the rest
-    trained_rows: dict[str, dict] = {
-        row: {"correction": {**base_config()["correction"], **corr}}
-        for row, corr in CORRECTIONS.items()
-    }
-    trained_rows[REGRESSION] = {"loss": REGRESSION_LOSS}
-    if config is not None:
-        from histoxmodal.workflows.config_files import load_config
-
-        own = load_config(config).to_dict()
-        own["optim"] = {**own["optim"], "seed": seed, "num_workers": 0}
-        h = own["head"]
-        config_inputs = HeadInputs(float(h["context_um"]), bool(h["centre"]), float(h["smooth_um"]))
-        trained_rows[f"config: {config}"] = {"__whole__": own}
-        # the same config with every batch correction switched off (same batch_key): does the
-        # correction it chose pay on the split where the batch effect is (cross-patient)?
-        bare = {**own, "correction": {"batch_key": own["correction"]["batch_key"]}}
-        if bare["correction"] != own["correction"]:
-            trained_rows[uncorrected_row(config)] = {
-                "__whole__": bare,
-                "__splits__": ["cross_patient"],
-            }
-        # the same config's towers trained by direct regression on expression alone: what its
-        # contrastive loss buys over the encoder HESCAPE compares against
-        trained_rows[regression_row(config)] = {
-            "__whole__": {**own, "loss": {**own["loss"], **REGRESSION_LOSS}},
-        }
+    trained_rows, config_inputs = _trained_rows(config, seed)
     if rows is not None:
         trained_rows = {r: v for r, v in trained_rows.items() if r in rows}
     protocol["splits"] = {
@@ -254,22 +211,12 @@ def run_her2st(
         }
         for name, _, split, folds in tasks
     }
+    bench = _Bench(out, epochs, seed, _geometry(patch_um, patch_px), config_inputs)
     baselines = BASELINES + ((HANDCRAFTED_HEAD,) if config_inputs else ())
     for split_name, dataset, split, fold_names in tasks:
-        adata, patches = load_paired(dataset)
-        samples = np.asarray(adata.obs["sample"].astype(str))
-        xy_um = spot_coords_um(adata)
-        sp = Split.load(split)
-        hc = handcrafted_features(patches)
-        hc_std = (hc - hc.mean(0)) / np.maximum(hc.std(0), 1e-6)
+        section = _Section.read(dataset, split)
         for fold_name in fold_names:
-            fold = sp.fold(fold_name)
-            tr, te = fold.train(adata.n_obs), fold.test
-            genes256 = highly_variable_genes(adata, 256, rows=tr)
-            y256 = expression_matrix(adata, genes256)
-            top = top_variable_genes(y256[tr], genes256, n=50)
-            idx = [genes256.index(g) for g in top]
-            y_tr, y_te = y256[tr][:, idx], y256[te][:, idx]
+            f = section.fold(fold_name)
             todo: list[tuple[str, dict | None]] = [(b, None) for b in baselines]
             todo += [
                 (r, v)
@@ -277,76 +224,186 @@ def run_her2st(
                 if split_name in v.get("__splits__", [split_name])
             ]
             for row, overrides in todo:
-                whole = (overrides or {}).get("__whole__")
-                inputs = config_inputs if row == HANDCRAFTED_HEAD or whole else HeadInputs()
-                tag = f"{split_name}.{fold_name}.{row}" + (f".seed{seed}" if seed else "") + geo
-                tag += ".centred" if inputs.centre else ""
-                tag += f".context{inputs.context_um:g}um" if inputs.context_um else ""
-                tag += f".smooth{inputs.smooth_um:g}um" if inputs.smooth_um else ""
-                # the expression head's inputs, and the joint space's for retrieval
-                head_in, ret_in = inputs.for_head("ridge"), inputs.for_head("retrieval")
-                cell = cells / f"{tag}.json".replace(" ", "_").replace("/", "-")
-                if cell.exists():
-                    m = json.loads(cell.read_text())
-                else:
-                    t0 = time.perf_counter()
-                    if overrides and "__whole__" in overrides:
-                        cfg = config_from_dict(overrides["__whole__"])
-                    else:
-                        base = base_config()
-                        base["optim"] |= {"max_epochs": epochs, "seed": seed}
-                        cfg = config_from_dict({**base, **(overrides or {})})
-                    if row in (BASELINES[0], HANDCRAFTED_HEAD):
-                        feats = head_in.of_dataset(hc_std, adata)
-                    elif row == BASELINES[1]:
-                        torch.manual_seed(seed)
-                        tower = Run.create(out / "random", cfg, data=dataset, split=split)
-                        tower.attach(tower.new_module())
-                        feats = tower.embed(dataset)["image"]
-                    if overrides is None:
-                        pa, pb = ridge_to_expression_space(
-                            feats[tr], y256[tr], feats[te], y256[te], groups=samples[tr]
-                        )
-                        pa, pb = _joint(pa, pb, ret_in, xy_um[te], samples[te])
-                        m = _metrics(pa, pb, feats[tr], feats[te], y_tr, y_te, top, feats, samples)
-                    else:
-                        name = row + (f" seed{seed}" if seed else "") + geo
-                        safe = name.replace(" ", "_").replace("/", "-")
-                        run = out / "runs" / split_name / fold_name / safe
-                        if (run / keys.RUN_WEIGHTS_FILE).exists():
-                            trained = Run.load(run)
-                        else:
-                            trained = train(
-                                cfg,
-                                run,
-                                data=dataset,
-                                split=split,
-                                fold=fold_name,
-                                accelerator="cpu",
-                                devices=1,
-                                resume=last_checkpoint(run).exists(),
-                            )
-                        z = trained.embed(dataset)
-                        za, zb = z["image"], z["gene"]
-                        x = head_in.of_dataset(za, adata)  # what the expression head reads
-                        if cfg.loss.name == "none":  # no joint space: ridge into one
-                            pa, pb = ridge_to_expression_space(
-                                x[tr], y256[tr], x[te], y256[te], groups=samples[tr]
-                            )
-                            pa, pb = _joint(pa, pb, ret_in, xy_um[te], samples[te])
-                            m = _metrics(pa, pb, x[tr], x[te], y_tr, y_te, top, za, samples)
-                        else:
-                            pa, pb = _joint(za[te], zb[te], ret_in, xy_um[te], samples[te])
-                            m = _metrics(pa, pb, x[tr], x[te], y_tr, y_te, top, za, samples)
-                    m["seconds"] = round(time.perf_counter() - t0, 1)
-                    write_json_atomic(cell, m)
+                m = bench.cell(split_name, fold_name, row, overrides, section, f)
                 log(
                     f"{split_name:<13} {fold_name:<10} {row:<36} "
                     f"R@5 {m['i2g_recall@5']:.3f}/{m['g2i_recall@5']:.3f}  "
                     f"r {m['pearson_top50']:.3f}  purity {m['batch_purity']:.2f}"
                 )
                 per_fold.setdefault(split_name, {}).setdefault(row, []).append(m)
-    summary = {
+    return _summary(per_fold)
+
+
+def _trained_rows(config: str | None, seed: int):
+    """The trained rows (name -> config overrides, or ``__whole__`` config) and what the
+    ``config`` row's expression head reads (plain for the built-in rows)."""
+    from histoxmodal.heads.inputs import HeadInputs
+
+    config_inputs = HeadInputs()
+    trained_rows: dict[str, dict] = {
+        row: {"correction": {**base_config()["correction"], **corr}}
+        for row, corr in CORRECTIONS.items()
+    }
+    trained_rows[REGRESSION] = {"loss": REGRESSION_LOSS}
+    if config is None:
+        return trained_rows, config_inputs
+    from histoxmodal.workflows.config_files import load_config
+
+    own = load_config(config).to_dict()
+    own["optim"] = {**own["optim"], "seed": seed, "num_workers": 0}
+    h = own["head"]
+    config_inputs = HeadInputs(float(h["context_um"]), bool(h["centre"]), float(h["smooth_um"]))
+    trained_rows[f"config: {config}"] = {"__whole__": own}
+    # the same config with every batch correction switched off (same batch_key): does the
+    # correction it chose pay on the split where the batch effect is (cross-patient)?
+    bare = {**own, "correction": {"batch_key": own["correction"]["batch_key"]}}
+    if bare["correction"] != own["correction"]:
+        trained_rows[uncorrected_row(config)] = {"__whole__": bare, "__splits__": ["cross_patient"]}
+    # the same config's towers trained by direct regression on expression alone: what its
+    # contrastive loss buys over the encoder HESCAPE compares against
+    trained_rows[regression_row(config)] = {
+        "__whole__": {**own, "loss": {**own["loss"], **REGRESSION_LOSS}},
+    }
+    return trained_rows, config_inputs
+
+
+class _Section:
+    """One task's dataset read once: spots, sections, centres, standardised hand-crafted
+    features and the split."""
+
+    def __init__(self, dataset, split, adata, samples, xy_um, hc_std, sp) -> None:
+        self.dataset, self.split, self.adata = dataset, split, adata
+        self.samples, self.xy_um, self.hc_std, self.sp = samples, xy_um, hc_std, sp
+
+    @classmethod
+    def read(cls, dataset: Path, split: Path) -> _Section:
+        from histoxmodal.data.neighbours import spot_coords_um
+        from histoxmodal.data.splits import Split
+        from histoxmodal.data.store import load_paired
+        from histoxmodal.evaluation.baselines import handcrafted_features
+
+        adata, patches = load_paired(dataset)
+        samples = np.asarray(adata.obs["sample"].astype(str))
+        hc = handcrafted_features(patches)
+        hc_std = (hc - hc.mean(0)) / np.maximum(hc.std(0), 1e-6)
+        return cls(dataset, split, adata, samples, spot_coords_um(adata), hc_std, Split.load(split))
+
+    def fold(self, name: str) -> dict:
+        """A fold's rows and targets: the top-50 HVG (of the training spots' 256 most variable)."""
+        from histoxmodal.data.normalize import (
+            expression_matrix,
+            highly_variable_genes,
+            top_variable_genes,
+        )
+
+        fold = self.sp.fold(name)
+        tr, te = fold.train(self.adata.n_obs), fold.test
+        genes256 = highly_variable_genes(self.adata, 256, rows=tr)
+        y256 = expression_matrix(self.adata, genes256)
+        top = top_variable_genes(y256[tr], genes256, n=50)
+        idx = [genes256.index(g) for g in top]
+        return {"tr": tr, "te": te, "y256": y256, "top": top,
+                "y_tr": y256[tr][:, idx], "y_te": y256[te][:, idx]}  # fmt: skip
+
+
+class _Bench:
+    """One cell of the table: a row on a fold, cached as ``cells/<tag>.json``."""
+
+    def __init__(self, out: Path, epochs: int, seed: int, geo: str, config_inputs) -> None:
+        self.out, self.epochs, self.seed, self.geo = out, epochs, seed, geo
+        self.config_inputs = config_inputs
+
+    def cell(self, split_name, fold_name, row, overrides, s: _Section, f: dict) -> dict:
+        from histoxmodal.heads.inputs import HeadInputs
+
+        whole = (overrides or {}).get("__whole__")
+        inputs = self.config_inputs if row == HANDCRAFTED_HEAD or whole else HeadInputs()
+        seed, geo = self.seed, self.geo
+        tag = f"{split_name}.{fold_name}.{row}" + (f".seed{seed}" if seed else "") + geo
+        tag += ".centred" if inputs.centre else ""
+        tag += f".context{inputs.context_um:g}um" if inputs.context_um else ""
+        tag += f".smooth{inputs.smooth_um:g}um" if inputs.smooth_um else ""
+        cell = self.out / "cells" / f"{tag}.json".replace(" ", "_").replace("/", "-")
+        if cell.exists():
+            return json.loads(cell.read_text())
+        t0 = time.perf_counter()
+        if overrides is None:
+            m = self._baseline(row, inputs, s, f)
+        else:
+            m = self._trained(split_name, fold_name, row, overrides, inputs, s, f)
+        m["seconds"] = round(time.perf_counter() - t0, 1)
+        write_json_atomic(cell, m)
+        return m
+
+    def _config(self, overrides: dict | None):
+        from histoxmodal.training.config import config_from_dict
+
+        if overrides and "__whole__" in overrides:
+            return config_from_dict(overrides["__whole__"])
+        base = base_config()
+        base["optim"] |= {"max_epochs": self.epochs, "seed": self.seed}
+        return config_from_dict({**base, **(overrides or {})})
+
+    def _baseline(self, row: str, inputs, s: _Section, f: dict) -> dict:
+        """Hand-crafted features (read as the config's head reads them, for that row) or a
+        random-init tower's embeddings, ridge to expression and to its PCs."""
+        import torch
+
+        from histoxmodal.evaluation.baselines import ridge_to_expression_space
+        from histoxmodal.workflows.run import Run
+
+        head_in, ret_in = inputs.for_head("ridge"), inputs.for_head("retrieval")
+        if row in (BASELINES[0], HANDCRAFTED_HEAD):
+            feats = head_in.of_dataset(s.hc_std, s.adata)
+        else:  # BASELINES[1]
+            torch.manual_seed(self.seed)
+            tower = Run.create(self.out / "random", self._config(None), data=s.dataset,
+                               split=s.split)  # fmt: skip
+            tower.attach(tower.new_module())
+            feats = tower.embed(s.dataset)["image"]
+        tr, te, y256 = f["tr"], f["te"], f["y256"]
+        pa, pb = ridge_to_expression_space(
+            feats[tr], y256[tr], feats[te], y256[te], groups=s.samples[tr]
+        )
+        pa, pb = _joint(pa, pb, ret_in, s.xy_um[te], s.samples[te])
+        return _metrics(pa, pb, feats[tr], feats[te], f["y_tr"], f["y_te"], f["top"], feats,
+                        s.samples)  # fmt: skip
+
+    def _trained(self, split_name, fold_name, row, overrides, inputs, s: _Section, f) -> dict:
+        """A row's run trained on the fold (resumed or reused when its folder has it), its
+        expression head on ``inputs``, retrieval in its joint space."""
+        from histoxmodal.evaluation.baselines import ridge_to_expression_space
+        from histoxmodal.training.trainer import last_checkpoint
+        from histoxmodal.workflows.run import Run
+        from histoxmodal.workflows.train import train
+
+        cfg = self._config(overrides)
+        name = row + (f" seed{self.seed}" if self.seed else "") + self.geo
+        run = self.out / "runs" / split_name / fold_name / name.replace(" ", "_").replace("/", "-")
+        if (run / keys.RUN_WEIGHTS_FILE).exists():
+            trained = Run.load(run)
+        else:
+            trained = train(cfg, run, data=s.dataset, split=s.split, fold=fold_name,
+                            accelerator="cpu", devices=1,
+                            resume=last_checkpoint(run).exists())  # fmt: skip
+        z = trained.embed(s.dataset)
+        za, zb = z["image"], z["gene"]
+        head_in, ret_in = inputs.for_head("ridge"), inputs.for_head("retrieval")
+        x = head_in.of_dataset(za, s.adata)  # what the expression head reads
+        tr, te = f["tr"], f["te"]
+        if cfg.loss.name == "none":  # no joint space: ridge into one
+            pa, pb = ridge_to_expression_space(
+                x[tr], f["y256"][tr], x[te], f["y256"][te], groups=s.samples[tr]
+            )
+        else:
+            pa, pb = za[te], zb[te]
+        pa, pb = _joint(pa, pb, ret_in, s.xy_um[te], s.samples[te])
+        return _metrics(pa, pb, x[tr], x[te], f["y_tr"], f["y_te"], f["top"], za, s.samples)
+
+
+def _summary(per_fold: dict) -> dict[str, dict]:
+    """Every row's metrics averaged over its folds, with chance Recall@5."""
+    return {
         split: {
             row: {
                 k: float(np.mean([m[k] for m in ms]))
@@ -357,7 +414,6 @@ def run_her2st(
         }
         for split, rows_ in per_fold.items()
     }
-    return summary
 
 
 def regression_row(config: str) -> str:
