@@ -44,23 +44,18 @@ from histoxmodal.errors import (
 from histoxmodal.fileutil import write_json_atomic
 from histoxmodal.reprs import safe_repr, short_list, short_path
 from histoxmodal.version import __version__
-from histoxmodal.workflows.run_kinds import RUN_KINDS, RunKind, is_paired_dataset, run_kind
+from histoxmodal.workflows.run_kinds import (
+    RUN_KINDS,
+    RunKind,
+    dataset_patch,
+    is_paired_dataset,
+    run_kind,
+)
 
 log = logging.getLogger(__name__)
 
 #: version of the run folder layout written by this package
 RUN_FORMAT = 1
-
-
-def dataset_patch(data: str | Path) -> dict[str, float]:
-    """``{"patch_um", "patch_px"}`` of a paired dataset's patches (``patches.h5``)."""
-    import h5py
-
-    with h5py.File(Path(data) / keys.PAIRED_PATCHES_FILE, "r") as f:
-        d = f["patches"]
-        if "patch_um" not in d.attrs:
-            return {}
-        return {"patch_um": float(d.attrs["patch_um"]), "patch_px": int(d.shape[1])}
 
 
 def dataset_digest(data: str | Path) -> str:
@@ -84,22 +79,6 @@ def _read_run_json(file: Path, run: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DataError(f"{file}: expected a JSON object; the run {run} is incomplete or corrupt")
     return data
-
-
-def fit_config_stain(config) -> dict[str, Any] | None:
-    """The JSON of the stain normaliser a config's ``stain`` section asks for, fitted now on
-    its target (``None`` when ``stain.method`` is off)."""
-    stain = getattr(config, "stain", None)
-    if stain is None or not stain.method:
-        return None
-    from histoxmodal.data.stain import fit_stain_target
-
-    try:
-        norm = fit_stain_target(stain.target, stain.method, min_tissue=stain.min_tissue)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"stain.target: {exc}") from exc
-    log.info("stain: %s target fitted on %s", stain.method, stain.target)
-    return norm.to_dict()
 
 
 def _read_stain(path: Path, ident: dict[str, Any]) -> dict[str, Any] | None:

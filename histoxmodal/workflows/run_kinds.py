@@ -18,14 +18,18 @@ registered here, and nothing else in the package changes::
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from histoxmodal import keys
+from histoxmodal.errors import ConfigError
 from histoxmodal.registry import Registry
 
 if TYPE_CHECKING:
     from histoxmodal.workflows.run import Run
+
+log = logging.getLogger(__name__)
 
 #: every kind of run, by the name written in ``run.json`` (``kind``)
 RUN_KINDS: Registry[type[RunKind]] = Registry("run kind")
@@ -55,6 +59,33 @@ def is_paired_dataset(path: str | Path) -> bool:
     """Whether ``path`` holds a paired spot dataset (``histoxmodal build``), not a cohort."""
     p = Path(path) / keys.PAIRED_MANIFEST_FILE
     return p.exists() and json.loads(p.read_text(encoding="utf-8")).get("kind") != "cohort"
+
+
+def dataset_patch(data: str | Path) -> dict[str, float]:
+    """``{"patch_um", "patch_px"}`` of a paired dataset's patches (``patches.h5``)."""
+    import h5py
+
+    with h5py.File(Path(data) / keys.PAIRED_PATCHES_FILE, "r") as f:
+        d = f["patches"]
+        if "patch_um" not in d.attrs:
+            return {}
+        return {"patch_um": float(d.attrs["patch_um"]), "patch_px": int(d.shape[1])}
+
+
+def fit_config_stain(config) -> dict[str, Any] | None:
+    """The JSON of the stain normaliser a config's ``stain`` section asks for, fitted now on
+    its target (``None`` when ``stain.method`` is off)."""
+    stain = getattr(config, "stain", None)
+    if stain is None or not stain.method:
+        return None
+    from histoxmodal.data.stain import fit_stain_target
+
+    try:
+        norm = fit_stain_target(stain.target, stain.method, min_tissue=stain.min_tissue)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"stain.target: {exc}") from exc
+    log.info("stain: %s target fitted on %s", stain.method, stain.target)
+    return norm.to_dict()
 
 
 class RunKind:
@@ -153,8 +184,6 @@ class SpatialRunKind(RunKind):
         )
 
     def prepare(self, run: Run, fold) -> None:
-        from histoxmodal.workflows.run import dataset_patch, fit_config_stain
-
         run.choose_genes(fold)
         run.patch = dataset_patch(run.data)
         run.stain = fit_config_stain(run.config)
