@@ -37,6 +37,21 @@ def add_parser(subparsers) -> None:
     # `histoxmodal bench` without a benchmark prints this help, as `bench --help` does
     p.set_defaults(_bench_parser=p)
     bsub = p.add_subparsers(dest="bench", metavar="BENCH")
+    _add_features(bsub)
+    _add_predict(bsub)
+    _add_tiling(bsub)
+    _add_hescape(bsub)
+    _add_dataset(bsub)
+    _add_retrieval(bsub)
+    _add_train(bsub)
+    _add_her2st(bsub)
+    _add_xenium(bsub)
+    _add_neighbours(bsub)
+    _add_visium_hd(bsub)
+    _add_tissue(bsub)
+
+
+def _add_features(bsub) -> None:
     bf = bsub.add_parser(
         "features",
         help="tiles/s of histoxmodal features against the encoder's forward pass alone",
@@ -54,6 +69,9 @@ def add_parser(subparsers) -> None:
     bf.add_argument("--side", type=positive_int, default=32768, help="slide side in px (32768)")
     bf.add_argument("--repeats", type=positive_int, default=3, help="interleaved rounds (3)")
     bf.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+
+
+def _add_predict(bsub) -> None:
     bp = bsub.add_parser(
         "predict",
         help="seconds and peak memory of a whole-slide expression map (100k x 100k px)",
@@ -72,6 +90,9 @@ def add_parser(subparsers) -> None:
     )
     bp.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     bp.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+
+
+def _add_tiling(bsub) -> None:
     bt = bsub.add_parser(
         "tiling",
         help="tile extraction and the whole tile command vs a plain OpenSlide loop; tissue "
@@ -109,6 +130,9 @@ def add_parser(subparsers) -> None:
         help="tiles used for the extraction measurement (default 2000)",
     )
     bt.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+
+
+def _add_hescape(bsub) -> None:
     bh = bsub.add_parser(
         "hescape",
         help="HESCAPE's grid: image tower x gene tower on one dataset and split",
@@ -138,6 +162,9 @@ def add_parser(subparsers) -> None:
     bh.add_argument("--epochs", type=positive_int, default=None, help="epochs per cell")
     bh.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     bh.add_argument("--out", required=True, metavar="DIR", help="output folder")
+
+
+def _add_dataset(bsub) -> None:
     bds = bsub.add_parser(
         "dataset",
         help="training-loader throughput of a paired dataset",
@@ -156,6 +183,9 @@ def add_parser(subparsers) -> None:
         help="minimum duration of one measurement (default 5.0)",
     )
     bds.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+
+
+def _add_retrieval(bsub) -> None:
     brt = bsub.add_parser(
         "retrieval",
         help="tiled whole-test-set retrieval vs a full N x N argsort",
@@ -171,6 +201,9 @@ def add_parser(subparsers) -> None:
         help="size of the full N x N argsort comparison (default 10000)",
     )
     brt.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+
+
+def _add_train(bsub) -> None:
     btr = bsub.add_parser(
         "train",
         help="training steps/s: frozen tower end to end vs cached features",
@@ -191,6 +224,9 @@ def add_parser(subparsers) -> None:
         "--workers", type=int, default=2, help="DataLoader worker processes (default 2)"
     )
     btr.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+
+
+def _add_her2st(bsub) -> None:
     bh = bsub.add_parser(
         "her2st",
         help="the her2st benchmark: baselines vs contrastive training and batch corrections",
@@ -249,6 +285,9 @@ def add_parser(subparsers) -> None:
         help="pixels per patch side (default 64); the her2st config wants --patch-um 224 "
         "--patch-px 128",
     )
+
+
+def _add_xenium(bsub) -> None:
     bx = bsub.add_parser(
         "xenium",
         help="peak memory of pooling Xenium transcripts into pseudo-spots, by file length",
@@ -284,6 +323,9 @@ def add_parser(subparsers) -> None:
         "--keep-files", action="store_true", help="keep the generated tables in --workdir"
     )
     bx.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+
+
+def _add_neighbours(bsub) -> None:
     bn = bsub.add_parser(
         "neighbours",
         help="the spatial neighbour graph: histoxmodal's k-d tree vs squidpy, same spots",
@@ -297,6 +339,9 @@ def add_parser(subparsers) -> None:
     bn.add_argument(
         "--radius-um", type=positive_float, default=250.0, help="neighbour radius in µm (250)"
     )
+
+
+def _add_visium_hd(bsub) -> None:
     bhd = bsub.add_parser(
         "visium-hd",
         help="peak memory of pooling a full-size Visium HD 2 µm matrix into spots",
@@ -330,6 +375,9 @@ def add_parser(subparsers) -> None:
     )
     bhd.add_argument("--keep-files", action="store_true", help="keep the layout in --workdir")
     bhd.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+
+
+def _add_tissue(bsub) -> None:
     bti = bsub.add_parser(
         "tissue",
         help="tissue detection recall/specificity against real spot tables",
