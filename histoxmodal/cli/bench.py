@@ -69,6 +69,7 @@ def _add_features(bsub) -> None:
     bf.add_argument("--side", type=positive_int, default=32768, help="slide side in px (32768)")
     bf.add_argument("--repeats", type=positive_int, default=3, help="interleaved rounds (3)")
     bf.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    bf.set_defaults(_bench_run=_run_features)
 
 
 def _add_predict(bsub) -> None:
@@ -90,6 +91,7 @@ def _add_predict(bsub) -> None:
     )
     bp.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     bp.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    bp.set_defaults(_bench_run=_run_predict)
 
 
 def _add_tiling(bsub) -> None:
@@ -130,6 +132,7 @@ def _add_tiling(bsub) -> None:
         help="tiles used for the extraction measurement (default 2000)",
     )
     bt.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    bt.set_defaults(_bench_run=_run_tiling)
 
 
 def _add_hescape(bsub) -> None:
@@ -162,6 +165,7 @@ def _add_hescape(bsub) -> None:
     bh.add_argument("--epochs", type=positive_int, default=None, help="epochs per cell")
     bh.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     bh.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    bh.set_defaults(_bench_run=_run_hescape)
 
 
 def _add_dataset(bsub) -> None:
@@ -183,6 +187,7 @@ def _add_dataset(bsub) -> None:
         help="minimum duration of one measurement (default 5.0)",
     )
     bds.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    bds.set_defaults(_bench_run=_run_dataset)
 
 
 def _add_retrieval(bsub) -> None:
@@ -201,6 +206,7 @@ def _add_retrieval(bsub) -> None:
         help="size of the full N x N argsort comparison (default 10000)",
     )
     brt.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    brt.set_defaults(_bench_run=_run_retrieval)
 
 
 def _add_train(bsub) -> None:
@@ -224,6 +230,7 @@ def _add_train(bsub) -> None:
         "--workers", type=int, default=2, help="DataLoader worker processes (default 2)"
     )
     btr.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    btr.set_defaults(_bench_run=_run_train)
 
 
 def _add_her2st(bsub) -> None:
@@ -285,6 +292,7 @@ def _add_her2st(bsub) -> None:
         help="pixels per patch side (default 64); the her2st config wants --patch-um 224 "
         "--patch-px 128",
     )
+    bh.set_defaults(_bench_run=_run_her2st)
 
 
 def _add_xenium(bsub) -> None:
@@ -323,6 +331,7 @@ def _add_xenium(bsub) -> None:
         "--keep-files", action="store_true", help="keep the generated tables in --workdir"
     )
     bx.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    bx.set_defaults(_bench_run=_run_xenium)
 
 
 def _add_neighbours(bsub) -> None:
@@ -339,6 +348,7 @@ def _add_neighbours(bsub) -> None:
     bn.add_argument(
         "--radius-um", type=positive_float, default=250.0, help="neighbour radius in µm (250)"
     )
+    bn.set_defaults(_bench_run=_run_neighbours)
 
 
 def _add_visium_hd(bsub) -> None:
@@ -375,6 +385,7 @@ def _add_visium_hd(bsub) -> None:
     )
     bhd.add_argument("--keep-files", action="store_true", help="keep the layout in --workdir")
     bhd.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    bhd.set_defaults(_bench_run=_run_visium_hd)
 
 
 def _add_tissue(bsub) -> None:
@@ -388,115 +399,136 @@ def _add_tissue(bsub) -> None:
     add_src(bti, "the shared data folder (her2st/, visium/ ...)", required=True)
     bti.add_argument("--methods", default=None, metavar="M1,M2", help="tissue methods to compare")
     bti.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    bti.set_defaults(_bench_run=_run_tissue)
 
 
 def run(args: argparse.Namespace) -> int:
-    """``histoxmodal bench NAME``: the typed benchmark function with the parsed options."""
-    if args.bench == "retrieval":
-        from histoxmodal.bench.retrieval import run_retrieval_bench
-
-        return run_retrieval_bench(
-            n=args.n, dim=args.dim, baseline_n=args.baseline_n, json_path=args.json
-        )
-    if args.bench == "train":
-        from histoxmodal.bench.train import run_train_bench
-
-        return run_train_bench(
-            args.data,
-            encoder=args.encoder,
-            input_size=args.input_size,
-            batch_size=args.batch_size,
-            steps=args.steps,
-            workers=args.workers,
-            json_path=args.json,
-        )
-    if args.bench == "hescape":
-        from histoxmodal.bench.hescape import format_table, parse_weights, run_hescape_bench
-
-        result = run_hescape_bench(
-            args.data,
-            args.out,
-            image_encoders=[e.strip() for e in args.image_encoders.split(",") if e.strip()],
-            gene_encoders=[e.strip() for e in args.gene_encoders.split(",") if e.strip()],
-            weights=parse_weights(args.weights),
-            loss=args.loss,
-            config=args.config,
-            split=args.split,
-            fold=args.fold,
-            epochs=args.epochs,
-            seed=args.seed,
-            random_weights=args.random_weights,
-        )
-        print(format_table(result))
-        print(f"report: {Path(args.out) / 'report.html'}")
-        return EXIT_OK
-    if args.bench == "her2st":
-        from histoxmodal.bench.her2st import run_her2st_bench
-
-        return run_her2st_bench(
-            args.src,
-            out=args.out,
-            epochs=args.epochs,
-            seed=args.seed,
-            config=args.config,
-            folds=[f.strip() for f in args.folds.split(",") if f.strip()] if args.folds else None,
-            only_config=args.only_config,
-            patch_um=args.patch_um,
-            patch_px=args.patch_px,
-        )
-    if args.bench == "xenium":
-        return _run_xenium(args)
-    if args.bench == "neighbours":
-        from histoxmodal.bench.neighbours import bench_neighbours
-
-        r = bench_neighbours(args.spots, n_sections=args.sections, radius_um=args.radius_um)
-        print(
-            f"{r['n_spots']} spots, {r['n_sections']} section(s), {r['radius_um']:g} µm: "
-            f"histoxmodal {r['histoxmodal_s']:.3f} s, squidpy {r['squidpy_s']:.3f} s "
-            f"(x{r['ratio_squidpy']:.2f}); edges {r['edges_histoxmodal']} / "
-            f"{r['edges_squidpy']}, differing {r['edges_differing']}"
-        )
-        return 0 if r["edges_differing"] == 0 else 1
-    if args.bench == "visium-hd":
-        return _run_visium_hd(args)
-    if args.bench == "tissue":
-        from histoxmodal.bench.tissue import BENCH_METHODS, run_tissue_bench
-
-        methods = args.methods.split(",") if args.methods else BENCH_METHODS
-        return run_tissue_bench(args.src, methods=methods, json_path=args.json)
-    if args.bench == "features":
-        from histoxmodal.bench.features import run_features_bench
-
-        return run_features_bench(
-            encoder=args.encoder,
-            device=args.device,
-            precision=args.precision,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            side=args.side,
-            repeats=args.repeats,
-            json_path=args.json,
-        )
-    if args.bench == "predict":
-        from histoxmodal.bench.predict import run_predict_bench
-
-        return run_predict_bench(
-            side=args.side, grid_um=args.grid_um, batch_size=args.batch_size,
-            device=args.device, slide=args.slide, json_path=args.json,
-        )  # fmt: skip
-    if args.bench == "dataset":
-        from histoxmodal.bench.dataset import run_dataset_bench
-
-        return run_dataset_bench(
-            args.data,
-            workers=args.workers,
-            batch_size=args.batch_size,
-            min_seconds=args.min_seconds,
-            json_path=args.json,
-        )
-    if args.bench != "tiling":
+    """``histoxmodal bench NAME``: the typed benchmark function with the parsed options (each
+    benchmark's parser names its runner); without a NAME, the list of benchmarks."""
+    runner = getattr(args, "_bench_run", None)
+    if runner is None:
         args._bench_parser.print_help()
         args._bench_parser.exit()
+    return runner(args)
+
+
+def _run_retrieval(args: argparse.Namespace) -> int:
+    from histoxmodal.bench.retrieval import run_retrieval_bench
+
+    return run_retrieval_bench(
+        n=args.n, dim=args.dim, baseline_n=args.baseline_n, json_path=args.json
+    )
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from histoxmodal.bench.train import run_train_bench
+
+    return run_train_bench(
+        args.data,
+        encoder=args.encoder,
+        input_size=args.input_size,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        workers=args.workers,
+        json_path=args.json,
+    )
+
+
+def _run_hescape(args: argparse.Namespace) -> int:
+    from histoxmodal.bench.hescape import format_table, parse_weights, run_hescape_bench
+
+    result = run_hescape_bench(
+        args.data,
+        args.out,
+        image_encoders=[e.strip() for e in args.image_encoders.split(",") if e.strip()],
+        gene_encoders=[e.strip() for e in args.gene_encoders.split(",") if e.strip()],
+        weights=parse_weights(args.weights),
+        loss=args.loss,
+        config=args.config,
+        split=args.split,
+        fold=args.fold,
+        epochs=args.epochs,
+        seed=args.seed,
+        random_weights=args.random_weights,
+    )
+    print(format_table(result))
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return EXIT_OK
+
+
+def _run_her2st(args: argparse.Namespace) -> int:
+    from histoxmodal.bench.her2st import run_her2st_bench
+
+    return run_her2st_bench(
+        args.src,
+        out=args.out,
+        epochs=args.epochs,
+        seed=args.seed,
+        config=args.config,
+        folds=[f.strip() for f in args.folds.split(",") if f.strip()] if args.folds else None,
+        only_config=args.only_config,
+        patch_um=args.patch_um,
+        patch_px=args.patch_px,
+    )
+
+
+def _run_neighbours(args: argparse.Namespace) -> int:
+    from histoxmodal.bench.neighbours import bench_neighbours
+
+    r = bench_neighbours(args.spots, n_sections=args.sections, radius_um=args.radius_um)
+    print(
+        f"{r['n_spots']} spots, {r['n_sections']} section(s), {r['radius_um']:g} µm: "
+        f"histoxmodal {r['histoxmodal_s']:.3f} s, squidpy {r['squidpy_s']:.3f} s "
+        f"(x{r['ratio_squidpy']:.2f}); edges {r['edges_histoxmodal']} / "
+        f"{r['edges_squidpy']}, differing {r['edges_differing']}"
+    )
+    return 0 if r["edges_differing"] == 0 else 1
+
+
+def _run_tissue(args: argparse.Namespace) -> int:
+    from histoxmodal.bench.tissue import BENCH_METHODS, run_tissue_bench
+
+    methods = args.methods.split(",") if args.methods else BENCH_METHODS
+    return run_tissue_bench(args.src, methods=methods, json_path=args.json)
+
+
+def _run_features(args: argparse.Namespace) -> int:
+    from histoxmodal.bench.features import run_features_bench
+
+    return run_features_bench(
+        encoder=args.encoder,
+        device=args.device,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        side=args.side,
+        repeats=args.repeats,
+        json_path=args.json,
+    )
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from histoxmodal.bench.predict import run_predict_bench
+
+    return run_predict_bench(
+        side=args.side, grid_um=args.grid_um, batch_size=args.batch_size,
+        device=args.device, slide=args.slide, json_path=args.json,
+    )  # fmt: skip
+
+
+def _run_dataset(args: argparse.Namespace) -> int:
+    from histoxmodal.bench.dataset import run_dataset_bench
+
+    return run_dataset_bench(
+        args.data,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        min_seconds=args.min_seconds,
+        json_path=args.json,
+    )
+
+
+def _run_tiling(args: argparse.Namespace) -> int:
     from histoxmodal.bench.tiling import run_tiling_bench
 
     return run_tiling_bench(
