@@ -101,6 +101,32 @@ class ContrastiveModule(L.LightningModule):
         ids = b[key].to(dev)
         return adapt_batch_norms(self.gene, lambda r: self.gene(expr[r], mask[r], ids[r]), ids)
 
+    def adapt_to_dataset(self, dataset) -> list[int]:
+        """AdaBN for a whole dataset (a :class:`~histoxmodal.data.dataset.PairedDataset`, read
+        without its images): slots for the batches the towers were not built with
+        (:func:`~histoxmodal.encoders.gene.add_unseen_batches`), then the statistics of every
+        batch never trained on from all its rows (:meth:`adapt_unseen_batches`), whatever rows
+        are embedded afterwards. Returns the adapted batch ids."""
+        if not self.config.correction.batch_conditioned_genes:
+            return []
+        import numpy as np
+        import torch.utils.data as tud
+
+        from histoxmodal.encoders.gene import BatchSpecificNorm, add_unseen_batches
+
+        key = self.config.correction.batch_key
+        # sections the run never knew (another dataset) get ids after the run's own
+        add_unseen_batches(self.gene, len(dataset.categories[key]))
+        norms = [m for m in self.modules() if isinstance(m, BatchSpecificNorm)]
+        if not norms:
+            return []
+        ids = np.unique(dataset.codes(key))
+        seen = norms[0].seen.cpu().numpy()
+        if ids.size and seen[ids].all():
+            return []  # every batch trained on: nothing to adapt
+        items = [dataset.item_without_image(i) for i in range(len(dataset))]
+        return self.adapt_unseen_batches(tud.default_collate(items))
+
     def _features(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
         """The image tower's features of a batch; cached frozen-tower features
         (``image_features``) skip the tower."""

@@ -528,29 +528,10 @@ class Run:
 
     def adapt_unseen_batches(self, data) -> None:
         """A batch-normalized gene tower meeting samples it never trained on takes their
-        statistics from all their rows in ``data``, whatever rows are embedded now."""
-        from histoxmodal.encoders.gene import BatchSpecificNorm
-
-        module = self.module
-        if not self.config.correction.batch_conditioned_genes:
-            return
-        from histoxmodal.encoders.gene import add_unseen_batches
-
-        full = self.dataset(data)
-        key = self.config.correction.batch_key
-        # sections the run never knew (another dataset) get ids after the run's own
-        add_unseen_batches(module.gene, len(full.categories[key]))
-        norms = [m for m in module.modules() if isinstance(m, BatchSpecificNorm)]
-        if not norms:
-            return
-        ids = np.unique(full.codes(key))
-        seen = norms[0].seen.cpu().numpy()
-        if ids.size and seen[ids].all():
-            return  # every batch trained on: nothing to adapt
-        import torch.utils.data as tud
-
-        items = [full.item_without_image(i) for i in range(len(full))]
-        module.adapt_unseen_batches(tud.default_collate(items))
+        statistics from all their rows in ``data``, whatever rows are embedded now
+        (:meth:`~histoxmodal.training.module.ContrastiveModule.adapt_to_dataset`)."""
+        if self.config.correction.batch_conditioned_genes:
+            self.module.adapt_to_dataset(self.dataset(data))
 
     def run_batch_names(self) -> list[str]:
         """The names of the batches (``correction.batch_key``) behind the towers' batch ids:
