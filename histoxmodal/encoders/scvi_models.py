@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from histoxmodal import keys
+from histoxmodal.encoders.genemap import map_genes, to_model_genes
 from histoxmodal.errors import ConfigError, WeightsError
 from histoxmodal.errors import RefusedGlobal as RefusedGlobal
 
@@ -308,28 +309,13 @@ class PretrainedScviTower(nn.Module):
         self.module = build_module(saved, self._model_class())
         self.model_genes = list(saved.genes)
         self.genes = list(genes) if genes is not None else list(saved.genes)
-        if n_genes is not None and genes is None and n_genes != len(saved.genes):
-            raise ConfigError(
-                f"{saved.folder}: the model has {len(saved.genes)} genes, the data {n_genes}; "
-                f"give the dataset's gene names (genes=...) to map them"
-            )
-        position = {g: i for i, g in enumerate(self.genes)}
-        source = torch.tensor([position.get(g, -1) for g in self.model_genes], dtype=torch.long)
-        present = source >= 0
-        if not bool(present.any()):
-            raise ConfigError(
-                f"{saved.folder}: none of its {len(self.model_genes)} genes is in the dataset "
-                f"(model: {self.model_genes[:3]}..., data: {self.genes[:3]}...); are both gene "
-                f"symbols (or both Ensembl ids)?"
-            )
-        self.register_buffer("source", source.clamp(min=0), persistent=False)
-        self.register_buffer("present", present, persistent=False)
-        self.missing_genes = int((~present).sum())
+        gene_map = map_genes(
+            self.model_genes, genes, where=saved.folder.name, n_genes=n_genes, logger=log
+        )
+        self.register_buffer("source", gene_map.source, persistent=False)
+        self.register_buffer("present", gene_map.present, persistent=False)
+        self.missing_genes = gene_map.n_missing
         self.saved["missing_genes"] = self.missing_genes
-        log.info(
-            "%s: %d of the model's %d genes are in the data; %d zero-filled",
-            saved.folder.name, int(present.sum()), len(self.model_genes), self.missing_genes,
-        )  # fmt: skip
         self.embed_dim = int(saved.init_kwargs.get("n_latent") or self._latent_dim())
         self.freeze = freeze
         for name, p in self.module.named_parameters():
@@ -349,10 +335,7 @@ class PretrainedScviTower(nn.Module):
 
     def model_counts(self, expression: torch.Tensor, gene_mask: torch.Tensor | None = None):
         """``(B, dataset genes)`` counts -> ``(B, model genes)``, missing genes zero."""
-        if gene_mask is not None:
-            expression = expression * gene_mask.to(expression.dtype)
-        x = expression[:, self.source]
-        return x * self.present.to(x.dtype)
+        return to_model_genes(expression, self.source, self.present, gene_mask)
 
     def forward(
         self,
