@@ -591,3 +591,27 @@ _reg(
     {"n_latent": 4, "n_hidden": 16, "pretrain_epochs": 2},
     "Tiny scVI encoder (tests).",
 )
+
+
+def gene_nicheformer(weights: str | None = None, **kwargs) -> nn.Module:
+    """Nicheformer (theislab) from a local checkpoint folder (``weights=DIR``: the Lightning
+    ``.ckpt``, ``genes.txt``, ``technology_mean.npy``); raw counts in, rank tokens, the mean of
+    the last layer's token outputs out. Refuses to run untrained unless ``random_weights=True``."""
+    from histoxmodal.encoders.nicheformer import NicheformerGeneTower
+
+    return NicheformerGeneTower(weights, **kwargs)
+
+
+ENCODERS.register(
+    "gene_nicheformer",
+    modality="gene",
+    arch="Nicheformer",
+    normalization="counts",
+    input="raw counts, mapped by gene name onto the model's genes (missing ones zero), "
+    "scaled by the technology mean, ranked into tokens",
+    dim="dim_model of the checkpoint (512 published)",
+    weights="required: a local Nicheformer folder (model.gene_weights=DIR: .ckpt, genes.txt, "
+    "technology_mean.npy; published on Mendeley Data); never downloaded",
+    needs_weights=True,
+    licence="BSD-3-Clause (nicheformer)",
+)(gene_nicheformer)
