@@ -74,8 +74,9 @@ class ModelConfig(ValidatedConfig):
     cache_image_features: bool = True
     cache_views: int = 8
     gene_encoder: str = "gene_mlp"
-    #: a saved gene model folder for a pretrained gene tower (``gene_drvi``, ``gene_scvi``):
-    #: written by ``histoxmodal pretrain-genes`` or the library's ``model.save(DIR)``; with
+    #: a saved gene model folder for a pretrained gene tower (``gene_drvi``, ``gene_scvi``:
+    #: written by ``histoxmodal pretrain-genes`` or the library's ``model.save(DIR)``;
+    #: ``gene_nicheformer``: the checkpoint, ``genes.txt``, ``technology_mean.npy``); with
     #: ``genes: null`` the run's panel is the model's genes that the dataset measures
     gene_weights: str | None = None
     gene_kwargs: dict[str, Any] = field(default_factory=dict)

@@ -35,7 +35,13 @@ def test_models_lists_the_gene_towers_with_input_dim_weights_and_licence(capsys)
     from histoxmodal.workflows.extractor import list_gene_models
 
     rows = {m["name"]: m for m in list_gene_models()}
-    assert set(rows) == {"gene_mlp", "gene_transformer", "gene_scvi", "gene_drvi"}
+    assert set(rows) == {
+        "gene_mlp",
+        "gene_transformer",
+        "gene_scvi",
+        "gene_drvi",
+        "gene_nicheformer",
+    }
     for name, m in rows.items():
         assert m["licence"] and m["weights"] and m["input"], name
     assert rows["gene_drvi"]["weights"].startswith("required") and rows["gene_drvi"]["input"]
