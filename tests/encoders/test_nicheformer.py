@@ -62,7 +62,7 @@ def _randomise(module: nn.Module, seed: int) -> None:
             p.copy_(torch.randn(p.shape, generator=g) * 0.5)
 
 
-def _save(folder, hp=HP, seed=0, edit=None):
+def _save(folder, hp=HP, seed=0, edit=None, genes=GENES):
     folder.mkdir(parents=True, exist_ok=True)
     model = PublishedLayout(hp)
     _randomise(model, seed)
@@ -70,8 +70,8 @@ def _save(folder, hp=HP, seed=0, edit=None):
     if edit is not None:
         state = edit(state)
     torch.save({"state_dict": state, "hyper_parameters": dict(hp), "epoch": 3}, folder / "nf.ckpt")
-    (folder / "genes.txt").write_text("\n".join(GENES) + "\n")
-    mean = np.random.default_rng(seed).uniform(0.3, 3.0, len(GENES))
+    (folder / "genes.txt").write_text("\n".join(genes) + "\n")
+    mean = np.random.default_rng(seed).uniform(0.3, 3.0, len(genes))
     mean[[4, 11]] = 0.0  # a gene the technology never saw counts as mean 1
     np.save(folder / "technology_mean.npy", mean)
     return state, mean
@@ -263,3 +263,45 @@ def test_models_lists_it(capsys):
     assert main(["models", "gene_nic*"]) == 0
     out = capsys.readouterr().out
     assert "gene_nicheformer" in out and "BSD-3-Clause" in out and "never downloaded" in out
+
+
+def test_a_run_trains_with_it_and_reloads_from_its_own_copy(tmp_path):
+    """model.gene_weights through `train`: genes: null makes the panel the model's genes the
+    dataset measures; the frozen tower after training is the checkpoint; the run keeps a copy
+    of the folder and reloads after the original is gone."""
+    pytest.importorskip("lightning")
+    import shutil
+
+    import anndata as ad
+
+    from histoxmodal.testing.paired import make_paired_dataset
+    from histoxmodal.training.config import config_from_dict
+    from histoxmodal.workflows.run import Run
+    from histoxmodal.workflows.train import train
+
+    data = make_paired_dataset(tmp_path / "data", spots_per_sample=32, n_genes=40)
+    adata = ad.read_h5ad(data / "adata.h5ad")
+    model_genes = [*reversed(list(adata.var_names[:26])), "Z1", "Z2", "Z3", "Z4"]
+    state, mean = _save(tmp_path / "nf", genes=model_genes)
+    cfg = config_from_dict(
+        {
+            "genes": None,
+            "model": {
+                "image_encoder": "test_image_resnet",
+                "gene_encoder": "gene_nicheformer",
+                "gene_weights": str(tmp_path / "nf"),
+            },
+            "optim": {"batch_size": 16, "max_epochs": 1, "num_workers": 0},
+        }
+    )
+    run = train(cfg, tmp_path / "run", data=data, accelerator="cpu", devices=1)
+    assert run.genes == model_genes[:26]
+    assert (tmp_path / "run" / "gene_model" / "technology_mean.npy").is_file()
+    shutil.rmtree(tmp_path / "nf")
+    tower = Run.load(tmp_path / "run").module.gene
+    assert tower.missing_genes == 4 and not any(p.requires_grad for p in tower.parameters())
+    counts = np.asarray(adata[:, run.genes].X.todense(), np.float32)
+    in_model_order = np.zeros((len(counts), len(model_genes)), np.float32)
+    in_model_order[:, :26] = counts
+    want = _embed_by_hand(state, _tokens_by_hand(in_model_order, mean))
+    np.testing.assert_allclose(_embed(tower, counts), want, atol=2e-5)
