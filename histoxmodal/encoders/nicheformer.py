@@ -23,9 +23,11 @@ gene tokens only.
 Weights folder (``model.gene_weights=DIR``; nothing is downloaded)::
 
     DIR/
-      nicheformer.ckpt        the Lightning checkpoint (any single *.ckpt), read with
-                              torch.load(weights_only=True): its state_dict and
-                              hyper_parameters; or model.safetensors + config.json (the
+      nicheformer.ckpt        the Lightning checkpoint (any single *.ckpt), read as data
+                              only (torch.load(weights_only=True), else the restricted
+                              unpickler of scvi_models, for NumPy scalars in the trainer
+                              state): its state_dict and hyper_parameters; or
+                              model.safetensors + config.json (the
                               hyper-parameters: dim_model, nheads, dim_feedforward, nlayers,
                               context_length, n_tokens, learnable_pe, specie, assay, modality)
       genes.txt               the model's genes, one per line, in token order
@@ -207,6 +209,31 @@ def _weights_file(path: Path) -> Path:
     )
 
 
+def _load_lightning(f: Path) -> Any:
+    """A Lightning checkpoint, read as data only: ``torch.load(weights_only=True)``, else (a
+    trainer state with NumPy scalars, such as a scheduler's last learning rate) through the
+    package's restricted unpickler, which also resolves containers and NumPy data only."""
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickles with code, NumPy scalars, truncated files, ...
+        first = exc
+    from histoxmodal.encoders.scvi_models import RefusedGlobal, restricted_pickle
+
+    try:
+        return torch.load(
+            f, map_location="cpu", weights_only=False, pickle_module=restricted_pickle
+        )
+    except RefusedGlobal as exc:
+        why = str(exc)
+    except Exception as exc:
+        why = f"{type(exc).__name__}: {exc}"
+    raise WeightsError(
+        f"{f}: cannot be read as a weights-only checkpoint ({type(first).__name__}: {first}; "
+        f"{why}); re-save it as {{'state_dict': ..., 'hyper_parameters': dict(...)}} or as "
+        f"model.safetensors with {CONFIG_FILE}"
+    ) from first
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
     """The backbone's state dict, the hyper-parameters and the file they came from.
 
@@ -236,14 +263,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         if cfg.is_file():
             hparams = dict(json.loads(cfg.read_text(encoding="utf-8")))
     else:
-        try:
-            obj = torch.load(f, map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickles with code, truncated files, ...
-            raise WeightsError(
-                f"{f}: cannot be read as a weights-only checkpoint ({type(exc).__name__}: "
-                f"{exc}); re-save it as {{'state_dict': ..., 'hyper_parameters': dict(...)}} "
-                f"or as model.safetensors with {CONFIG_FILE}"
-            ) from exc
+        obj = _load_lightning(f)
         if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
             hparams = dict(obj.get("hyper_parameters") or {})
             obj = obj["state_dict"]

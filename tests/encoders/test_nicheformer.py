@@ -69,7 +69,9 @@ def _save(folder, hp=HP, seed=0, edit=None, genes=GENES):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     if edit is not None:
         state = edit(state)
-    torch.save({"state_dict": state, "hyper_parameters": dict(hp), "epoch": 3}, folder / "nf.ckpt")
+    # a trainer's state as Lightning keeps it: a scheduler's last rate is a NumPy scalar
+    trainer = {"epoch": 3, "lr_schedulers": [{"_last_lr": [np.float64(0.1)], "last_epoch": 7}]}
+    torch.save({"state_dict": state, "hyper_parameters": dict(hp), **trainer}, folder / "nf.ckpt")
     (folder / "genes.txt").write_text("\n".join(genes) + "\n")
     mean = np.random.default_rng(seed).uniform(0.3, 3.0, len(genes))
     mean[[4, 11]] = 0.0  # a gene the technology never saw counts as mean 1
