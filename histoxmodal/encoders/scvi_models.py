@@ -210,8 +210,10 @@ def read_saved_model(folder: str | Path) -> SavedModel:
 
 def saved_model_genes(folder: str | Path) -> list[str]:
     """The genes of a saved model folder, in the model's order: ``genes.txt`` where
-    ``histoxmodal pretrain-genes`` wrote one, else the ``var_names`` inside ``model.pt``."""
-    listed = Path(folder).expanduser() / keys.RUN_GENES_FILE
+    ``histoxmodal pretrain-genes`` wrote one (or beside a checkpoint file given instead of its
+    folder: ``gene_nicheformer``), else the ``var_names`` inside ``model.pt``."""
+    path = Path(folder).expanduser()
+    listed = (path.parent if path.is_file() else path) / keys.RUN_GENES_FILE
     if listed.is_file():
         return listed.read_text(encoding="utf-8").split()
     return read_saved_model(folder).genes

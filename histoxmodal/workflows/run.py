@@ -339,7 +339,17 @@ class Run:
             return
         tmp = self.path / f".{keys.RUN_GENE_MODEL_DIR}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(source, tmp)
+        src = Path(source).expanduser()
+        if src.is_file():
+            # a checkpoint file (gene_nicheformer): it and the small files beside it (gene list,
+            # technology mean, config)
+            tmp.mkdir()
+            shutil.copy2(src, tmp / src.name)
+            for side in src.parent.iterdir():
+                if side.is_file() and side.suffix in (".txt", ".npy", ".json"):
+                    shutil.copy2(side, tmp / side.name)
+        else:
+            shutil.copytree(src, tmp)
         tmp.replace(target)
 
     def save(self, module=None) -> None:

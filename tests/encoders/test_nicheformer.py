@@ -291,14 +291,15 @@ def test_a_run_trains_with_it_and_reloads_from_its_own_copy(tmp_path):
             "model": {
                 "image_encoder": "test_image_resnet",
                 "gene_encoder": "gene_nicheformer",
-                "gene_weights": str(tmp_path / "nf"),
-            },
+                "gene_weights": str(tmp_path / "nf" / "nf.ckpt"),  # the file: copied with
+            },  # the gene list and technology mean beside it
             "optim": {"batch_size": 16, "max_epochs": 1, "num_workers": 0},
         }
     )
     run = train(cfg, tmp_path / "run", data=data, accelerator="cpu", devices=1)
     assert run.genes == model_genes[:26]
-    assert (tmp_path / "run" / "gene_model" / "technology_mean.npy").is_file()
+    copied = sorted(p.name for p in (tmp_path / "run" / "gene_model").iterdir())
+    assert copied == ["genes.txt", "nf.ckpt", "technology_mean.npy"]
     shutil.rmtree(tmp_path / "nf")
     tower = Run.load(tmp_path / "run").module.gene
     assert tower.missing_genes == 4 and not any(p.requires_grad for p in tower.parameters())
