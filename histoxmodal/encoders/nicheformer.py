@@ -463,27 +463,12 @@ class NicheformerGeneTower(nn.Module):
         return mean
 
     def _load(self, state: dict[str, torch.Tensor], path: Path) -> None:
-        own = self.net.state_dict()
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own]
-        bad = [
-            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-            for k in own
-            if k in state and state[k].shape != own[k].shape
-        ]
-        if missing or unexpected or bad:
-            parts = []
-            if bad:
-                parts.append(f"{len(bad)} shape mismatches ({'; '.join(bad[:3])})")
-            if missing:
-                parts.append(f"{len(missing)} missing keys ({', '.join(missing[:5])})")
-            if unexpected:
-                parts.append(f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:5])})")
-            raise WeightsError(
-                f"{path} does not fit the Nicheformer architecture: {'; '.join(parts)}. Is it "
-                f"a Nicheformer checkpoint (with its hyper_parameters, or {CONFIG_FILE})?"
-            )
-        self.net.load_state_dict(state, strict=True)
+        from histoxmodal.encoders.weights import load_strict
+
+        load_strict(
+            self.net, state, path, what="the Nicheformer architecture",
+            hint=f"Is it a Nicheformer checkpoint (with its hyper_parameters, or {CONFIG_FILE})?",
+        )  # fmt: skip
 
     def train(self, mode: bool = True) -> NicheformerGeneTower:
         super().train(mode)

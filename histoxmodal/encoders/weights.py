@@ -125,6 +125,21 @@ def load_weights(
     if remap is not None:
         state = remap(state)
     state = {k: v for k, v in state.items() if not k.startswith(ignore)} if ignore else state
+    load_strict(model, state, path)
+    return digest
+
+
+def load_strict(
+    model: nn.Module,
+    state: StateDict,
+    path: str | Path,
+    *,
+    what: str = "this architecture",
+    hint: str = "Is it the checkpoint of this model (and size)?",
+) -> None:
+    """``model.load_state_dict(state, strict=True)`` after one check that names, in a single
+    :class:`WeightsError`, the shape mismatches, missing and unexpected keys (a few of each),
+    ``what`` the model is and the ``hint``."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -138,12 +153,8 @@ def load_weights(
         if bad:
             parts.append(f"{len(bad)} shape mismatches (e.g. {'; '.join(bad[:3])})")
         if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:5])})")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-        raise WeightsError(
-            f"{path} does not fit this architecture: {'; '.join(parts)}. Is it "
-            f"the checkpoint of this model (and size)?"
-        )
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:5])})")
+        raise WeightsError(f"{path} does not fit {what}: {'; '.join(parts)}. {hint}")
     model.load_state_dict(state, strict=True)
-    return digest
