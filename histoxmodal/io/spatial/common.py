@@ -25,6 +25,17 @@ LOWRES_MAX_SIDE = 600
 MPP_TOLERANCE = 0.10
 
 
+#: the columns of Space Ranger's ``tissue_positions`` table (Visium's CSV, Visium HD's parquet)
+TISSUE_POSITION_COLUMNS = (
+    "barcode",
+    "in_tissue",
+    "array_row",
+    "array_col",
+    "pxl_row_in_fullres",
+    "pxl_col_in_fullres",
+)
+
+
 def require_file(path: Path, what: str, hint: str = "") -> Path:
     """``path`` if it exists, else a ``FileNotFoundError`` naming what it should hold."""
     if not path.exists():

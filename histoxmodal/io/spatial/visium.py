@@ -23,6 +23,7 @@ import numpy as np
 
 from histoxmodal import keys
 from histoxmodal.io.spatial.common import (
+    TISSUE_POSITION_COLUMNS,
     MissingSpatialFileError,
     SpatialFormatError,
     absolute,
@@ -41,14 +42,6 @@ VISIUM_SPOT_DIAMETER_UM = 55.0
 #: not the 55 µm capture area: using 55 would make every pixel 15 % too small.
 SPACERANGER_SPOT_DIAMETER_UM = 65.0
 VISIUM_SPOT_PITCH_UM = 100.0
-_POSITION_COLUMNS = [
-    "barcode",
-    "in_tissue",
-    "array_row",
-    "array_col",
-    "pxl_row_in_fullres",
-    "pxl_col_in_fullres",
-]
 #: the count matrices Space Ranger writes, in order of preference (filtered before raw)
 _MATRICES = (
     "filtered_feature_bc_matrix.h5",
@@ -316,16 +309,17 @@ def read_positions(spatial: Path):
         df = pd.read_csv(p)
     else:
         df = pd.read_csv(p, header=None)
-        if df.shape[1] != len(_POSITION_COLUMNS):
+        if df.shape[1] != len(TISSUE_POSITION_COLUMNS):
             raise SpatialFormatError(
                 f"{p}: {df.shape[1]} columns without a header; expected "
-                f"{len(_POSITION_COLUMNS)} ({', '.join(_POSITION_COLUMNS)}) or a header naming them"
+                f"{len(TISSUE_POSITION_COLUMNS)} ({', '.join(TISSUE_POSITION_COLUMNS)}) or a "
+                "header naming them"
             )
-        df.columns = _POSITION_COLUMNS
-    missing = set(_POSITION_COLUMNS) - set(df.columns)
+        df.columns = list(TISSUE_POSITION_COLUMNS)
+    missing = set(TISSUE_POSITION_COLUMNS) - set(df.columns)
     if missing:
         raise SpatialFormatError(
-            f"{p}: missing columns {sorted(missing)}; expected {', '.join(_POSITION_COLUMNS)}"
+            f"{p}: missing columns {sorted(missing)}; expected {', '.join(TISSUE_POSITION_COLUMNS)}"
         )
     df["barcode"] = df["barcode"].astype(str)
     return df.set_index("barcode"), p

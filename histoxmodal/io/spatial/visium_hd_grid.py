@@ -15,17 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from histoxmodal.io.spatial.common import SpatialFormatError
+from histoxmodal.io.spatial.common import TISSUE_POSITION_COLUMNS, SpatialFormatError
 
 #: the columns of ``spatial/tissue_positions.parquet``
-POSITION_COLUMNS = (
-    "barcode",
-    "in_tissue",
-    "array_row",
-    "array_col",
-    "pxl_row_in_fullres",
-    "pxl_col_in_fullres",
-)
+POSITION_COLUMNS = TISSUE_POSITION_COLUMNS
 #: points of the positions file the homography is fitted to (evenly spread over the file)
 HOMOGRAPHY_POINTS = 200_000
 #: a bin barcode: bin size (µm), array row, array column, suffix
