@@ -103,15 +103,19 @@ def _build(
     return out
 
 
-def _metrics(ra, rb, x_tr, x_te, y_tr, y_te, top, purity_x, samples) -> dict[str, float]:
-    """Retrieval between ``ra``/``rb`` (test rows), a ridge head from ``x_tr`` to ``x_te``."""
+def fold_metrics(ra, rb, x_tr, x_te, y_tr, y_te, top, purity_x, samples, tr) -> dict[str, float]:
+    """Retrieval between ``ra``/``rb`` (test rows), a ridge head from ``x_tr`` to ``x_te``.
+
+    The head's penalty is chosen by cross-validation over the training rows' sections
+    (``samples[tr]``), as ``histoxmodal evaluate`` and ``predict`` fit it: random folds would
+    put neighbouring spots of one section on both sides and pick too small a penalty."""
     from histoxmodal.evaluation.expression import expression_metrics
     from histoxmodal.evaluation.mixing import knn_batch_purity
     from histoxmodal.evaluation.retrieval import cross_modal_retrieval
     from histoxmodal.heads.expression import RidgeHead
 
     ret = cross_modal_retrieval(ra, rb)
-    pred = RidgeHead().fit(x_tr, y_tr).predict(x_te)
+    pred = RidgeHead().fit(x_tr, y_tr, groups=samples[tr]).predict(x_te)
     expr = expression_metrics(y_te, pred, top)
     return {
         "i2g_recall@5": float(ret["image_to_gene"]["R@5"]),
@@ -306,6 +310,11 @@ class _Section:
                 "y_tr": y256[tr][:, idx], "y_te": y256[te][:, idx]}  # fmt: skip
 
 
+#: bumped whenever a cell's numbers change meaning, so cells cached by an older protocol are
+#: recomputed (their runs are reused): 2 = the ridge head's penalty chosen over sections
+CELL_PROTOCOL = 2
+
+
 class _Bench:
     """One cell of the table: a row on a fold, cached as ``cells/<tag>.json``."""
 
@@ -323,6 +332,7 @@ class _Bench:
         tag += ".centred" if inputs.centre else ""
         tag += f".context{inputs.context_um:g}um" if inputs.context_um else ""
         tag += f".smooth{inputs.smooth_um:g}um" if inputs.smooth_um else ""
+        tag += f".p{CELL_PROTOCOL}"
         cell = self.out / "cells" / f"{tag}.json".replace(" ", "_").replace("/", "-")
         if cell.exists():
             return json.loads(cell.read_text())
@@ -366,8 +376,8 @@ class _Bench:
             feats[tr], y256[tr], feats[te], y256[te], groups=s.samples[tr]
         )
         pa, pb = _joint(pa, pb, ret_in, s.xy_um[te], s.samples[te])
-        return _metrics(pa, pb, feats[tr], feats[te], f["y_tr"], f["y_te"], f["top"], feats,
-                        s.samples)  # fmt: skip
+        return fold_metrics(pa, pb, feats[tr], feats[te], f["y_tr"], f["y_te"], f["top"], feats,
+                        s.samples, tr)  # fmt: skip
 
     def _trained(self, split_name, fold_name, row, overrides, inputs, s: _Section, f) -> dict:
         """A row's run trained on the fold (resumed or reused when its folder has it), its
@@ -398,7 +408,8 @@ class _Bench:
         else:
             pa, pb = za[te], zb[te]
         pa, pb = _joint(pa, pb, ret_in, s.xy_um[te], s.samples[te])
-        return _metrics(pa, pb, x[tr], x[te], f["y_tr"], f["y_te"], f["top"], za, s.samples)
+        return fold_metrics(pa, pb, x[tr], x[te], f["y_tr"], f["y_te"], f["top"], za, s.samples,
+                        tr)  # fmt: skip
 
 
 def _summary(per_fold: dict) -> dict[str, dict]:

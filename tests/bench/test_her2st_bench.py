@@ -127,3 +127,35 @@ def test_bad_options_are_refused_before_anything_is_built(tmp_path, capsys, extr
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_fold_metrics_fits_the_ridge_head_over_sections_as_evaluate_does():
+    """The bench's Pearson is the head `evaluate` and `predict` fit: its penalty chosen by
+    cross-validation over the training rows' sections, not over random folds of spots."""
+    import numpy as np
+
+    from histoxmodal.bench.her2st import fold_metrics
+    from histoxmodal.evaluation.expression import expression_metrics
+    from histoxmodal.heads.expression import RidgeHead
+
+    rng = np.random.default_rng(0)
+    samples = np.repeat(np.array(["C1", "C2", "C3", "B1"]), 40)
+    # each section shifts y and, spuriously, three columns of x: random folds of spots reward
+    # fitting that shift, folds of sections do not
+    shift = {s: rng.normal(scale=3, size=4) for s in ("C1", "C2", "C3", "B1")}
+    shift = np.stack([shift[s] for s in samples])
+    x = rng.normal(size=(160, 6))
+    x[:, 3:] += shift[:, :3]
+    y = x[:, :2] @ rng.normal(size=(2, 4)) + shift + rng.normal(size=(160, 4))
+    tr, te = np.flatnonzero(samples != "B1"), np.flatnonzero(samples == "B1")
+    top = ["a", "b", "c", "d"]
+    z = rng.normal(size=(len(te), 5))
+    z /= np.linalg.norm(z, axis=1, keepdims=True)  # unit vectors: each one's partner is itself
+    m = fold_metrics(z, z, x[tr], x[te], y[tr], y[te], top, x, samples, tr)
+    by_section = RidgeHead().fit(x[tr], y[tr], groups=samples[tr])
+    by_spot = RidgeHead().fit(x[tr], y[tr])
+    assert by_section.alpha_ != by_spot.alpha_  # the two choices differ on this data
+    want = expression_metrics(y[te], by_section.predict(x[te]), top)["pooled"]["pearson"]
+    assert m["pearson_top50"] == pytest.approx(want, abs=1e-12)
+    assert m["i2g_recall@5"] == m["g2i_recall@5"] == 1.0
+    assert m["n_test"] == 40
