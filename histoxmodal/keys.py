@@ -81,6 +81,8 @@ RUN_HEADS_DIR = "heads"
 RUN_CHECKPOINT_DIR = "checkpoints"
 RUN_LAST_CHECKPOINT = "last.ckpt"
 RUN_CACHE_DIR = "cache"
+#: an ensemble run's members (``model.ensemble``): ``members/<i>`` is a run folder of its own
+RUN_MEMBERS_DIR = "members"
 
 # Evaluation output (``histoxmodal evaluate``).
 METRICS_FILE = "metrics.json"

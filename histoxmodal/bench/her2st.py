@@ -383,9 +383,8 @@ class _Bench:
         """A row's run trained on the fold (resumed or reused when its folder has it), its
         expression head on ``inputs``, retrieval in its joint space."""
         from histoxmodal.evaluation.baselines import ridge_to_expression_space
-        from histoxmodal.training.trainer import last_checkpoint
         from histoxmodal.workflows.run import Run
-        from histoxmodal.workflows.train import train
+        from histoxmodal.workflows.train import resumable, train
 
         cfg = self._config(overrides)
         name = row + (f" seed{self.seed}" if self.seed else "") + self.geo
@@ -395,7 +394,7 @@ class _Bench:
         else:
             trained = train(cfg, run, data=s.dataset, split=s.split, fold=fold_name,
                             accelerator="cpu", devices=1,
-                            resume=last_checkpoint(run).exists())  # fmt: skip
+                            resume=resumable(run))  # fmt: skip
         z = trained.embed(s.dataset)
         za, zb = z["image"], z["gene"]
         head_in, ret_in = inputs.for_head("ridge"), inputs.for_head("retrieval")

@@ -197,9 +197,8 @@ def run_hescape_bench(
     """
     from histoxmodal.data.splits import Split, split_file
     from histoxmodal.data.store import load_paired
-    from histoxmodal.training.trainer import last_checkpoint
     from histoxmodal.workflows.run import Run
-    from histoxmodal.workflows.train import train
+    from histoxmodal.workflows.train import resumable, train
 
     weights = dict(weights or {})
     if not image_encoders or not gene_encoders:
@@ -232,7 +231,7 @@ def run_hescape_bench(
             else:
                 run = train(cfg, run_dir, data=data, split=split, fold=fold_name,
                             accelerator="cpu", devices=1,
-                            resume=last_checkpoint(run_dir).exists())  # fmt: skip
+                            resume=resumable(run_dir))  # fmt: skip
             z = run.embed(data)
             m = cell_metrics(z["image"], z["gene"], adata, tr, te, seed=seed)
             m.update({"image_encoder": image, "gene_encoder": gene, "run": str(run_dir),

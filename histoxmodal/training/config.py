@@ -82,10 +82,19 @@ class ModelConfig(ValidatedConfig):
     gene_kwargs: dict[str, Any] = field(default_factory=dict)
     embed_dim: int = 128
     head: Literal["linear", "mlp"] = "mlp"
+    #: train this many image + gene tower pairs, member i with seed ``optim.seed + i``, each a
+    #: run of its own under ``members/<i>``; the run embeds with all of them, its embedding the
+    #: members' concatenated (scaled by 1/sqrt(n), so its inner products are the mean of the
+    #: members') (:class:`~histoxmodal.training.ensemble.EnsembleModule`)
+    ensemble: int = 1
 
     def validate(self) -> None:
         check_encoder(self.image_encoder, "model.image_encoder", allow_timm=True)
         check_encoder(self.gene_encoder, "model.gene_encoder")
+        if self.ensemble < 1:
+            raise ConfigError(
+                f"model.ensemble={self.ensemble!r}: expected an integer >= 1 (1 = one model)"
+            )
         if self.embed_dim < 1:
             raise ConfigError(f"model.embed_dim={self.embed_dim!r}: expected an integer >= 1")
         if not 1 <= self.cache_views <= 8:

@@ -152,6 +152,12 @@ def _run_extractor(run_dir: str | Path, projection: bool) -> Extractor:
     from histoxmodal.workflows.run import Run
 
     run = Run.load(run_dir)
+    n = int(getattr(getattr(run.config, "model", None), "ensemble", 1))
+    if n > 1:
+        raise ConfigError(
+            f"--run {run.path}: an ensemble of {n} models (model.ensemble); tile features read "
+            f"one image tower: pass one member, e.g. --run {run.path / keys.RUN_MEMBERS_DIR / '0'}"
+        )
     if not run.run_kind.image_to_expression or not hasattr(run.module, "image"):
         raise ConfigError(
             f"--run {run.path}: a {run.kind} run; features need a spatial run's image tower"

@@ -165,7 +165,15 @@ class SpatialRunKind(RunKind):
     def module(self, run: Run):
         from histoxmodal.training.module import ContrastiveModule
 
-        return ContrastiveModule(run.tower_config(), run.genes, run.n_batches)
+        cfg = run.tower_config()
+        if cfg.model.ensemble > 1:
+            from histoxmodal.training.ensemble import EnsembleModule
+
+            members = range(cfg.model.ensemble)
+            return EnsembleModule(
+                [ContrastiveModule(cfg, run.genes, run.n_batches) for _ in members]
+            )
+        return ContrastiveModule(cfg, run.genes, run.n_batches)
 
     def dataset(self, run: Run, data: Path, rows, *, augment: bool, seed: int = 0):
         from histoxmodal.data.dataset import PairedDataset
@@ -189,7 +197,9 @@ class SpatialRunKind(RunKind):
         run.stain = fit_config_stain(run.config)
 
     def summary(self, run: Run) -> str:
-        return f"{len(run.genes)} genes, image={run.config.model.image_encoder!r}"
+        n = run.config.model.ensemble
+        ens = f", an ensemble of {n} models" if n > 1 else ""
+        return f"{len(run.genes)} genes, image={run.config.model.image_encoder!r}{ens}"
 
     def validation_rows(self, fold):
         # a spot split without validation rows validates on its test rows (early stopping

@@ -18,7 +18,7 @@ from histoxmodal.workflows.run import Run
 
 log = logging.getLogger(__name__)
 
-__all__ = ["check_devices", "train"]
+__all__ = ["check_devices", "ensemble_size", "member_config", "resumable", "train"]
 
 
 def train(
@@ -80,6 +80,17 @@ def train(
     out = Path(out)
     check_max_epochs(max_epochs, config.optim)
     check_image_weights(config)
+    lightning_kw = {
+        "accelerator": accelerator,
+        "devices": devices,
+        "num_nodes": num_nodes,
+        "enable_progress_bar": enable_progress_bar,
+    }
+    if ensemble_size(config) > 1:
+        return _train_ensemble(
+            config, out, data=data, split=split, fold=fold, max_epochs=max_epochs,
+            resume=resume, **lightning_kw,
+        )  # fmt: skip
     run = Run.create(out, config, data=data, split=split, fold=fold)
     last = last_checkpoint(out)
     if resume:
@@ -95,16 +106,7 @@ def train(
     L.seed_everything(config.optim.seed, workers=True, verbose=False)
     module = run.new_module()
     # Lightning's checks (accelerator, devices) pass before anything is written
-    trainer = make_trainer(
-        out,
-        config.optim,
-        max_epochs=max_epochs,
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=num_nodes,
-        enable_progress_bar=enable_progress_bar,
-        resume=resume,
-    )
+    trainer = make_trainer(out, config.optim, max_epochs=max_epochs, resume=resume, **lightning_kw)
     if not resume:
         run.write_identity()
     start_epoch = checkpoint_position(last)[0] + 1 if resume else 0
@@ -117,6 +119,85 @@ def train(
     if fit_module(module, train_dl, val_dl, out, config.optim, resume=resume, trainer=trainer):
         save_weights(module, out / keys.RUN_WEIGHTS_FILE)
     run.attach(module)
+    _fit_heads(run)
+    return run
+
+
+def resumable(out: str | Path) -> bool:
+    """Whether ``out`` holds a run that a killed :func:`train` left to resume: its last
+    checkpoint, or an ensemble's first members."""
+    from histoxmodal.training.trainer import last_checkpoint
+
+    out = Path(out)
+    members = out / keys.RUN_MEMBERS_DIR
+    return last_checkpoint(out).exists() or (members.is_dir() and any(members.iterdir()))
+
+
+def ensemble_size(config) -> int:
+    """``model.ensemble`` of a spatial config (1 for configs without it)."""
+    return int(getattr(getattr(config, "model", None), "ensemble", 1))
+
+
+def member_config(config, i: int):
+    """Member ``i`` of an ensemble config: one model, seeded ``optim.seed + i``."""
+    import dataclasses
+
+    return dataclasses.replace(
+        config,
+        model=dataclasses.replace(config.model, ensemble=1),
+        optim=dataclasses.replace(config.optim, seed=config.optim.seed + i),
+    )
+
+
+def _train_ensemble(config, out: Path, *, data, split, fold, max_epochs, resume, **lightning_kw):
+    """``model.ensemble: n``: train (or resume, or reuse) the members ``out/members/<i>`` one
+    after another, each a run of its own, then save them joined as the run's module
+    (:class:`~histoxmodal.training.ensemble.EnsembleModule`) and fit its heads on the joined
+    embeddings. A killed ensemble resumes at the member it was training."""
+    from histoxmodal.training.ensemble import EnsembleModule
+    from histoxmodal.training.trainer import last_checkpoint, save_weights
+
+    n = ensemble_size(config)
+    run = Run.create(out, config, data=data, split=split, fold=fold)
+    members_dir = out / keys.RUN_MEMBERS_DIR
+    started = resumable(out)
+    if resume:
+        if not started:
+            raise ConfigError(f"--resume: {out} has no ensemble members to continue")
+        Run.load(out, require_weights=False).check_same(run)
+    elif started or (out / keys.RUN_WEIGHTS_FILE).exists():
+        raise ConfigError(
+            f"{out} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    if not resume:
+        run.write_identity()
+    members = []
+    for i in range(n):
+        d = members_dir / str(i)
+        if (d / keys.RUN_WEIGHTS_FILE).exists():
+            member = Run.load(d)
+            member.check_same(Run.create(d, member_config(config, i), data=data, split=split,
+                                         fold=fold))  # fmt: skip
+        else:
+            log.info("%s: training ensemble member %d of %d", out, i + 1, n)
+            member = train(
+                member_config(config, i), d, data=data, split=split, fold=fold,
+                max_epochs=max_epochs, resume=last_checkpoint(d).exists(), **lightning_kw,
+            )  # fmt: skip
+        if list(member.genes) != list(run.genes):  # the same fold chooses the same panel
+            raise ConfigError(f"{d}: its gene panel differs from the ensemble's ({out})")
+        members.append(member.module)
+    module = EnsembleModule(members)
+    save_weights(module, out / keys.RUN_WEIGHTS_FILE)
+    run.attach(module)
+    _fit_heads(run)
+    return run
+
+
+def _fit_heads(run: Run) -> None:
+    """The config's expression head on the trained weights (refitted when they changed), and
+    a warning for every other head fitted on earlier weights."""
+    out, config = run.path, run.config
     head = getattr(config, "head", None)
     expression = head.expression if head is not None and run.run_kind.image_to_expression else None
     name = f"expression_{expression}"
@@ -133,7 +214,6 @@ def train(
             "`histoxmodal fit-head %s`",
             out, ", ".join(stale), out,
         )  # fmt: skip
-    return run
 
 
 def check_image_weights(config) -> None:
