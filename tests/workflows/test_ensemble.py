@@ -66,6 +66,18 @@ def test_the_embedding_is_the_members_concatenated_over_sqrt_n(ens):
         assert z[m].shape == (96, 16)
         np.testing.assert_allclose(z[m], want, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(np.linalg.norm(z[m], axis=1), 1.0, rtol=1e-5)
+    # a batch of images only (patches of a slide, as `predict` embeds them) gives the same
+    import torch
+
+    from histoxmodal import keys
+    from histoxmodal.data.store import load_paired
+
+    _, patches = load_paired(ens["data"])
+    imgs = torch.as_tensor(np.asarray(patches[:10])).permute(0, 3, 1, 2).contiguous()
+    with torch.inference_mode():
+        only = Run.load(ens["run"]).module.embed_batch({keys.BATCH_IMAGE: imgs})
+    assert set(only) == {"image"}
+    np.testing.assert_allclose(only["image"].numpy(), z["image"][:10], rtol=1e-4, atol=1e-5)
     # an inner product in the joint space is the members' mean cosine similarity
     sim = z["image"] @ z["gene"].T
     mean = np.mean([p["image"] @ p["gene"].T for p in parts], axis=0)
@@ -129,3 +141,25 @@ def test_bad_ensemble_sizes_and_tile_features_of_an_ensemble_are_one_line(ens, t
     with pytest.raises(ConfigError, match=r"an ensemble of 2 models .* --run .*members/0"):
         load_extractor(run=ens["run"])
     assert load_extractor(run=ens["run"] / "members" / "0").dim > 0
+
+
+def test_evaluate_scores_the_ensemble_on_its_held_out_spots(ens, tmp_path):
+    import json
+
+    from histoxmodal.cli.main import main
+    from histoxmodal.evaluation.retrieval import cross_modal_retrieval
+    from histoxmodal.workflows.run import Run
+
+    run = Run.load(ens["run"])
+    split = ens["data"] / "splits" / "random.json"
+    assert main(["evaluate", str(ens["run"]), "--data", str(ens["data"]), "--split",
+                 str(split), "--out", str(tmp_path / "ev")]) == 0  # fmt: skip
+    got = json.loads((tmp_path / "ev" / "metrics.json").read_text())["metrics"]
+    te = run.training_fold().test
+    z = run.embed(ens["data"], te)  # the joined embedding of the held-out spots
+    want = cross_modal_retrieval(z["image"], z["gene"])
+    assert len(te) == 19
+    for short, name in (("i2g", "image_to_gene"), ("g2i", "gene_to_image")):
+        for k in ("recall@1", "recall@5", "recall@10", "mean_rank", "median_rank"):
+            key = k.replace("recall@", "R@")
+            assert got[f"retrieval.full.{short}.{k}"] == pytest.approx(want[name][key]), k
