@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("her2st", "visium", "xenium", "h5ad", "cohort")
-CONFIGS = ("her2st", "her2st_small", "cohort_symile", "frozen_uni_local")
+CONFIGS = ("her2st", "her2st_ensemble", "her2st_small", "cohort_symile", "frozen_uni_local")
 
 
 def _run(cmd: list[str | Path], *, cwd: Path, env: dict[str, str]) -> str:

@@ -57,3 +57,11 @@ def test_set_value_builds_sections_and_an_unknown_config_names_the_bundled_ones(
     with pytest.raises(ConfigError, match="expected key=value"):
         load_config("her2st_small", ["optim.lr"])
     assert bundled_config_data("her2st")["genes"] == load_config("her2st").genes
+
+
+def test_her2st_ensemble_is_the_her2st_config_with_three_members():
+    """The bundled ensemble config is `her2st` with `model.ensemble: 3` and nothing else, so
+    the two cannot drift apart (docs/benchmarks.md compares them)."""
+    single, ens = load_config("her2st").to_dict(), load_config("her2st_ensemble").to_dict()
+    assert ens["model"].pop("ensemble") == 3 and single["model"].pop("ensemble") == 1
+    assert ens == single
