@@ -179,7 +179,10 @@ def _train_ensemble(config, out: Path, *, data, split, fold, max_epochs, resume,
             member.check_same(Run.create(d, member_config(config, i), data=data, split=split,
                                          fold=fold))  # fmt: skip
         else:
-            log.info("%s: training ensemble member %d of %d", out, i + 1, n)
+            # beside the epoch lines (shown by default, hidden by -q): which member they are
+            logging.getLogger("histoxmodal.progress").info(
+                "ensemble member %d/%d (seed %d): %s", i + 1, n, config.optim.seed + i, d
+            )
             member = train(
                 member_config(config, i), d, data=data, split=split, fold=fold,
                 max_epochs=max_epochs, resume=last_checkpoint(d).exists(), **lightning_kw,

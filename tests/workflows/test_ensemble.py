@@ -163,3 +163,19 @@ def test_evaluate_scores_the_ensemble_on_its_held_out_spots(ens, tmp_path):
         for k in ("recall@1", "recall@5", "recall@10", "mean_rank", "median_rank"):
             key = k.replace("recall@", "R@")
             assert got[f"retrieval.full.{short}.{k}"] == pytest.approx(want[name][key]), k
+
+
+def test_off_a_terminal_each_member_is_announced_before_its_epochs(ens, tmp_path, capsys):
+    from histoxmodal.cli.main import main
+
+    capsys.readouterr()
+    out = tmp_path / "ens3"
+    assert main(_argv(ens["cfg"], ens["data"], out, "--set", "model.ensemble=3")) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "ensemble member" in ln
+             or "epoch 1/1" in ln]  # fmt: skip
+    assert len(lines) == 6, lines
+    for i in range(3):
+        assert (
+            f"ensemble member {i + 1}/3 (seed {3 + i}): {out / 'members' / str(i)}" in lines[2 * i]
+        )
+        assert "epoch 1/1" in lines[2 * i + 1]
