@@ -103,8 +103,12 @@ def _build(
     return out
 
 
-def fold_metrics(ra, rb, x_tr, x_te, y_tr, y_te, top, purity_x, samples, tr) -> dict[str, float]:
-    """Retrieval between ``ra``/``rb`` (test rows), a ridge head from ``x_tr`` to ``x_te``.
+def fold_metrics(
+    ra, rb, x_tr, x_te, y_tr, y_te, top, purity_x, samples, tr, score: dict | None = None
+) -> dict[str, float]:
+    """Retrieval between ``ra``/``rb`` (test rows), scored as ``score`` says
+    (``{"score": ..., "csls_k": ...}``, the config's ``head.retrieval_score``; default the inner
+    product), and a ridge head from ``x_tr`` to ``x_te``.
 
     The head's penalty is chosen by cross-validation over the training rows' sections
     (``samples[tr]``), as ``histoxmodal evaluate`` and ``predict`` fit it: random folds would
@@ -114,7 +118,7 @@ def fold_metrics(ra, rb, x_tr, x_te, y_tr, y_te, top, purity_x, samples, tr) -> 
     from histoxmodal.evaluation.retrieval import cross_modal_retrieval
     from histoxmodal.heads.expression import RidgeHead
 
-    ret = cross_modal_retrieval(ra, rb)
+    ret = cross_modal_retrieval(ra, rb, **(score or {}))
     pred = RidgeHead().fit(x_tr, y_tr, groups=samples[tr]).predict(x_te)
     expr = expression_metrics(y_te, pred, top)
     return {
@@ -204,7 +208,7 @@ def run_her2st(
     if folds:
         tasks = [(a, b, c, [f for f in names if f in folds]) for a, b, c, names in tasks]
         tasks = [t for t in tasks if t[3]]
-    trained_rows, config_inputs = _trained_rows(config, seed)
+    trained_rows, config_inputs, config_score = _trained_rows(config, seed)
     if rows is not None:
         trained_rows = {r: v for r, v in trained_rows.items() if r in rows}
     protocol["splits"] = {
@@ -215,7 +219,7 @@ def run_her2st(
         }
         for name, _, split, folds in tasks
     }
-    bench = _Bench(out, epochs, seed, _geometry(patch_um, patch_px), config_inputs)
+    bench = _Bench(out, epochs, seed, _geometry(patch_um, patch_px), config_inputs, config_score)
     baselines = BASELINES + ((HANDCRAFTED_HEAD,) if config_inputs else ())
     for split_name, dataset, split, fold_names in tasks:
         section = _Section.read(dataset, split)
@@ -239,24 +243,26 @@ def run_her2st(
 
 
 def _trained_rows(config: str | None, seed: int):
-    """The trained rows (name -> config overrides, or ``__whole__`` config) and what the
-    ``config`` row's expression head reads (plain for the built-in rows)."""
+    """The trained rows (name -> config overrides, or ``__whole__`` config), what the
+    ``config`` row's expression head reads and how its retrieval is scored (plain for the
+    built-in rows)."""
     from histoxmodal.heads.inputs import HeadInputs
 
-    config_inputs = HeadInputs()
+    config_inputs, config_score = HeadInputs(), dict(PLAIN_SCORE)
     trained_rows: dict[str, dict] = {
         row: {"correction": {**base_config()["correction"], **corr}}
         for row, corr in CORRECTIONS.items()
     }
     trained_rows[REGRESSION] = {"loss": REGRESSION_LOSS}
     if config is None:
-        return trained_rows, config_inputs
+        return trained_rows, config_inputs, config_score
     from histoxmodal.workflows.config_files import load_config
 
     own = load_config(config).to_dict()
     own["optim"] = {**own["optim"], "seed": seed, "num_workers": 0}
     h = own["head"]
     config_inputs = HeadInputs(float(h["context_um"]), bool(h["centre"]), float(h["smooth_um"]))
+    config_score = {"score": h["retrieval_score"], "csls_k": int(h["csls_k"])}
     trained_rows[f"config: {config}"] = {"__whole__": own}
     # the same config with every batch correction switched off (same batch_key): does the
     # correction it chose pay on the split where the batch effect is (cross-patient)?
@@ -268,7 +274,7 @@ def _trained_rows(config: str | None, seed: int):
     trained_rows[regression_row(config)] = {
         "__whole__": {**own, "loss": {**own["loss"], **REGRESSION_LOSS}},
     }
-    return trained_rows, config_inputs
+    return trained_rows, config_inputs, config_score
 
 
 class _Section:
@@ -310,6 +316,9 @@ class _Section:
                 "y_tr": y256[tr][:, idx], "y_te": y256[te][:, idx]}  # fmt: skip
 
 
+#: how rows other than the config's (and its hand-crafted twin) score retrieval
+PLAIN_SCORE = {"score": "ip", "csls_k": 10}
+
 #: bumped whenever a cell's numbers change meaning, so cells cached by an older protocol are
 #: recomputed (their runs are reused): 2 = the ridge head's penalty chosen over sections
 CELL_PROTOCOL = 2
@@ -318,29 +327,32 @@ CELL_PROTOCOL = 2
 class _Bench:
     """One cell of the table: a row on a fold, cached as ``cells/<tag>.json``."""
 
-    def __init__(self, out: Path, epochs: int, seed: int, geo: str, config_inputs) -> None:
+    def __init__(self, out, epochs: int, seed: int, geo: str, config_inputs, config_score) -> None:
         self.out, self.epochs, self.seed, self.geo = out, epochs, seed, geo
-        self.config_inputs = config_inputs
+        self.config_inputs, self.config_score = config_inputs, config_score
 
     def cell(self, split_name, fold_name, row, overrides, s: _Section, f: dict) -> dict:
         from histoxmodal.heads.inputs import HeadInputs
 
         whole = (overrides or {}).get("__whole__")
-        inputs = self.config_inputs if row == HANDCRAFTED_HEAD or whole else HeadInputs()
+        own = row == HANDCRAFTED_HEAD or whole  # read as the config reads its embeddings
+        inputs = self.config_inputs if own else HeadInputs()
+        score = self.config_score if own else PLAIN_SCORE
         seed, geo = self.seed, self.geo
         tag = f"{split_name}.{fold_name}.{row}" + (f".seed{seed}" if seed else "") + geo
         tag += ".centred" if inputs.centre else ""
         tag += f".context{inputs.context_um:g}um" if inputs.context_um else ""
         tag += f".smooth{inputs.smooth_um:g}um" if inputs.smooth_um else ""
+        tag += {"ip": "", "cosine": ".cosine"}.get(score["score"], f".csls{score['csls_k']}")
         tag += f".p{CELL_PROTOCOL}"
         cell = self.out / "cells" / f"{tag}.json".replace(" ", "_").replace("/", "-")
         if cell.exists():
             return json.loads(cell.read_text())
         t0 = time.perf_counter()
         if overrides is None:
-            m = self._baseline(row, inputs, s, f)
+            m = self._baseline(row, inputs, score, s, f)
         else:
-            m = self._trained(split_name, fold_name, row, overrides, inputs, s, f)
+            m = self._trained(split_name, fold_name, row, overrides, inputs, score, s, f)
         m["seconds"] = round(time.perf_counter() - t0, 1)
         write_json_atomic(cell, m)
         return m
@@ -354,7 +366,7 @@ class _Bench:
         base["optim"] |= {"max_epochs": self.epochs, "seed": self.seed}
         return config_from_dict({**base, **(overrides or {})})
 
-    def _baseline(self, row: str, inputs, s: _Section, f: dict) -> dict:
+    def _baseline(self, row: str, inputs, score: dict, s: _Section, f: dict) -> dict:
         """Hand-crafted features (read as the config's head reads them, for that row) or a
         random-init tower's embeddings, ridge to expression and to its PCs."""
         import torch
@@ -377,9 +389,9 @@ class _Bench:
         )
         pa, pb = _joint(pa, pb, ret_in, s.xy_um[te], s.samples[te])
         return fold_metrics(pa, pb, feats[tr], feats[te], f["y_tr"], f["y_te"], f["top"], feats,
-                        s.samples, tr)  # fmt: skip
+                        s.samples, tr, score)  # fmt: skip
 
-    def _trained(self, split_name, fold_name, row, overrides, inputs, s: _Section, f) -> dict:
+    def _trained(self, split_name, fold_name, row, overrides, inputs, score, s: _Section, f):
         """A row's run trained on the fold (resumed or reused when its folder has it), its
         expression head on ``inputs``, retrieval in its joint space."""
         from histoxmodal.evaluation.baselines import ridge_to_expression_space
@@ -408,7 +420,7 @@ class _Bench:
             pa, pb = za[te], zb[te]
         pa, pb = _joint(pa, pb, ret_in, s.xy_um[te], s.samples[te])
         return fold_metrics(pa, pb, x[tr], x[te], f["y_tr"], f["y_te"], f["top"], za, s.samples,
-                        tr)  # fmt: skip
+                        tr, score)  # fmt: skip
 
 
 def _summary(per_fold: dict) -> dict[str, dict]:

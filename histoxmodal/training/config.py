@@ -205,6 +205,15 @@ class HeadConfig(ValidatedConfig):
         mean over the spots within this many µm in the same section, against the noise of
         shallow spots (B4's ~650 counts per spot); the ``retrieval`` head and the retrieval
         metrics read it, the ``ridge``/``mlp`` heads do not.
+    retrieval_score
+        How the cross-modal retrieval metrics of ``evaluate`` and ``bench her2st`` score a
+        query against each item (:mod:`histoxmodal.evaluation.retrieval`): ``ip`` (the inner
+        product as read), ``cosine`` (of the rows made unit length again after centring and
+        smoothing), or ``csls`` (cosine with hubs discounted, over ``csls_k`` neighbours).
+        HESCAPE's in-batch recall always reads the inner product, as HESCAPE does. The
+        ``retrieval`` head matches by cosine whatever this says.
+    csls_k
+        Neighbours each query and item averages over for ``csls``.
     """
 
     key_prefix: ClassVar[str] = "head."
@@ -213,10 +222,13 @@ class HeadConfig(ValidatedConfig):
     context_um: float = 0.0
     centre: bool = False
     smooth_um: float = 0.0
+    retrieval_score: Literal["ip", "cosine", "csls"] = "ip"
+    csls_k: int = 10
 
     def validate(self) -> None:
         _check_range("head.context_um", self.context_um, low=0)
         _check_range("head.smooth_um", self.smooth_um, low=0)
+        _check_range("head.csls_k", self.csls_k, low=1)
 
 
 @dataclass(frozen=True)

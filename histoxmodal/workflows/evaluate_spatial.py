@@ -298,7 +298,8 @@ def _score_spatial(m: _Metrics, run, adata, rows, v: _Views, t: _Targets, train_
 
         xy_te = spot_coords_um(adata, rows.test_rows)
         pa, pb = v.ret_inputs.apply(pa, xy_te, t.samples), v.ret_inputs.apply(pb, xy_te, t.samples)
-    _score_retrieval(m, v.ra, v.rb, pa, pb, in_batch_size)
+    h = run.config.head
+    _score_retrieval(m, v.ra, v.rb, pa, pb, in_batch_size, h.retrieval_score, h.csls_k)
     expr = expression_metrics(t.y_true, y_pred, t.genes, samples=t.samples)
     base = expression_metrics(t.y_true, hc_pred, t.genes, samples=t.samples)
     # the mean predictor (the training spots' mean expression) knows nothing of the image
@@ -324,8 +325,19 @@ def _score_spatial(m: _Metrics, run, adata, rows, v: _Views, t: _Targets, train_
     return {"ridge": y_pred, "per_gene_pearson": per_gene, "moran": moran}
 
 
-def _score_retrieval(m: _Metrics, ra, rb, pa, pb, in_batch_size: int) -> None:
-    """Recall@k both ways over the whole test set and in batches of ``in_batch_size``."""
+#: how the report's summary names the whole-test-set retrieval score (head.retrieval_score)
+_SCORED = {
+    "ip": "",
+    "cosine": "; whole-test-set retrieval by cosine",
+    "csls": "; whole-test-set retrieval by CSLS over cosine ({k} neighbours: hubs discounted)",
+}
+
+
+def _score_retrieval(m: _Metrics, ra, rb, pa, pb, in_batch_size: int, score: str = "ip",
+                     csls_k: int = 10) -> None:  # fmt: skip
+    """Recall@k both ways over the whole test set, scored by ``score`` (``head.retrieval_score``,
+    the baseline's the same way), and in batches of ``in_batch_size`` by the inner product, as
+    HESCAPE scores them."""
     from histoxmodal.evaluation.retrieval import (
         cross_modal_retrieval,
         in_batch_chance,
@@ -334,7 +346,8 @@ def _score_retrieval(m: _Metrics, ra, rb, pa, pb, in_batch_size: int) -> None:
     )
 
     n = len(ra)
-    ret, ret_base = cross_modal_retrieval(ra, rb), cross_modal_retrieval(pa, pb)
+    kw = {"score": score, "csls_k": csls_k}
+    ret, ret_base = cross_modal_retrieval(ra, rb, **kw), cross_modal_retrieval(pa, pb, **kw)
     ret_chance = retrieval_chance(n)
     inb = in_batch_recall(ra, rb, batch_size=in_batch_size)
     inb_base = in_batch_recall(pa, pb, batch_size=in_batch_size)
@@ -402,6 +415,10 @@ def _spatial_protocol(run, dataset, rows, leaked, allow_overlap, in_batch_size, 
         "seed": run.config.optim.seed,
         "head_inputs": asdict(v.inputs),
         "retrieval_inputs": asdict(v.ret_inputs),
+        "retrieval_score": {
+            "score": run.config.head.retrieval_score,
+            "csls_k": run.config.head.csls_k,
+        },
         "histoxmodal_version": __version__,
         "baseline": (
             "hand-crafted colour/texture features of the same patches (35 per patch) + ridge, "
@@ -529,6 +546,7 @@ def _spatial_report(
             f"{rows.split} (fold {rows.fold}); {n} test spots; heads fitted on "
             f"{len(rows.train_rows)} training spots"
             + (f" (ridge and MLP read {', '.join(reads)} embeddings)" if reads else "")
+            + _SCORED[h.retrieval_score].format(k=h.csls_k)
             + f"; expression on the {len(top)} most variable "
             "genes of the training spots. Chance: what embeddings unrelated to their partners "
             "score; baseline: hand-crafted colour/texture features of the same patches + ridge."

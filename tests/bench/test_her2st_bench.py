@@ -159,3 +159,34 @@ def test_fold_metrics_fits_the_ridge_head_over_sections_as_evaluate_does():
     assert m["pearson_top50"] == pytest.approx(want, abs=1e-12)
     assert m["i2g_recall@5"] == m["g2i_recall@5"] == 1.0
     assert m["n_test"] == 40
+
+
+def test_the_config_row_scores_retrieval_as_its_config_says_and_the_built_in_rows_plainly():
+    """`her2st` scores retrieval by CSLS over cosines: the bench's config row (and its
+    hand-crafted twin) read it, the built-in rows keep the inner product, and fold_metrics
+    passes it to the recall (rows of unequal length, where the two disagree)."""
+    import numpy as np
+
+    from histoxmodal.bench.her2st import PLAIN_SCORE, _trained_rows, fold_metrics
+    from histoxmodal.evaluation.retrieval import cross_modal_retrieval
+
+    assert _trained_rows(None, 0)[2] == PLAIN_SCORE == {"score": "ip", "csls_k": 10}
+    assert _trained_rows("her2st", 0)[2] == {"score": "csls", "csls_k": 10}
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(60, 8)) * rng.uniform(0.2, 3, size=(60, 1))
+    b = a + rng.normal(size=(60, 8))
+    x, y, samples = (
+        rng.normal(size=(120, 4)),
+        rng.normal(size=(120, 3)),
+        np.repeat(["C1", "C2"], 60),
+    )
+    tr, top = np.arange(60), ["a", "b", "c"]
+    got = {
+        s: fold_metrics(
+            a, b, x[tr], x[60:], y[tr], y[60:], top, x, samples, tr, {"score": s, "csls_k": 5}
+        )["i2g_recall@5"]
+        for s in ("ip", "csls")
+    }
+    for s, v in got.items():
+        assert v == cross_modal_retrieval(a, b, score=s, csls_k=5)["image_to_gene"]["R@5"]
+    assert got["ip"] != got["csls"]

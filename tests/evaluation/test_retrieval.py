@@ -38,6 +38,65 @@ def test_tiled_ranks_equal_brute_force_and_argsort():
     assert both["gene_to_image"]["R@5"] == pytest.approx(np.mean(brute_t < 5))
 
 
+def _dense_csls(a, b, k):
+    a = a.astype(np.float64) / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b.astype(np.float64) / np.linalg.norm(b, axis=1, keepdims=True)
+    cos = a @ b.T
+    k_row, k_col = min(k, cos.shape[1]), min(k, cos.shape[0])
+    r_row = np.sort(cos, axis=1)[:, -k_row:].mean(axis=1)
+    r_col = np.sort(cos, axis=0)[-k_col:, :].mean(axis=0)
+    return cos, 2 * cos - r_row[:, None] - r_col[None, :]
+
+
+@pytest.mark.parametrize("k", [1, 7, 500])
+def test_cosine_and_csls_ranks_equal_dense_formulas_across_tiles(k):
+    """Rows of unequal length (as centring leaves them): tiled cosine and CSLS ranks equal the
+    dense formulas, with tiles that split queries and items unevenly and k above n."""
+    a, b = _data(n=230)
+    a *= np.linspace(0.2, 3.0, len(a), dtype=np.float32)[:, None]
+    cos, csls = _dense_csls(a, b, k)
+
+    def brute(s):
+        return np.array([(s[i] > s[i, i]).sum() for i in range(len(s))])
+
+    kw = {"query_chunk": 37, "item_chunk": 50}
+    np.testing.assert_array_equal(retrieval_ranks(a, b, score="cosine", **kw), brute(cos))
+    np.testing.assert_array_equal(retrieval_ranks(a, b, score="csls", csls_k=k, **kw), brute(csls))
+    both = cross_modal_retrieval(a, b, score="csls", csls_k=k)
+    assert both["gene_to_image"]["R@5"] == pytest.approx(
+        np.mean(brute(_dense_csls(b, a, k)[1]) < 5)
+    )
+    # lengths change the inner product's ranks but not the cosine's
+    assert not np.array_equal(retrieval_ranks(a, b), brute(cos))
+
+
+def test_csls_discounts_a_hub():
+    """Item 3 (query 3's partner) sits near queries 0-2 (cosine 0.56 against their partners'
+    0.50), so by cosine it outranks each of their partners. CSLS (k=2) takes off each item's
+    mean cosine to its two nearest queries (0.25 for items 0-2, 0.56 for the hub): 2 x 0.50 -
+    0.25 = 0.75 beats 2 x 0.56 - 0.56 = 0.56, and every query finds its partner first."""
+    q = np.eye(4, 5, dtype=np.float32)
+    items = np.array(
+        [
+            [0.5, 0, 0, 0, 0.866],
+            [0, 0.5, 0, 0, 0.866],
+            [0, 0, 0.5, 0, 0.866],
+            [0.55, 0.55, 0.55, 0.2, 0],
+        ],
+        np.float32,
+    )
+    assert retrieval_ranks(q, items, score="cosine").tolist() == [1, 1, 1, 0]
+    assert retrieval_ranks(q, items, score="csls", csls_k=2).tolist() == [0, 0, 0, 0]
+
+
+def test_unknown_score_and_k_are_refused_by_name():
+    a, b = _data(n=10)
+    with pytest.raises(ValueError, match="retrieval score 'dot'.*ip, cosine, csls"):
+        retrieval_ranks(a, b, score="dot")
+    with pytest.raises(ValueError, match="csls_k=0"):
+        retrieval_ranks(a, b, score="csls", csls_k=0)
+
+
 def test_in_batch_protocol_matches_a_loop():
     a, b = _data(n=103, noise=2.0)
     got = in_batch_recall(a, b, batch_size=25, ks=(1, 5))

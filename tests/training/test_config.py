@@ -35,6 +35,8 @@ from histoxmodal.workflows.config_files import load_config
         ("optim=3", r"optim=3: expected a mapping"),
         ("head.context_um=-5", r"head\.context_um=-5\.0: expected a number >= 0"),
         ("head.centre=maybe", r"head\.centre='maybe': expected true or false"),
+        ("head.retrieval_score=dot", r"head\.retrieval_score='dot': expected one of 'ip'"),
+        ("head.csls_k=0", r"head\.csls_k=0: expected a number >= 1"),
         ("augment.depth_min=0", r"depth_min=0\.0 must be in \(0, 1\]"),
     ],
 )

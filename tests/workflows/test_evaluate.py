@@ -218,3 +218,27 @@ def test_another_datasets_sections_get_their_own_batch_statistics(her2st_parts, 
     assert r["metrics"]["retrieval.full.g2i.recall@5"] == pytest.approx(
         by_hand["gene_to_image"]["R@5"]
     )
+    # the same run read with head.retrieval_score csls: the whole-test-set recall is CSLS over
+    # cosines (dense, by hand), the in-batch recall stays HESCAPE's inner product
+    from dataclasses import replace
+
+    csls_run = Run.load(tmp_path / "run")
+    csls_run.config = replace(
+        csls_run.config, head=replace(csls_run.config.head, retrieval_score="csls", csls_k=7)
+    )
+    r2 = evaluate(csls_run, her2st_parts["c3"], tmp_path / "ev_csls", n_genes=20)
+    assert r2["protocol"]["retrieval_score"] == {"score": "csls", "csls_k": 7}
+    a, b = ri.apply(z["image"], xy), ri.apply(z["gene"], xy)
+    cos = (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (
+        b / np.linalg.norm(b, axis=1, keepdims=True)
+    ).T
+    r_row = np.sort(cos, axis=1)[:, -7:].mean(axis=1)
+    r_col = np.sort(cos, axis=0)[-7:, :].mean(axis=0)
+    s = 2 * cos - r_row[:, None] - r_col[None, :]
+    i2g = np.array([(s[i] > s[i, i]).sum() for i in range(len(s))])
+    g2i = np.array([(s[:, i] > s[i, i]).sum() for i in range(len(s))])
+    assert r2["metrics"]["retrieval.full.i2g.recall@5"] == pytest.approx(np.mean(i2g < 5))
+    assert r2["metrics"]["retrieval.full.g2i.recall@5"] == pytest.approx(np.mean(g2i < 5))
+    assert r2["metrics"]["retrieval.in_batch_B128.i2g.recall@5"] == pytest.approx(
+        r["metrics"]["retrieval.in_batch_B128.i2g.recall@5"]
+    )
