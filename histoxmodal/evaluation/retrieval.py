@@ -47,25 +47,32 @@ def _unit(x):
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
+def _row_radii(x, y, k: int, x_chunk: int, y_chunk: int):
+    """Each row of ``x``: the mean of its ``k`` highest scores against the rows of ``y``, by a
+    running top-k over tiles (row-wise, so every top-k reads contiguous memory)."""
+    import torch
+
+    k = min(k, len(y))
+    out = torch.empty(len(x))
+    for i0 in range(0, len(x), x_chunk):
+        xi = x[i0 : i0 + x_chunk]
+        best = torch.full((len(xi), k), -torch.inf)
+        for j0 in range(0, len(y), y_chunk):
+            s = xi @ y[j0 : j0 + y_chunk].T
+            top = s.topk(min(k, s.shape[1]), dim=1).values
+            best = torch.cat([best, top], dim=1).topk(k, dim=1).values
+        out[i0 : i0 + len(xi)] = best.mean(dim=1)
+    return out
+
+
 def csls_radii(queries, items, k: int = 10, *, query_chunk: int = 4096, item_chunk: int = 8192):
     """``(r_q, r_i)``: the mean score of each query to its ``k`` best items and of each item to
     its ``k`` best queries (``k`` capped at the count), by running top-k over tiles, so memory
     stays ``O(k * n)`` beyond one tile. Inputs are torch float tensors, scored as given."""
-    import torch
-
-    kq, ki = min(k, len(items)), min(k, len(queries))
-    r_q = torch.empty(len(queries))
-    best_i = torch.full((ki, len(items)), -torch.inf)  # each item's best query scores so far
-    for i0 in range(0, len(queries), query_chunk):
-        qi = queries[i0 : i0 + query_chunk]
-        best_q = torch.full((len(qi), kq), -torch.inf)
-        for j0 in range(0, len(items), item_chunk):
-            s = qi @ items[j0 : j0 + item_chunk].T
-            best_q = torch.cat([best_q, s], dim=1).topk(kq, dim=1).values
-            col = best_i[:, j0 : j0 + item_chunk]
-            best_i[:, j0 : j0 + item_chunk] = torch.cat([col, s], dim=0).topk(ki, dim=0).values
-        r_q[i0 : i0 + len(qi)] = best_q.mean(dim=1)
-    return r_q, best_i.mean(dim=0)
+    return (
+        _row_radii(queries, items, k, query_chunk, item_chunk),
+        _row_radii(items, queries, k, query_chunk, item_chunk),
+    )
 
 
 def retrieval_ranks(
@@ -105,8 +112,7 @@ def retrieval_ranks(
         q, it = _unit(q), _unit(it)
     n = len(q)
     # csls: q_i ranks item j above its positive when 2 s_ij - r_j > 2 s_ii - r_i (r_q cancels)
-    r_it = csls_radii(q, it, csls_k, query_chunk=query_chunk, item_chunk=item_chunk)[1] \
-        if score == "csls" else None  # fmt: skip
+    r_it = _row_radii(it, q, csls_k, query_chunk, item_chunk) if score == "csls" else None
     ranks = np.zeros(n, np.int64)
     scores = torch.empty(min(query_chunk, n), min(item_chunk, n), dtype=torch.float32)
     mask = np.empty(scores.shape, bool)

@@ -130,3 +130,24 @@ def test_chance_levels_are_exact_and_match_random_embeddings():
     assert np.mean([g["mean_rank"] for g in got]) == pytest.approx(30.5, abs=0.5)
     with pytest.raises(ValueError, match="n=0"):
         retrieval_chance(0)
+
+
+def test_the_benchs_dense_csls_baseline_agrees_with_the_tiled_ranks():
+    from histoxmodal.bench.retrieval import dense_csls_ranks
+
+    a, b = _data(n=400)
+    np.testing.assert_array_equal(
+        retrieval_ranks(a, b, score="csls", query_chunk=64, item_chunk=100), dense_csls_ranks(a, b)
+    )
+
+
+def test_csls_radii_are_each_rows_mean_of_its_k_best_across_tiles():
+    import torch
+
+    from histoxmodal.evaluation.retrieval import csls_radii
+
+    a, b = _data(n=150)
+    sim = a.astype(np.float64) @ b.T.astype(np.float64)
+    r_q, r_i = csls_radii(torch.as_tensor(a), torch.as_tensor(b), 6, query_chunk=40, item_chunk=33)
+    np.testing.assert_allclose(r_q.numpy(), np.sort(sim, axis=1)[:, -6:].mean(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(r_i.numpy(), np.sort(sim, axis=0)[-6:, :].mean(axis=0), rtol=1e-5)
