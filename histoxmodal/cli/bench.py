@@ -194,8 +194,9 @@ def _add_retrieval(bsub) -> None:
     brt = bsub.add_parser(
         "retrieval",
         help="tiled whole-test-set retrieval vs a full N x N argsort",
-        description="Ranks of 100,000 x 100,000 embeddings in tiles (time and memory), and "
-        "against the full similarity matrix + argsort at a size where it fits.",
+        description="Ranks of 100,000 x 100,000 embeddings in tiles (time and memory), by "
+        "inner product and by CSLS, and against the full similarity matrix + argsort (and the "
+        "dense CSLS formula) at a size where it fits.",
     )
     brt.add_argument("--n", type=int, default=100_000, help="embeddings per side (default 100000)")
     brt.add_argument("--dim", type=int, default=128, help="embedding dimension (default 128)")
