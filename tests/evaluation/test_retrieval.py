@@ -151,3 +151,13 @@ def test_csls_radii_are_each_rows_mean_of_its_k_best_across_tiles():
     r_q, r_i = csls_radii(torch.as_tensor(a), torch.as_tensor(b), 6, query_chunk=40, item_chunk=33)
     np.testing.assert_allclose(r_q.numpy(), np.sort(sim, axis=1)[:, -6:].mean(axis=1), rtol=1e-5)
     np.testing.assert_allclose(r_i.numpy(), np.sort(sim, axis=0)[-6:, :].mean(axis=0), rtol=1e-5)
+
+
+def test_the_config_offers_exactly_the_scores_retrieval_knows():
+    import typing
+
+    from histoxmodal.evaluation.retrieval import RETRIEVAL_SCORES
+    from histoxmodal.training.config import HeadConfig
+
+    hint = typing.get_type_hints(HeadConfig)["retrieval_score"]
+    assert typing.get_args(hint) == RETRIEVAL_SCORES
