@@ -42,9 +42,51 @@ def bundled_configs() -> dict[str, Path]:
 def bundled_config_data(name: str) -> dict[str, Any]:
     """The parsed YAML of the bundled config ``name`` (a fresh dict to merge overrides into):
     the demo and benchmark configs are such files, not dict literals in code."""
+    return read_config_data(bundled_configs()[name])
+
+
+def merge_config_data(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: sections merge key by key, any other value replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_config_data(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_data(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's mapping, with its ``base:`` resolved: ``base: her2st`` (a file beside
+    it, else a bundled example) is read first and this file's keys are merged on top, so a
+    variant states only what differs. Bases may have bases; a cycle is an error."""
     import yaml
 
-    return yaml.safe_load(bundled_configs()[name].read_text(encoding="utf-8"))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML{_yaml_where(exc)}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    if "base" not in data:
+        return data
+    name = data.pop("base")
+    beside = path.parent / str(name)
+    if beside.is_file():
+        base_path = beside
+    elif str(name) in bundled_configs():
+        base_path = bundled_configs()[str(name)]
+    else:
+        raise ConfigError(
+            f"{path}: base {name!r} is neither a file beside it nor a bundled example "
+            f"({', '.join(bundled_configs())})"
+        )
+    here = path.resolve()
+    if base_path.resolve() in (*_seen, here):
+        raise ConfigError(f"{path}: base {name!r} leads back to itself")
+    return merge_config_data(read_config_data(base_path, (*_seen, here)), data)
 
 
 def load_config(name_or_path: str, overrides: list[str] | None = None):
@@ -67,14 +109,7 @@ def load_config(name_or_path: str, overrides: list[str] | None = None):
                 f"example.{hint} Examples: {', '.join(bundled)}"
             )
         p = bundled[name_or_path]
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML{_yaml_where(exc)}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read the config ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping of config keys, got {type(data).__name__}")
+    data = read_config_data(p)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. optim.lr=0.0003")

@@ -65,3 +65,27 @@ def test_her2st_ensemble_is_the_her2st_config_with_three_members():
     single, ens = load_config("her2st").to_dict(), load_config("her2st_ensemble").to_dict()
     assert ens["model"].pop("ensemble") == 3 and single["model"].pop("ensemble") == 1
     assert ens == single
+
+
+def test_a_config_with_a_base_states_only_what_differs(tmp_path):
+    """`base:` reads a file beside the config (else a bundled example) and merges this file's
+    keys on top, section by section; overrides still come last; a cycle or an unknown base is
+    one clear error naming the file."""
+    (tmp_path / "mine.yaml").write_text("base: her2st\noptim: {lr: 0.001}\nhead: {csls_k: 5}\n")
+    (tmp_path / "child.yaml").write_text("base: mine.yaml\nmodel: {embed_dim: 32}\n")
+    ref = load_config("her2st").to_dict()
+    got = load_config(str(tmp_path / "child.yaml"), ["optim.max_epochs=3"]).to_dict()
+    assert got["optim"] == {**ref["optim"], "lr": 0.001, "max_epochs": 3}
+    assert got["head"] == {**ref["head"], "csls_k": 5}  # the rest of head kept
+    assert got["model"] == {**ref["model"], "embed_dim": 32}
+    assert {k: v for k, v in got.items() if k not in ("optim", "head", "model")} == {
+        k: v for k, v in ref.items() if k not in ("optim", "head", "model")
+    }
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml: base 'b\.yaml' leads back to itself|"
+                       r"b\.yaml: base 'a\.yaml' leads back to itself"):  # fmt: skip
+        load_config(str(tmp_path / "a.yaml"))
+    (tmp_path / "lost.yaml").write_text("base: her2stt\n")
+    with pytest.raises(ConfigError, match=r"lost\.yaml: base 'her2stt' is neither a file"):
+        load_config(str(tmp_path / "lost.yaml"))
